@@ -1,0 +1,1 @@
+"""The lake: Parquet layout, atomic writes, ingestion bookkeeping, the DuckDB catalog, queries."""

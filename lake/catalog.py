@@ -1,0 +1,92 @@
+"""The DuckDB catalog: one view per table over the Parquet files, nothing else.
+
+The catalog is rebuilt whole into a temporary file and renamed over the old one, under a
+file lock: DuckDB allows one writing process per database file, readers keep reading the
+previous catalog until the rename, and a crash never leaves a half-built catalog behind.
+Views use absolute paths, so `duckdb data/lake/catalog.duckdb` works from any folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from filelock import FileLock
+
+from lake.layout import Lake
+from schemas.tables import SILVER_MODELS, IngestLogEntry, QuarantineRow
+
+# Silver tables whose rows carry record versions: the user-facing view keeps the latest
+# version of each batch record; older versions stay visible in the *_records views.
+VERSIONED_VIEWS = {
+    "batches": "batch_records",
+    "phases": "phase_records",
+    "material_events": "material_event_records",
+}
+# silver tables whose files are wrapped by a curated view of the contract's name
+RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files"}
+
+
+def _duck_type(dtype) -> str:
+    if isinstance(dtype, pd.DatetimeTZDtype) or "datetime64" in str(dtype):
+        return "TIMESTAMPTZ"
+    kind = getattr(dtype, "kind", "O")
+    return {"f": "DOUBLE", "i": "BIGINT", "u": "UBIGINT", "b": "BOOLEAN"}.get(kind, "VARCHAR")
+
+
+def _empty_select(model) -> str:
+    schema = model.to_schema()
+    cols = [f'CAST(NULL AS {_duck_type(c.dtype.type)}) AS "{name}"' for name, c in schema.columns.items()]
+    return f"SELECT {', '.join(cols)} WHERE false"
+
+
+def _source(lake: Lake, folder: Path, model) -> str:
+    if any(folder.glob("*.parquet")):
+        return f"SELECT * FROM read_parquet('{folder.as_posix()}/*.parquet', union_by_name = true)"
+    return _empty_select(model)
+
+
+def view_definitions(lake: Lake) -> dict[str, str]:
+    """View name -> SQL. Paths come from the lake root, never from user input."""
+    views: dict[str, str] = {}
+    views["ingest_log"] = _source(lake, lake.silver("ingest_log"), IngestLogEntry)
+    views["quarantine"] = _source(lake, lake.silver("quarantine"), QuarantineRow)
+    for table, model in SILVER_MODELS.items():
+        views[RAW_VIEW_NAME.get(table, table)] = _source(lake, lake.silver(table), model)
+    # the newest dictionary export defines a tag
+    views["tags"] = """
+        SELECT t.* FROM tag_files t LEFT JOIN ingest_log l ON l.sha256 = t.source_sha256 AND l.status = 'ingested'
+        QUALIFY row_number() OVER (PARTITION BY t.tag ORDER BY l.started_at DESC NULLS LAST, t.source_row DESC) = 1"""
+    views["batch_records"] = """
+        SELECT r.* EXCLUDE (superseded_by), r.superseded_by FROM (
+            SELECT *, CASE WHEN latest <> source_sha256 THEN latest END AS superseded_by FROM (
+                SELECT *, first_value(source_sha256) OVER (
+                    PARTITION BY batch_id ORDER BY record_version DESC, record_ts DESC NULLS LAST, source_sha256) AS latest
+                FROM batch_record_files)) r"""
+    views["batches"] = "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
+    for name in ("phases", "material_events"):
+        views[name] = f"""
+            SELECT x.* FROM {VERSIONED_VIEWS[name]} x
+            JOIN batches b ON b.batch_id = x.batch_id AND b.source_sha256 = x.source_sha256"""
+    return views
+
+
+VIEW_ORDER = ("ingest_log", "quarantine", "tag_files", "tags", "historian_points", "samples", "batch_record_files",
+              "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events")
+
+
+def rebuild(lake: Lake) -> list[str]:
+    """Rebuild every view; return the view names."""
+    lake.root.mkdir(parents=True, exist_ok=True)
+    views = view_definitions(lake)
+    order = [v for v in VIEW_ORDER if v in views] + sorted(set(views) - set(VIEW_ORDER))
+    with FileLock(str(lake.catalog) + ".lock", timeout=600):
+        tmp = lake.catalog.with_name(f".{lake.catalog.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        with duckdb.connect(str(tmp)) as con:
+            for name in order:
+                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {views[name]}')
+            con.execute("CHECKPOINT")
+        os.replace(tmp, lake.catalog)
+    return order

@@ -1,0 +1,89 @@
+"""Where everything lives under the lake root (DESIGN §4), and how files are written.
+
+Writes go to a temporary name in the same folder and are renamed into place, so a reader
+(or a crash) never sees half a file. Raw copies are write-once: a file is named by its
+SHA-256 and never rewritten.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class Lake:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    def raw(self, sha256: str, suffix: str) -> Path:
+        return self.root / "raw" / f"{sha256}{suffix}"
+
+    def silver(self, table: str) -> Path:
+        return self.root / "silver" / table
+
+    def gold(self, table: str) -> Path:
+        return self.root / "gold" / table
+
+    def models(self, table: str) -> Path:
+        return self.root / "models" / table
+
+    def state(self, name: str) -> Path:
+        return self.root / "state" / name
+
+    def ingested_marker(self, dataset: str, sha256: str) -> Path:
+        return self.root / "state" / "ingested" / dataset / sha256
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_write_once(src: Path, dst: Path) -> bool:
+    """Copy `src` to `dst` unless `dst` exists; True when a copy was made."""
+    if dst.exists():
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

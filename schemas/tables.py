@@ -1,0 +1,167 @@
+"""One pandera model per silver table. Field descriptions are the data dictionary.
+
+Every timestamp is UTC (`datetime64[us, UTC]`, DuckDB `TIMESTAMP WITH TIME ZONE`); where a
+source gave local text, the original is kept in a `*_text` column because DST makes local
+hours repeat. Lineage columns (`schemas.lineage`) tie every row to its file and row.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
+
+QUALITIES = ("good", "uncertain", "bad", "substituted")
+ROLES = ("pv", "sp", "out", "calc")
+INTERPOLATIONS = ("linear", "step")
+LEVELS = ("procedure", "unit_procedure", "operation", "phase")
+
+
+class Lineage(pa.DataFrameModel):
+    source_sha256: Series[str] = pa.Field(str_length={"min_value": 64, "max_value": 64}, description="SHA-256 of the source file (or SQL pull) the row came from")
+    source_row: Series[int] = pa.Field(ge=1, description="line number in the source file (header is line 1); row ordinal for XML and SQL sources")
+    source_path: Series[str] = pa.Field(description="path of the source file relative to the landing zone, or sql:<source>")
+
+
+class Tag(Lineage):
+    """Tag dictionary: which tag measures what, where (e.g. a PI AF export)."""
+
+    tag: Series[str] = pa.Field(unique=True, str_length={"min_value": 1, "max_value": 200}, description="historian tag name")
+    unit_id: Series[str] = pa.Field(description="equipment unit the tag belongs to (ISA-88 unit)")
+    parameter: Series[str] = pa.Field(description="canonical parameter name, e.g. temperature, ph")
+    uom: Series[str] = pa.Field(description="engineering unit as configured in the historian")
+    role: Series[str] = pa.Field(isin=ROLES, description="pv (measurement), sp (set-point), out (controller output), calc")
+    interpolation: Series[str] = pa.Field(isin=INTERPOLATIONS, description="linear for measurements, step for set-points and states")
+    low: Series[float] = pa.Field(nullable=True, description="lower limit of the normal operating range (engineering unit)")
+    high: Series[float] = pa.Field(nullable=True, description="upper limit of the normal operating range (engineering unit)")
+    max_gap_s: Series[float] = pa.Field(gt=0, nullable=True, description="longest interval between archived values that is still trusted for interpolation")
+    description: Series[str] = pa.Field(nullable=True, description="free-text tag description")
+
+
+class HistorianPoint(Lineage):
+    """A raw archived historian value, as recorded (compressed, irregular)."""
+
+    tag: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200}, description="historian tag name")
+    ts: Series[UtcTimestamp] = pa.Field(description="time of the value, UTC")
+    value: Series[float] = pa.Field(nullable=True, description="numeric value in the tag's engineering unit; NULL when the historian recorded a digital state")
+    state: Series[str] = pa.Field(nullable=True, description="digital state text (I/O Timeout, Bad Input, …) when the value is not a number")
+    quality: Series[str] = pa.Field(isin=QUALITIES, description="good / uncertain / bad / substituted, mapped from the source's quality convention")
+    ts_text: Series[str] = pa.Field(nullable=True, description="timestamp exactly as the source wrote it")
+
+
+class BatchRecord(Lineage):
+    """One version of a batch's header, from an MES record. The `batches` view keeps the latest."""
+
+    batch_id: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 100})
+    product: Series[str] = pa.Field(nullable=True)
+    site: Series[str] = pa.Field(nullable=True)
+    unit_id: Series[str] = pa.Field(nullable=True)
+    recipe_id: Series[str] = pa.Field(nullable=True)
+    status: Series[str] = pa.Field(description="MES status, lower case: complete, running, aborted, …")
+    start_ts: Series[UtcTimestamp] = pa.Field(nullable=True)
+    end_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="NULL while the batch runs")
+    inoculation_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="start of the INOCULATION phase; t_batch_h counts from here")
+    record_version: Series[int] = pa.Field(ge=1, description="version of the batch record; a higher version supersedes")
+    record_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="when the MES last changed this record version")
+
+    @pa.dataframe_check(error="end_ts before start_ts")
+    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["end_ts"].isna() | df["start_ts"].isna() | (df["end_ts"] >= df["start_ts"])
+
+
+class Phase(Lineage):
+    """A procedural element of a batch (ISA-88), as a half-open interval [start_ts, end_ts)."""
+
+    batch_id: Series[str]
+    unit_id: Series[str] = pa.Field(nullable=True)
+    level: Series[str] = pa.Field(isin=LEVELS)
+    path: Series[str] = pa.Field(description="procedural path, e.g. B26-001:PRODUCTION:CULTURE:FED_BATCH")
+    phase: Series[str] = pa.Field(description="element name, e.g. FED_BATCH")
+    seq: Series[int] = pa.Field(ge=1, description="order of the element within its batch and level")
+    start_ts: Series[UtcTimestamp] = pa.Field(nullable=True)
+    end_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="NULL while the element runs")
+    record_version: Series[int] = pa.Field(ge=1)
+
+    @pa.dataframe_check(error="end_ts before start_ts")
+    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["end_ts"].isna() | df["start_ts"].isna() | (df["end_ts"] >= df["start_ts"])
+
+
+class MaterialEvent(Lineage):
+    """A material addition or consumption recorded by the MES (bolus feeds, inoculum, media)."""
+
+    batch_id: Series[str]
+    ts: Series[UtcTimestamp] = pa.Field(nullable=True)
+    material: Series[str]
+    quantity: Series[float] = pa.Field(ge=0)
+    uom: Series[str]
+    kind: Series[str] = pa.Field(nullable=True, description="charge, inoculum, bolus, feed_total, … as the MES describes it")
+    record_version: Series[int] = pa.Field(ge=1)
+
+
+class Sample(Lineage):
+    """An offline lab result (LIMS)."""
+
+    batch_id: Series[str]
+    sample_id: Series[str]
+    analyte: Series[str]
+    value: Series[float] = pa.Field(nullable=True, description="numeric result; NULL when censored (see value_text)")
+    value_text: Series[str] = pa.Field(description="result exactly as reported, e.g. '<0.5'")
+    censored: Series[bool] = pa.Field(description="result below/above a quantitation limit")
+    uom: Series[str]
+    sampled_ts: Series[UtcTimestamp] = pa.Field(description="when the sample was drawn: models and contextualization use this")
+    reported_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="when the lab released the result: forecasts may only use results reported before their as-of time")
+
+    @pa.dataframe_check(error="reported_ts before sampled_ts")
+    def reported_after_sampled(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["reported_ts"].isna() | (df["reported_ts"] >= df["sampled_ts"])
+
+
+class QuarantineRow(pa.DataFrameModel):
+    """One rejected source row and the reason; rows are never dropped silently."""
+
+    dataset: Series[str]
+    source_sha256: Series[str]
+    source_row: Series[int] = pa.Field(nullable=True)
+    source_path: Series[str]
+    column: Series[str] = pa.Field(nullable=True)
+    check: Series[str]
+    failure_value: Series[str] = pa.Field(nullable=True)
+    reason: Series[str]
+    ingested_at: Series[UtcTimestamp]
+
+
+class IngestLogEntry(pa.DataFrameModel):
+    """One row per source file or SQL pull: what was read, accepted and quarantined."""
+
+    source: Series[str]
+    path: Series[str]
+    sha256: Series[str]
+    bytes: Series[int] = pa.Field(ge=0)
+    dataset: Series[str]
+    rows_read: Series[int] = pa.Field(ge=0)
+    rows_accepted: Series[int] = pa.Field(ge=0)
+    rows_quarantined: Series[int] = pa.Field(ge=0)
+    status: Series[str] = pa.Field(isin=("ingested", "rejected", "unchanged"))
+    error: Series[str] = pa.Field(nullable=True)
+    run_id: Series[str] = pa.Field(nullable=True)
+    code_version: Series[str]
+    started_at: Series[UtcTimestamp]
+    finished_at: Series[UtcTimestamp]
+
+    @pa.dataframe_check(error="rows_read != rows_accepted + rows_quarantined")
+    def rows_conserved(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["rows_read"] == df["rows_accepted"] + df["rows_quarantined"]
+
+
+SILVER_MODELS: dict[str, type[pa.DataFrameModel]] = {
+    "tags": Tag,
+    "historian_points": HistorianPoint,
+    "batch_records": BatchRecord,
+    "phase_records": Phase,
+    "material_event_records": MaterialEvent,
+    "samples": Sample,
+}

@@ -1,0 +1,77 @@
+"""Historian CSV exports, long (tag, time, value, status) and wide (time, tag1, tag2, …)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sources.base import ReadResult, SourceRejected, add_lineage, parse_timestamps, read_csv_text, rejects_where, require_columns
+from sources.profiles import FileProfile
+
+POINT_COLUMNS = ["tag", "ts", "value", "state", "quality", "ts_text"]
+
+
+def _values(text: pd.Series, profile: FileProfile) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(numeric value, digital state, unparseable mask) from a historian value column."""
+    cleaned = text.str.strip()
+    numeric_text = cleaned.str.replace(profile.decimal, ".", regex=False) if profile.decimal != "." else cleaned
+    value = pd.to_numeric(numeric_text, errors="coerce").astype("float64")
+    states = {s.lower(): s for s in profile.digital_states}
+    is_state = value.isna() & cleaned.str.lower().isin(states)
+    state = cleaned.where(is_state).astype("str").where(is_state, None)
+    return value, state, value.isna() & ~is_state
+
+
+def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
+    cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
+    require_columns(df, [cols["tag"], cols["ts"], cols["value"]], rel_path)
+    ts = parse_timestamps(df[cols["ts"]], profile.timestamp_format, profile.timezone)
+    value, state, unparseable = _values(df[cols["value"]], profile)
+    if cols["status"] in df:
+        quality = df[cols["status"]].str.strip().str.lower().map(profile.quality)
+        unknown_quality = quality.isna()
+    else:
+        quality = pd.Series("good", index=df.index)
+        unknown_quality = pd.Series(False, index=df.index)
+    quality = quality.where(state.isna(), "bad")  # a digital state is never a good value
+    bad_ts = ts.isna()
+    problems = [
+        rejects_where(bad_ts, df, lines, cols["ts"], "timestamp", f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})", sha256, rel_path),
+        rejects_where(unparseable & ~bad_ts, df, lines, cols["value"], "value_parse", "value is neither a number nor a known digital state", sha256, rel_path),
+        rejects_where(unknown_quality & ~bad_ts & ~unparseable, df, lines, cols["status"], "quality_code", "status is not in the profile's quality mapping", sha256, rel_path),
+    ]
+    ok = ~(bad_ts | unparseable | unknown_quality)
+    out = pd.DataFrame({"tag": df[cols["tag"]].str.strip(), "ts": ts, "value": value, "state": state, "quality": quality, "ts_text": df[cols["ts"]]})[ok.to_numpy()]
+    out = add_lineage(out.reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path)
+    return ReadResult({"historian_points": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))
+
+
+def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    """Each non-empty cell becomes one point; rows_read counts cells plus malformed lines."""
+    df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
+    ts_col = profile.column("ts")
+    require_columns(df, [ts_col], rel_path)
+    tags = [c for c in df.columns if c != ts_col]
+    if not tags:
+        raise SourceRejected(f"{rel_path}: wide historian export has a timestamp column but no tag columns")
+    ts = parse_timestamps(df[ts_col], profile.timestamp_format, profile.timezone)
+    long = df.melt(id_vars=[ts_col], value_vars=tags, var_name="tag", value_name="text", ignore_index=False)
+    long["line"] = np.tile(lines, len(tags))
+    long["ts"] = np.tile(ts.to_numpy(), len(tags))
+    long = long[long["text"].str.strip() != ""].reset_index(drop=True)
+    value, state, unparseable = _values(long["text"], profile)
+    bad_ts = long["ts"].isna()
+    row_lines = long["line"].to_numpy()
+    problems = [
+        rejects_where(bad_ts, long, row_lines, ts_col, "timestamp", f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})", sha256, rel_path),
+        rejects_where(unparseable & ~bad_ts, long, row_lines, "text", "value_parse", "value is neither a number nor a known digital state", sha256, rel_path),
+    ]
+    ok = (~(bad_ts | unparseable)).to_numpy()
+    # wide exports are the historian's sampled/interpolated values: quality is not exported
+    out = pd.DataFrame({"tag": long["tag"], "ts": long["ts"], "value": value, "state": state,
+                        "quality": np.where(state.isna(), "good", "bad"), "ts_text": long[ts_col]})[ok]
+    out = add_lineage(out.reset_index(drop=True), sha256, row_lines[ok], rel_path)
+    return ReadResult({"historian_points": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(long) + len(rejects))
+

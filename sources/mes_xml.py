@@ -1,0 +1,164 @@
+"""BatchML / B2MML batch records (V0401…V0700), matched by local element name.
+
+Namespaces change with every B2MML version and vendors extend the schema, so elements are
+found by local name wherever they sit. Parsing never resolves entities, loads DTDs or touches
+the network (XXE and entity-expansion attacks are refused by construction).
+
+What is read:
+- `BatchListEntry` trees: the batch (type Batch) and its procedural elements with actual times;
+- `BatchProductionRecord` / `ListHeader` version and last-changed date (record versions);
+- `SegmentResponse/MaterialActual`: additions and consumptions (bolus feeds, inoculum, media);
+- Rockwell PharmaSuite's `ExecutedControlRecipe/RuntimeRecipeElement` extension, which gives
+  completion times only: an element's end is its `CompletionTime` (or its last child's), and
+  its start is derived as the end of the element before it at the same level. Derived fields
+  are named in the file's notes and in the `derived` column.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from lxml import etree
+
+from sources.base import ReadResult, SourceRejected, finish_records
+from sources.profiles import FileProfile
+
+LEVEL_OF = {"batch": "procedure", "procedure": "procedure", "unitprocedure": "unit_procedure", "operation": "operation", "phase": "phase"}
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False, remove_comments=True)
+
+
+def local(el) -> str:
+    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+
+
+def child(el, name: str):
+    return next((c for c in el if local(c) == name), None)
+
+
+def text(el, name: str) -> str | None:
+    c = child(el, name)
+    return c.text.strip() if c is not None and c.text and c.text.strip() else None
+
+
+def descendants(el, name: str):
+    return (d for d in el.iter() if local(d) == name)
+
+
+def _ts(value: str | None):
+    if value is None:
+        return pd.NaT
+    return pd.to_datetime(value, format="ISO8601", utc=True, errors="coerce")
+
+
+def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    try:
+        tree = etree.parse(str(path), _parser())
+    except etree.XMLSyntaxError as err:
+        raise SourceRejected(f"not well-formed XML: {err}") from None
+    root = tree.getroot()
+    if tree.docinfo.internalDTD is not None or any(isinstance(n, etree._Entity) for n in root.iter()):
+        raise SourceRejected("XML declares a DTD or entities; batch records must not (entity expansion is refused)")
+    version, record_ts = _record_version(root)
+    ordinal = iter(range(1, 10**9))
+    batches, phases, materials, notes = [], [], [], []
+    for entry in (e for e in descendants(root, "BatchListEntry") if (text(e, "BatchListEntryType") or "").lower() == "batch"):
+        _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases)
+    for ecr in descendants(root, "ExecutedControlRecipe"):
+        notes.append(_executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases))
+    default_batch = batches[0]["batch_id"] if len(batches) == 1 else None
+    for bpr in descendants(root, "BatchProductionRecord"):
+        batch_id = text(bpr, "BatchID") or default_batch
+        for ma in descendants(bpr, "MaterialActual"):
+            materials.append(_material(ma, batch_id, version, next(ordinal)))
+    tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (("batch_records", batches), ("phase_records", phases), ("material_event_records", materials))}
+    rows_read = sum(len(t) for t in tables.values())
+    return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
+
+
+def _record_version(root) -> tuple[int, object]:
+    """The record's version and last-changed time, from the first header that states them."""
+    version, changed = None, None
+    for el in root.iter():
+        name = local(el)
+        if name == "Version" and version is None and el.text and el.text.strip().isdigit():
+            version = int(el.text.strip())
+        elif name in ("LastChangedDate", "PublishedDate", "CreationDate", "CreateDate") and changed is None and el.text:
+            changed = _ts(el.text.strip())
+    return version or 1, changed if changed is not None else pd.NaT
+
+
+def _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases) -> None:
+    batch_id = text(entry, "BatchID") or text(entry, "ID")
+    row = next(ordinal)
+    seq: dict[str, int] = {}
+    inoculation = pd.NaT
+    unit_id = text(entry, "ActualEquipmentID") or text(entry, "EquipmentID")
+    for el in entry.iter():
+        if local(el) != "BatchListEntry" or el is entry:
+            continue
+        level = LEVEL_OF.get((text(el, "BatchListEntryType") or "").lower().replace(" ", ""))
+        if level is None:
+            continue
+        ident = text(el, "ID") or ""
+        name = ident.replace("|", ":").split(":")[-1]
+        seq[level] = seq.get(level, 0) + 1
+        start = _ts(text(el, "ActualStartTime"))
+        if level == "phase" and name == profile.inoculation_phase:
+            inoculation = start
+        phases.append({"batch_id": batch_id, "unit_id": text(el, "ActualEquipmentID") or text(el, "EquipmentID") or unit_id, "level": level,
+                       "path": ident, "phase": name, "seq": seq[level], "start_ts": start, "end_ts": _ts(text(el, "ActualEndTime")),
+                       "record_version": version, "line": next(ordinal)})
+    batches.append({"batch_id": batch_id, "product": text(entry, "ProductID"), "site": profile.site, "unit_id": unit_id,
+                    "recipe_id": text(entry, "RecipeID"), "status": (text(entry, "Status") or "unknown").lower(),
+                    "start_ts": _ts(text(entry, "ActualStartTime")), "end_ts": _ts(text(entry, "ActualEndTime")),
+                    "inoculation_ts": inoculation, "record_version": version, "record_ts": record_ts, "line": row})
+
+
+def _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases) -> str:
+    batch_id = text(ecr, "BatchID") or text(ecr, "ID")
+    header = child(ecr, "Header")
+    product = text(header, "ProductID") if header is not None else None
+    row = next(ordinal)
+    seq: dict[str, int] = {}
+
+    def end_of(el):
+        own = _ts(text(el, "CompletionTime"))
+        kids = [end_of(k) for k in el if local(k) == "RuntimeRecipeElement"]
+        kids = [k for k in kids if pd.notna(k)]
+        return own if pd.notna(own) else (max(kids) if kids else pd.NaT)
+
+    def walk(el, parent_start):
+        prev_end = parent_start
+        for k in (c for c in el if local(c) == "RuntimeRecipeElement"):
+            level = LEVEL_OF.get((text(k, "RecipeElementType") or "").lower().replace(" ", ""), "phase")
+            seq[level] = seq.get(level, 0) + 1
+            end = end_of(k)
+            ident = text(k, "ID") or ""
+            phases.append({"batch_id": batch_id, "unit_id": None, "level": level, "path": ident, "phase": ident.split("|")[-1],
+                           "seq": seq[level], "start_ts": prev_end, "end_ts": end, "record_version": version, "line": next(ordinal)})
+            walk(k, prev_end)
+            prev_end = end if pd.notna(end) else prev_end
+
+    walk(ecr, pd.NaT)
+    ends = [p["end_ts"] for p in phases if p["batch_id"] == batch_id and pd.notna(p["end_ts"])]
+    batches.append({"batch_id": batch_id, "product": product, "site": profile.site, "unit_id": None, "recipe_id": None,
+                    "status": "complete" if ends else "unknown", "start_ts": pd.NaT, "end_ts": max(ends) if ends else pd.NaT,
+                    "inoculation_ts": pd.NaT, "record_version": version, "record_ts": record_ts, "line": row})
+    return (f"{batch_id}: ExecutedControlRecipe gives completion times only; phase start_ts is derived as the previous "
+            "element's completion (NULL for the first element at each level); batch start_ts is unknown")
+
+
+def _material(ma, batch_id, version, row) -> dict:
+    qty_el = child(ma, "Quantity")
+    qty = pd.to_numeric(text(qty_el, "QuantityString") if qty_el is not None else None, errors="coerce")
+    uom = text(qty_el, "UnitOfMeasure") if qty_el is not None else None
+    when = pd.NaT
+    for prop in (c for c in ma if local(c) == "MaterialActualProperty"):
+        if (text(prop, "ID") or "").lower() in ("actualtime", "timestamp"):
+            val = child(prop, "Value")
+            when = _ts(text(val, "ValueString")) if val is not None else pd.NaT
+    return {"batch_id": batch_id, "ts": when, "material": text(ma, "MaterialDefinitionID") or "", "quantity": float(qty) if pd.notna(qty) else float("nan"),
+            "uom": uom or "", "kind": text(ma, "Description") or (text(ma, "MaterialUse") or "").lower() or None, "record_version": version, "line": row}

@@ -1,0 +1,131 @@
+"""Per-source profiles: how one site's exports look. Onboarding a site means writing a profile.
+
+Profiles come from `landing/sources.yaml` (optional). A profile there replaces the built-in
+profile of the same name or adds a new one; the built-ins describe the demo plant. Files are
+matched to the first profile whose glob matches their path relative to the landing zone.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+# PI system digital states seen in historian exports (a subset of the 300+; profiles extend it)
+PI_DIGITAL_STATES = (
+    "Pt Created", "I/O Timeout", "No Data", "Bad Input", "Shutdown", "Scan Off", "Scan On",
+    "Calc Failed", "Over Range", "Under Range", "Intf Shut", "Arc Off-line", "Comm Fail",
+    "Configure", "Bad", "Equip Fail", "No Sample", "Not Connect", "Out of Serv", "Invalid Data",
+)
+QUALITY_WORDS = {
+    "good": "good", "questionable": "uncertain", "uncertain": "uncertain", "suspect": "uncertain",
+    "bad": "bad", "substituted": "substituted", "annotated": "good", "doubtful": "uncertain",
+    # OPC DA quality codes, as numbers in the status column
+    "192": "good", "216": "substituted", "64": "uncertain", "0": "bad",
+}
+IP21_QUALITY = {"0": "good", "1": "uncertain", "2": "bad", "4": "substituted", "5": "uncertain", "6": "bad"}
+DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class FileProfile:
+    """How to read one family of landing files."""
+
+    name: str
+    dataset: str
+    glob: str
+    delimiter: str = ","
+    decimal: str = "."
+    encoding: str = "utf8"
+    columns: dict[str, str] = field(default_factory=dict)
+    timestamp_format: str | None = None  # strptime format; None means ISO 8601
+    timezone: str = "UTC"  # zone of naive timestamps
+    quality: dict[str, str] = field(default_factory=lambda: dict(QUALITY_WORDS))
+    digital_states: tuple[str, ...] = PI_DIGITAL_STATES
+    inoculation_phase: str = "INOCULATION"  # MES phase whose start is t_batch_h = 0
+    site: str | None = None
+
+    def column(self, canonical: str) -> str:
+        return self.columns.get(canonical, canonical)
+
+    def matches(self, rel_path: str) -> bool:
+        return fnmatch.fnmatch(rel_path, self.glob)
+
+
+@dataclass(frozen=True)
+class SqlProfile:
+    """An SQL historian reached through SQLAlchemy, pulled incrementally by timestamp."""
+
+    name: str
+    url: str  # may contain ${ENV_VAR}; passwords belong in the environment, not in the file
+    table: str = "history"
+    columns: dict[str, str] = field(default_factory=lambda: {"tag": "name", "ts": "ts", "value": "value", "status": "status"})
+    timezone: str = "UTC"
+    quality: dict[str, str] = field(default_factory=lambda: dict(IP21_QUALITY))
+    lookback_s: float = 3600.0  # re-read this far behind the watermark so late rows are picked up
+
+    def __post_init__(self) -> None:
+        for ident in (self.table, *self.columns.values()):
+            if not _IDENTIFIER.match(ident):
+                raise ValueError(f"SQL profile {self.name!r}: {ident!r} is not a plain identifier")
+
+    def resolved_url(self) -> str:
+        return os.path.expandvars(self.url)
+
+
+def default_file_profiles() -> list[FileProfile]:
+    """The demo plant's exports. Order matters: the first matching glob wins."""
+    return [
+        FileProfile("tag_dictionary", "tags", "tags/*.csv"),
+        FileProfile("mes_batchml", "mes_xml", "mes/*.xml"),
+        FileProfile("mes_journal", "mes_journal", "mes/*.csv", timestamp_format="%Y-%m-%d %H:%M:%S", timezone="Europe/Zurich",
+                    columns={"time": "Time", "batch_id": "BatchID", "recipe_path": "RecipePath", "unit": "Unit", "phase": "Phase",
+                             "event": "Event", "pvalue": "PValue", "descript": "Descript", "eng_units": "EngUnits"}),
+        FileProfile("historian_wide_br102", "historian_wide", "historian/*_wide.csv*", delimiter=";", decimal=",",
+                    timestamp_format="%d.%m.%Y %H:%M:%S", timezone="Europe/Zurich", columns={"ts": "Timestamp"}),
+        FileProfile("historian_long_pi", "historian_long", "historian/*.csv*",
+                    columns={"tag": "Tag", "ts": "Timestamp", "value": "Value", "status": "Status"}),
+        FileProfile("lims", "lims", "lims/*.csv"),
+    ]
+
+
+def default_sql_profiles(sql_url: str) -> list[SqlProfile]:
+    return [SqlProfile("ip21_br201", sql_url)]
+
+
+def load_profiles(landing: Path, sql_url: str) -> tuple[list[FileProfile], list[SqlProfile]]:
+    """Built-in profiles, overridden and extended by `landing/sources.yaml` when present."""
+    files = {p.name: p for p in default_file_profiles()}
+    sqls = {p.name: p for p in default_sql_profiles(sql_url)}
+    path = Path(landing) / "sources.yaml"
+    if path.exists():
+        doc = yaml.safe_load(path.read_text()) or {}
+        for name, spec in (doc.get("files") or {}).items():
+            files[name] = _build(FileProfile, name, spec, files.get(name))
+        for name, spec in (doc.get("sql") or {}).items():
+            sqls[name] = _build(SqlProfile, name, spec, sqls.get(name))
+    ordered = sorted(files.values(), key=lambda p: -len(p.glob.replace("*", "")))
+    for p in ordered:
+        if p.dataset not in DATASETS:
+            raise ValueError(f"sources.yaml: profile {p.name!r} has unknown dataset {p.dataset!r} (one of {', '.join(DATASETS)})")
+    return ordered, list(sqls.values())
+
+
+def _build(cls, name: str, spec: dict, base):
+    known = {f.name for f in fields(cls)}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"sources.yaml: profile {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+    if "digital_states" in spec:
+        spec = {**spec, "digital_states": tuple(spec["digital_states"])}
+    if "quality" in spec:
+        spec = {**spec, "quality": {str(k).lower(): v for k, v in spec["quality"].items()}}
+    return replace(base, **spec) if base is not None else cls(name=name, **spec)
+
+
+def profile_for(rel_path: str, profiles: list[FileProfile]) -> FileProfile | None:
+    return next((p for p in profiles if p.matches(rel_path)), None)
