@@ -104,18 +104,19 @@ def plan_batches(n_batches: int, rng: np.random.Generator) -> list[BatchPlan]:
     for seq in range(n_batches):
         unit = min(UNITS, key=lambda u: (next_free[u], u))
         start = next_free[unit]
-        prep_h = float(rng.uniform(6.0, 9.0))
+        # the MES records whole seconds, so every planned time is a whole second
+        prep_h = _seconds(rng.uniform(6.0, 9.0))
         inoc = start + timedelta(hours=prep_h)
-        feed_start = float(rng.uniform(68.0, 76.0))
-        shift = float(rng.uniform(140.0, 148.0))
-        harvest = float(rng.uniform(324.0, 336.0))
+        feed_start = _seconds(rng.uniform(68.0, 76.0))
+        shift = _seconds(rng.uniform(140.0, 148.0))
+        harvest = _seconds(rng.uniform(324.0, 336.0))
         bounds = {
             "PREPARATION": (-prep_h, 0.0),
             "INOCULATION": (0.0, 0.5),
             "GROWTH": (0.5, feed_start),
             "FED_BATCH": (feed_start, shift),
             "PRODUCTION": (shift, harvest),
-            "HARVEST": (harvest, harvest + float(rng.uniform(4.0, 6.0))),
+            "HARVEST": (harvest, harvest + _seconds(rng.uniform(4.0, 6.0))),
         }
         base_rate = 1.6 * float(rng.normal(1.0, 0.06))
         feed_times = [feed_start + 24.0 * k for k in range(int((harvest - feed_start) // 24) + 1)]
@@ -145,8 +146,12 @@ def plan_batches(n_batches: int, rng: np.random.Generator) -> list[BatchPlan]:
             )
         )
         end = inoc + timedelta(hours=bounds["HARVEST"][1])
-        next_free[unit] = end + timedelta(hours=float(rng.uniform(*TURNAROUND_H)))
+        next_free[unit] = end + timedelta(hours=_seconds(rng.uniform(*TURNAROUND_H)))
     return plans
+
+
+def _seconds(hours: float) -> float:
+    return round(float(hours) * 3600.0) / 3600.0
 
 
 @dataclass

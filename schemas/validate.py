@@ -64,7 +64,7 @@ def split(
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
         idx = pd.Index(group["index"].astype(df.index.dtype))
         column_name = None if column == model.__name__ else column
-        rejects.append(_row_rejects(df, idx, column_name, str(check), group["failure_case"].tolist(), f"{column_name or 'row'}: {check} failed"))
+        rejects.append(_row_rejects(df, idx, column_name, str(check), group["failure_case"].tolist(), f"{column_name or 'row'} failed {check}"))
     quarantined = pd.concat(rejects, ignore_index=True)
     bad = pd.Index(cases["index"].dropna().unique()).astype(df.index.dtype)
     return df.drop(index=bad), quarantined

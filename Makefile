@@ -1,0 +1,39 @@
+# Every target bootstraps the virtualenv it needs from requirements.lock (the tested set).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= data
+DAGSTER_HOME ?= $(abspath $(DATA)/dagster_home)
+export DAGSTER_HOME
+UI_PORT ?= 3000
+
+.PHONY: demo test ui bench lock clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp pipelines/dagster.yaml $@
+
+demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write the demo plant and run the whole pipeline
+	$(BIN)/batchtwin demo --data-dir $(DATA)
+
+test: $(BIN)/.installed  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI and daemon (sensors, schedules) on 127.0.0.1
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+
+lock:  ## re-resolve the locked set after changing pyproject.toml dependencies
+	rm -rf /tmp/batchtwin-lock && $(PYTHON) -m venv /tmp/batchtwin-lock
+	/tmp/batchtwin-lock/bin/pip install --quiet --upgrade pip
+	/tmp/batchtwin-lock/bin/pip install --quiet -e ".[test]"
+	/tmp/batchtwin-lock/bin/pip freeze --exclude-editable | grep -v '^batchtwin' > requirements.lock
+
+clean:
+	rm -rf $(DATA) $(VENV)

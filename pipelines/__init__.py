@@ -1,0 +1,1 @@
+"""Dagster orchestration (the only package that imports Dagster) and the command line."""

@@ -1,0 +1,30 @@
+"""Curate assets: the DuckDB catalog of views over the silver Parquet tables."""
+
+import dagster as dg
+
+from lake import catalog, query
+from pipelines.ingest_assets import INGEST_ASSETS
+from pipelines.resources import LakeResource
+
+
+@dg.asset(group_name="curate", kinds={"duckdb"}, deps=INGEST_ASSETS, pool="catalog_writer")
+def lake_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """`catalog.duckdb`: one view per lake table (DESIGN §4), rebuilt whole and swapped in atomically.
+
+    One writer at a time (a file lock, plus the `catalog_writer` pool): DuckDB allows a single
+    writing process per database file. Readers open it read-only.
+    """
+    the_lake = lake.lake()
+    views = catalog.rebuild(the_lake)
+    counts = {v: int(query.query(the_lake, f'SELECT count(*) AS n FROM "{v}"')["n"].iloc[0]) for v in views}
+    context.log.info(f"catalog rebuilt with {len(views)} views at {the_lake.catalog}")
+    table = "\n".join(f"| {v} | {n:,} |" for v, n in counts.items())
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(the_lake.catalog)),
+            "views": len(views),
+            "batches": counts.get("batches", 0),
+            "historian_points": counts.get("historian_points", 0),
+            "row_counts": dg.MetadataValue.md("| view | rows |\n|---|---:|\n" + table),
+        }
+    )

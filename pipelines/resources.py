@@ -1,0 +1,51 @@
+"""Resources carry every location: lake root, landing root, SQL historian URL.
+
+Local defaults suit the demo plant; `BATCHTWIN_LAKE`, `BATCHTWIN_LANDING` and
+`BATCHTWIN_SQL_URL` override them, so the same assets run elsewhere without code changes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from lake.layout import Lake
+from sources.profiles import FileProfile, SqlProfile, load_profiles
+
+DEFAULT_DATA = Path("data")
+
+
+def default_sql_url(data_dir: Path = DEFAULT_DATA) -> str:
+    return f"sqlite:///{(data_dir / 'sql' / 'historian.sqlite').resolve()}"
+
+
+class LakeResource(dg.ConfigurableResource):
+    """Root of the Parquet lake and its DuckDB catalog."""
+
+    root: str
+
+    def lake(self) -> Lake:
+        return Lake(Path(self.root))
+
+
+class LandingResource(dg.ConfigurableResource):
+    """Landing zone folder plus the SQL historian URL that its source profiles default to."""
+
+    root: str
+    sql_url: str
+
+    def profiles(self) -> tuple[list[FileProfile], list[SqlProfile]]:
+        return load_profiles(Path(self.root), self.sql_url)
+
+
+def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.ConfigurableResource]:
+    """Resources for `data_dir` (landing/, lake/, sql/), each overridable by its environment variable."""
+    data = Path(data_dir)
+    return {
+        "lake": LakeResource(root=os.environ.get("BATCHTWIN_LAKE", str(data / "lake"))),
+        "landing": LandingResource(
+            root=os.environ.get("BATCHTWIN_LANDING", str(data / "landing")),
+            sql_url=os.environ.get("BATCHTWIN_SQL_URL", default_sql_url(data)),
+        ),
+    }

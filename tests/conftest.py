@@ -1,0 +1,46 @@
+"""Shared fixtures: one small demo plant per session, and one pipeline run over it.
+
+The small plant (5 batches, 60 s scans) has every fault of the full demo and runs in seconds.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from demo.plant import PlantSize, generate
+
+SMALL = PlantSize(batches=5, seconds_per_sample=60.0)
+
+
+@pytest.fixture(scope="session")
+def plant_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("plant")
+    generate(root, SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def truth(plant_dir) -> dict:
+    import json
+
+    return json.loads((plant_dir / "truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(plant_dir, tmp_path_factory):
+    """The whole asset graph materialized once through Dagster into a temporary lake."""
+    from pipelines.runner import materialize_all
+
+    data = tmp_path_factory.mktemp("run")
+    shutil.copytree(plant_dir / "landing", data / "landing")
+    shutil.copytree(plant_dir / "sql", data / "sql")
+    result = materialize_all(data)
+    return data, result
+
+
+@pytest.fixture()
+def fresh_data(plant_dir, tmp_path) -> Path:
+    """A private copy of the small plant's landing zone and SQL historian."""
+    shutil.copytree(plant_dir / "landing", tmp_path / "landing")
+    shutil.copytree(plant_dir / "sql", tmp_path / "sql")
+    return tmp_path

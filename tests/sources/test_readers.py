@@ -1,0 +1,128 @@
+"""Readers on the demo plant's files, the real vendor record, and malformed input."""
+import gzip
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sources import historian_csv, lims, mes_journal, mes_xml, tags
+from sources.base import SourceRejected, sha256_of
+from sources.profiles import default_file_profiles, load_profiles, profile_for
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "b2mml" / "examples"
+PROFILES = default_file_profiles()
+
+
+def _read(reader, path: Path, landing: Path):
+    rel = path.relative_to(landing).as_posix()
+    return reader(path, sha256_of(path), rel, profile_for(rel, PROFILES))
+
+
+def test_long_historian_quarantines_the_truncated_line_by_its_number(plant_dir, truth):
+    landing = plant_dir / "landing"
+    fault = next(f for f in truth["faults"] if f["fault"] == "malformed_line" and f["file"].startswith("historian"))
+    res = _read(historian_csv.read_long, landing / fault["file"], landing)
+    points = res.tables["historian_points"]
+    assert res.rejects["source_row"].tolist() == [fault["line"]]
+    assert res.rows_read == len(points) + len(res.rejects)
+    text = gzip.decompress((landing / fault["file"]).read_bytes()).decode().splitlines()
+    row = points.iloc[100]
+    assert text[row.source_row - 1].startswith(f"{row.tag},{row.ts_text},")
+
+
+def test_long_historian_keeps_digital_states_as_bad_quality(plant_dir):
+    landing = plant_dir / "landing"
+    pts = pd.concat(_read(historian_csv.read_long, p, landing).tables["historian_points"] for p in (landing / "historian").glob("BR101_*"))
+    states = pts[pts.state.notna()]
+    assert {"Pt Created", "I/O Timeout", "Scan Off"} <= set(states.state)
+    assert states.value.isna().all() and (states.quality == "bad").all()
+    assert {"uncertain", "bad", "good"} <= set(pts.quality)
+    assert str(pts.ts.dtype) == "datetime64[us, UTC]"
+
+
+def test_wide_historian_reads_decimal_comma_and_local_time_across_dst(plant_dir):
+    landing = plant_dir / "landing"
+    res = _read(historian_csv.read_wide, landing / "historian" / "BR102_2026-03-22_wide.csv", landing)
+    pts = res.tables["historian_points"]
+    temp = pts[pts.tag == "BR102.TT01.SP"].sort_values("ts")
+    assert temp.value.between(59.0, 99.0).all()  # °F set-points: 15 °C … 36.8 °C
+    steps = temp.ts.diff().dropna().dt.total_seconds()
+    assert (steps == 60).all(), "one minute apart in UTC, also across the DST change"
+    dst = pts[pts.ts_text.isin(["29.03.2026 01:59:00", "29.03.2026 03:00:00"]) & (pts.tag == "BR102.TT01.SP")]
+    assert (dst.ts.diff().dropna().dt.total_seconds() == 60).all()
+    assert res.rows_read == len(pts) + len(res.rejects)
+
+
+def test_event_journal_derives_phases_from_state_changes(plant_dir, truth):
+    landing = plant_dir / "landing"
+    path = next((landing / "mes").glob("*_journal.csv"))
+    res = _read(mes_journal.read_journal, path, landing)
+    batch = res.tables["batch_records"].iloc[0]
+    expected = next(b for b in truth["batches"] if b["batch_id"] == batch.batch_id)
+    assert batch["product"] == "MAB-A" and batch.unit_id == expected["unit_id"]
+    assert batch.inoculation_ts == pd.Timestamp(expected["inoculation_ts"])
+    phases = res.tables["phase_records"]
+    fed = phases[phases.phase == "FED_BATCH"].iloc[0]
+    assert fed.start_ts == pd.Timestamp(expected["phases"]["FED_BATCH"]["start_ts"])
+    assert fed.end_ts == pd.Timestamp(expected["phases"]["FED_BATCH"]["end_ts"])
+    assert set(phases.level) == {"procedure", "unit_procedure", "operation", "phase"}
+
+
+def test_batchml_reads_batch_phases_materials_and_version(plant_dir, truth):
+    landing = plant_dir / "landing"
+    v1 = _read(mes_xml.read_batchml, landing / "mes" / "B26-001_v1.xml", landing)
+    v2 = _read(mes_xml.read_batchml, landing / "mes" / "B26-001_v2.xml", landing)
+    b1, b2 = v1.tables["batch_records"].iloc[0], v2.tables["batch_records"].iloc[0]
+    assert (b1.record_version, b2.record_version) == (1, 2)
+    expected = next(b for b in truth["batches"] if b["batch_id"] == "B26-001")
+    assert b2.end_ts == pd.Timestamp(expected["end_ts"]) and b1.end_ts < b2.end_ts
+    assert b2.inoculation_ts == pd.Timestamp(expected["inoculation_ts"])
+    bolus = v2.tables["material_event_records"]
+    bolus = bolus[bolus.kind == "bolus"]
+    assert bolus.quantity.tolist() == pytest.approx([b["volume_l"] for b in expected["boluses"]])
+    assert len(v2.tables["phase_records"].query("level == 'phase'")) == 6
+
+
+def test_the_real_rockwell_record_parses_into_batch_bx10():
+    path = REFERENCE / "rockwell-pharmasuite-batch-production-record-v0401.xml"
+    res = mes_xml.read_batchml(path, sha256_of(path), path.name, profile_for("mes/x.xml", PROFILES))
+    batch = res.tables["batch_records"].iloc[0]
+    assert batch.batch_id == "BX10" and batch["product"] == "000399FG01"
+    phases = res.tables["phase_records"]
+    assert {"procedure", "unit_procedure", "operation", "phase"} <= set(phases.level)
+    assert phases.end_ts.notna().all()
+    assert any("derived" in n for n in res.notes)
+
+
+def test_xml_with_an_entity_declaration_is_refused(tmp_path):
+    evil = tmp_path / "evil.xml"
+    evil.write_text('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><BatchList><BatchListEntry><ID>&x;</ID></BatchListEntry></BatchList>')
+    with pytest.raises(SourceRejected, match="DTD or entities"):
+        mes_xml.read_batchml(evil, sha256_of(evil), "mes/evil.xml", PROFILES[1])
+
+
+def test_lims_marks_censored_results_and_quarantines_the_decimal_comma_line(plant_dir, truth):
+    landing = plant_dir / "landing"
+    fault = next(f for f in truth["faults"] if f["fault"] == "malformed_line" and f["file"].startswith("lims"))
+    res = _read(lims.read_lims, landing / fault["file"], landing)
+    assert res.rejects.source_row.tolist() == [fault["line"]]
+    every = pd.concat(_read(lims.read_lims, p, landing).tables["samples"] for p in (landing / "lims").glob("*.csv"))
+    censored = every[every.censored]
+    assert len(censored) and censored.value.isna().all() and (censored.value_text == "<0.5").all()
+
+
+def test_tag_dictionary_without_a_required_column_is_rejected(tmp_path):
+    path = tmp_path / "tags.csv"
+    path.write_text("tag,unit_id,parameter\nX,BR-1,temperature\n")
+    with pytest.raises(SourceRejected, match="missing column"):
+        tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES[0])
+
+
+def test_sources_yaml_overrides_a_profile_and_refuses_unknown_keys(tmp_path):
+    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    delimiter: ';'\n    timezone: America/New_York\n")
+    files, _ = load_profiles(tmp_path, "sqlite://")
+    prof = profile_for("lims/x.csv", files)
+    assert (prof.delimiter, prof.timezone, prof.dataset) == (";", "America/New_York", "lims")
+    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    delimeter: ';'\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_profiles(tmp_path, "sqlite://")
