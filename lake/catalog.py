@@ -24,6 +24,7 @@ VERSIONED_VIEWS = {
     "phases": "phase_records",
     "material_events": "material_event_records",
 }
+STORAGE_VERSION = "v1.2.0"
 # silver tables whose files are wrapped by a curated view of the contract's name
 RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files"}
 
@@ -84,9 +85,13 @@ def rebuild(lake: Lake) -> list[str]:
     with FileLock(str(lake.catalog) + ".lock", timeout=600):
         tmp = lake.catalog.with_name(f".{lake.catalog.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        with duckdb.connect(str(tmp)) as con:
+        with duckdb.connect() as con:
+            # an older storage format keeps the catalog readable by the DuckDB CLI on PyPI (1.5.x)
+            con.execute(f"ATTACH '{tmp.as_posix()}' AS catalog_build (STORAGE_VERSION '{STORAGE_VERSION}')")
+            con.execute("USE catalog_build")
             for name in order:
                 con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {views[name]}')
-            con.execute("CHECKPOINT")
+            con.execute("USE memory")
+            con.execute("DETACH catalog_build")
         os.replace(tmp, lake.catalog)
     return order

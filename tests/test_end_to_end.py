@@ -115,3 +115,16 @@ def test_cli_sql_and_status(pipeline_run, truth):
 def test_cli_sql_without_a_catalog_says_what_to_do(tmp_path):
     out = CliRunner().invoke(app, ["sql", "select 1", "--data-dir", str(tmp_path)])
     assert out.exit_code == 1 and "make demo" in out.output
+
+
+def test_the_duckdb_shell_reads_the_catalog(pipeline_run, truth):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shell = Path(sys.executable).parent / "duckdb"
+    data, _ = pipeline_run
+    out = subprocess.run([str(shell), "-readonly", "-csv", str(data / "lake" / "catalog.duckdb"), "-c", "select count(*) as n from batches"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", str(len(truth["batches"]))]
