@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= data
 DAGSTER_HOME ?= $(abspath $(DATA)/dagster_home)
-export DAGSTER_HOME
 UI_PORT ?= 3000
 
 .PHONY: demo test ui bench lock clean
@@ -21,13 +20,13 @@ $(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 	cp pipelines/dagster.yaml $@
 
 demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write the demo plant and run the whole pipeline
-	$(BIN)/batchtwin demo --data-dir $(DATA)
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/batchtwin demo --data-dir $(DATA)
 
 test: $(BIN)/.installed  ## run the test suite
 	$(BIN)/python -m pytest -q
 
 ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI and daemon (sensors, schedules) on 127.0.0.1
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 lock:  ## re-resolve the locked set after changing pyproject.toml dependencies
 	rm -rf /tmp/batchtwin-lock && $(PYTHON) -m venv /tmp/batchtwin-lock

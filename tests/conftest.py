@@ -2,10 +2,14 @@
 
 The small plant (5 batches, 60 s scans) has every fault of the full demo and runs in seconds.
 """
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# tests never write into a developer's Dagster home: every run uses an ephemeral instance
+os.environ.pop("DAGSTER_HOME", None)
 
 from demo.plant import PlantSize, generate
 

@@ -9,7 +9,7 @@ from sources import historian_csv, lims, mes_journal, mes_xml, tags
 from sources.base import SourceRejected, sha256_of
 from sources.profiles import default_file_profiles, load_profiles, profile_for
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "b2mml" / "examples"
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "b2mml"
 PROFILES = default_file_profiles()
 
 
