@@ -293,6 +293,27 @@ def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, version: int, chang
         pval = E("Value", parent=prop)
         E("ValueString", _local_iso(m["ts"]), pval)
         E("DataType", "dateTime", pval)
+    # the operator's at-line cell count right after inoculation, recorded in the MES itself
+    rng = np.random.default_rng(10_000 + plan.seq)
+    samples = E("Samples", parent=bpr)
+    sample = E("Sample", parent=samples)
+    E("EntryID", f"{plan.batch_id}-INOC", sample)
+    E("ObjectType", "Sample", sample)
+    E("TimeStamp", _local_iso(_minute(plan.inoculation + timedelta(minutes=10))), sample)
+    xv, xd = plan.y0[0], plan.y0[1]
+    for analyte, value, uom in (("VCD", xv * rng.normal(1.0, ASSAY_CV["vcd"]), "1e6 cells/mL"), ("Viability", 100 * xv / (xv + xd) + rng.normal(0, VIABILITY_SD), "%")):
+        test = E("SampleTest", parent=sample)
+        E("EntryID", f"{plan.batch_id}-INOC-{analyte}", test)
+        E("ObjectType", "Sample Test", test)
+        E("TestName", analyte, test)
+        result = E("SampleTestResult", parent=test)
+        E("EntryID", f"{plan.batch_id}-INOC-{analyte}-R", result)
+        E("ObjectType", "Sample Test Result", result)
+        E("TimeStamp", _local_iso(_minute(plan.inoculation + timedelta(minutes=25))), result)
+        res = E("Results", parent=result)
+        E("ValueString", f"{min(value, 100.0):.2f}", res)
+        E("DataType", "double", res)
+        E("UnitOfMeasure", uom, res)
     path.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
 

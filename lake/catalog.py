@@ -26,7 +26,7 @@ VERSIONED_VIEWS = {
 }
 STORAGE_VERSION = "v1.2.0"
 # silver tables whose files are wrapped by a curated view of the contract's name
-RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files"}
+RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files", "samples": "sample_records"}
 
 
 def _duck_type(dtype) -> str:
@@ -65,6 +65,10 @@ def view_definitions(lake: Lake) -> dict[str, str]:
                 SELECT *, first_value(source_sha256) OVER (
                     PARTITION BY batch_id ORDER BY record_version DESC, record_ts DESC NULLS LAST, source_sha256) AS latest
                 FROM batch_record_files)) r"""
+    # a retest reported in a later file supersedes the earlier result (both stay in sample_records)
+    views["samples"] = """
+        SELECT * FROM sample_records
+        QUALIFY row_number() OVER (PARTITION BY batch_id, sample_id, analyte ORDER BY reported_ts DESC NULLS LAST, source_sha256) = 1"""
     views["batches"] = "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
     for name in ("phases", "material_events"):
         views[name] = f"""
@@ -73,7 +77,7 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     return views
 
 
-VIEW_ORDER = ("ingest_log", "quarantine", "tag_files", "tags", "historian_points", "samples", "batch_record_files",
+VIEW_ORDER = ("ingest_log", "quarantine", "tag_files", "tags", "historian_points", "sample_records", "samples", "batch_record_files",
               "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events")
 
 

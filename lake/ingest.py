@@ -22,7 +22,7 @@ import pyarrow as pa_arrow
 
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
-from schemas.validate import SchemaRejected, resolve_duplicates, split
+from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
 from sources import historian_csv, lims, mes_journal, mes_xml, sql_historian, tags
 from sources.base import ReadResult, SourceRejected, sha256_of
 from sources.profiles import FileProfile, SqlProfile, profile_for
@@ -154,6 +154,36 @@ def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since
     return raw[~key.isin(held["tag"] + "\x00" + held["ts_text"])].reset_index(drop=True)
 
 
+CROSS_FILE_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
+
+
+def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine points whose (tag, ts) an earlier file or pull already put in the lake.
+
+    Overlapping exports are common (a week re-exported, a pull re-reading its look-back
+    window); keeping the first value keeps silver immutable, and the copy is not lost.
+    """
+    folder = lake.silver("historian_points")
+    others = [str(p) for p in folder.glob("*.parquet") if p.stem != sha256]
+    if points.empty or not others:
+        return points, quarantine_frame([])
+    with duckdb.connect() as con:
+        con.register("incoming", points[["tag", "ts"]].reset_index())
+        lo, hi = points["ts"].min().to_pydatetime(), points["ts"].max().to_pydatetime()
+        hit = con.execute(
+            """SELECT i."index" FROM incoming i
+               SEMI JOIN (SELECT tag, ts FROM read_parquet(?) WHERE ts BETWEEN ? AND ?) h ON h.tag = i.tag AND h.ts = i.ts""",
+            [others, lo, hi],
+        ).fetchnumpy()["index"]
+    if len(hit) == 0:
+        return points, quarantine_frame([])
+    losers = points.loc[hit]
+    rejects = pd.DataFrame({"source_sha256": losers["source_sha256"], "source_row": losers["source_row"].astype("Int64"), "source_path": losers["source_path"],
+                            "column": "tag,ts", "check": "duplicate_across_sources", "failure_value": losers["tag"] + " @ " + losers["ts_text"].astype(str),
+                            "reason": CROSS_FILE_RULE}).reset_index(drop=True)
+    return points.drop(index=hit), rejects
+
+
 def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | None) -> IngestOutcome:
     quarantined = [result.rejects]
     accepted_counts: dict[str, int] = {}
@@ -171,6 +201,9 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
                 kept, losers = resolve_duplicates(ranked, keys, prefer, asc, rule)
                 ok = kept.drop(columns=["quality_rank"], errors="ignore")
                 bad = pd.concat([bad, losers], ignore_index=True)
+            if table == "historian_points":
+                ok, held = _drop_points_held_elsewhere(lake, ok, base["sha256"])
+                bad = pd.concat([bad, held], ignore_index=True)
             dropped += len(frame) - len(ok)
             quarantined.append(bad)
             accepted_counts[table] = len(ok)
@@ -186,7 +219,7 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
         q["source_row"] = q["source_row"].astype("Int64")
         atomic_write_parquet(lake.silver("quarantine") / f"{base['sha256']}.parquet", pa_arrow.Table.from_pandas(q, preserve_index=False))
     reasons = q["reason"].value_counts().to_dict() if len(q) else {}
-    outcome = _log(lake, base, "ingested", result.rows_read, result.rows_read - n_quarantined, n_quarantined, "; ".join(result.notes) or None)
+    outcome = _log(lake, base, "ingested", result.rows_read, result.rows_read - n_quarantined, n_quarantined, None, "; ".join(result.notes) or None)
     outcome.accepted, outcome.reasons = accepted_counts, {str(k): int(v) for k, v in reasons.items()}
     return outcome
 
@@ -195,8 +228,8 @@ def _reject(lake: Lake, base: dict, error: str) -> IngestOutcome:
     return _log(lake, base, "rejected", 0, 0, 0, error)
 
 
-def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quarantined: int, error: str | None) -> IngestOutcome:
-    row = {**base, "rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "status": status, "error": error,
+def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quarantined: int, error: str | None, notes: str | None = None) -> IngestOutcome:
+    row = {**base, "rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "status": status, "error": error, "notes": notes,
            "code_version": code_version(), "finished_at": _now()}
     stamp = row["started_at"].strftime("%Y%m%dT%H%M%S%f")
     table = pa_arrow.Table.from_pylist([row])

@@ -146,7 +146,8 @@ class IngestLogEntry(pa.DataFrameModel):
     rows_accepted: Series[int] = pa.Field(ge=0)
     rows_quarantined: Series[int] = pa.Field(ge=0)
     status: Series[str] = pa.Field(isin=("ingested", "rejected", "unchanged"))
-    error: Series[str] = pa.Field(nullable=True)
+    error: Series[str] = pa.Field(nullable=True, description="one-line reason a file was rejected")
+    notes: Series[str] = pa.Field(nullable=True, description="what the reader derived rather than read (e.g. start times missing from a vendor record)")
     run_id: Series[str] = pa.Field(nullable=True)
     code_version: Series[str]
     started_at: Series[UtcTimestamp]

@@ -141,7 +141,7 @@ def finish_records(rows: list[dict], sha256: str, rel_path: str) -> pd.DataFrame
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for c in ("start_ts", "end_ts", "inoculation_ts", "record_ts", "ts"):
+    for c in ("start_ts", "end_ts", "inoculation_ts", "record_ts", "ts", "sampled_ts", "reported_ts"):
         if c in df:
             df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
     lines = df.pop("line").to_numpy(dtype=np.int64)

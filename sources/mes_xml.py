@@ -8,6 +8,8 @@ What is read:
 - `BatchListEntry` trees: the batch (type Batch) and its procedural elements with actual times;
 - `BatchProductionRecord` / `ListHeader` version and last-changed date (record versions);
 - `SegmentResponse/MaterialActual`: additions and consumptions (bolus feeds, inoculum, media);
+- `Samples/Sample/SampleTest/SampleTestResult`: at-line results recorded by the MES (into `samples`,
+  sampled at the Sample's time stamp, reported at the result's);
 - Rockwell PharmaSuite's `ExecutedControlRecipe/RuntimeRecipeElement` extension, which gives
   completion times only: an element's end is its `CompletionTime` (or its last child's), and
   its start is derived as the end of the element before it at the same level. Derived fields
@@ -63,7 +65,7 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
         raise SourceRejected("XML declares a DTD or entities; batch records must not (entity expansion is refused)")
     version, record_ts = _record_version(root)
     ordinal = iter(range(1, 10**9))
-    batches, phases, materials, notes = [], [], [], []
+    batches, phases, materials, samples, notes = [], [], [], [], []
     for entry in (e for e in descendants(root, "BatchListEntry") if (text(e, "BatchListEntryType") or "").lower() == "batch"):
         _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases)
     for ecr in descendants(root, "ExecutedControlRecipe"):
@@ -73,7 +75,10 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
         batch_id = text(bpr, "BatchID") or default_batch
         for ma in descendants(bpr, "MaterialActual"):
             materials.append(_material(ma, batch_id, version, next(ordinal)))
-    tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (("batch_records", batches), ("phase_records", phases), ("material_event_records", materials))}
+        for sample in descendants(bpr, "Sample"):
+            samples.extend(_sample_results(sample, batch_id, ordinal))
+    tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (
+        ("batch_records", batches), ("phase_records", phases), ("material_event_records", materials), ("samples", samples))}
     rows_read = sum(len(t) for t in tables.values())
     return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
 
@@ -162,3 +167,19 @@ def _material(ma, batch_id, version, row) -> dict:
             when = _ts(text(val, "ValueString")) if val is not None else pd.NaT
     return {"batch_id": batch_id, "ts": when, "material": text(ma, "MaterialDefinitionID") or "", "quantity": float(qty) if pd.notna(qty) else float("nan"),
             "uom": uom or "", "kind": text(ma, "Description") or (text(ma, "MaterialUse") or "").lower() or None, "record_version": version, "line": row}
+
+
+def _sample_results(sample, batch_id, ordinal) -> list[dict]:
+    sample_id = text(sample, "EntryID") or text(sample, "ID") or ""
+    sampled = _ts(text(sample, "TimeStamp"))
+    rows = []
+    for test in (c for c in sample if local(c) == "SampleTest"):
+        analyte = (text(test, "TestName") or text(test, "TestCode") or "").lower()
+        for result in (c for c in test if local(c) == "SampleTestResult"):
+            value_el = child(result, "Results")
+            raw = (text(value_el, "ValueString") if value_el is not None else None) or ""
+            rows.append({"batch_id": batch_id, "sample_id": sample_id, "analyte": analyte,
+                         "value": float(pd.to_numeric(raw, errors="coerce")), "value_text": raw,
+                         "censored": raw.strip()[:1] in ("<", ">"), "uom": (text(value_el, "UnitOfMeasure") if value_el is not None else None) or "",
+                         "sampled_ts": sampled, "reported_ts": _ts(text(result, "TimeStamp")), "line": next(ordinal)})
+    return rows

@@ -126,3 +126,14 @@ def test_sources_yaml_overrides_a_profile_and_refuses_unknown_keys(tmp_path):
     (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    delimeter: ';'\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_profiles(tmp_path, "sqlite://")
+
+
+def test_batchml_samples_become_sample_rows(plant_dir, truth):
+    landing = plant_dir / "landing"
+    res = _read(mes_xml.read_batchml, landing / "mes" / "B26-002.xml", landing)
+    samples = res.tables["samples"].set_index("analyte")
+    expected = next(b for b in truth["batches"] if b["batch_id"] == "B26-002")
+    assert samples.loc["vcd", "value"] == pytest.approx(expected["initial_state"]["Xv"], rel=0.3)
+    assert samples.loc["vcd", "uom"] == "1e6 cells/mL" and samples.loc["viability", "sample_id"] == "B26-002-INOC"
+    assert (samples.reported_ts > samples.sampled_ts).all()
+    assert samples.sampled_ts.iloc[0] > pd.Timestamp(expected["inoculation_ts"])

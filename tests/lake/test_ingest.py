@@ -1,0 +1,64 @@
+"""Ingestion bookkeeping: idempotence, overlapping exports, rejected files, row conservation."""
+import duckdb
+import pandas as pd
+
+from lake import catalog, ingest
+from lake.layout import Lake
+from sources.profiles import default_file_profiles, profile_for
+
+PROFILES = default_file_profiles()
+
+
+def _ingest(lake, landing, rel):
+    return ingest.ingest_file(lake, landing, rel, profile_for(rel, PROFILES))
+
+
+def test_the_same_file_twice_is_a_recorded_no_op(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    first = _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
+    again = _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
+    assert first.status == "ingested" and again.status == "unchanged"
+    assert again.log["sha256"] == first.log["sha256"] and again.log["rows_read"] == 0
+    assert len(list(lake.silver("ingest_log").glob("*.parquet"))) == 2
+    raw = lake.raw(first.log["sha256"], ".csv")
+    assert raw.read_bytes() == (landing / "historian/BR101_2026-03-15.csv").read_bytes()
+
+
+def test_an_overlapping_export_quarantines_the_repeated_points(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    first = _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
+    # a re-export of the last 200 rows of the same week, as a new file
+    lines = (landing / "historian/BR101_2026-03-15.csv").read_text().splitlines(keepends=True)
+    (landing / "historian/BR101_reexport.csv").write_text(lines[0] + "".join(lines[-200:]))
+    second = _ingest(lake, landing, "historian/BR101_reexport.csv")
+    assert second.log["rows_read"] == 200
+    assert second.log["rows_quarantined"] == 200 and second.log["rows_accepted"] == 0
+    catalog.rebuild(lake)
+    with duckdb.connect(str(lake.catalog), read_only=True) as con:
+        dupes = con.execute("select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)").fetchone()[0]
+        checks = con.execute("select distinct \"check\" from quarantine where source_sha256 = ?", [second.log["sha256"]]).fetchall()
+    assert dupes == 0 and checks == [("duplicate_across_sources",)]
+    assert first.log["rows_accepted"] > 0
+
+
+def test_a_file_without_required_columns_is_rejected_and_the_run_goes_on(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    (landing / "lims" / "broken.csv").write_text("sample,result\nS1,4.2\n")
+    out = _ingest(lake, landing, "lims/broken.csv")
+    assert out.status == "rejected"
+    assert out.log["error"].startswith("lims/broken.csv: ") and "missing column" in out.log["error"] and "\n" not in out.log["error"]
+    ok = _ingest(lake, landing, next(p.relative_to(landing).as_posix() for p in (landing / "lims").glob("lims_*.csv")))
+    assert ok.status == "ingested"
+
+
+def test_every_quarantined_row_names_file_row_column_and_reason(fresh_data, truth):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    _ingest(lake, landing, "tags/tag_dictionary.csv")
+    tags = ingest.known_tags(lake)
+    fault = next(f for f in truth["faults"] if f["fault"] == "malformed_line" and f["file"].startswith("historian"))
+    out = ingest.ingest_file(lake, landing, fault["file"], profile_for(fault["file"], PROFILES), tags_known=tags)
+    q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet")
+    assert len(q) == out.log["rows_quarantined"] == out.log["rows_read"] - out.log["rows_accepted"]
+    assert q[["source_sha256", "source_row", "check", "reason", "dataset"]].notna().all().all()
+    assert fault["line"] in set(q.source_row)
+    assert set(q["check"]) >= {"field_count", "duplicate_key"}
