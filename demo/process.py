@@ -226,7 +226,8 @@ TAG_SPECS = (
     TagSpec("AG01.PV", "agitation", "rpm", "pv", "linear", 50.0, 150.0, 0.4, 1.0, 1, 900, "Agitator speed"),
     TagSpec("FI_AIR.PV", "air_flow", "L/min", "pv", "linear", 0.0, 60.0, 0.15, 0.4, 2, 900, "Sparge air flow"),
     TagSpec("FI_O2.PV", "o2_flow", "L/min", "pv", "linear", 0.0, 40.0, 0.05, 0.15, 2, 900, "Sparge oxygen flow"),
-    TagSpec("FEED01.PV", "feed_rate", "mL/min", "pv", "step", 0.0, 60.0, 0.0, 0.2, 2, 3600, "Feed pump flow"),
+    # a set-point-driven pump: archived on change plus an 8 h heartbeat, so its allowed gap is a day
+    TagSpec("FEED01.PV", "feed_rate", "mL/min", "pv", "step", 0.0, 60.0, 0.0, 0.2, 2, 86400, "Feed pump flow"),
     TagSpec("WT01.PV", "weight", "kg", "pv", "linear", 0.0, 2200.0, 0.25, 0.8, 1, 900, "Vessel weight (broth)"),
     TagSpec("AI_CO2.PV", "offgas_co2", "%", "pv", "linear", 0.0, 10.0, 0.01, 0.03, 3, 900, "Off-gas CO2"),
 )

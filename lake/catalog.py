@@ -15,7 +15,7 @@ import pandas as pd
 from filelock import FileLock
 
 from lake.layout import Lake
-from schemas.tables import SILVER_MODELS, IngestLogEntry, QuarantineRow
+from schemas.tables import GOLD_MODELS, SILVER_MODELS, IngestLogEntry, QuarantineRow
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
 # version of each batch record; older versions stay visible in the *_records views.
@@ -69,6 +69,16 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     views["samples"] = """
         SELECT * FROM sample_records
         QUALIFY row_number() OVER (PARTITION BY batch_id, sample_id, analyte ORDER BY reported_ts DESC NULLS LAST, source_sha256) = 1"""
+    for table, model in GOLD_MODELS.items():
+        views[table] = _source(lake, lake.gold(table), model)
+    # each batch against the golden profile of its product (completed and running batches alike)
+    views["batch_deviation"] = """
+        SELECT t.batch_id, b.product, t.parameter, t.t_batch_h, t.value, g.mean, g.std, g.lower, g.upper,
+               t.value - g.mean AS deviation, (t.value - g.mean) / nullif(g.std, 0) AS z,
+               t.value NOT BETWEEN g.lower AND g.upper AS outside
+        FROM batch_trajectories t JOIN batches b USING (batch_id)
+        JOIN golden_profiles g ON g.product = b.product AND g.parameter = t.parameter AND g.t_batch_h = t.t_batch_h
+        WHERE t.value IS NOT NULL"""
     views["batches"] = "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
     for name in ("phases", "material_events"):
         views[name] = f"""
@@ -78,14 +88,28 @@ def view_definitions(lake: Lake) -> dict[str, str]:
 
 
 VIEW_ORDER = ("ingest_log", "quarantine", "tag_files", "tags", "historian_points", "sample_records", "samples", "batch_record_files",
-              "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events")
+              "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events",
+              "process_values", "batch_trajectories", "phase_summary", "batch_kpis", "golden_profiles", "batch_deviation")
+
+
+def ordered_views(lake: Lake) -> list[tuple[str, str]]:
+    """(name, SQL) in dependency order."""
+    views = view_definitions(lake)
+    order = [v for v in VIEW_ORDER if v in views] + sorted(set(views) - set(VIEW_ORDER))
+    return [(name, views[name]) for name in order]
+
+
+def attach_views(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    """Create the catalog's views as temporary views in `con` (for computations that must not
+    depend on a catalog file being present or current)."""
+    for name, sql in ordered_views(lake):
+        con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
 
 
 def rebuild(lake: Lake) -> list[str]:
     """Rebuild every view; return the view names."""
     lake.root.mkdir(parents=True, exist_ok=True)
-    views = view_definitions(lake)
-    order = [v for v in VIEW_ORDER if v in views] + sorted(set(views) - set(VIEW_ORDER))
+    views = ordered_views(lake)
     with FileLock(str(lake.catalog) + ".lock", timeout=600):
         tmp = lake.catalog.with_name(f".{lake.catalog.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
@@ -93,9 +117,9 @@ def rebuild(lake: Lake) -> list[str]:
             # an older storage format keeps the catalog readable by the DuckDB CLI on PyPI (1.5.x)
             con.execute(f"ATTACH '{tmp.as_posix()}' AS catalog_build (STORAGE_VERSION '{STORAGE_VERSION}')")
             con.execute("USE catalog_build")
-            for name in order:
-                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {views[name]}')
+            for name, sql in views:
+                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             con.execute("USE memory")
             con.execute("DETACH catalog_build")
         os.replace(tmp, lake.catalog)
-    return order
+    return [name for name, _ in views]

@@ -87,3 +87,20 @@ def copy_write_once(src: Path, dst: Path) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def safe_name(key: str) -> str:
+    """A file name for a key from the data (batch id, tag): never a path, never hidden.
+
+    Percent-encoding keeps names readable and reversible while `/`, `..`, NUL and the like
+    cannot escape the folder; very long keys are cut and suffixed with a hash.
+    """
+    import hashlib
+    from urllib.parse import quote
+
+    name = quote(key, safe="-_.,=+@ ").replace(" ", "%20")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > 150:
+        name = name[:100] + "~" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return name or "%00"

@@ -15,7 +15,9 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the catalog (many readers may hold one at once)."""
     if not lake.catalog.exists():
         raise CatalogMissing(f"no catalog at {lake.catalog}: run `batchtwin run` (or `make demo`) first")
-    return duckdb.connect(str(lake.catalog), read_only=True)
+    con = duckdb.connect(str(lake.catalog), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")  # timestamps are UTC everywhere; show them so
+    return con
 
 
 def query(lake: Lake, sql: str, params: list | None = None) -> pd.DataFrame:

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, completed_batches_sensor
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS, INGEST_DATASETS
 from pipelines.resources import LandingResource, resources_from_env
 from sources.base import sha256_of
 from sources.profiles import profile_for
 
-ALL_ASSETS = [*INGEST_ASSETS, lake_catalog]
+INGEST_AND_CATALOG = [*INGEST_ASSETS, lake_catalog]
+ALL_ASSETS = [*INGEST_AND_CATALOG, *CONTEXTUALIZE_ASSETS]
 
-ingest_everything = dg.define_asset_job("ingest_everything", selection=dg.AssetSelection.assets(*ALL_ASSETS),
+ingest_everything = dg.define_asset_job("ingest_everything", selection=dg.AssetSelection.assets(*INGEST_AND_CATALOG),
                                         description="Ingest every landing dataset and the SQL historians, then rebuild the catalog.")
 pull_sql_historians = dg.define_asset_job("pull_sql_historians", selection=dg.AssetSelection.assets("historian_sql", "lake_catalog"),
                                           description="Incremental SQL historian pull, then catalog rebuild.")
@@ -61,6 +63,11 @@ defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[ingest_everything, pull_sql_historians],
     schedules=[sql_pull_schedule],
-    sensors=[landing_zone_sensor],
+    sensors=[
+        landing_zone_sensor,
+        completed_batches_sensor,
+        # eager assets (running-batch gold, golden profiles) need this sensor running to fire
+        dg.AutomationConditionSensorDefinition("automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING),
+    ],
     resources=resources_from_env(),
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from lake.contextualize import Settings
 from lake.layout import Lake
 from sources.profiles import FileProfile, SqlProfile, load_profiles
 
@@ -39,6 +40,16 @@ class LandingResource(dg.ConfigurableResource):
         return load_profiles(Path(self.root), self.sql_url)
 
 
+class ContextSettings(dg.ConfigurableResource):
+    """Contextualization settings: trajectory grid and the width of the golden band."""
+
+    grid_minutes: float = 15.0
+    golden_k: float = 3.0
+
+    def settings(self) -> Settings:
+        return Settings(grid_minutes=self.grid_minutes, golden_k=self.golden_k)
+
+
 def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.ConfigurableResource]:
     """Resources for `data_dir` (landing/, lake/, sql/), each overridable by its environment variable."""
     data = Path(data_dir)
@@ -48,4 +59,5 @@ def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.Configurab
             root=os.environ.get("BATCHTWIN_LANDING", str(data / "landing")),
             sql_url=os.environ.get("BATCHTWIN_SQL_URL", default_sql_url(data)),
         ),
+        "settings": ContextSettings(grid_minutes=float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))),
     }

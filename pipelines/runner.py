@@ -1,17 +1,58 @@
-"""Run the whole asset graph in process (what `batchtwin run` and `batchtwin demo` do)."""
+"""Run the whole asset graph in process (what `batchtwin run` and `batchtwin demo` do).
+
+Three runs, as the daemon would do them: ingest and catalog; the gold tables of every
+completed batch (registered as partitions, computed in one run); then running batches and
+golden profiles.
+"""
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
-from pipelines.definitions import ALL_ASSETS
+from lake.query import query
+from pipelines.contextualize_assets import batch_gold, batch_partitions, golden_profiles, running_batch_gold
+from pipelines.definitions import INGEST_AND_CATALOG
 from pipelines.resources import resources_from_env
 
 
-def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING"):
+@dataclass
+class PipelineRun:
+    results: list
+
+    @property
+    def success(self) -> bool:
+        return all(r.success for r in self.results)
+
+    @property
+    def run_id(self) -> str:
+        return self.results[0].run_id
+
+    @property
+    def all_events(self) -> list:
+        return [e for r in self.results for e in r.all_events]
+
+
+def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING") -> PipelineRun:
     """Materialize every asset; runs are recorded in $DAGSTER_HOME when it is set."""
-    if instance is None and os.environ.get("DAGSTER_HOME"):
-        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        instance = dg.DagsterInstance.get()
-    return dg.materialize(ALL_ASSETS, resources=resources_from_env(data_dir), instance=instance, raise_on_error=False,
-                          run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    if instance is None:
+        if os.environ.get("DAGSTER_HOME"):
+            Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+            instance = dg.DagsterInstance.get()
+        else:
+            instance = dg.DagsterInstance.ephemeral()
+    resources = resources_from_env(data_dir)
+    common = dict(instance=instance, resources=resources, raise_on_error=False,
+                  run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    results = [dg.materialize(INGEST_AND_CATALOG, **common)]
+    if not results[-1].success:
+        return PipelineRun(results)
+    done = query(resources["lake"].lake(), "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id")["batch_id"].tolist()
+    known = set(instance.get_dynamic_partitions(batch_partitions.name))
+    instance.add_dynamic_partitions(batch_partitions.name, [b for b in done if b not in known])
+    keys = instance.get_dynamic_partitions(batch_partitions.name)
+    if keys:
+        results.append(dg.materialize([batch_gold], **common, selection=[batch_gold], tags={
+            "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}))
+    results.append(dg.materialize([running_batch_gold, golden_profiles], **common))
+    return PipelineRun(results)

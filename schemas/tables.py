@@ -39,6 +39,9 @@ class Tag(Lineage):
     high: Series[float] = pa.Field(nullable=True, description="upper limit of the normal operating range (engineering unit)")
     max_gap_s: Series[float] = pa.Field(gt=0, nullable=True, description="longest interval between archived values that is still trusted for interpolation")
     description: Series[str] = pa.Field(nullable=True, description="free-text tag description")
+    canonical_uom: Series[str] = pa.Field(description="unit of the parameter in curated (gold) tables")
+    scale: Series[float] = pa.Field(description="canonical value = value * scale + offset (pint)")
+    offset: Series[float] = pa.Field(description="see scale; non-zero for temperatures only")
 
 
 class HistorianPoint(Lineage):
@@ -165,4 +168,95 @@ SILVER_MODELS: dict[str, type[pa.DataFrameModel]] = {
     "phase_records": Phase,
     "material_event_records": MaterialEvent,
     "samples": Sample,
+}
+
+
+# ------------------------------------------------------------------ gold (contextualized) tables
+
+class ProcessValue(pa.DataFrameModel):
+    """A good historian point placed in its batch and phase, in canonical units."""
+
+    batch_id: Series[str]
+    unit_id: Series[str]
+    phase: Series[str] = pa.Field(description="ISA-88 phase whose half-open interval [start, end) contains ts")
+    parameter: Series[str] = pa.Field(description="canonical parameter name from the tag dictionary")
+    ts: Series[UtcTimestamp]
+    t_batch_h: Series[float] = pa.Field(description="hours since inoculation (batch start where there is none)")
+    t_phase_h: Series[float] = pa.Field(ge=0, description="hours since the phase started")
+    value: Series[float] = pa.Field(description="value in the canonical unit")
+    uom: Series[str] = pa.Field(description="canonical unit")
+    quality: Series[str] = pa.Field(isin=("good", "substituted"))
+    tag: Series[str]
+    source_sha256: Series[str]
+    source_row: Series[int]
+
+
+class BatchTrajectory(pa.DataFrameModel):
+    """A batch's parameter on a regular grid of t_batch_h: time-weighted average per window."""
+
+    batch_id: Series[str]
+    parameter: Series[str]
+    t_batch_h: Series[float] = pa.Field(description="window start, hours since inoculation")
+    value: Series[float] = pa.Field(nullable=True, description="time-weighted mean over the window; NULL unless fully covered by valid data")
+    n_points: Series[int] = pa.Field(ge=0, description="good archived points inside the window")
+    coverage: Series[float] = pa.Field(ge=0, le=1, description="fraction of the window covered by valid segments")
+    uom: Series[str]
+
+
+class PhaseSummary(pa.DataFrameModel):
+    """Time-weighted statistics of a parameter over one phase of one batch."""
+
+    batch_id: Series[str]
+    phase: Series[str]
+    parameter: Series[str]
+    duration_h: Series[float] = pa.Field(ge=0)
+    twa: Series[float] = pa.Field(nullable=True, description="time-weighted average over the covered part of the phase")
+    min: Series[float] = pa.Field(nullable=True)
+    max: Series[float] = pa.Field(nullable=True)
+    std: Series[float] = pa.Field(nullable=True, ge=0, description="time-weighted standard deviation")
+    pct_in_limits: Series[float] = pa.Field(nullable=True, ge=0, le=100.000001, description="% of covered time inside the tag's [low, high]")
+    coverage: Series[float] = pa.Field(nullable=True, ge=0, le=1.000001)
+    uom: Series[str]
+    phase_seq: Series[int]
+
+
+class BatchKpi(pa.DataFrameModel):
+    """Batch-level key performance indicators."""
+
+    batch_id: Series[str]
+    product: Series[str] = pa.Field(nullable=True)
+    unit_id: Series[str] = pa.Field(nullable=True)
+    status: Series[str]
+    duration_h: Series[float] = pa.Field(ge=0, description="batch start to end (to as-of time while running)")
+    culture_h: Series[float] = pa.Field(description="inoculation to end")
+    peak_vcd: Series[float] = pa.Field(nullable=True, description="1e6 cells/mL")
+    ivcd: Series[float] = pa.Field(nullable=True, ge=0, description="integral of VCD over time, 1e6 cells·h/mL (trapezoid over samples)")
+    final_titer: Series[float] = pa.Field(nullable=True, description="g/L, last titer sample")
+    qp: Series[float] = pa.Field(nullable=True, description="specific productivity, slope of titer vs IVCD, pg/cell/day")
+    harvest_viability: Series[float] = pa.Field(nullable=True, description="%, last viability sample")
+    feed_added_l: Series[float] = pa.Field(ge=0, description="continuous feed, integral of the feed-rate tag (L)")
+    bolus_added_l: Series[float] = pa.Field(ge=0, description="bolus additions recorded by the MES (L)")
+    total_feed_added_l: Series[float] = pa.Field(ge=0)
+
+
+class GoldenProfile(pa.DataFrameModel):
+    """The reference trajectory of a product: mean ± k·σ over chosen good batches."""
+
+    product: Series[str] = pa.Field(nullable=True)
+    parameter: Series[str]
+    t_batch_h: Series[float]
+    mean: Series[float]
+    std: Series[float] = pa.Field(nullable=True, ge=0)
+    lower: Series[float] = pa.Field(nullable=True)
+    upper: Series[float] = pa.Field(nullable=True)
+    n_batches: Series[int] = pa.Field(ge=2)
+    uom: Series[str] = pa.Field(nullable=True)
+
+
+GOLD_MODELS: dict[str, type[pa.DataFrameModel]] = {
+    "process_values": ProcessValue,
+    "batch_trajectories": BatchTrajectory,
+    "phase_summary": PhaseSummary,
+    "batch_kpis": BatchKpi,
+    "golden_profiles": GoldenProfile,
 }

@@ -6,7 +6,17 @@ from pathlib import Path
 import pandas as pd
 
 from sources.base import ReadResult, add_lineage, read_csv_text, rejects_where, require_columns
+from schemas.units import UnitError, canonical_unit, conversion
 from sources.profiles import FileProfile
+
+
+def _conversion(parameter: str, uom: str) -> tuple[str, float, float, str | None]:
+    canonical = canonical_unit(parameter, uom)
+    try:
+        scale, offset = conversion(uom, canonical)
+    except UnitError as err:
+        return canonical, float("nan"), float("nan"), str(err)
+    return canonical, scale, offset, None
 
 REQUIRED = ("tag", "unit_id", "parameter", "uom", "role", "interpolation")
 OPTIONAL = ("low", "high", "max_gap_s", "description")
@@ -29,5 +39,14 @@ def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
         ok &= ~bad
         out[k] = num
     out["description"] = df[col["description"]] if col["description"] in df else None
+    conv = [_conversion(p, u) for p, u in zip(out["parameter"], out["uom"])]
+    out["canonical_uom"] = [c[0] for c in conv]
+    out["scale"] = [c[1] for c in conv]
+    out["offset"] = [c[2] for c in conv]
+    bad_unit = pd.Series([c[3] is not None for c in conv], index=df.index)
+    problems.append(pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(lines[(bad_unit & ok).to_numpy()], dtype="Int64"), "source_path": rel_path,
+                                  "column": col["uom"], "check": "uom_conversion", "failure_value": out.loc[bad_unit & ok, "uom"].to_numpy(),
+                                  "reason": [c[3] for c, b in zip(conv, (bad_unit & ok)) if b]}))
+    ok &= ~bad_unit
     out = add_lineage(out[ok.to_numpy()].reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path)
     return ReadResult({"tags": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))

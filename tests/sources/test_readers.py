@@ -137,3 +137,15 @@ def test_batchml_samples_become_sample_rows(plant_dir, truth):
     assert samples.loc["vcd", "uom"] == "1e6 cells/mL" and samples.loc["viability", "sample_id"] == "B26-002-INOC"
     assert (samples.reported_ts > samples.sampled_ts).all()
     assert samples.sampled_ts.iloc[0] > pd.Timestamp(expected["inoculation_ts"])
+
+
+def test_tag_units_convert_to_canonical_and_an_unknown_unit_is_quarantined(tmp_path):
+    path = tmp_path / "tags.csv"
+    path.write_text("tag,unit_id,parameter,uom,role,interpolation\n"
+                    "T1,BR-1,temperature,degF,pv,linear\nF1,BR-1,feed_rate,mL/min,pv,step\nX1,BR-1,temperature,furlong,pv,linear\n")
+    res = tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES[0])
+    t = res.tables["tags"].set_index("tag")
+    assert t.loc["T1", "canonical_uom"] == "degC"
+    assert 212.0 * t.loc["T1", "scale"] + t.loc["T1", "offset"] == pytest.approx(100.0)
+    assert t.loc["F1", "scale"] == pytest.approx(0.06) and "X1" not in t.index
+    assert res.rejects.iloc[0].check == "uom_conversion" and res.rejects.iloc[0].source_row == 4

@@ -1,0 +1,288 @@
+"""Contextualization: silver points and records -> gold tables, all in DuckDB SQL.
+
+Rules (DESIGN §5):
+- intervals are half-open [start, end): a point exactly on a phase boundary belongs to the
+  later phase; points outside every batch stay in silver;
+- `t_batch_h` counts from inoculation (batch start when there is no inoculation phase);
+- values are converted to canonical units (`schemas.units`, affine, applied in SQL);
+- resampling is time-weighted over *segments* between consecutive archived points: linear
+  interpolation for `linear` tags, previous value for `step` tags. A segment is valid only
+  when its start point (and, for linear tags, its end point) has good quality and it is no
+  longer than the tag's `max_gap_s`. Windows take their boundary value from the segment that
+  crosses their start, so a window starting between two points is exact. A window not fully
+  covered by valid segments has `value` NULL and `coverage` < 1: nothing is invented.
+
+Gold files are written per batch (`gold/<table>/<batch>.parquet`), so a batch is recomputed
+on its own and a crash leaves every other batch intact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Sequence
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from lake import catalog
+from lake.layout import Lake, atomic_write_parquet, safe_name
+from schemas.tables import GOLD_MODELS
+from schemas.units import UnitError, canonical_unit, conversion
+
+GOOD_QUALITIES = ("good", "substituted")
+GOLD_TABLES = ("process_values", "batch_trajectories", "phase_summary", "batch_kpis")
+
+
+@dataclass(frozen=True)
+class Settings:
+    grid_minutes: float = 15.0
+    golden_k: float = 3.0  # golden band: mean ± k·σ
+
+
+def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime) -> None:
+    """Temporary tables every gold computation shares: batches, phases, tags, points, segments."""
+    con.execute("SET TimeZone = 'UTC'")
+    catalog.attach_views(con, lake)
+    con.execute(
+        # a running batch ends, for now, at its unit's last archived point (never after as_of)
+        """CREATE OR REPLACE TEMP TABLE b AS
+           WITH chosen AS (SELECT * FROM batches WHERE batch_id IN (SELECT unnest($ids)) AND start_ts IS NOT NULL),
+           horizon AS (SELECT t.unit_id, max(p.ts) AS last_ts FROM historian_points p JOIN tags t USING (tag)
+                       WHERE t.unit_id IN (SELECT unit_id FROM chosen WHERE end_ts IS NULL) GROUP BY 1)
+           SELECT batch_id, unit_id, product, status, start_ts,
+                  coalesce(end_ts, greatest(least($as_of, coalesce(h.last_ts, $as_of)), start_ts)) AS end_eff,
+                  coalesce(inoculation_ts, start_ts) AS t0
+           FROM chosen LEFT JOIN horizon h USING (unit_id)""",
+        {"ids": list(batch_ids), "as_of": as_of},
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE ph AS
+           SELECT p.batch_id, p.phase, p.seq, p.start_ts, coalesce(p.end_ts, b.end_eff) AS end_eff
+           FROM phases p JOIN b USING (batch_id)
+           WHERE p.level = 'phase' AND p.start_ts IS NOT NULL"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE tg AS
+           SELECT tag, unit_id, parameter, canonical_uom, scale, "offset", interpolation,
+                  low * scale + "offset" AS low_c, high * scale + "offset" AS high_c,
+                  coalesce(max_gap_s, 900) AS max_gap_s
+           FROM tags"""
+    )
+    # points of each batch's unit, with one allowed gap of look-back for boundary values
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE pts AS
+            SELECT b.batch_id, t.tag, t.parameter, t.interpolation, t.max_gap_s, t.canonical_uom, p.ts,
+                   p.value * t.scale + t."offset" AS v,
+                   p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL AS ok,
+                   p.quality, p.source_sha256, p.source_row
+            FROM b JOIN tg t ON t.unit_id = b.unit_id
+            JOIN historian_points p ON p.tag = t.tag
+             AND p.ts >= b.start_ts - to_seconds(t.max_gap_s) AND p.ts < b.end_eff + to_seconds(t.max_gap_s)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE seg AS
+           SELECT * FROM (
+             SELECT batch_id, parameter, interpolation, ts AS t0, v AS v0,
+                    lead(ts) OVER w AS t1, lead(v) OVER w AS v1,
+                    ok AND lead(ts) OVER w IS NOT NULL
+                       AND (epoch_us(lead(ts) OVER w) - epoch_us(ts)) / 1e6 <= max_gap_s
+                       AND (interpolation = 'step' OR coalesce(lead(ok) OVER w, false)) AS valid
+             FROM pts WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts))
+           WHERE valid"""
+    )
+
+
+def _integrals(intervals: str, keys: str) -> str:
+    """SQL aggregating valid segments clipped to `intervals` (batch_id, keys…, ws, we)."""
+    return f"""
+        WITH x AS (
+            SELECT {keys}, i.batch_id, s.parameter, s.interpolation, s.t0, s.t1, s.v0, s.v1,
+                   greatest(s.t0, i.ws) AS a, least(s.t1, i.we) AS z
+            FROM {intervals} i JOIN seg s ON s.batch_id = i.batch_id AND s.t0 < i.we AND s.t1 > i.ws
+        ), y AS (
+            SELECT *, (epoch_us(z) - epoch_us(a)) / 1e6 AS d,
+                   CASE WHEN interpolation = 'step' THEN v0
+                        ELSE v0 + (v1 - v0) * (epoch_us(a) - epoch_us(t0)) / (epoch_us(t1) - epoch_us(t0)) END AS va,
+                   CASE WHEN interpolation = 'step' THEN v0
+                        ELSE v0 + (v1 - v0) * (epoch_us(z) - epoch_us(t0)) / (epoch_us(t1) - epoch_us(t0)) END AS vb
+            FROM x
+        )
+        SELECT y.batch_id, {keys.replace('i.', 'y.')}, y.parameter,
+               sum(d) AS covered_s,
+               sum((va + vb) / 2 * d) AS integral,
+               sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
+               min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax,
+               -- time inside [low, high]: exact for a linear segment (the fraction of its value range inside)
+               sum(CASE WHEN t.low_c IS NULL AND t.high_c IS NULL THEN NULL
+                        WHEN va = vb THEN d * (va BETWEEN coalesce(t.low_c, -1e308) AND coalesce(t.high_c, 1e308))::INT
+                        ELSE d * greatest(0, least(greatest(va, vb), coalesce(t.high_c, 1e308))
+                                            - greatest(least(va, vb), coalesce(t.low_c, -1e308))) / abs(vb - va) END) AS in_limits_s
+        FROM y JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id AND t.parameter = y.parameter
+        GROUP BY ALL"""
+
+
+def process_values(con) -> pd.DataFrame:
+    return con.execute(
+        """SELECT p.batch_id, b.unit_id, ph.phase, p.parameter, p.ts,
+                  (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
+                  (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
+                  p.v AS value, p.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
+           FROM pts p JOIN b USING (batch_id)
+           JOIN ph ON ph.batch_id = p.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff
+           WHERE p.ok
+           ORDER BY p.batch_id, p.parameter, p.ts"""
+    ).df()
+
+
+def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
+    step = float(grid_minutes) * 60.0
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE win AS
+           SELECT batch_id, k, b.t0 + to_microseconds((k * $step * 1e6)::BIGINT) AS ws,
+                  b.t0 + to_microseconds(((k + 1) * $step * 1e6)::BIGINT) AS we
+           FROM (SELECT batch_id, t0, unnest(range(floor((epoch_us(start_ts) - epoch_us(t0)) / 1e6 / $step)::BIGINT,
+                                                    ceil((epoch_us(end_eff) - epoch_us(t0)) / 1e6 / $step)::BIGINT)) AS k
+                 FROM b) b""",
+        {"step": step},
+    )
+    return con.execute(
+        f"""WITH agg AS ({_integrals('win', 'i.k')}),
+            npts AS (SELECT w.batch_id, w.k, p.parameter, count(*) AS n_points
+                     FROM win w JOIN pts p ON p.batch_id = w.batch_id AND p.ok AND p.ts >= w.ws AND p.ts < w.we
+                     GROUP BY ALL),
+            grid AS (SELECT w.batch_id, w.k, t.parameter, t.canonical_uom
+                     FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
+            SELECT g.batch_id, g.parameter, g.k * $step / 3600.0 AS t_batch_h,
+                   CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END AS value,
+                   coalesce(n.n_points, 0) AS n_points,
+                   least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage,
+                   g.canonical_uom AS uom
+            FROM grid g
+            LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.k = g.k AND a.parameter = g.parameter
+            LEFT JOIN npts n ON n.batch_id = g.batch_id AND n.k = g.k AND n.parameter = g.parameter
+            ORDER BY g.batch_id, g.parameter, g.k""",
+        {"step": step},
+    ).df()
+
+
+def phase_summary(con) -> pd.DataFrame:
+    con.execute("CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph")
+    return con.execute(
+        f"""WITH agg AS ({_integrals('phase_iv', 'i.phase')}),
+            grid AS (SELECT p.batch_id, p.phase, p.seq, p.ws, p.we, t.parameter, t.canonical_uom
+                     FROM phase_iv p JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
+            SELECT g.batch_id, g.phase, g.parameter,
+                   (epoch_us(g.we) - epoch_us(g.ws)) / 3.6e9 AS duration_h,
+                   a.integral / nullif(a.covered_s, 0) AS twa,
+                   a.vmin AS min, a.vmax AS max,
+                   sqrt(greatest(a.integral_sq / nullif(a.covered_s, 0) - power(a.integral / nullif(a.covered_s, 0), 2), 0)) AS std,
+                   100.0 * a.in_limits_s / nullif(a.covered_s, 0) AS pct_in_limits,
+                   coalesce(a.covered_s, 0) / nullif((epoch_us(g.we) - epoch_us(g.ws)) / 1e6, 0) AS coverage,
+                   g.canonical_uom AS uom, g.seq AS phase_seq
+            FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.phase = g.phase AND a.parameter = g.parameter
+            ORDER BY g.batch_id, g.seq, g.parameter"""
+    ).df()
+
+
+def _sample_units(con) -> None:
+    """Per (analyte, uom) the affine conversion to the analyte's canonical unit."""
+    pairs = con.execute("SELECT DISTINCT analyte, uom FROM samples JOIN b USING (batch_id)").fetchall()
+    rows = []
+    for analyte, uom in pairs:
+        canonical = canonical_unit(analyte, uom)
+        try:
+            scale, offset = conversion(uom, canonical)
+        except UnitError:
+            continue  # such results stay in silver; KPIs use only convertible ones
+        rows.append({"analyte": analyte, "uom": uom, "scale": scale, "offset": offset})
+    frame = pd.DataFrame(rows, columns=["analyte", "uom", "scale", "offset"])
+    con.register("sample_units_df", frame)
+    con.execute("CREATE OR REPLACE TEMP TABLE sample_units AS SELECT * FROM sample_units_df")
+
+
+def batch_kpis(con) -> pd.DataFrame:
+    """Per batch: duration, peak VCD, IVCD (trapezoid over VCD samples, 1e6 cells·h/mL), final
+    titer, qP (slope of titer against IVCD, in pg/cell/day), harvest viability, feed added."""
+    _sample_units(con)
+    return con.execute(
+        """WITH s AS (
+               SELECT s.batch_id, s.sample_id, s.analyte, s.value * u.scale + u."offset" AS value,
+                      (epoch_us(s.sampled_ts) - epoch_us(b.t0)) / 3.6e9 AS t_h
+               FROM samples s JOIN b USING (batch_id) JOIN sample_units u USING (analyte, uom)
+               WHERE s.value IS NOT NULL AND s.sampled_ts >= b.t0 AND s.sampled_ts < b.end_eff),
+           vcd AS (
+               SELECT batch_id, sample_id, t_h, value,
+                      coalesce(sum((value + prev_v) / 2 * (t_h - prev_t)) OVER (PARTITION BY batch_id ORDER BY t_h), 0) AS ivcd
+               FROM (SELECT *, lag(value) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_v,
+                               lag(t_h) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_t
+                     FROM s WHERE analyte = 'vcd')),
+           titer AS (SELECT batch_id, t_h, value FROM s WHERE analyte = 'titer'),
+           qp AS (SELECT t.batch_id, regr_slope(t.value, v.ivcd) AS slope
+                  FROM titer t JOIN vcd v ON v.batch_id = t.batch_id AND abs(v.t_h - t.t_h) < 0.5 GROUP BY ALL),
+           feed AS (SELECT s.batch_id, sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2
+                                            * (epoch_us(least(s.t1, b.end_eff)) - epoch_us(greatest(s.t0, b.t0))) / 3.6e9) AS feed_l
+                    FROM seg s JOIN b USING (batch_id)
+                    WHERE s.parameter = 'feed_rate' AND s.t1 > b.t0 AND s.t0 < b.end_eff GROUP BY ALL),
+           bolus AS (SELECT batch_id, sum(quantity) AS bolus_l FROM material_events JOIN b USING (batch_id)
+                     WHERE kind = 'bolus' AND lower(uom) IN ('l', 'liter', 'litre') GROUP BY ALL)
+           SELECT b.batch_id, b.product, b.unit_id, b.status,
+                  (epoch_us(b.end_eff) - epoch_us(b.start_ts)) / 3.6e9 AS duration_h,
+                  (epoch_us(b.end_eff) - epoch_us(b.t0)) / 3.6e9 AS culture_h,
+                  (SELECT max(value) FROM vcd WHERE vcd.batch_id = b.batch_id) AS peak_vcd,
+                  (SELECT max(ivcd) FROM vcd WHERE vcd.batch_id = b.batch_id) AS ivcd,
+                  (SELECT arg_max(value, t_h) FROM titer WHERE titer.batch_id = b.batch_id) AS final_titer,
+                  (SELECT slope FROM qp WHERE qp.batch_id = b.batch_id) * 24000.0 AS qp,
+                  (SELECT arg_max(value, t_h) FROM s WHERE s.batch_id = b.batch_id AND s.analyte = 'viability') AS harvest_viability,
+                  coalesce(feed.feed_l, 0) AS feed_added_l,
+                  coalesce(bolus.bolus_l, 0) AS bolus_added_l,
+                  coalesce(feed.feed_l, 0) + coalesce(bolus.bolus_l, 0) AS total_feed_added_l
+           FROM b LEFT JOIN feed USING (batch_id) LEFT JOIN bolus USING (batch_id)
+           ORDER BY b.batch_id"""
+    ).df()
+
+
+def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Settings(), as_of: datetime | None = None) -> dict[str, int]:
+    """Compute and write every gold table for `batch_ids`; return rows written per table."""
+    as_of = as_of or datetime.now(timezone.utc)
+    counts = dict.fromkeys(GOLD_TABLES, 0)
+    if not batch_ids:
+        return counts
+    with duckdb.connect() as con:
+        _setup(con, lake, batch_ids, as_of)
+        frames = {
+            "process_values": process_values(con),
+            "batch_trajectories": batch_trajectories(con, settings.grid_minutes),
+            "phase_summary": phase_summary(con),
+            "batch_kpis": batch_kpis(con),
+        }
+    for table, frame in frames.items():
+        GOLD_MODELS[table].validate(frame, lazy=True)  # a failure here is a bug in the SQL above, not bad data
+        for batch_id in batch_ids:
+            part = frame[frame["batch_id"] == batch_id]
+            atomic_write_parquet(lake.gold(table) / f"{safe_name(batch_id)}.parquet", pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False))
+            counts[table] += len(part)
+    return counts
+
+
+def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None) -> int:
+    """Mean ± k·σ per product, parameter and t_batch_h over the chosen good batches (default:
+    every completed batch with gold trajectories). Written whole to gold/golden_profiles."""
+    folder = lake.gold("batch_trajectories")
+    if not any(folder.glob("*.parquet")):
+        return 0
+    with duckdb.connect() as con:
+        catalog.attach_views(con, lake)
+        frame = con.execute(
+            """SELECT b.product, t.parameter, t.t_batch_h, avg(t.value) AS mean, stddev_samp(t.value) AS std,
+                      avg(t.value) - $k * stddev_samp(t.value) AS lower, avg(t.value) + $k * stddev_samp(t.value) AS upper,
+                      count(t.value) AS n_batches, any_value(t.uom) AS uom
+               FROM read_parquet($files) t JOIN batches b USING (batch_id)
+               WHERE b.status = 'complete' AND ($chosen IS NULL OR list_contains($chosen, t.batch_id))
+               GROUP BY ALL HAVING count(t.value) >= 2
+               ORDER BY 1, 2, 3""",
+            {"k": settings.golden_k, "files": str(folder / "*.parquet"), "chosen": list(batches) if batches else None},
+        ).df()
+    GOLD_MODELS["golden_profiles"].validate(frame, lazy=True)
+    atomic_write_parquet(lake.gold("golden_profiles") / "golden_profiles.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    return len(frame)

@@ -1,0 +1,91 @@
+"""Contextualize assets: completed batches are dynamic partitions; gold tables per batch.
+
+A sensor adds each newly completed batch (or a batch whose record was amended) as a
+partition and requests its gold computation. Running batches are recomputed as a whole on
+every ingest, and the golden profiles follow the completed batches automatically.
+"""
+import json
+
+import dagster as dg
+
+from lake import catalog, contextualize
+from lake.query import CatalogMissing, query
+from pipelines.curate_assets import lake_catalog
+from pipelines.resources import ContextSettings, LakeResource
+
+batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
+
+
+def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.MaterializeResult:
+    catalog.rebuild(lake)
+    kpis = query(lake, "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, round(qp, 1) AS qp "
+                       "FROM batch_kpis WHERE batch_id IN (SELECT unnest(?)) ORDER BY 1", [ids])
+    coverage = query(lake, "SELECT avg(coverage) AS c FROM batch_trajectories WHERE batch_id IN (SELECT unnest(?))", [ids])["c"].iloc[0]
+    context.log.info(f"gold tables for {len(ids)} batch(es): {counts}")
+    return dg.MaterializeResult(
+        metadata={
+            "batches": len(ids),
+            **{f"rows_{t}": int(n) for t, n in counts.items()},
+            "mean_trajectory_coverage": float(coverage) if coverage == coverage else 0.0,
+            "kpis": dg.MetadataValue.md(kpis.to_markdown(index=False) if len(kpis) else "none"),
+        }
+    )
+
+
+@dg.asset(
+    group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], partitions_def=batch_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+    """Gold tables of completed batches: `process_values` (points placed in batch and phase, canonical
+    units), `batch_trajectories` (time-weighted grid), `phase_summary` and `batch_kpis`, one file per batch."""
+    the_lake = lake.lake()
+    ids = list(context.partition_keys)
+    counts = contextualize.contextualize(the_lake, ids, settings.settings())
+    return _gold_result(context, ids, counts, the_lake)
+
+
+@dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], automation_condition=dg.AutomationCondition.eager())
+def running_batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+    """Gold tables of batches still running, up to their latest data; recomputed after every ingest."""
+    the_lake = lake.lake()
+    try:
+        ids = query(the_lake, "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1")["batch_id"].tolist()
+    except CatalogMissing:
+        ids = []
+    counts = contextualize.contextualize(the_lake, ids, settings.settings())
+    return _gold_result(context, ids, counts, the_lake)
+
+
+@dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[batch_gold], automation_condition=dg.AutomationCondition.eager())
+def golden_profiles(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+    """Golden-batch reference per product and parameter: mean ± k·σ of completed batches on t_batch_h;
+    the `batch_deviation` view compares every batch with it."""
+    the_lake = lake.lake()
+    n = contextualize.golden_profiles(the_lake, settings.settings())
+    catalog.rebuild(the_lake)
+    return dg.MaterializeResult(metadata={"rows": n, "k_sigma": settings.golden_k})
+
+
+@dg.sensor(name="completed_batches_sensor", target=batch_gold, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def completed_batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    """Add each completed batch as a partition and request its gold tables; an amended batch
+    record (new source hash) requests a recomputation."""
+    try:
+        done = query(lake.lake(), "SELECT batch_id, source_sha256 FROM batches WHERE status = 'complete' ORDER BY batch_id")
+    except CatalogMissing:
+        return dg.SkipReason("no catalog yet")
+    seen = json.loads(context.cursor) if context.cursor else {}
+    known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
+    new = [b for b in done["batch_id"] if b not in known]
+    changed = [(b, sha) for b, sha in zip(done["batch_id"], done["source_sha256"]) if seen.get(b) != sha]
+    if not new and not changed:
+        return dg.SkipReason("no newly completed or amended batches")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=b, run_key=f"{b}:{sha}") for b, sha in changed],
+        dynamic_partitions_requests=[batch_partitions.build_add_request(new)] if new else [],
+        cursor=json.dumps({**seen, **dict(changed)}),
+    )
+
+
+CONTEXTUALIZE_ASSETS = [batch_gold, running_batch_gold, golden_profiles]

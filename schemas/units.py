@@ -1,0 +1,75 @@
+"""Canonical units per parameter and the affine conversion into them (pint does the physics).
+
+Every conversion is `canonical = value * scale + offset` (offset is non-zero only for
+temperatures), so DuckDB can apply it inside SQL without per-row Python. A unit pint cannot
+convert to the parameter's canonical unit is a validation failure, never a guess.
+"""
+from __future__ import annotations
+
+import functools
+
+import pint
+
+# The canonical unit of each parameter the demo plant and typical CHO processes record.
+# Parameters not listed keep the unit their tag dictionary gives.
+CANONICAL_UNITS = {
+    "temperature": "degC",
+    "temperature_sp": "degC",
+    "ph": "pH",
+    "ph_sp": "pH",
+    "dissolved_oxygen": "%",
+    "dissolved_oxygen_sp": "%",
+    "agitation": "rpm",
+    "air_flow": "L/min",
+    "o2_flow": "L/min",
+    "feed_rate": "L/h",
+    "weight": "kg",
+    "offgas_co2": "%",
+    # offline analytes (samples.analyte)
+    "vcd": "1e6 cells/mL",
+    "viability": "%",
+    "glucose": "g/L",
+    "lactate": "g/L",
+    "glutamine": "mM",
+    "ammonia": "mM",
+    "titer": "g/L",
+    "osmolality": "mOsm/kg",
+}
+
+
+class UnitError(ValueError):
+    pass
+
+
+@functools.cache
+def registry() -> pint.UnitRegistry:
+    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+    ureg.define("pH = [acidity]")  # a unit of its own: pH converts only to pH
+    ureg.define("cell = [cell_count] = cells")
+    ureg.define("osmole = mole = Osm")
+    return ureg
+
+
+def _parse(uom: str):
+    ureg = registry()
+    text = uom.strip().replace("mmol/L", "mM").replace("µ", "u")
+    return ureg.Quantity(text) if text[:1].isdigit() else ureg.Quantity(1.0, text)
+
+
+@functools.cache
+def conversion(uom: str, canonical: str) -> tuple[float, float]:
+    """(scale, offset) with canonical = value * scale + offset; UnitError if not convertible."""
+    if uom.strip() == canonical.strip():
+        return 1.0, 0.0
+    try:
+        src, dst = _parse(uom), _parse(canonical)
+        ureg = registry()
+        zero = ureg.Quantity(0.0 * src.magnitude, src.units).to(dst.units).magnitude / dst.magnitude
+        one = ureg.Quantity(1.0 * src.magnitude, src.units).to(dst.units).magnitude / dst.magnitude
+    except (pint.errors.PintError, ValueError, AttributeError) as err:
+        raise UnitError(f"cannot convert {uom!r} to {canonical!r}: {err}") from None
+    return float(one - zero), float(zero)
+
+
+def canonical_unit(parameter: str, uom: str) -> str:
+    return CANONICAL_UNITS.get(parameter, uom)
