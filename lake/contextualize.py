@@ -56,6 +56,12 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
            FROM chosen LEFT JOIN horizon h USING (unit_id)""",
         {"ids": list(batch_ids), "as_of": as_of},
     )
+    points_and_segments(con)
+
+
+def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None) -> None:
+    """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases `ph`,
+    tags `tg`, the unit's points `pts` (canonical units) and the valid segments `seg` between them."""
     con.execute(
         """CREATE OR REPLACE TEMP TABLE ph AS
            SELECT p.batch_id, p.phase, p.seq, p.start_ts, coalesce(p.end_ts, b.end_eff) AS end_eff
@@ -67,7 +73,8 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
            SELECT tag, unit_id, parameter, canonical_uom, scale, "offset", interpolation,
                   low * scale + "offset" AS low_c, high * scale + "offset" AS high_c,
                   coalesce(max_gap_s, 900) AS max_gap_s
-           FROM tags"""
+           FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
+        {"parameters": list(parameters) if parameters else None},
     )
     # points of each batch's unit, with one allowed gap of look-back for boundary values
     con.execute(
@@ -93,7 +100,7 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
     )
 
 
-def _integrals(intervals: str, keys: str) -> str:
+def integrals_sql(intervals: str, keys: str) -> str:
     """SQL aggregating valid segments clipped to `intervals` (batch_id, keys…, ws, we)."""
     return f"""
         WITH x AS (
@@ -147,7 +154,7 @@ def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
         {"step": step},
     )
     return con.execute(
-        f"""WITH agg AS ({_integrals('win', 'i.k')}),
+        f"""WITH agg AS ({integrals_sql('win', 'i.k')}),
             npts AS (SELECT w.batch_id, w.k, p.parameter, count(*) AS n_points
                      FROM win w JOIN pts p ON p.batch_id = w.batch_id AND p.ok AND p.ts >= w.ws AND p.ts < w.we
                      GROUP BY ALL),
@@ -169,7 +176,7 @@ def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
 def phase_summary(con) -> pd.DataFrame:
     con.execute("CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph")
     return con.execute(
-        f"""WITH agg AS ({_integrals('phase_iv', 'i.phase')}),
+        f"""WITH agg AS ({integrals_sql('phase_iv', 'i.phase')}),
             grid AS (SELECT p.batch_id, p.phase, p.seq, p.ws, p.we, t.parameter, t.canonical_uom
                      FROM phase_iv p JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
             SELECT g.batch_id, g.phase, g.parameter,
@@ -187,7 +194,7 @@ def phase_summary(con) -> pd.DataFrame:
 
 def _sample_units(con) -> None:
     """Per (analyte, uom) the affine conversion to the analyte's canonical unit."""
-    pairs = con.execute("SELECT DISTINCT analyte, uom FROM samples JOIN b USING (batch_id)").fetchall()
+    pairs = con.execute("SELECT DISTINCT analyte, uom FROM samples").fetchall()
     rows = []
     for analyte, uom in pairs:
         canonical = canonical_unit(analyte, uom)
@@ -267,22 +274,47 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
 
 def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None) -> int:
     """Mean ± k·σ per product, parameter and t_batch_h over the chosen good batches (default:
-    every completed batch with gold trajectories). Written whole to gold/golden_profiles."""
+    every completed batch). Historian parameters come from `batch_trajectories`; offline
+    analytes (vcd, titer, …) are interpolated linearly between a batch's samples onto the same
+    grid (never extrapolated past the first or last sample). Written whole to gold/golden_profiles."""
     folder = lake.gold("batch_trajectories")
     if not any(folder.glob("*.parquet")):
         return 0
+    step = float(settings.grid_minutes) * 60.0
     with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
         catalog.attach_views(con, lake)
+        _sample_units(con)
         frame = con.execute(
-            """SELECT b.product, t.parameter, t.t_batch_h, avg(t.value) AS mean, stddev_samp(t.value) AS std,
-                      avg(t.value) - $k * stddev_samp(t.value) AS lower, avg(t.value) + $k * stddev_samp(t.value) AS upper,
-                      count(t.value) AS n_batches, any_value(t.uom) AS uom
-               FROM read_parquet($files) t JOIN batches b USING (batch_id)
-               WHERE b.status = 'complete' AND ($chosen IS NULL OR list_contains($chosen, t.batch_id))
-               GROUP BY ALL HAVING count(t.value) >= 2
+            """WITH chosen AS (
+                   SELECT batch_id, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches
+                   WHERE status = 'complete' AND ($chosen IS NULL OR list_contains($chosen, batch_id))),
+               s AS (
+                   SELECT s.batch_id, s.analyte AS parameter, s.value * u.scale + u."offset" AS v,
+                          (epoch_us(s.sampled_ts) - epoch_us(c.t0)) / 1e6 AS t_s, u.uom AS src_uom
+                   FROM samples s JOIN chosen c USING (batch_id) JOIN sample_units u USING (analyte, uom)
+                   WHERE s.value IS NOT NULL),
+               pairs AS (
+                   SELECT *, lead(t_s) OVER w AS t1, lead(v) OVER w AS v1 FROM s
+                   WINDOW w AS (PARTITION BY batch_id, parameter ORDER BY t_s)),
+               offline AS (
+                   SELECT batch_id, parameter, k * $step / 3600.0 AS t_batch_h,
+                          v + (v1 - v) * (k * $step - t_s) / (t1 - t_s) AS value, NULL::VARCHAR AS uom
+                   FROM (SELECT *, unnest(range(ceil(t_s / $step)::BIGINT, ceil(t1 / $step)::BIGINT)) AS k
+                         FROM pairs WHERE t1 > t_s)),
+               online AS (
+                   SELECT batch_id, parameter, t_batch_h, value, uom FROM read_parquet($files)
+                   WHERE batch_id IN (SELECT batch_id FROM chosen)),
+               every AS (SELECT * FROM online UNION ALL BY NAME SELECT * FROM offline)
+               SELECT c.product, e.parameter, e.t_batch_h, avg(e.value) AS mean, stddev_samp(e.value) AS std,
+                      avg(e.value) - $k * stddev_samp(e.value) AS lower, avg(e.value) + $k * stddev_samp(e.value) AS upper,
+                      count(e.value) AS n_batches, any_value(e.uom) AS uom
+               FROM every e JOIN chosen c USING (batch_id)
+               GROUP BY ALL HAVING count(e.value) >= 2
                ORDER BY 1, 2, 3""",
-            {"k": settings.golden_k, "files": str(folder / "*.parquet"), "chosen": list(batches) if batches else None},
+            {"k": settings.golden_k, "files": str(folder / "*.parquet"), "chosen": list(batches) if batches else None, "step": step},
         ).df()
+    frame["uom"] = [u if isinstance(u, str) else canonical_unit(p, "") or None for p, u in zip(frame["parameter"], frame["uom"])]
     GOLD_MODELS["golden_profiles"].validate(frame, lazy=True)
     atomic_write_parquet(lake.gold("golden_profiles") / "golden_profiles.parquet", pa.Table.from_pandas(frame, preserve_index=False))
     return len(frame)

@@ -131,23 +131,38 @@ def ingest_sql(lake: Lake, profile: SqlProfile, run_id: str | None = None, tags_
     if not lake.raw(sha, ".csv").exists():
         atomic_write_bytes(lake.raw(sha, ".csv"), data)
     outcome = _store(lake, base, sql_historian.parse(raw, profile, sha), tags_known)
+    _remember_quarantined(lake, profile, raw, sha)
     new_wm = pd.to_datetime(raw["ts"].astype(str), format="ISO8601", errors="coerce").max()
     if pd.notna(new_wm):
-        new_wm = new_wm.tz_localize(profile.timezone) if new_wm.tzinfo is None else new_wm
+        # a local time repeated or skipped by DST: take the earlier instant (the next pull re-reads a little more)
+        new_wm = new_wm.tz_localize(profile.timezone, ambiguous=True, nonexistent="shift_backward") if new_wm.tzinfo is None else new_wm
         if watermark is None or new_wm > watermark:
             atomic_write_bytes(wm_path, json.dumps({"watermark": new_wm.tz_convert("UTC").isoformat()}).encode())
     return outcome
 
 
+def _remember_quarantined(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, sha: str) -> None:
+    """Keep the keys of rows this pull quarantined, so the next pull's look-back skips them too."""
+    q_path = lake.silver("quarantine") / f"{sha}.parquet"
+    if not q_path.exists():
+        return
+    rows = sorted(set(pd.read_parquet(q_path, columns=["source_row"])["source_row"].dropna().astype(int) - 1))
+    keys = pd.DataFrame({"tag": raw["tag"].iloc[rows].astype(str).to_numpy(), "ts_text": raw["ts"].iloc[rows].astype(str).to_numpy()})
+    atomic_write_parquet(lake.state(f"sql_quarantined/{profile.name}") / f"{sha}.parquet", pa_arrow.Table.from_pandas(keys, preserve_index=False))
+
+
 def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since) -> pd.DataFrame:
-    folder = lake.silver("historian_points")
-    if raw.empty or since is None or not any(folder.glob("*.parquet")):
+    """Rows of a pull not yet in the lake: neither accepted into silver nor quarantined before."""
+    silver = [str(p) for p in lake.silver("historian_points").glob("*.parquet")]
+    quarantined = [str(p) for p in lake.state(f"sql_quarantined/{profile.name}").glob("*.parquet")]
+    if raw.empty or since is None or not (silver or quarantined):
         return raw
     with duckdb.connect() as con:
-        held = con.execute(
-            "SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
-            [str(folder / "*.parquet"), f"sql:{profile.name}", since.to_pydatetime()],
-        ).df()
+        held = pd.concat([
+            con.execute("SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
+                        [silver, f"sql:{profile.name}", since.to_pydatetime()]).df() if silver else None,
+            con.execute("SELECT tag, ts_text FROM read_parquet(?)", [quarantined]).df() if quarantined else None,
+        ])
     if held.empty:
         return raw
     key = raw["tag"].astype(str) + "\x00" + raw["ts"].astype(str)

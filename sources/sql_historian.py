@@ -23,22 +23,36 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
     table = sa.table(profile.table, *(sa.column(c[k]) for k in ("tag", "ts", "value", "status")))
     query = sa.select(*(table.c[c[k]].label(k) for k in ("tag", "ts", "value", "status")))
     if since is not None:
-        query = query.where(table.c[c["ts"]] > sa.bindparam("since", _sql_text(since)))
+        # untyped (NullType): the database converts the text to the column's type. A typed string
+        # would be sent as VARCHAR (PostgreSQL: "operator does not exist: timestamp > character varying").
+        query = query.where(table.c[c["ts"]] > sa.bindparam("since", _sql_text(since, profile.timezone), type_=sa.types.NullType()))
     query = query.order_by(table.c[c["ts"]], table.c[c["tag"]])
-    engine = sa.create_engine(profile.resolved_url())
+    try:
+        engine = sa.create_engine(profile.resolved_url())
+    except (sa.exc.ArgumentError, ValueError) as err:
+        # a parser's message may quote part of the URL (and so the password): only a missing driver is named
+        reason = str(err).splitlines()[0] if isinstance(err, sa.exc.NoSuchModuleError) else "the URL cannot be parsed"
+        raise ConnectionError(f"SQL historian {profile.name!r}: invalid URL: {reason}") from None
     try:
         with engine.connect() as conn:
             raw = pd.read_sql(query, conn)
     except sa.exc.SQLAlchemyError as err:
         # the message names the source, never the URL (it may carry a password)
-        raise ConnectionError(f"SQL historian {profile.name!r}: {type(err.orig or err).__name__}: {str(err.orig or err).splitlines()[0]}") from None
+        orig = getattr(err, "orig", None) or err
+        raise ConnectionError(f"SQL historian {profile.name!r}: {type(orig).__name__}: {str(orig).splitlines()[0]}") from None
     finally:
         engine.dispose()
+    if pd.api.types.is_datetime64_any_dtype(raw["ts"]):
+        # a timestamp column: each value as its own ISO text. Series.astype(str) formats all rows alike
+        # ('2026-03-16' when every row is at midnight, '.500' on all when one has a fraction), and the
+        # text identifies rows already held, so it must not depend on which other rows came with it.
+        raw["ts"] = raw["ts"].map(lambda t: t.isoformat(sep=" "), na_action="ignore")
     return raw, parse(raw, profile)
 
 
-def _sql_text(ts: datetime) -> str:
-    return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S")
+def _sql_text(ts: datetime, timezone: str = "UTC") -> str:
+    """`ts` as naive text in the zone the source stores its timestamps in (the profile's timezone)."""
+    return pd.Timestamp(ts).tz_convert(timezone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def content_sha256(raw: pd.DataFrame) -> str:
@@ -53,12 +67,15 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
     rel = f"sql:{profile.name}"
     lines = np.arange(1, len(raw) + 1, dtype=np.int64)
     ts = pd.to_datetime(raw["ts"].astype(str), format="ISO8601", errors="coerce")
-    ts = (ts.dt.tz_localize(profile.timezone) if ts.dt.tz is None else ts).dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    # a naive local time repeated (autumn) or skipped (spring) by DST names no single instant: NaT, so the
+    # row is quarantined. Raising failed every later pull too, while the row stayed in the look-back window.
+    # Not "infer": rows come ordered by (ts text, tag), which interleaves the two occurrences of the hour.
+    ts = (ts.dt.tz_localize(profile.timezone, ambiguous="NaT", nonexistent="NaT") if ts.dt.tz is None else ts).dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     status = raw["status"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
     quality = status.map(profile.quality)
     value = pd.to_numeric(raw["value"], errors="coerce").astype("float64")
     problems = [
-        rejects_where(ts.isna(), raw, lines, "ts", "timestamp", "unparseable timestamp", sha, rel),
+        rejects_where(ts.isna(), raw, lines, "ts", "timestamp", f"unparseable, ambiguous or non-existent local timestamp (zone {profile.timezone})", sha, rel),
         rejects_where(quality.isna() & ts.notna(), raw, lines, "status", "quality_code", "status is not in the profile's quality mapping", sha, rel),
     ]
     ok = (ts.notna() & quality.notna()).to_numpy()

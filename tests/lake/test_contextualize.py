@@ -46,7 +46,7 @@ def _batch(lake: Lake, end_h=4.0, phases=(("P1", 0.0, 2.0), ("P2", 2.0, 4.0)), s
 
 
 @pytest.fixture()
-def small(tmp_path):
+def small_lake(tmp_path) -> Lake:
     """Tags L (linear) and S (step) with the same points; G with a short allowed gap; Q with one bad point."""
     lake = Lake(tmp_path / "lake")
     _batch(lake)
@@ -59,7 +59,12 @@ def small(tmp_path):
     _write(lake, "historian_points", pts)
     contextualize(lake, ["B1"], Settings(grid_minutes=60))
     catalog.rebuild(lake)
-    con = duckdb.connect(str(lake.catalog), read_only=True)
+    return lake
+
+
+@pytest.fixture()
+def small(small_lake):
+    con = duckdb.connect(str(small_lake.catalog), read_only=True)
     yield con
     con.close()
 
@@ -138,6 +143,40 @@ def test_a_batch_across_the_dst_change_counts_real_hours(tmp_path):
     assert windows == 4
 
 
+# ------------------------------------------------------------------ historian-style reads
+
+def test_read_speaks_the_historian_client_modes(small_lake):
+    from lake.api import BatchLake
+
+    bl = BatchLake(small_lake.root)
+    values = {m: bl.read("lin", batch="B1", interval="1h", mode=m)["value"].tolist() for m in ("twa", "min", "max", "interpolated", "snapshot")}
+    assert values["twa"] == pytest.approx([5.0, 10.0, 15.0, 25.0])
+    assert values["min"] == pytest.approx([0.0, 10.0, 10.0, 20.0])
+    assert values["max"] == pytest.approx([10.0, 10.0, 20.0, 30.0])
+    assert values["interpolated"] == pytest.approx([0.0, 10.0, 10.0, 20.0])
+    assert values["snapshot"] == pytest.approx([0.0, 10.0, 10.0, 10.0])
+    raw = bl.read(["lin", "stp"], batch="B1", mode="raw")
+    assert len(raw) == 6 and set(raw.parameter) == {"lin", "stp"}
+    gap = bl.read("gappy", batch="B1", interval="1h", mode="interpolated")["value"].tolist()
+    assert np.isnan(gap[1]) and gap[2] == pytest.approx(2.0)  # never across a gap longer than allowed
+    by_unit = bl.read("lin", unit="U1", start=h(2).to_pydatetime(), end=h(4).to_pydatetime(), interval="30min")
+    assert by_unit["value"].tolist() == pytest.approx([12.5, 17.5, 22.5, 27.5])
+    assert bl.query("select count(*) as n from batches")["n"].iloc[0] == 1
+    assert bl.query("select * from batches", arrow=True).num_rows == 1
+
+
+def test_read_refuses_unknown_modes_and_batches(small_lake):
+    from lake.api import BatchLake
+
+    bl = BatchLake(small_lake.root)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        bl.read("lin", batch="B1", mode="average")
+    with pytest.raises(KeyError, match="no batch 'B9'"):
+        bl.read("lin", batch="B9")
+    with pytest.raises(ValueError, match="a unit with start and end"):
+        bl.read("lin", unit="U1")
+
+
 # ------------------------------------------------------------------ on the demo plant
 
 def test_phase_temperature_matches_the_simulator_set_points(pipeline_run, truth):
@@ -177,6 +216,10 @@ def test_golden_profile_and_deviation(pipeline_run):
     assert len(g) == 1 and g["n_batches"].iloc[0] >= 2
     assert g["mean"].iloc[0] == pytest.approx(36.8, abs=0.1) and g["lower"].iloc[0] < 36.8 < g["upper"].iloc[0]
     assert dev[0] > 0 and dev[1] >= 3
+    with duckdb.connect(str(data / "lake" / "catalog.duckdb"), read_only=True) as con:
+        vcd = con.execute("select t_batch_h, mean, n_batches, uom from golden_profiles where parameter = 'vcd' order by 1").df()
+    assert vcd["uom"].iloc[0] == "1e6 cells/mL" and vcd["n_batches"].min() >= 2
+    assert vcd["mean"].iloc[0] == pytest.approx(0.45, abs=0.2) and vcd["mean"].max() > 10.0
 
 
 def test_golden_profiles_need_two_batches(tmp_path):
