@@ -36,7 +36,7 @@ class BatchLake:
     def query(self, sql: str, params: list | dict | None = None, *, arrow: bool = False):
         """Run read-only SQL over the catalog; pandas by default, a pyarrow Table with arrow=True."""
         with connect(self.lake) as con:
-            rel = con.execute(sql, params or [])
+            rel = con.sql(sql, params=params or None)
             return rel.to_arrow_table() if arrow else rel.df()
 
     def read(
@@ -115,7 +115,7 @@ class BatchLake:
                    FROM batches WHERE batch_id = $batch""",
                 {"batch": batch, "start": _ts(start), "end": _ts(end), "now": datetime.now(timezone.utc)},
             )
-            if con.execute("SELECT count(*) FROM b").fetchone()[0] == 0:
+            if con.execute("SELECT count(*) FROM b").fetchall()[0][0] == 0:
                 raise KeyError(f"no batch {batch!r} in the lake")
             return
         if unit is None or start is None or end is None:

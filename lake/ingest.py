@@ -20,6 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
 
+from lake import historian_ingest
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
 from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
@@ -108,6 +109,9 @@ def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, 
         return _log(lake, base, "unchanged", 0, 0, 0, None)
     copy_write_once(path, lake.raw(sha, "".join(path.suffixes[-2:]) or ".bin"))
     try:
+        if profile.dataset == "historian_long":  # the large files: streamed through DuckDB end to end
+            rows_read, accepted, q = historian_ingest.ingest_long_csv(lake, path, sha, rel_path, profile, tags_known)
+            return _finish(lake, base, rows_read, rows_read - accepted, q, {"historian_points": accepted})
         result = READERS[profile.dataset](path, sha, rel_path, profile)
     except SourceRejected as err:
         return _reject(lake, base, f"{rel_path}: {err}")
@@ -228,13 +232,17 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
     except SchemaRejected as err:
         return _reject(lake, base, f"{base['path']}: {err}")
     q = pd.concat([x for x in quarantined if len(x)], ignore_index=True) if any(len(x) for x in quarantined) else quarantined[0]
-    n_quarantined = len(result.rejects) + dropped
+    return _finish(lake, base, result.rows_read, len(result.rejects) + dropped, q, accepted_counts, "; ".join(result.notes) or None)
+
+
+def _finish(lake: Lake, base: dict, rows_read: int, n_quarantined: int, q: pd.DataFrame, accepted_counts: dict[str, int], notes: str | None = None) -> IngestOutcome:
+    """Write the quarantine rows and the ingest_log entry of one ingested source."""
     if len(q):
         q = q.assign(dataset=base["dataset"], ingested_at=base["started_at"])
         q["source_row"] = q["source_row"].astype("Int64")
         atomic_write_parquet(lake.silver("quarantine") / f"{base['sha256']}.parquet", pa_arrow.Table.from_pandas(q, preserve_index=False))
     reasons = q["reason"].value_counts().to_dict() if len(q) else {}
-    outcome = _log(lake, base, "ingested", result.rows_read, result.rows_read - n_quarantined, n_quarantined, None, "; ".join(result.notes) or None)
+    outcome = _log(lake, base, "ingested", rows_read, rows_read - n_quarantined, n_quarantined, None, notes)
     outcome.accepted, outcome.reasons = accepted_counts, {str(k): int(v) for k, v in reasons.items()}
     return outcome
 

@@ -7,6 +7,7 @@ SHA-256 and never rewritten.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +29,11 @@ class Lake:
         return self.root / "catalog.duckdb"
 
     def raw(self, sha256: str, suffix: str) -> Path:
-        return self.root / "raw" / f"{sha256}{suffix}"
+        # the suffix comes from a landing file's name: keep it only if it looks like an extension
+        # ('.csv', '.csv.gz'), so no name from outside can make the path long, odd or hidden
+        if not _SUFFIX.fullmatch(suffix):
+            suffix = ".bin"
+        return self._inside(self.root / "raw" / f"{sha256}{suffix}")
 
     def silver(self, table: str) -> Path:
         return self.root / "silver" / table
@@ -40,10 +45,26 @@ class Lake:
         return self.root / "models" / table
 
     def state(self, name: str) -> Path:
-        return self.root / "state" / name
+        return self._inside(self.root / "state" / name)
 
     def ingested_marker(self, dataset: str, sha256: str) -> Path:
-        return self.root / "state" / "ingested" / dataset / sha256
+        return self._inside(self.root / "state" / "ingested" / dataset / sha256)
+
+    def _inside(self, path: Path) -> Path:
+        """`path` if it stays under the lake root; ValueError otherwise.
+
+        Parts of these paths can come from configuration or data (a profile name, a dataset, a
+        file suffix): an absolute part, '..' or NUL must never lead a write out of the lake.
+        The check is lexical (no symlinks followed), so a lake folder may be a symlink.
+        """
+        text = str(path)
+        normal = os.path.normpath(text)
+        if "\x00" in text or normal != text.rstrip("/") or not Path(normal).is_relative_to(self.root):
+            raise ValueError(f"refusing a lake path outside {self.root}: {text[:200]!r}")
+        return path
+
+
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10}){1,2}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

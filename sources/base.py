@@ -1,7 +1,9 @@
 """What every reader shares: the result type, file hashing, and CSV reading with line numbers."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,12 @@ class ReadResult:
 
 class SourceRejected(ValueError):
     """The whole file is unreadable as its dataset (message: one line naming the problem)."""
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-blank line of an error message (SourceRejected messages are one line; some errors have none)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -58,30 +66,70 @@ def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha2
         return "skip"
 
     try:
+        # The header is parsed here and handed to pyarrow (column_names + skip_rows), so the names that
+        # get string types are exactly the names of the table: a guessed name that missed (BOM, quotes,
+        # spaces) let pyarrow infer numbers/timestamps and lose the source text, and a duplicated name
+        # made pyarrow keep one of the columns silently.
+        names, header_only = _header_names(path, delimiter, encoding)
+        if header_only:
+            return pd.DataFrame({n: pd.Series(dtype="str") for n in names}), np.empty(0, dtype=np.int64), quarantine_frame([])
         with pa.input_stream(str(path), compression="detect") as stream:
             table = pacsv.read_csv(
                 stream,
-                read_options=pacsv.ReadOptions(use_threads=False, encoding=encoding, block_size=1 << 24),
+                read_options=pacsv.ReadOptions(use_threads=False, encoding=encoding, block_size=1 << 24, column_names=names, skip_rows=1),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=_all_strings(path, delimiter, encoding), strings_can_be_null=False, quoted_strings_can_be_null=False
+                    column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
                 ),
             )
+        frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
-        raise SourceRejected(f"not a readable CSV: {str(err).splitlines()[0]}") from None
+        raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
     rejected_lines = np.array(sorted(b["source_row"] for b in bad), dtype=np.int64)
     all_lines = np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64)
     lines = np.setdiff1d(all_lines, rejected_lines, assume_unique=True)
-    return table.to_pandas(), lines, quarantine_frame(bad)
+    return frame, lines, quarantine_frame(bad)
+
+
+_HEAD = 1 << 16  # the header line must fit in the first 64 KiB
+
+
+def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str], bool]:
+    """(column names of the first line, whether the file is that line alone); SourceRejected if unusable."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(_HEAD + 1)
+    text = head[:_HEAD].decode(encoding, errors="replace").lstrip("\ufeff")
+    line, *rest = re.split(r"\r\n|\r|\n", text, maxsplit=1)
+    if not rest and len(head) > _HEAD:
+        raise SourceRejected(f"the header line is longer than {_HEAD} bytes")
+    if not line.strip():
+        raise SourceRejected("empty file or missing header line")
+    try:
+        names = next(csv.reader([line], delimiter=delimiter, strict=True))
+    except csv.Error as err:  # e.g. a quoted name running over the line end
+        raise SourceRejected(f"unreadable header line: {_first_line(err)}") from None
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SourceRejected(f"duplicate column name(s) in the header: {', '.join(repr(d[:50]) for d in dupes[:5])}")
+    # nothing but line ends after the header (pyarrow skips empty lines; it cannot skip a header with no data)
+    return names, len(head) <= _HEAD and (not rest or rest[0].strip("\r\n") == "")
 
 
 def _all_strings(path: Path, delimiter: str, encoding: str) -> dict[str, pa.DataType]:
-    with pa.input_stream(str(path), compression="detect") as stream:
-        head = stream.read(1 << 16).decode(encoding, errors="replace")
+    return {name: pa.string() for name in csv_header(path, delimiter, encoding)}
+
+
+def csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    """Column names from the first line (plain or compressed); SourceRejected if there is none."""
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            head = stream.read(1 << 16).decode(encoding, errors="replace")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SourceRejected(f"cannot open: {str(err).splitlines()[0]}") from None
     header = head.splitlines()[0] if head else ""
     if not header.strip():
         raise SourceRejected("empty file or missing header line")
-    return {name.strip('"'): pa.string() for name in header.split(delimiter)}
+    return [name.strip().strip('"') for name in header.split(delimiter)]
 
 
 def require_columns(df: pd.DataFrame, columns, what: str) -> None:
@@ -109,6 +157,8 @@ def parse_timestamps(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
             naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
             out[~has_offset] = _localize(naive, tz)
         return out
+    if "%z" in fmt or "%Z" in fmt:  # the text carries its offset: nothing to localize (and offsets may differ row to row)
+        return pd.to_datetime(text, format=fmt, errors="coerce", utc=True).astype("datetime64[us, UTC]")
     return _localize(pd.to_datetime(text, format=fmt, errors="coerce"), tz).astype("datetime64[us, UTC]")
 
 

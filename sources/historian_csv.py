@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
 from sources.base import ReadResult, SourceRejected, add_lineage, parse_timestamps, read_csv_text, rejects_where, require_columns
+from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
 POINT_COLUMNS = ["tag", "ts", "value", "state", "quality", "ts_text"]
@@ -24,28 +26,21 @@ def _values(text: pd.Series, profile: FileProfile) -> tuple[pd.Series, pd.Series
 
 
 def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
-    df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
-    cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
-    require_columns(df, [cols["tag"], cols["ts"], cols["value"]], rel_path)
-    ts = parse_timestamps(df[cols["ts"]], profile.timestamp_format, profile.timezone)
-    value, state, unparseable = _values(df[cols["value"]], profile)
-    if cols["status"] in df:
-        quality = df[cols["status"]].str.strip().str.lower().map(profile.quality)
-        unknown_quality = quality.isna()
-    else:
-        quality = pd.Series("good", index=df.index)
-        unknown_quality = pd.Series(False, index=df.index)
-    quality = quality.where(state.isna(), "bad")  # a digital state is never a good value
-    bad_ts = ts.isna()
-    problems = [
-        rejects_where(bad_ts, df, lines, cols["ts"], "timestamp", f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})", sha256, rel_path),
-        rejects_where(unparseable & ~bad_ts, df, lines, cols["value"], "value_parse", "value is neither a number nor a known digital state", sha256, rel_path),
-        rejects_where(unknown_quality & ~bad_ts & ~unparseable, df, lines, cols["status"], "quality_code", "status is not in the profile's quality mapping", sha256, rel_path),
-    ]
-    ok = ~(bad_ts | unparseable | unknown_quality)
-    out = pd.DataFrame({"tag": df[cols["tag"]].str.strip(), "ts": ts, "value": value, "state": state, "quality": quality, "ts_text": df[cols["ts"]]})[ok.to_numpy()]
-    out = add_lineage(out.reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path)
-    return ReadResult({"historian_points": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))
+    """A long export as a frame (the ingest streams the same parse straight to Parquet instead)."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        staged = stage_long(con, path, profile)
+        line_sql, params = staged.line_sql()
+        df = con.execute(f"SELECT *, {line_sql} AS line FROM parsed ORDER BY rn", params).df()
+    ok = df["problem"].isna().to_numpy()
+    points = add_lineage(df.loc[ok, POINT_COLUMNS].reset_index(drop=True), sha256, df.loc[ok, "line"].to_numpy(), rel_path)
+    bad = df[~ok]
+    rejects = pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(bad["line"], dtype="Int64"), "source_path": rel_path,
+                            "column": bad["problem_column"], "check": bad["problem"], "failure_value": bad["failure_value"], "reason": bad["reason"]})
+    malformed = pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(staged.malformed["line"], dtype="Int64"), "source_path": rel_path,
+                              "column": None, "check": "field_count", "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
+                              "reason": staged.malformed["message"].astype(str).str.split("\n").str[0]})
+    return ReadResult({"historian_points": points}, pd.concat([malformed, rejects], ignore_index=True), rows_read=staged.rows_read)
 
 
 def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:

@@ -17,6 +17,7 @@ What is read:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -88,7 +89,9 @@ def _record_version(root) -> tuple[int, object]:
     version, changed = None, None
     for el in root.iter():
         name = local(el)
-        if name == "Version" and version is None and el.text and el.text.strip().isdigit():
+        # ASCII digits only, at most 9: str.isdigit() accepts '²' or '٣' (int() then fails) and an
+        # unbounded number overflows the int64 record_version column
+        if name == "Version" and version is None and el.text and re.fullmatch(r"[0-9]{1,9}", el.text.strip()):
             version = int(el.text.strip())
         elif name in ("LastChangedDate", "PublishedDate", "CreationDate", "CreateDate") and changed is None and el.text:
             changed = _ts(el.text.strip())

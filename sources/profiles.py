@@ -29,6 +29,15 @@ QUALITY_WORDS = {
 IP21_QUALITY = {"0": "good", "1": "uncertain", "2": "bad", "4": "substituted", "5": "uncertain", "6": "bad"}
 DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Profile names end up in file names under the lake (watermarks/<name>.json, sql_quarantined/<name>/) and
+# in lineage (`sql:<name>`): a name from sources.yaml must not carry '/', '..', NUL or a leading dot.
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
+        raise ValueError(f"source profile name {str(name)[:120]!r} must be letters, digits, '_', '-' or '.' "
+                         "(not starting with '.' or '-', at most 100 characters)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class FileProfile:
     digital_states: tuple[str, ...] = PI_DIGITAL_STATES
     inoculation_phase: str = "INOCULATION"  # MES phase whose start is t_batch_h = 0
     site: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
 
     def column(self, canonical: str) -> str:
         return self.columns.get(canonical, canonical)
@@ -69,8 +81,11 @@ class SqlProfile:
     lookback_s: float = 3600.0  # re-read this far behind the watermark so late rows are picked up
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
+        # table and column names are quoted by SQLAlchemy, and still only plain identifiers are accepted:
+        # nothing from sources.yaml is ever formatted into SQL text
         for ident in (self.table, *self.columns.values()):
-            if not _IDENTIFIER.match(ident):
+            if not isinstance(ident, str) or not _IDENTIFIER.fullmatch(ident):  # fullmatch: `$` would accept a trailing newline
                 raise ValueError(f"SQL profile {self.name!r}: {ident!r} is not a plain identifier")
 
     def resolved_url(self) -> str:

@@ -1,0 +1,157 @@
+"""Long historian CSVs read and parsed inside DuckDB, so large exports stream with bounded memory.
+
+`stage_long` reads the file into the temp table `parsed`: one row per good CSV line with its
+line number, the parsed UTC timestamp, numeric value or digital state, mapped quality, and
+(where parsing failed) the check, column, value and reason for quarantine. Malformed lines
+(wrong field count) come back separately, with their line numbers, from DuckDB's reject
+table. Profile values reach the SQL only as bound parameters; column names only as quoted
+identifiers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from schemas.sql_checks import SqlCheck, first_failure_sql
+from sources.base import SourceRejected, csv_header, require_columns
+from sources.profiles import FileProfile
+
+ENCODINGS = {"utf8": "utf-8", "utf-8": "utf-8", "latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1", "utf-16": "utf-16"}
+_OFFSET = r"(Z|[+-]\d\d:?\d\d)\s*$"
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Staged:
+    rows_read: int
+    malformed: pd.DataFrame  # line, error_type, text, message of lines DuckDB could not split into the header's fields
+
+    def line_sql(self) -> tuple[str, dict]:
+        return _line_sql(self.malformed["line"].astype("int64").tolist())
+
+
+def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
+    """(local_sql, ts_sql): `ts_text` -> naive local TIMESTAMP -> TIMESTAMPTZ, NULL when unparseable.
+
+    A naive local time is placed in the profile's zone and must map back to the same wall
+    clock (a time skipped by the spring change does not) and must not also be reachable one
+    hour earlier (a time repeated in autumn is ambiguous): both are quarantined, never guessed.
+    Text with an explicit offset (ISO 8601) needs no zone.
+    """
+    if profile.timestamp_format and "%z" in profile.timestamp_format:
+        return "NULL::TIMESTAMP", "try_strptime(ts_text, $ts_format)::TIMESTAMPTZ"
+    local = "try_strptime(ts_text, $ts_format)" if profile.timestamp_format else "try_cast(ts_text AS TIMESTAMP)"
+    placed = "timezone($tz, local_ts)"
+    naive = f"CASE WHEN timezone($tz, {placed}) = local_ts AND timezone($tz, {placed} - INTERVAL 1 HOUR) <> local_ts THEN {placed} END"
+    if profile.timestamp_format:
+        return local, naive
+    if profile.timezone.upper() == "UTC":
+        return local, "try_cast(ts_text AS TIMESTAMPTZ)"  # the session zone is UTC: naive text is UTC, offsets are honoured
+    return local, f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ) ELSE {naive} END"
+
+
+def _line_sql(rejected: list[int]) -> tuple[str, dict]:
+    """SQL for each accepted row's line in the file (header = line 1), from DuckDB's row number.
+
+    DuckDB numbers the rows it accepts in file order; every rejected line before a row shifts
+    it by one: accepted row rn lies after the k-th rejected line r_k exactly when rn >= r_k - k.
+    """
+    if not rejected:
+        return "rn + 1", {}
+    thresholds = [r - k for k, r in enumerate(sorted(rejected), start=1)]
+    return "rn + 1 + len(list_filter($thr, lambda x: x <= rn))", {"thr": thresholds}
+
+
+def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile, checks: list[SqlCheck] = ()) -> Staged:
+    """Read and parse a long historian CSV into temp table `parsed` (see module docstring).
+
+    `parsed` holds one row per accepted CSV record: `rn` (its ordinal among accepted records,
+    turned into a line number by `Staged.line_sql`), the point columns, and `problem`,
+    `problem_column`, `failure_value`, `reason` for records that fail parsing or one of `checks`
+    (pandera checks translated to SQL, plus any the caller adds, e.g. the tag dictionary).
+    """
+    header = csv_header(path, profile.delimiter, profile.encoding)
+    cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
+    require_columns(pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]], path.name)
+    status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
+    encoding = ENCODINGS.get(profile.encoding.lower())
+    if encoding is None:
+        raise SourceRejected(f"encoding {profile.encoding!r} is not supported for streamed historian files ({', '.join(sorted(ENCODINGS))})")
+    local_sql, ts_sql = _timestamp_sql(profile)
+    check_sql, column_sql, check_params = first_failure_sql(list(checks))
+    reason_cases = " ".join(f"WHEN $chk_{i} THEN $why_{i}" for i in range(len(checks)))
+    check_reason = f"CASE check_problem {reason_cases} END" if checks else "NULL"
+    params = {
+        "path": str(path), "delim": profile.delimiter, "encoding": encoding, "columns": {h: "VARCHAR" for h in header},
+        "decimal": profile.decimal, "states": [x.lower() for x in profile.digital_states],
+        "qkeys": [str(k).lower() for k in profile.quality], "qvals": list(profile.quality.values()),
+        "ts_col": cols["ts"], "value_col": cols["value"], "status_col": cols["status"],
+        **PARSE_REASON_PARAMS, **check_params, **{f"why_{i}": c.reason for i, c in enumerate(checks)},
+        **({"ts_format": profile.timestamp_format} if "$ts_format" in local_sql + ts_sql else {}),
+        **({"tz": profile.timezone} if "$tz" in ts_sql else {}),
+    }
+    con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE parsed AS
+                WITH raw AS (
+                    SELECT row_number() OVER () AS rn, trim({ident(cols['tag'])}) AS tag, {ident(cols['ts'])} AS ts_text,
+                           trim({ident(cols['value'])}) AS value_text, {status_sql} AS status_text
+                    FROM read_csv($path, header = true, all_varchar = true, delim = $delim, quote = '"', escape = '"',
+                                  encoding = $encoding, strict_mode = true, null_padding = false, auto_detect = false,
+                                  columns = $columns, ignore_errors = true, store_rejects = true)),
+                p0 AS (SELECT *, {local_sql} AS local_ts FROM raw),
+                p1 AS (
+                    SELECT *, {ts_sql} AS ts,
+                           try_cast(CASE WHEN $decimal = '.' THEN value_text ELSE replace(value_text, $decimal, '.') END AS DOUBLE) AS num,
+                           CASE WHEN status_text IS NULL THEN 'good' ELSE map_extract_value(map($qkeys, $qvals), lower(trim(status_text))) END AS q
+                    FROM p0),
+                p2 AS (
+                    SELECT rn, tag, ts, num AS value, ts_text, value_text, status_text,
+                           num IS NULL AND lower(value_text) IN (SELECT unnest($states)) AS is_state, q
+                    FROM p1),
+                pt AS (
+                    SELECT rn, tag, ts, value, CASE WHEN is_state THEN value_text END AS state,
+                           CASE WHEN is_state THEN 'bad' ELSE q END AS quality, ts_text,
+                           CASE WHEN ts IS NULL THEN 'timestamp' WHEN value IS NULL AND NOT is_state THEN 'value_parse'
+                                WHEN q IS NULL THEN 'quality_code' END AS parse_problem,
+                           CASE WHEN ts IS NULL THEN $ts_col WHEN value IS NULL AND NOT is_state THEN $value_col
+                                WHEN q IS NULL THEN $status_col END AS parse_column,
+                           CASE WHEN ts IS NULL THEN ts_text WHEN value IS NULL AND NOT is_state THEN value_text
+                                WHEN q IS NULL THEN status_text END AS parse_value
+                    FROM p2),
+                chk AS (SELECT *, CASE WHEN parse_problem IS NULL THEN {check_sql} END AS check_problem,
+                                  CASE WHEN parse_problem IS NULL THEN {column_sql} END AS check_column FROM pt)
+                SELECT rn, tag, ts, value, state, quality, ts_text,
+                       coalesce(parse_problem, check_problem) AS problem,
+                       coalesce(parse_column, check_column) AS problem_column,
+                       CASE WHEN parse_problem IS NOT NULL THEN parse_value
+                            WHEN check_column = 'tag' THEN tag WHEN check_column = 'quality' THEN quality
+                            WHEN check_column = 'ts_text' THEN ts_text END AS failure_value,
+                       CASE parse_problem WHEN 'timestamp' THEN $why_timestamp WHEN 'value_parse' THEN $why_value_parse
+                            WHEN 'quality_code' THEN $why_quality_code ELSE {check_reason} END AS reason
+                FROM chk""",
+            params,
+        )
+    except (duckdb.InvalidInputException, duckdb.IOException, duckdb.ConversionException) as err:
+        # what a bad file causes; a binder or parser error would be a bug here and must surface
+        raise SourceRejected(f"not a readable CSV: {str(err).splitlines()[0]}") from None
+    malformed = con.execute(
+        """SELECT line, any_value(error_type::VARCHAR) AS error_type, any_value(csv_line) AS text, any_value(error_message) AS message
+           FROM reject_errors GROUP BY line ORDER BY line"""
+    ).df()
+    n = con.execute("SELECT count(*) FROM parsed").fetchall()[0][0]
+    return Staged(rows_read=n + len(malformed), malformed=malformed)
+
+
+PARSE_REASON_PARAMS = {
+    "why_timestamp": "unparseable, ambiguous or non-existent local timestamp",
+    "why_value_parse": "value is neither a number nor a known digital state",
+    "why_quality_code": "status is not in the profile's quality mapping",
+}
