@@ -36,3 +36,6 @@ lock:  ## re-resolve the locked set after changing pyproject.toml dependencies
 
 clean:
 	rm -rf $(DATA) $(VENV)
+
+bench: $(BIN)/.installed  ## benchmarks against the bare engines (large data; ~20 minutes)
+	$(BIN)/python -m bench.run

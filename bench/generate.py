@@ -7,7 +7,7 @@ a sprinkle of digital states. Same arguments, same bytes.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,24 @@ from demo.plant import PlantSize, generate
 UNIT = "BR-101"
 
 
-def long_historian_csv(path: Path, rows: int, seed: int = 7) -> Path:
-    """Write a long historian CSV of about `rows` rows (12 tags of one unit, 1 s scans)."""
+def _runs(rows: int, seed: int):
     rng = np.random.default_rng(seed)
     n_batches = max(2, int(np.ceil(rows / len(process.TAG_SPECS) / (16 * 86400))) * 3)
     plans = process.plan_batches(n_batches, rng)
-    runs = [process.run_batch(p, rng, lambda _: float(rng.normal(1.0, 0.03))) for p in plans if p.unit == UNIT]
+    return [process.run_batch(p, rng, lambda _: float(rng.normal(1.0, 0.03))) for p in plans if p.unit == UNIT], rng
+
+
+def bench_plans(rows: int, seed: int = 7) -> tuple[list[process.BatchPlan], datetime]:
+    """The unit's batches that start inside the file written by `long_historian_csv(…, rows, seed)`,
+    and the time the file ends (a batch still running then is cut there)."""
+    runs, _ = _runs(rows, seed)
+    end = process.FIRST_START - timedelta(hours=12) + timedelta(seconds=int(np.ceil(rows / len(process.TAG_SPECS))))
+    return [r.plan for r in runs if r.plan.inoculation < end], end
+
+
+def long_historian_csv(path: Path, rows: int, seed: int = 7) -> Path:
+    """Write a long historian CSV of about `rows` rows (12 tags of one unit, 1 s scans)."""
+    runs, rng = _runs(rows, seed)
     n_scans = int(np.ceil(rows / len(process.TAG_SPECS)))
     epoch = process.FIRST_START - timedelta(hours=12)
     t_s = np.arange(n_scans, dtype=float)

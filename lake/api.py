@@ -36,8 +36,8 @@ class BatchLake:
     def query(self, sql: str, params: list | dict | None = None, *, arrow: bool = False):
         """Run read-only SQL over the catalog; pandas by default, a pyarrow Table with arrow=True."""
         with connect(self.lake) as con:
-            rel = con.sql(sql, params=params or None)
-            return rel.to_arrow_table() if arrow else rel.df()
+            result = con.execute(sql, params or [])
+            return result.to_arrow_table() if arrow else result.df()
 
     def read(
         self,

@@ -26,7 +26,9 @@ import pandas as pd
 import pyarrow as pa
 
 from lake import catalog
+from lake.duck import connect, copy_to_parquet
 from lake.layout import Lake, atomic_write_parquet, safe_name
+from schemas.sql_checks import column_checks
 from schemas.tables import GOLD_MODELS
 from schemas.units import UnitError, canonical_unit, conversion
 
@@ -42,7 +44,6 @@ class Settings:
 
 def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime) -> None:
     """Temporary tables every gold computation shares: batches, phases, tags, points, segments."""
-    con.execute("SET TimeZone = 'UTC'")
     catalog.attach_views(con, lake)
     con.execute(
         # a running batch ends, for now, at its unit's last archived point (never after as_of)
@@ -129,9 +130,10 @@ def integrals_sql(intervals: str, keys: str) -> str:
         GROUP BY ALL"""
 
 
-def process_values(con) -> pd.DataFrame:
-    return con.execute(
-        """SELECT p.batch_id, b.unit_id, ph.phase, p.parameter, p.ts,
+def process_values(con) -> None:
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE gold_process_values AS
+           SELECT p.batch_id, b.unit_id, ph.phase, p.parameter, p.ts,
                   (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
                   (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
                   p.v AS value, p.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
@@ -139,10 +141,10 @@ def process_values(con) -> pd.DataFrame:
            JOIN ph ON ph.batch_id = p.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff
            WHERE p.ok
            ORDER BY p.batch_id, p.parameter, p.ts"""
-    ).df()
+    )
 
 
-def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
+def batch_trajectories(con, grid_minutes: float) -> None:
     step = float(grid_minutes) * 60.0
     con.execute(
         """CREATE OR REPLACE TEMP TABLE win AS
@@ -153,8 +155,9 @@ def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
                  FROM b) b""",
         {"step": step},
     )
-    return con.execute(
-        f"""WITH agg AS ({integrals_sql('win', 'i.k')}),
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE gold_batch_trajectories AS
+            WITH agg AS ({integrals_sql('win', 'i.k')}),
             npts AS (SELECT w.batch_id, w.k, p.parameter, count(*) AS n_points
                      FROM win w JOIN pts p ON p.batch_id = w.batch_id AND p.ok AND p.ts >= w.ws AND p.ts < w.we
                      GROUP BY ALL),
@@ -170,13 +173,14 @@ def batch_trajectories(con, grid_minutes: float) -> pd.DataFrame:
             LEFT JOIN npts n ON n.batch_id = g.batch_id AND n.k = g.k AND n.parameter = g.parameter
             ORDER BY g.batch_id, g.parameter, g.k""",
         {"step": step},
-    ).df()
+    )
 
 
-def phase_summary(con) -> pd.DataFrame:
+def phase_summary(con) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph")
-    return con.execute(
-        f"""WITH agg AS ({integrals_sql('phase_iv', 'i.phase')}),
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE gold_phase_summary AS
+            WITH agg AS ({integrals_sql('phase_iv', 'i.phase')}),
             grid AS (SELECT p.batch_id, p.phase, p.seq, p.ws, p.we, t.parameter, t.canonical_uom
                      FROM phase_iv p JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
             SELECT g.batch_id, g.phase, g.parameter,
@@ -189,7 +193,7 @@ def phase_summary(con) -> pd.DataFrame:
                    g.canonical_uom AS uom, g.seq AS phase_seq
             FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.phase = g.phase AND a.parameter = g.parameter
             ORDER BY g.batch_id, g.seq, g.parameter"""
-    ).df()
+    )
 
 
 def _sample_units(con) -> None:
@@ -208,12 +212,13 @@ def _sample_units(con) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE sample_units AS SELECT * FROM sample_units_df")
 
 
-def batch_kpis(con) -> pd.DataFrame:
+def batch_kpis(con) -> None:
     """Per batch: duration, peak VCD, IVCD (trapezoid over VCD samples, 1e6 cells·h/mL), final
     titer, qP (slope of titer against IVCD, in pg/cell/day), harvest viability, feed added."""
     _sample_units(con)
-    return con.execute(
-        """WITH s AS (
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE gold_batch_kpis AS
+           WITH s AS (
                SELECT s.batch_id, s.sample_id, s.analyte, s.value * u.scale + u."offset" AS value,
                       (epoch_us(s.sampled_ts) - epoch_us(b.t0)) / 3.6e9 AS t_h
                FROM samples s JOIN b USING (batch_id) JOIN sample_units u USING (analyte, uom)
@@ -246,7 +251,7 @@ def batch_kpis(con) -> pd.DataFrame:
                   coalesce(feed.feed_l, 0) + coalesce(bolus.bolus_l, 0) AS total_feed_added_l
            FROM b LEFT JOIN feed USING (batch_id) LEFT JOIN bolus USING (batch_id)
            ORDER BY b.batch_id"""
-    ).df()
+    )
 
 
 def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Settings(), as_of: datetime | None = None) -> dict[str, int]:
@@ -255,21 +260,30 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
     counts = dict.fromkeys(GOLD_TABLES, 0)
     if not batch_ids:
         return counts
-    with duckdb.connect() as con:
+    with connect(lake) as con:
         _setup(con, lake, batch_ids, as_of)
-        frames = {
-            "process_values": process_values(con),
-            "batch_trajectories": batch_trajectories(con, settings.grid_minutes),
-            "phase_summary": phase_summary(con),
-            "batch_kpis": batch_kpis(con),
-        }
-    for table, frame in frames.items():
-        GOLD_MODELS[table].validate(frame, lazy=True)  # a failure here is a bug in the SQL above, not bad data
-        for batch_id in batch_ids:
-            part = frame[frame["batch_id"] == batch_id]
-            atomic_write_parquet(lake.gold(table) / f"{safe_name(batch_id)}.parquet", pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False))
-            counts[table] += len(part)
+        process_values(con)
+        batch_trajectories(con, settings.grid_minutes)
+        phase_summary(con)
+        batch_kpis(con)
+        for table in GOLD_TABLES:
+            _assert_valid(con, f"gold_{table}", GOLD_MODELS[table])
+            for batch_id in batch_ids:
+                copy_to_parquet(con, f"SELECT * FROM gold_{table} WHERE batch_id = $b", lake.gold(table) / f"{safe_name(batch_id)}.parquet", {"b": batch_id})
+            counts[table] = con.execute(f"SELECT count(*) FROM gold_{table}").fetchall()[0][0]
     return counts
+
+
+def _assert_valid(con, table: str, model) -> None:
+    """The pandera model's checks, in SQL: a failure here is a bug in the SQL above, not bad data."""
+    columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    missing = set(model.to_schema().columns) - columns
+    if missing:
+        raise AssertionError(f"{table} lacks column(s) {sorted(missing)}")
+    for check in column_checks(model):
+        bad = con.execute(f"SELECT count(*) FROM {table} WHERE NOT coalesce({check.ok_sql}, {str(check.check != 'not_nullable').lower()})", check.params).fetchall()[0][0]
+        if bad:
+            raise AssertionError(f"{table}: {bad} row(s) fail {check.column} {check.check}")
 
 
 def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None) -> int:
@@ -281,8 +295,7 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
     if not any(folder.glob("*.parquet")):
         return 0
     step = float(settings.grid_minutes) * 60.0
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
+    with connect(lake) as con:
         catalog.attach_views(con, lake)
         _sample_units(con)
         frame = con.execute(

@@ -114,7 +114,7 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
                     FROM p0),
                 p2 AS (
                     SELECT rn, tag, ts, num AS value, ts_text, value_text, status_text,
-                           num IS NULL AND lower(value_text) IN (SELECT unnest($states)) AS is_state, q
+                           CASE WHEN num IS NULL THEN lower(value_text) IN (SELECT unnest($states)) ELSE false END AS is_state, q
                     FROM p1),
                 pt AS (
                     SELECT rn, tag, ts, value, CASE WHEN is_state THEN value_text END AS state,
