@@ -15,7 +15,7 @@ import pandas as pd
 from filelock import FileLock
 
 from lake.layout import Lake
-from schemas.tables import GOLD_MODELS, SILVER_MODELS, IngestLogEntry, QuarantineRow
+from schemas.tables import GOLD_MODELS, MODEL_MODELS, SILVER_MODELS, AuditEvent, IngestLogEntry, QuarantineRow
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
 # version of each batch record; older versions stay visible in the *_records views.
@@ -52,6 +52,8 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     """View name -> SQL. Paths come from the lake root, never from user input."""
     views: dict[str, str] = {}
     views["ingest_log"] = _source(lake, lake.silver("ingest_log"), IngestLogEntry)
+    views["audit_log"] = (f"SELECT * FROM read_parquet('{(lake.root / 'audit').as_posix()}/*.parquet') ORDER BY ts"
+                          if any((lake.root / "audit").glob("*.parquet")) else _empty_select(AuditEvent))
     views["quarantine"] = _source(lake, lake.silver("quarantine"), QuarantineRow)
     for table, model in SILVER_MODELS.items():
         views[RAW_VIEW_NAME.get(table, table)] = _source(lake, lake.silver(table), model)
@@ -80,6 +82,8 @@ def view_definitions(lake: Lake) -> dict[str, str]:
         JOIN golden_profiles g ON g.product = b.product AND g.parameter = t.parameter AND g.t_batch_h = t.t_batch_h
         WHERE t.value IS NOT NULL"""
     views["batches"] = "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
+    for table, model in MODEL_MODELS.items():
+        views[table] = _source(lake, lake.models(table), model)
     for name in ("phases", "material_events"):
         views[name] = f"""
             SELECT x.* FROM {VERSIONED_VIEWS[name]} x
@@ -87,9 +91,10 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     return views
 
 
-VIEW_ORDER = ("ingest_log", "quarantine", "tag_files", "tags", "historian_points", "sample_records", "samples", "batch_record_files",
+VIEW_ORDER = ("audit_log", "ingest_log", "quarantine", "tag_files", "tags", "historian_points", "sample_records", "samples", "batch_record_files",
               "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events",
-              "process_values", "batch_trajectories", "phase_summary", "batch_kpis", "golden_profiles", "batch_deviation")
+              "process_values", "batch_trajectories", "phase_summary", "batch_kpis", "golden_profiles", "batch_deviation",
+              "model_versions", "model_parameters", "model_predictions", "forecasts")
 
 
 def ordered_views(lake: Lake) -> list[tuple[str, str]]:

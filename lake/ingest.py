@@ -20,7 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
 
-from lake import historian_ingest
+from lake import audit, historian_ingest
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
 from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
@@ -83,11 +83,17 @@ def landing_files(landing: Path, profiles: list[FileProfile], dataset: str | Non
     for path in sorted(Path(landing).rglob("*")):
         if not path.is_file() or path.name.startswith(".") or path.name == "sources.yaml":
             continue
+        if not _inside_landing(landing, path):  # a symlink out of the landing zone (e.g. to /etc/passwd) is never ingested
+            continue
         rel = path.relative_to(landing).as_posix()
         prof = profile_for(rel, profiles)
         if prof is not None and (dataset is None or prof.dataset == dataset):
             out.append((rel, prof))
     return out
+
+
+def _inside_landing(landing: Path, path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(landing).resolve())
 
 
 def known_tags(lake: Lake) -> set[str] | None:
@@ -102,6 +108,8 @@ def known_tags(lake: Lake) -> set[str] | None:
 def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, run_id: str | None = None, tags_known: set[str] | None = None) -> IngestOutcome:
     started = _now()
     path = Path(landing) / rel_path
+    if not _inside_landing(landing, path):  # '..' or a symlink: the file would be copied into the lake and be queryable there
+        raise ValueError(f"{rel_path}: resolves outside the landing zone {landing}; refusing to read it")
     sha = sha256_of(path)
     size = path.stat().st_size
     base = {"source": profile.name, "path": rel_path, "sha256": sha, "bytes": size, "dataset": profile.dataset, "run_id": run_id, "started_at": started}
@@ -229,6 +237,8 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
             if table == "historian_points":
                 ok = ok.sort_values(["tag", "ts"], kind="stable")  # row order drives Parquet row-group pruning
             atomic_write_parquet(lake.silver(table) / f"{base['sha256']}.parquet", pa_arrow.Table.from_pandas(ok.reset_index(drop=True), preserve_index=False))
+            if table == "batch_records":
+                _audit_supersessions(lake, ok, base)
     except SchemaRejected as err:
         return _reject(lake, base, f"{base['path']}: {err}")
     q = pd.concat([x for x in quarantined if len(x)], ignore_index=True) if any(len(x) for x in quarantined) else quarantined[0]
@@ -247,6 +257,29 @@ def _finish(lake: Lake, base: dict, rows_read: int, n_quarantined: int, q: pd.Da
     return outcome
 
 
+def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
+    """Record in the audit trail which batch record versions this file supersedes (or is superseded by)."""
+    others = [str(p) for p in lake.silver("batch_records").glob("*.parquet") if p.stem != base["sha256"]]
+    if not others or records.empty:
+        return
+    with duckdb.connect() as con:
+        earlier = con.execute(
+            "SELECT batch_id, record_version, record_ts, source_sha256 FROM read_parquet(?) WHERE batch_id IN (SELECT unnest(?))",
+            [others, records["batch_id"].tolist()],
+        ).df()
+    events = []
+    for rec in records.itertuples(index=False):
+        for old in earlier[earlier["batch_id"] == rec.batch_id].itertuples(index=False):
+            newer = (rec.record_version, rec.record_ts) > (old.record_version, old.record_ts)
+            loser, winner = (old, rec) if newer else (rec, old)
+            events.append({"action": "record_superseded", "object": f"batch {rec.batch_id}",
+                           "old_value": f"version {loser.record_version} ({loser.source_sha256})",
+                           "new_value": f"version {winner.record_version} ({winner.source_sha256})",
+                           "reason": f"record version {winner.record_version} supersedes version {loser.record_version}; both are kept",
+                           "run_id": base.get("run_id")})
+    audit.record_many(lake, events)
+
+
 def _reject(lake: Lake, base: dict, error: str) -> IngestOutcome:
     return _log(lake, base, "rejected", 0, 0, 0, error)
 
@@ -257,6 +290,8 @@ def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quaranti
     stamp = row["started_at"].strftime("%Y%m%dT%H%M%S%f")
     table = pa_arrow.Table.from_pylist([row])
     atomic_write_parquet(lake.silver("ingest_log") / f"{stamp}-{base['sha256'][:16]}-{base['dataset']}.parquet", table)
+    summary = error or f"{read} rows read, {accepted} accepted, {quarantined} quarantined"
+    audit.record(lake, f"file_{status}", base["path"], new=base["sha256"], reason=summary, run_id=base.get("run_id"))
     if status != "unchanged" and base["dataset"] != "historian_sql":
         marker = lake.ingested_marker(base["dataset"], base["sha256"])
         atomic_write_bytes(marker, json.dumps({"path": base["path"], "status": status}).encode())

@@ -137,6 +137,19 @@ class QuarantineRow(pa.DataFrameModel):
     ingested_at: Series[UtcTimestamp]
 
 
+class AuditEvent(pa.DataFrameModel):
+    """The append-only audit trail (lake/audit): who did what to the lake, when, and why."""
+
+    ts: Series[UtcTimestamp]
+    actor: Series[str] = pa.Field(description="user or service account, @host")
+    action: Series[str] = pa.Field(description="file_ingested, file_rejected, file_unchanged, record_superseded, asset_materialized, model_promoted, …")
+    object: Series[str] = pa.Field(description="what the event is about: a file path, a batch, a model version")
+    old_value: Series[str] = pa.Field(nullable=True)
+    new_value: Series[str] = pa.Field(nullable=True)
+    reason: Series[str] = pa.Field(nullable=True)
+    run_id: Series[str] = pa.Field(nullable=True)
+
+
 class IngestLogEntry(pa.DataFrameModel):
     """One row per source file or SQL pull: what was read, accepted and quarantined."""
 
@@ -259,4 +272,81 @@ GOLD_MODELS: dict[str, type[pa.DataFrameModel]] = {
     "phase_summary": PhaseSummary,
     "batch_kpis": BatchKpi,
     "golden_profiles": GoldenProfile,
+}
+
+
+# ------------------------------------------------------------------ model registry tables
+
+class ModelVersion(pa.DataFrameModel):
+    """One fit of a model: enough to reproduce it (data, code, settings, seed) and why it was (not) promoted."""
+
+    model: Series[str]
+    version: Series[int] = pa.Field(ge=1)
+    status: Series[str] = pa.Field(isin=("candidate", "champion", "rejected", "retired"))
+    fitted_at: Series[UtcTimestamp]
+    training_batches: Series[str] = pa.Field(description="JSON list of the training batch ids")
+    data_fingerprint: Series[str] = pa.Field(str_length={"min_value": 64, "max_value": 64}, description="sha256 of the exact training data")
+    code_version: Series[str]
+    solver: Series[str] = pa.Field(description="JSON: integrator method and tolerances")
+    seed: Series[int]
+    settings: Series[str] = pa.Field(description="JSON: fitted and fixed parameters, starts, folds, assay errors")
+    metrics: Series[str] = pa.Field(description="JSON: fit and leave-batches-out validation errors")
+    validation_error: Series[float] = pa.Field(nullable=True, description="k-fold weighted RMSE on held-out batches; the promotion criterion")
+    reason: Series[str] = pa.Field(description="why the version got its status")
+    fit_seconds: Series[float] = pa.Field(ge=0)
+
+
+class ModelParameter(pa.DataFrameModel):
+    """A parameter of a model version: estimate, standard error and 95 % interval (fitted), or the fixed value."""
+
+    model: Series[str]
+    version: Series[int] = pa.Field(ge=1)
+    name: Series[str]
+    value: Series[float]
+    stderr: Series[float] = pa.Field(nullable=True)
+    ci_low: Series[float] = pa.Field(nullable=True)
+    ci_high: Series[float] = pa.Field(nullable=True)
+    fixed: Series[bool]
+    uom: Series[str]
+    identifiable: Series[str] = pa.Field(isin=("yes", "no", "not checked"), description="fitted: from the fit; fixed: would it be identifiable if freed")
+    sd_log: Series[float] = pa.Field(nullable=True, description="standard deviation of log(value)")
+    max_abs_corr: Series[float] = pa.Field(nullable=True, description="largest |correlation| with a fitted parameter")
+    bound_low: Series[float]
+    bound_high: Series[float]
+
+
+class ModelPrediction(pa.DataFrameModel):
+    """Fit versus observation for every training sample of a model version."""
+
+    model: Series[str]
+    version: Series[int] = pa.Field(ge=1)
+    batch_id: Series[str]
+    analyte: Series[str]
+    t_batch_h: Series[float]
+    predicted: Series[float] = pa.Field(nullable=True)
+    observed: Series[float]
+
+
+class ForecastRow(pa.DataFrameModel):
+    """A running batch's forecast band (10th, 50th, 90th percentile) at one time."""
+
+    model: Series[str]
+    version: Series[int] = pa.Field(ge=1)
+    batch_id: Series[str]
+    as_of: Series[UtcTimestamp] = pa.Field(description="only data reported by then were used")
+    analyte: Series[str]
+    kind: Series[str] = pa.Field(isin=("trajectory", "at_harvest"), description="a point of the trajectory, or the value at harvest (harvest time varies)")
+    t_batch_h: Series[float] = pa.Field(description="hours since inoculation; for at_harvest rows the planned (median) harvest")
+    p10: Series[float] = pa.Field(nullable=True)
+    p50: Series[float] = pa.Field(nullable=True)
+    p90: Series[float] = pa.Field(nullable=True)
+    observed: Series[bool] = pa.Field(description="t_batch_h is at or before the latest data (a fit), else a forecast")
+    created_at: Series[UtcTimestamp]
+
+
+MODEL_MODELS: dict[str, type[pa.DataFrameModel]] = {
+    "model_versions": ModelVersion,
+    "model_parameters": ModelParameter,
+    "model_predictions": ModelPrediction,
+    "forecasts": ForecastRow,
 }
