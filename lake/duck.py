@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from lake.layout import Lake
+from lake.layout import PARTIAL, Lake
 
 DEFAULT_MEMORY = "1GB"
 
@@ -23,7 +23,8 @@ def sql_string(text: str | Path) -> str:
 
 def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    spill = lake.state("duckdb_tmp")
+    # one spill folder per process: DuckDB names its spill files alike in every process
+    spill = lake.state("duckdb_tmp") / str(os.getpid())
     spill.mkdir(parents=True, exist_ok=True)
     limit = os.environ.get("BATCHTWIN_DUCKDB_MEMORY", DEFAULT_MEMORY)
     if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", limit, re.IGNORECASE):
@@ -40,7 +41,7 @@ def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, out: Path, 
     import tempfile
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".parquet")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=PARTIAL)
     os.close(fd)
     try:
         con.execute(f"COPY ({select_sql}) TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd)", params or {})

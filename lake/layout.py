@@ -17,6 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+# Files being written end in ".partial" until renamed into place: DuckDB's globs match hidden
+# files too, so a temporary name ending in ".parquet" would be read by the catalog's views.
+PARTIAL = ".partial"
+
+
 @dataclass(frozen=True)
 class Lake:
     root: Path
@@ -69,7 +74,7 @@ _SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10}){1,2}")
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=PARTIAL)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -83,7 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=PARTIAL)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
@@ -119,9 +124,12 @@ def safe_name(key: str) -> str:
     import hashlib
     from urllib.parse import quote
 
-    name = quote(key, safe="-_.,=+@ ").replace(" ", "%20")
+    # '~' is encoded too (quote() keeps it) so that it only ever marks a shortened name: otherwise an id
+    # spelled like another id's shortened name would share its file, and one batch would overwrite another
+    name = quote(key, safe="-_.,=+@ ").replace(" ", "%20").replace("~", "%7E")
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > 150:
-        name = name[:100] + "~" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return name or "%00"
+        name = name[:100] + "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    # the empty key: '%' alone is never an encoding of anything ('\x00' is '%00')
+    return name or "%"
