@@ -24,7 +24,7 @@ import pandas as pd
 from lake import catalog
 from lake.contextualize import integrals_sql, points_and_segments
 from lake.layout import Lake
-from lake.query import connect
+from lake.query import check_read_only, connect
 
 MODES = ("raw", "interpolated", "twa", "min", "max", "snapshot")
 
@@ -36,6 +36,7 @@ class BatchLake:
     def query(self, sql: str, params: list | dict | None = None, *, arrow: bool = False):
         """Run read-only SQL over the catalog; pandas by default, a pyarrow Table with arrow=True."""
         with connect(self.lake) as con:
+            check_read_only(con, sql)
             result = con.execute(sql, params or [])
             return result.to_arrow_table() if arrow else result.df()
 

@@ -33,6 +33,7 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET memory_limit = '{limit}'")
     con.execute(f"SET temp_directory = '{sql_string(spill)}'")
     con.execute("SET preserve_insertion_order = true")  # row numbers follow a file's order
+    con.execute("SET enable_progress_bar = false")  # progress is the CLI's job, not DuckDB's stderr
     return con
 
 

@@ -53,7 +53,7 @@ def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> N
     wanted = _allowed_directories(lake, allow_files)
     locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]
     if not locked:
-        con.execute("SET TimeZone = 'UTC'")  # timestamps are UTC everywhere; show them so
+        con.execute("SET TimeZone = 'UTC'").fetchall()  # timestamps are UTC everywhere; show them so (fetched: DuckDB 2 keeps an unread result open)
         for setting in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
             con.execute(f"SET {setting} = false")
         # allowed_directories can be set only before external access is switched off (DuckDB 2.0)

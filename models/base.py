@@ -195,3 +195,61 @@ def simulate(
 def _with_end(points: np.ndarray, end: float) -> np.ndarray:
     # the segment's end state seeds the next segment, so it is always evaluated
     return points if points.size and points[-1] == end else np.append(points, end)
+
+
+def simulate_many(
+    model: Model,
+    params: Mapping[str, np.ndarray | float],
+    y0: np.ndarray,
+    inputs: Inputs,
+    t_eval_h: Sequence[float],
+    solver: SolverSettings = SolverSettings(),
+) -> np.ndarray:
+    """Integrate an ensemble of `m` members of one batch at once: n_states × m × n_times.
+
+    `params` values and `y0` (n_states × m) may differ per member; the inputs are shared.
+    One solver call carries every member, so the members share one step sequence: finite
+    differences between members (the fitter's Jacobian) are then free of step-size noise,
+    and an ensemble costs little more than a single run. The model's `rhs` must broadcast
+    over a trailing member axis (numpy arithmetic on rows does).
+    """
+    y = np.array(y0, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    n_states, m = y.shape
+    t_eval = np.asarray(t_eval_h, dtype=float)
+    out = np.full((n_states, m, t_eval.size), np.nan)
+    if t_eval.size == 0:
+        return out
+    if np.any(np.diff(t_eval) < 0) or t_eval[0] < 0:
+        raise ValueError("t_eval_h must be non-negative and sorted")
+    p = {k: (np.asarray(v, dtype=float) if np.ndim(v) else float(v)) for k, v in params.items()}
+    t_end = float(t_eval[-1])
+    cuts = [0.0] + [b for b in inputs.breakpoints() if 0.0 < b < t_end] + [t_end]
+    boluses_at: dict[float, list[Bolus]] = {}
+    for b in inputs.boluses:
+        boluses_at.setdefault(float(b.t_h), []).append(b)
+
+    def rhs(t, flat, feed):
+        return model.rhs(t, flat.reshape(n_states, m), p, feed).reshape(-1)
+
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        for bolus in boluses_at.get(a, []):
+            y = model.apply_bolus(y, bolus)
+        out[:, :, t_eval == a] = y[:, :, None]
+        if b <= a:
+            continue
+        feed = inputs.feed_rate(a)
+        last = i == len(cuts) - 2
+        mask = (t_eval > a) & ((t_eval <= b) if last else (t_eval < b))
+        sol = solve_ivp(
+            rhs, (a, b), y.reshape(-1), method=solver.method, t_eval=_with_end(t_eval[mask], b),
+            rtol=solver.rtol, atol=solver.atol, max_step=solver.max_step_h, args=(feed,),
+        )
+        if not sol.success:
+            raise RuntimeError(f"{model.name}: integration failed on [{a}, {b}] h: {sol.message}")
+        n = int(mask.sum())
+        ys = sol.y.reshape(n_states, m, -1)
+        out[:, :, mask] = ys[:, :, :n]
+        y = np.maximum(ys[:, :, -1], 0.0)
+    return out

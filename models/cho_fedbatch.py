@@ -95,7 +95,8 @@ class ChoFedBatch(Model):
                 # ammonia uptake saturates at low ammonia so the state cannot go negative
                 p["Y_AQ"] * mu / p["Y_XQ"] * cells - p["r_A"] * cells * amm / (1.0 + amm) + p["k_dQ"] * q - dil * amm,
                 (p["alpha"] * mu + p["beta"]) * cells - dil * prod,
-                feed_l_h,
+                # shaped like the states so an ensemble (states × members) stacks into one array
+                feed_l_h * np.ones_like(vol),
             ]
         )
 

@@ -71,21 +71,25 @@ def run(data_dir: Path = DATA_OPTION) -> None:
 def sql(
     statement: str = typer.Argument(..., help="SQL over the catalog views, e.g. \"select count(*) from batches\""),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
+    allow_files: bool = typer.Option(False, "--allow-files", help="let table functions (read_csv, read_parquet, glob, …) read local files "
+                                     "outside the lake; writes, network access and extensions stay refused"),
     data_dir: Path = DATA_OPTION,
 ) -> None:
-    """Query the curated lake with SQL (read-only)."""
+    """Query the curated lake with SQL (read-only: one SELECT, no COPY/ATTACH/SET/INSTALL, no files outside the lake)."""
     import duckdb
 
-    from lake.query import CatalogMissing, query
+    from lake.query import CatalogMissing, QueryRefused, query
 
     if fmt not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, not {fmt!r}")
+        _fail_plain(f"--format must be table, csv or json, not {fmt!r}")
     try:
-        df = query(_lake(data_dir), statement)
-    except CatalogMissing as e:
-        _fail(str(e))
+        df = query(_lake(data_dir), statement, allow_files=allow_files)
+    except (CatalogMissing, QueryRefused) as e:
+        _fail_plain(str(e))
     except duckdb.Error as e:
-        _fail(str(e).splitlines()[0])
+        _fail_plain(_one_line(e))
+    except Exception as e:  # e.g. a result pandas cannot hold: still one line, never a traceback (DESIGN §8)
+        _fail_plain(f"{type(e).__name__}: {_one_line(e)}")
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
@@ -94,12 +98,28 @@ def sql(
         _print_frame(df)
 
 
+def _one_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _fail_plain(message: str) -> None:
+    """`_fail` for messages that quote user input (SQL): no rich markup, no wrapping, one line."""
+    from rich.text import Text
+
+    err.print(Text("error: ", style="red") + Text(" ".join(message.split())), soft_wrap=True)
+    raise typer.Exit(1)
+
+
 def _print_frame(df, title: Optional[str] = None) -> None:
+    from rich.text import Text
+
+    # cells and headers are data (a tag, a batch id, a SQL alias): Text, so '[/]' or '[red]' is shown, not parsed as markup
     table = Table(title=title, show_lines=False)
     for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+        table.add_column(Text(str(col)), justify="right" if df[col].dtype.kind in "iuf" else "left")
     for row in df.itertuples(index=False):
-        table.add_row(*("" if v is None or (isinstance(v, float) and v != v) else str(v) for v in row))
+        table.add_row(*(Text("" if v is None or (isinstance(v, float) and v != v) else str(v)) for v in row))
     console.print(table)
 
 
@@ -124,8 +144,105 @@ def status(data_dir: Path = DATA_OPTION) -> None:
     _print_frame(reasons, "top quarantine reasons")
     summary = ", ".join(f"{r.batches} {r.status}" for r in batches.itertuples())
     console.print(f"batches: {summary or 'none'}; phases: {phases}")
-    console.print("models: no model versions recorded in the lake")
+    _print_models(lake)
     console.print(f"catalog: {lake.catalog}")
+
+
+def _print_models(lake: Lake) -> None:
+    """The latest champion of each model and its parameters (status's model section)."""
+    from models.registry import Registry
+
+    reg = Registry(lake)
+    versions = reg.versions()
+    if versions.empty:
+        console.print("models: no model versions recorded in the lake")
+        return
+    for model, v in versions.groupby("model"):
+        champ = reg.champion(model)
+        counts = ", ".join(f"{n} {s}" for s, n in v["status"].value_counts().sort_index().items())
+        if champ is None:
+            console.print(f"models: {model}: no champion ({counts})")
+            continue
+        console.print(f"models: {model} champion v{int(champ['version'])}, fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC on "
+                      f"{len(json.loads(champ['training_batches']))} batches, validation error {champ['validation_error']:.3g} ({counts})")
+        p = reg.parameters(model, int(champ["version"]))
+        p = p[~p["fixed"]][["name", "value", "ci_low", "ci_high", "uom", "identifiable"]]
+        _print_frame(p.assign(**{c: p[c].map(lambda x: f"{x:.4g}") for c in ("value", "ci_low", "ci_high")}), f"{model} v{int(champ['version'])} fitted parameters")
+
+
+@app.command()
+def fit(
+    data_dir: Path = DATA_OPTION,
+    model: str = typer.Option("cho_fedbatch", help="model name or import path module:Class"),
+    batches: Optional[str] = typer.Option(None, help="comma-separated training batch ids (default: every completed batch)"),
+    n_starts: int = typer.Option(3, help="multistart: number of starting points"),
+    seed: int = typer.Option(20260316, help="random seed of the multistart"),
+    force: bool = typer.Option(False, "--force", help="refit even when a version with the same data and settings exists"),
+) -> None:
+    """Fit a model on completed batches and record the version in the registry (promotion by the registry rule)."""
+    from rich.markup import escape
+
+    from lake import catalog
+    from lake.query import CatalogMissing
+    from models.registry import fit_and_register
+
+    lake = _lake(data_dir)
+    ids = [b.strip() for b in batches.split(",") if b.strip()] if batches else None
+    started = time.perf_counter()
+    try:
+        with console.status(f"fitting {model}…"):
+            result, decision = fit_and_register(lake, model, ids, force=force, n_starts=n_starts, seed=seed)
+    except CatalogMissing as e:
+        _fail(str(e))
+    except (KeyError, ValueError) as e:
+        _fail(escape(str(e).strip("'\"")))
+    if result is None:
+        console.print(f"{model}: {decision.reason} ({decision.status}); use --force to refit")
+        return
+    catalog.rebuild(lake)
+    console.print(f"{model} v{decision.version}: {decision.status} — {decision.reason} "
+                  f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)")
+    t = result.table()
+    t = t[~t["fixed"]][["name", "value", "stderr", "ci_low", "ci_high", "identifiable", "uom"]]
+    _print_frame(t.assign(**{c: t[c].map(lambda x: f"{x:.4g}") for c in ("value", "stderr", "ci_low", "ci_high")}), "fitted parameters (95 % intervals)")
+
+
+@app.command()
+def forecast(
+    batch: str = typer.Argument(..., help="id of a batch with samples, e.g. B26-014"),
+    data_dir: Path = DATA_OPTION,
+    model: str = typer.Option("cho_fedbatch", help="model name; its champion forecasts"),
+    draws: int = typer.Option(200, help="parameter draws"),
+    analyte: str = typer.Option("titer", help="analyte to print (all are recorded)"),
+) -> None:
+    """Forecast a batch to its planned harvest with the champion model (p10/p50/p90) and record it."""
+    from rich.markup import escape
+
+    from lake import catalog
+    from lake.query import CatalogMissing
+    from models.forecast import forecast_batch, write_forecast
+    from models.plots import forecast_plot
+
+    lake = _lake(data_dir)
+    try:
+        with console.status(f"forecasting {batch}…"):
+            fc = forecast_batch(lake, batch, model, n_draws=draws)
+    except CatalogMissing as e:
+        _fail(str(e))
+    except (KeyError, ValueError, LookupError) as e:
+        _fail(escape(str(e).strip("'\"")))
+    write_forecast(lake, fc)
+    catalog.rebuild(lake)
+    png = forecast_plot(lake, fc)
+    b = fc.bands[(fc.bands["analyte"] == analyte) & (fc.bands["kind"] == "trajectory")]
+    if b.empty:
+        _fail(escape(f"no analyte {analyte!r}; recorded: {', '.join(sorted(set(fc.bands['analyte'])))}"))
+    step = max(len(b) // 12, 1)
+    shown = b.iloc[::step][["t_batch_h", "p10", "p50", "p90"]]
+    _print_frame(shown.assign(**{c: shown[c].map(lambda x: f"{x:.3g}") for c in shown.columns}),
+                 f"{batch} {analyte}: {fc.model} v{fc.version}, as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)")
+    p10, p50, p90 = fc.final(analyte)
+    console.print(f"{analyte} at harvest (~{fc.harvest_h:.0f} h): p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

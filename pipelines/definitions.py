@@ -1,5 +1,6 @@
 """The one `Definitions` of batchtwin: assets, checks, jobs, the landing sensor and the SQL schedule."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -8,12 +9,14 @@ import dagster as dg
 from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, completed_batches_sensor
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS, INGEST_DATASETS
-from pipelines.resources import LandingResource, resources_from_env
+from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
+from lake import audit
+from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from sources.base import sha256_of
 from sources.profiles import profile_for
 
 INGEST_AND_CATALOG = [*INGEST_ASSETS, lake_catalog]
-ALL_ASSETS = [*INGEST_AND_CATALOG, *CONTEXTUALIZE_ASSETS]
+ALL_ASSETS = [*INGEST_AND_CATALOG, *CONTEXTUALIZE_ASSETS, *MODEL_ASSETS]
 
 ingest_everything = dg.define_asset_job("ingest_everything", selection=dg.AssetSelection.assets(*INGEST_AND_CATALOG),
                                         description="Ingest every landing dataset and the SQL historians, then rebuild the catalog.")
@@ -30,15 +33,16 @@ ASSET_FOR_DATASET = {ds: name for name, datasets in INGEST_DATASETS.items() for 
 
 @dg.sensor(name="landing_zone_sensor", job=ingest_everything, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
-    """Request an ingest run for each new or changed landing file (run key = the file's SHA-256).
+    """Request ingest runs for new or changed landing files: one run per ingest asset that has
+    new files (an asset ingests every new file of its datasets at once), keyed by the files' hashes.
 
     The cursor remembers (size, mtime) per file so only new or touched files are hashed; the
-    run key makes a file that reappears unchanged a no-op.
+    run key makes files that reappear unchanged a no-op.
     """
     seen = json.loads(context.cursor) if context.cursor else {}
     files, _ = landing.profiles()
     root = Path(landing.root)
-    requests = []
+    new: dict[str, list[tuple[str, str]]] = {}
     for path in sorted(root.rglob("*")) if root.exists() else []:
         if not path.is_file() or path.name.startswith("."):
             continue
@@ -51,22 +55,49 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
         if seen.get(rel) == stamp:
             continue
         seen[rel] = stamp
-        sha = sha256_of(path)
-        asset = ASSET_FOR_DATASET[prof.dataset]
-        requests.append(dg.RunRequest(run_key=sha, asset_selection=[dg.AssetKey(asset), dg.AssetKey("lake_catalog")], tags={"batchtwin/file": rel}))
-    if not requests:
+        new.setdefault(ASSET_FOR_DATASET[prof.dataset], []).append((rel, sha256_of(path)))
+    if not new:
         return dg.SkipReason("no new landing files")
+    requests = [
+        dg.RunRequest(
+            run_key=hashlib.sha256("\n".join(sha for _, sha in sorted(items, key=lambda x: x[1])).encode()).hexdigest(),
+            asset_selection=[dg.AssetKey(asset), dg.AssetKey("lake_catalog")],
+            tags={"batchtwin/new_files": str(len(items)), "batchtwin/first_file": items[0][0][:200]},
+        )
+        for asset, items in sorted(new.items())
+    ]
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen))
+
+
+def _audit_run(context: dg.RunStatusSensorContext, lake: LakeResource, action: str) -> None:
+    run = context.dagster_run
+    assets = ", ".join(sorted(k.to_user_string() for k in (run.asset_selection or [])))
+    audit.record(lake.lake(), action, run.job_name, new=assets or None, reason=f"run status {run.status.value}", run_id=run.run_id)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name="audit_successful_runs", default_status=dg.DefaultSensorStatus.RUNNING)
+def audit_successful_runs(context: dg.RunStatusSensorContext, lake: LakeResource):
+    """Every finished run goes into the lake's audit trail (who ran what, when)."""
+    _audit_run(context, lake, "run_succeeded")
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.FAILURE, name="audit_failed_runs", default_status=dg.DefaultSensorStatus.RUNNING)
+def audit_failed_runs(context: dg.RunStatusSensorContext, lake: LakeResource):
+    """Failed runs are recorded too: the audit trail must show attempts, not only successes."""
+    _audit_run(context, lake, "run_failed")
 
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
+    asset_checks=MODEL_CHECKS,
     jobs=[ingest_everything, pull_sql_historians],
     schedules=[sql_pull_schedule],
     sensors=[
         landing_zone_sensor,
         completed_batches_sensor,
-        # eager assets (running-batch gold, golden profiles) need this sensor running to fire
+        audit_successful_runs,
+        audit_failed_runs,
+        # eager assets (running-batch gold, golden profiles, model refit, forecasts) need this sensor running to fire
         dg.AutomationConditionSensorDefinition("automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING),
     ],
     resources=resources_from_env(),

@@ -57,7 +57,8 @@ def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.Configurab
         "lake": LakeResource(root=os.environ.get("BATCHTWIN_LAKE", str(data / "lake"))),
         "landing": LandingResource(
             root=os.environ.get("BATCHTWIN_LANDING", str(data / "landing")),
-            sql_url=os.environ.get("BATCHTWIN_SQL_URL", default_sql_url(data)),
+            # an EnvVar, not its value: Dagster then stores and shows the variable's name, never a password in it
+            sql_url=dg.EnvVar("BATCHTWIN_SQL_URL") if os.environ.get("BATCHTWIN_SQL_URL") else default_sql_url(data),
         ),
         "settings": ContextSettings(grid_minutes=float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))),
     }

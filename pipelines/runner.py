@@ -1,8 +1,8 @@
 """Run the whole asset graph in process (what `batchtwin run` and `batchtwin demo` do).
 
-Three runs, as the daemon would do them: ingest and catalog; the gold tables of every
+Four runs, as the daemon would do them: ingest and catalog; the gold tables of every
 completed batch (registered as partitions, computed in one run); then running batches and
-golden profiles.
+golden profiles; then the model refit (a new registry version) and the forecasts.
 """
 import os
 from dataclasses import dataclass
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from lake import audit
 from lake.query import query
 from pipelines.contextualize_assets import batch_gold, batch_partitions, golden_profiles, running_batch_gold
 from pipelines.definitions import INGEST_AND_CATALOG
+from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
 from pipelines.resources import resources_from_env
 
 
@@ -33,8 +35,9 @@ class PipelineRun:
         return [e for r in self.results for e in r.all_events]
 
 
-def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING") -> PipelineRun:
-    """Materialize every asset; runs are recorded in $DAGSTER_HOME when it is set."""
+def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", models: bool = True) -> PipelineRun:
+    """Materialize every asset (without the model stage when `models` is false); runs are
+    recorded in $DAGSTER_HOME when it is set, and each run in the lake's audit trail."""
     if instance is None:
         if os.environ.get("DAGSTER_HOME"):
             Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
                   run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     results = [dg.materialize(INGEST_AND_CATALOG, **common)]
     if not results[-1].success:
-        return PipelineRun(results)
+        return _audited(resources["lake"].lake(), PipelineRun(results))
     done = query(resources["lake"].lake(), "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id")["batch_id"].tolist()
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     instance.add_dynamic_partitions(batch_partitions.name, [b for b in done if b not in known])
@@ -55,4 +58,13 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
         results.append(dg.materialize([batch_gold], **common, selection=[batch_gold], tags={
             "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}))
     results.append(dg.materialize([running_batch_gold, golden_profiles], **common))
-    return PipelineRun(results)
+    if models and results[-1].success:
+        results.append(dg.materialize([*MODEL_ASSETS, *MODEL_CHECKS], **common))
+    return _audited(resources["lake"].lake(), PipelineRun(results))
+
+
+def _audited(lake, run: PipelineRun) -> PipelineRun:
+    audit.record_many(lake, [{"action": "run_succeeded" if r.success else "run_failed", "object": "batchtwin run",
+                              "new_value": ", ".join(sorted(k.to_user_string() for k in r.job_def.asset_layer.asset_graph.executable_asset_keys)),
+                              "reason": "materialized in process by the CLI", "run_id": r.run_id} for r in run.results])
+    return run

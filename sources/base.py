@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -115,21 +116,43 @@ def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str],
     return names, len(head) <= _HEAD and (not rest or rest[0].strip("\r\n") == "")
 
 
-def _all_strings(path: Path, delimiter: str, encoding: str) -> dict[str, pa.DataType]:
-    return {name: pa.string() for name in csv_header(path, delimiter, encoding)}
-
-
 def csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    """Column names from the first line (plain or compressed); SourceRejected if there is none."""
+    """Column names of the first line, read as `read_csv_text` reads them; SourceRejected if unusable."""
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
-            head = stream.read(1 << 16).decode(encoding, errors="replace")
+        return _header_names(path, delimiter, encoding)[0]
     except (pa.ArrowInvalid, OSError) as err:
-        raise SourceRejected(f"cannot open: {str(err).splitlines()[0]}") from None
-    header = head.splitlines()[0] if head else ""
-    if not header.strip():
-        raise SourceRejected("empty file or missing header line")
-    return [name.strip().strip('"') for name in header.split(delimiter)]
+        raise SourceRejected(f"cannot open: {_first_line(err)}") from None
+
+
+_UNIT_TEXT = re.compile(r"[\w\s/*.^%()°µ+-]{0,40}")
+_BIG_POWER = re.compile(r"(\*\*|\^)\s*\(?\s*[+-]?\d{3,}|(\*\*|\^)[\s\d.()+-]*(\*\*|\^)")
+
+
+@functools.cache
+def plausible_unit(text: str) -> bool:
+    """Whether `text` may be handed to pint (contextualization and models convert units with it).
+
+    pint's parser evaluates arithmetic: '10**10**10' computes a ten-billion-digit integer (the
+    process hangs), and garbage such as '\x1b', 'k)M' or '2/0' raises AssertionError, TokenError,
+    ZeroDivisionError… instead of a unit error, which crashes whoever converts it later. Units
+    are short words, prefixes, '/', '*', small powers and factors like '1e6 cells/mL'; a text
+    pint merely does not know ('furlongs/fortnight' fine, 'blorp' unknown) is still plausible.
+    """
+    if not _UNIT_TEXT.fullmatch(text) or _BIG_POWER.search(text):
+        return False
+    if not text.strip():
+        return True
+    import pint
+
+    from schemas.units import _parse  # the exact parsing that conversion() does
+
+    try:
+        _parse(text)
+    except (pint.errors.PintError, ValueError, AttributeError):
+        return True  # an unknown or odd unit: conversion() reports it as a UnitError, cleanly
+    except Exception:  # noqa: BLE001 - see docstring: pint's parser fails in arbitrary ways on garbage
+        return False
+    return True
 
 
 def require_columns(df: pd.DataFrame, columns, what: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sources.base import ReadResult, add_lineage, parse_timestamps, read_csv_text, rejects_where, require_columns
+from sources.base import ReadResult, add_lineage, parse_timestamps, plausible_unit, read_csv_text, rejects_where, require_columns
 from sources.profiles import FileProfile
 
 _CENSORED = re.compile(r"^\s*[<>]\s*\d")
@@ -26,12 +26,16 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     bad_value = value.isna() & ~censored
     bad_sampled = sampled.isna()
     bad_reported = reported.isna() & (df[col["reported_at"]].str.strip() != "")
+    # units go to pint later (contextualization, models): text pint cannot safely evaluate stops here
+    bad_unit = ~df[col["unit"]].str.strip().map(plausible_unit).astype(bool)
     problems = [
         rejects_where(bad_value, df, lines, col["value"], "value_parse", "result is neither a number nor a censored value like '<0.5'", sha256, rel_path),
         rejects_where(bad_sampled & ~bad_value, df, lines, col["sampled_at"], "timestamp", "unparseable sample time", sha256, rel_path),
         rejects_where(bad_reported & ~bad_sampled & ~bad_value, df, lines, col["reported_at"], "timestamp", "unparseable report time", sha256, rel_path),
+        rejects_where(bad_unit & ~bad_reported & ~bad_sampled & ~bad_value, df, lines, col["unit"], "uom_syntax",
+                      "unit is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)", sha256, rel_path),
     ]
-    ok = (~(bad_value | bad_sampled | bad_reported)).to_numpy()
+    ok = (~(bad_value | bad_sampled | bad_reported | bad_unit)).to_numpy()
     out = pd.DataFrame(
         {
             "batch_id": df[col["batch_id"]].str.strip(),

@@ -7,7 +7,10 @@ are still picked up; it drops rows it already holds, so none is ingested twice.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from datetime import datetime
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pandas as pd
@@ -27,27 +30,53 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
         # would be sent as VARCHAR (PostgreSQL: "operator does not exist: timestamp > character varying").
         query = query.where(table.c[c["ts"]] > sa.bindparam("since", _sql_text(since, profile.timezone), type_=sa.types.NullType()))
     query = query.order_by(table.c[c["ts"]], table.c[c["tag"]])
+    # Errors name the source, never the URL, and are raised outside the `except` blocks so that no
+    # exception chain (__context__) carries the driver's original message; anything a driver echoes
+    # back from the URL (a password in a query parameter, say) is redacted as well.
+    failure = None
     try:
         engine = sa.create_engine(profile.resolved_url())
     except (sa.exc.ArgumentError, ValueError) as err:
         # a parser's message may quote part of the URL (and so the password): only a missing driver is named
-        reason = str(err).splitlines()[0] if isinstance(err, sa.exc.NoSuchModuleError) else "the URL cannot be parsed"
-        raise ConnectionError(f"SQL historian {profile.name!r}: invalid URL: {reason}") from None
+        failure = f"invalid URL: {_first_line(err)}" if isinstance(err, sa.exc.NoSuchModuleError) else "invalid URL: the URL cannot be parsed"
+    if failure is not None:
+        raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
     try:
         with engine.connect() as conn:
             raw = pd.read_sql(query, conn)
-    except sa.exc.SQLAlchemyError as err:
-        # the message names the source, never the URL (it may carry a password)
+    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as err:
+        # pandas wraps a failing query in its own DatabaseError (quoting the SQL): report the driver's error
+        err = err.__cause__ if isinstance(err, pd.errors.DatabaseError) and err.__cause__ is not None else err
         orig = getattr(err, "orig", None) or err
-        raise ConnectionError(f"SQL historian {profile.name!r}: {type(orig).__name__}: {str(orig).splitlines()[0]}") from None
+        failure = f"{type(orig).__name__}: {_first_line(orig)}"
     finally:
         engine.dispose()
+    if failure is not None:
+        raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
     if pd.api.types.is_datetime64_any_dtype(raw["ts"]):
         # a timestamp column: each value as its own ISO text. Series.astype(str) formats all rows alike
         # ('2026-03-16' when every row is at midnight, '.500' on all when one has a fraction), and the
         # text identifies rows already held, so it must not depend on which other rows came with it.
         raw["ts"] = raw["ts"].map(lambda t: t.isoformat(sep=" "), na_action="ignore")
     return raw, parse(raw, profile)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _redact(message: str, profile: SqlProfile) -> str:
+    """`message` with every value the URL took from the environment, and the URL's password, replaced by ***."""
+    secrets = {os.environ.get(a or b, "") for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", profile.url)}
+    try:
+        secrets.add(sa.engine.make_url(profile.resolved_url()).password or "")
+    except (sa.exc.ArgumentError, ValueError):
+        pass
+    forms = {f for s in secrets if s for f in (s, quote(s, safe=""), unquote(s))}
+    for form in sorted(forms, key=len, reverse=True):
+        message = message.replace(form, "***")
+    return message
 
 
 def _sql_text(ts: datetime, timezone: str = "UTC") -> str:

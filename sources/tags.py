@@ -5,17 +5,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from sources.base import ReadResult, add_lineage, read_csv_text, rejects_where, require_columns
+from sources.base import ReadResult, add_lineage, plausible_unit, read_csv_text, rejects_where, require_columns
 from schemas.units import UnitError, canonical_unit, conversion
 from sources.profiles import FileProfile
 
 
 def _conversion(parameter: str, uom: str) -> tuple[str, float, float, str | None]:
     canonical = canonical_unit(parameter, uom)
+    if not plausible_unit(uom):
+        return canonical, float("nan"), float("nan"), f"{uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)"
     try:
         scale, offset = conversion(uom, canonical)
     except UnitError as err:
         return canonical, float("nan"), float("nan"), str(err)
+    except Exception as err:  # noqa: BLE001 - pint's parser fails on garbage (e.g. '\x1b') with AssertionError,
+        # TokenError, RecursionError…: that is an unconvertible unit (a quarantined row), not a crashed read
+        return canonical, float("nan"), float("nan"), f"cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})"
     return canonical, scale, offset, None
 
 REQUIRED = ("tag", "unit_id", "parameter", "uom", "role", "interpolation")

@@ -20,15 +20,15 @@ def test_definitions_load_with_groups_checks_sensor_and_schedule():
         assert asset.descriptions_by_key.get(key), f"{key} has no description"
 
 
-def test_landing_sensor_requests_each_new_file_once(fresh_data):
+def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     landing = LandingResource(root=str(fresh_data / "landing"), sql_url=default_sql_url(fresh_data))
-    ctx = dg.build_sensor_context(resources={"landing": landing})
-    first = landing_zone_sensor(ctx)
+    first = landing_zone_sensor(dg.build_sensor_context(resources={"landing": landing}))
+    assets = [r.asset_selection[0].path[-1] for r in first.run_requests]
+    assert assets == ["historian_files", "lims_samples", "mes_batch_records", "tag_dictionary"]
+    assert all(r.asset_selection[-1] == dg.AssetKey("lake_catalog") for r in first.run_requests)
     n_files = sum(1 for p in (fresh_data / "landing").rglob("*") if p.is_file())
-    assert len(first.run_requests) == n_files
-    assert len({r.run_key for r in first.run_requests}) == n_files  # run keys are content hashes
-    by_file = {r.tags["batchtwin/file"]: r for r in first.run_requests}
-    assert by_file["tags/tag_dictionary.csv"].asset_selection == [dg.AssetKey("tag_dictionary"), dg.AssetKey("lake_catalog")]
+    assert sum(int(r.tags["batchtwin/new_files"]) for r in first.run_requests) == n_files
+    assert len({r.run_key for r in first.run_requests}) == 4  # keys are hashes of the files' contents
 
     again = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing}))
     assert isinstance(again, dg.SkipReason)
@@ -36,5 +36,26 @@ def test_landing_sensor_requests_each_new_file_once(fresh_data):
     new = fresh_data / "landing" / "lims" / "lims_extra.csv"
     shutil.copy(next((fresh_data / "landing" / "lims").glob("*.csv")), new)
     third = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing}))
-    assert [r.tags["batchtwin/file"] for r in third.run_requests] == ["lims/lims_extra.csv"]
+    assert [(r.asset_selection[0].path[-1], r.tags["batchtwin/first_file"]) for r in third.run_requests] == [("lims_samples", "lims/lims_extra.csv")]
     assert json.loads(third.cursor).keys() > json.loads(first.cursor).keys()
+
+
+def test_finished_runs_are_written_to_the_audit_trail(fresh_data):
+    from lake.layout import Lake
+    from pipelines.definitions import audit_successful_runs
+    from pipelines.ingest_assets import tag_dictionary
+    from pipelines.resources import LakeResource, resources_from_env
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([tag_dictionary], instance=instance, resources=resources_from_env(fresh_data))
+    success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+    lake = LakeResource(root=str(fresh_data / "lake"))
+    ctx = dg.build_run_status_sensor_context(sensor_name="audit_successful_runs", dagster_event=success, dagster_instance=instance,
+                                             dagster_run=result.dagster_run, resources={"lake": lake})
+    audit_successful_runs(ctx)
+    import pandas as pd
+
+    events = pd.concat(pd.read_parquet(p) for p in (Lake(fresh_data / "lake").root / "audit").glob("*.parquet"))
+    run = events[events.action == "run_succeeded"]
+    assert run.run_id.tolist() == [result.run_id] and run.object.tolist() == [result.dagster_run.job_name]
+    assert (events[events.action == "file_ingested"].run_id == result.run_id).all()

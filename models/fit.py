@@ -1,0 +1,506 @@
+"""Parameter estimation: all training batches at once, shared kinetics, per-batch initial state.
+
+    fitter = Fitter(ChoFedBatch(), seed=7, n_starts=3)
+    result = fitter.fit(load_batches(lake, model, ids))
+    result.table()            # value, stderr, 95 % interval, identifiable, per parameter
+
+Weighted least squares on the offline samples: each residual is (model - observed) / sd,
+with sd from the assay's coefficient of variation (`ASSAY_ERRORS`) and a floor at the
+reporting resolution, so every analyte counts by its precision rather than its unit. The
+multistart uses sd from the observations; the best optimum is then polished once with sd
+from the model's predictions (observation-scaled relative weights bias estimates low).
+Kinetic parameters are fitted as logarithms within the model's bounds (they span orders of
+magnitude and must stay positive), with scipy's trust-region reflective method and a fixed-
+seed multistart (literature values first, then random points within a factor 3). Each
+batch's initial state starts from its first sample and is fitted too (`fit_initial`),
+because a 3-7 % assay error there biases the yields (see DEFAULT_FIT_INITIAL).
+
+The Jacobian comes from forward differences integrated as one ensemble per batch
+(`models.base.simulate_many`): the perturbed runs share the base run's steps, so the
+derivatives carry no step-size noise and a Jacobian costs about one simulation. Batches
+are simulated in parallel by a small process pool (`workers`, default 2); results are
+identical with any number of workers. Scripts that fit with workers > 1 need the usual
+`if __name__ == "__main__":` guard (the pool spawns fresh interpreters).
+
+Uncertainty: covariance = s² (JᵀJ)⁻¹ in log space (s² the reduced chi-square), intervals
+exp(log θ ± 1.96 σ), the correlation matrix, and flags for parameters the data cannot
+identify. Fixed parameters are probed at the optimum (would they be identifiable if freed?).
+Validation: k-fold over batches, refitting without the held-out batches (warm-started) and
+predicting them from their measured initial state.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from models.base import Model, SolverSettings, simulate_many
+from models.data import BatchData, fingerprint, training_frame
+
+# analyte -> (relative CV, absolute floor in the observable's unit). The demo lab's assay CVs;
+# viability is an absolute error in percentage points. The floors are the reporting resolution.
+ASSAY_ERRORS: dict[str, tuple[float, float]] = {
+    "vcd": (0.07, 0.01),
+    "viability": (0.0, 1.0),
+    "glucose": (0.03, 0.01),
+    "lactate": (0.04, 0.01),
+    "glutamine": (0.06, 0.01),
+    "ammonia": (0.06, 0.01),
+    "titer": (0.05, 0.005),
+}
+# The CHO parameters the demo's daily samples can determine: growth and death, the yields,
+# glucose maintenance and non-growth-associated productivity. The growth-associated
+# productivity (alpha) moves the titer by ~2 % (σ(log alpha) ≈ 0.2 and |corr| ≈ 0.9 with beta
+# on 12 demo batches), and the half-saturation / inhibition constants act far below the
+# substrate levels of a fed batch: the identifiability probe of every fit reports them.
+DEFAULT_FITTED = ("mu_max", "mu_d_max", "Y_XG", "Y_XQ", "Y_LG", "Y_AQ", "m_G", "beta")
+# not kinetics: recipe data, never probed
+NOT_PROBED = ("G_f", "Q_f")
+CORR_LIMIT = 0.95
+SD_LOG_LIMIT = 0.1  # σ of log θ above this (±20 % at 95 %) means the data do not pin θ down
+FD_STEP = 1e-6  # forward-difference step in log θ
+# Initial states fitted per batch (in log space, within a factor IC_RANGE of the measured
+# value, floored where a state may be measured as zero). The first sample carries assay
+# error; glucose in a fed batch is a small difference of large feed and uptake terms, so a
+# 3 % error in G0 or 7 % in Xv0 otherwise biases the yields far beyond their standard errors.
+DEFAULT_FIT_INITIAL = ("Xv", "Xd", "G", "Q", "L", "A")
+IC_RANGE = 3.0
+IC_FLOOR = {"Xv": 0.01, "Xd": 0.002, "G": 0.1, "Q": 0.05, "L": 0.05, "A": 0.05}
+# The fitter integrates with looser tolerances than the demo simulator: 1e-5 relative is
+# three orders below the best assay CV, and it halves the cost of a fit.
+FIT_SOLVER = SolverSettings(method="LSODA", rtol=1e-5, atol=1e-8, max_step_h=24.0)
+PENALTY = 1e3  # residual for a run the solver could not integrate
+MIN_BATCHES_FOR_POOL = 4  # below this, starting worker processes costs more than it saves
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything besides the data that determines a fit (stored with each registry version)."""
+
+    fitted: tuple[str, ...]
+    fixed: dict[str, float]
+    seed: int
+    n_starts: int
+    fit_initial: tuple[str, ...]
+    folds: int
+    solver: SolverSettings
+    assay_errors: dict[str, tuple[float, float]]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["assay_errors"] = {k: list(v) for k, v in self.assay_errors.items()}
+        d["fitted"] = list(self.fitted)
+        d["fit_initial"] = list(self.fit_initial)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "FitSettings":
+        return cls(
+            fitted=tuple(d["fitted"]), fixed={k: float(v) for k, v in d["fixed"].items()}, seed=int(d["seed"]),
+            n_starts=int(d["n_starts"]), fit_initial=tuple(d["fit_initial"]), folds=int(d["folds"]),
+            solver=SolverSettings(**d["solver"]), assay_errors={k: tuple(v) for k, v in d["assay_errors"].items()},
+        )
+
+
+@dataclass
+class FitResult:
+    model: str
+    params: dict[str, float]  # every model parameter, fitted or fixed
+    fitted: tuple[str, ...]
+    bounds: dict[str, tuple[float, float]]
+    units: dict[str, str]
+    sd_log: dict[str, float]  # σ of log θ for fitted parameters
+    corr: pd.DataFrame  # correlation of the fitted log-parameters
+    identifiable: dict[str, bool]  # fitted and probed parameters
+    probe: pd.DataFrame  # fixed parameters: would they be identifiable if freed?
+    initial: dict[str, dict[str, float]]  # batch -> fitted initial states
+    cov_log: np.ndarray  # covariance of the fitted log-parameters (fitted order)
+    cost: float
+    n_obs: int
+    metrics: dict
+    settings: FitSettings
+    training_batches: tuple[str, ...]
+    data_fingerprint: str
+    predictions: pd.DataFrame  # batch_id, analyte, t_batch_h, predicted, observed
+    starts: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for name, value in self.params.items():
+            if name in self.fitted:
+                s = self.sd_log[name]
+                lo, hi = value * np.exp(-1.96 * s), value * np.exp(1.96 * s)
+                rows.append((name, value, value * s, lo, hi, False, self.identifiable[name], self.units[name]))
+            else:
+                rows.append((name, value, np.nan, np.nan, np.nan, True, self.identifiable.get(name), self.units[name]))
+        return pd.DataFrame(rows, columns=["name", "value", "stderr", "ci_low", "ci_high", "fixed", "identifiable", "uom"])
+
+    def within_bounds(self, margin: float = 1e-3) -> list[str]:
+        """Fitted parameters at (or beyond) a bound, within `margin` in log space."""
+        out = []
+        for n in self.fitted:
+            lo, hi = self.bounds[n]
+            x = np.log(self.params[n])
+            if x <= np.log(lo) + margin or x >= np.log(hi) - margin:
+                out.append(n)
+        return out
+
+
+def _simulate_observe(model: Model, analytes: Sequence[str], p: dict, y0: np.ndarray, inputs, times: np.ndarray,
+                      solver: SolverSettings) -> np.ndarray | None:
+    """Observables (analytes × members × times) of one batch's ensemble; None if the solver failed.
+
+    A module-level function so a process pool can run batches in parallel; it is pure, so
+    the answer does not depend on which process computed it.
+    """
+    try:
+        y = simulate_many(model, p, y0, inputs, times, solver)
+    except RuntimeError:
+        return None
+    o = model.observe(y)
+    return np.stack([np.asarray(o[a]) for a in analytes])
+
+
+class _Problem:
+    """The weighted residuals of a set of batches as a function of the log-parameters.
+
+    x = [log kinetic parameters (settings.fitted), then per batch log initial states
+    (settings.fit_initial)]. Residuals and Jacobian come from one ensemble per batch.
+    """
+
+    def __init__(self, model: Model, batches: Sequence[BatchData], settings: FitSettings, base: Mapping[str, float]):
+        self.model, self.batches, self.s = model, list(batches), settings
+        self.base = dict(base)
+        self.k = len(settings.fitted)
+        names = model.state_names()
+        self.ic_idx = [names.index(n) for n in settings.fit_initial]
+        self.nic = len(self.ic_idx)
+        analytes = [o.analyte for o in model.observables]
+        self.prep = []
+        for b in self.batches:
+            smp = b.samples[b.samples["analyte"].isin(list(settings.assay_errors))]
+            rel = np.clip(np.round(smp["t_batch_h"].to_numpy(float) - b.t0_h, 9), 0.0, None)
+            times = np.unique(rel)
+            ti = np.searchsorted(times, rel)
+            ai = np.array([analytes.index(a) for a in smp["analyte"]], dtype=int)
+            obs = smp["value"].to_numpy(float)
+            cv = np.array([settings.assay_errors[a][0] for a in smp["analyte"]])
+            floor = np.array([settings.assay_errors[a][1] for a in smp["analyte"]])
+            sd = np.sqrt((cv * np.abs(obs)) ** 2 + floor**2)
+            self.prep.append((times, ti, ai, obs, sd, b.model_inputs(), smp))
+        self.analytes = analytes
+        self.n_obs = sum(len(p[3]) for p in self.prep)
+        self._cache: tuple | None = None
+        self.pool = None  # an Executor: batches are simulated in parallel when set
+
+    def n_x(self) -> int:
+        return self.k + self.nic * len(self.batches)
+
+    def reweight(self, x: np.ndarray) -> None:
+        """Assay errors from the model's predictions at x instead of the observations.
+
+        Relative errors scaled by the observed value give low readings more weight and bias
+        every estimate downwards (by about CV² per point, amplified through the glucose
+        balance); one reweighting at the first optimum removes most of it.
+        """
+        preds = self.predictions(x)["predicted"].to_numpy()
+        off, prep = 0, []
+        for times, ti, ai, obs, sd, inputs, smp in self.prep:
+            pr = preds[off: off + len(obs)]
+            off += len(obs)
+            cv = np.array([self.s.assay_errors[a][0] for a in smp["analyte"]])
+            floor = np.array([self.s.assay_errors[a][1] for a in smp["analyte"]])
+            prep.append((times, ti, ai, obs, np.sqrt((cv * np.abs(pr)) ** 2 + floor**2), inputs, smp))
+        self.prep = prep
+        self._cache = None
+
+    def initial_guess(self) -> np.ndarray:
+        """Measured initial states (floored), in log space, batch after batch."""
+        names = self.model.state_names()
+        return np.array([np.log(max(b.y0[i], IC_FLOOR.get(names[i], 1e-6))) for b in self.batches for i in self.ic_idx])
+
+    def params_of(self, x: np.ndarray) -> dict[str, float]:
+        p = dict(self.base)
+        p.update({n: float(np.exp(v)) for n, v in zip(self.s.fitted, x[: self.k])})
+        return p
+
+    def y0_of(self, x: np.ndarray, bi: int) -> np.ndarray:
+        y0 = self.batches[bi].y0.copy()
+        if self.nic:
+            y0[self.ic_idx] = np.exp(x[self.k + bi * self.nic: self.k + (bi + 1) * self.nic])
+        return y0
+
+    def _observe(self, y: np.ndarray) -> np.ndarray:
+        o = self.model.observe(y)
+        return np.stack([np.asarray(o[a]) for a in self.analytes])  # analytes × members × times
+
+    def evaluate(self, x: np.ndarray, jac: bool, extra: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray | None]:
+        """Residuals at x and, with `jac`, their Jacobian; `extra` (fixed parameter names) adds
+        columns for d r / d log θ of parameters that are not fitted (the identifiability probe)."""
+        key = (x.tobytes(), jac, tuple(extra))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        res_parts, jac_rows = [], []
+        p0 = self.params_of(x)
+        nx = self.n_x()
+        tasks, cols_of = [], []
+        for bi, (times, ti, ai, obs, sd, inputs, _) in enumerate(self.prep):
+            kin = list(range(self.k)) + [nx + e for e in range(len(extra))]
+            ics = [self.k + bi * self.nic + j for j in range(self.nic)]
+            cols = kin + ics if jac else []
+            m = 1 + len(cols)
+            p = {n: np.full(m, v) for n, v in p0.items()}
+            y0 = np.repeat(self.y0_of(x, bi)[:, None], m, axis=1)
+            for j, c in enumerate(cols, start=1):
+                if c < self.k:
+                    name = self.s.fitted[c]
+                    p[name][j] = np.exp(x[c] + FD_STEP)
+                elif c >= nx:
+                    name = extra[c - nx]
+                    p[name][j] = p0[name] * np.exp(FD_STEP)
+                else:
+                    state = self.ic_idx[(c - self.k) % self.nic]
+                    y0[state, j] = np.exp(x[c] + FD_STEP)
+            tasks.append((self.model, self.analytes, p, y0, inputs, times, self.s.solver))
+            cols_of.append(cols)
+        if self.pool is not None and len(tasks) > 1:
+            outs = list(self.pool.map(_simulate_observe, *zip(*tasks)))
+        else:
+            outs = [_simulate_observe(*t) for t in tasks]
+        for (times, ti, ai, obs, sd, inputs, _), cols, o in zip(self.prep, cols_of, outs):
+            m = 1 + len(cols)
+            if o is None:
+                r = np.full((len(obs), m), PENALTY)
+            else:
+                pred = o[ai, :, ti]  # observations × members
+                r = (pred - obs[:, None]) / sd[:, None]
+                r = np.where(np.isfinite(r), r, PENALTY)
+            res_parts.append(r[:, 0])
+            if jac:
+                J = np.zeros((len(obs), nx + len(extra)))
+                J[:, cols] = (r[:, 1:] - r[:, :1]) / FD_STEP
+                jac_rows.append(J)
+        res = np.concatenate(res_parts) if res_parts else np.zeros(0)
+        J = np.vstack(jac_rows) if jac else None
+        self._cache = (key, res, J)
+        return res, J
+
+    def fun(self, x):
+        return self.evaluate(x, jac=True)[0]
+
+    def jac(self, x):
+        return self.evaluate(x, jac=True)[1]
+
+    def predictions(self, x: np.ndarray) -> pd.DataFrame:
+        p0 = self.params_of(x)
+        frames = []
+        for bi, (b, (times, ti, ai, obs, sd, inputs, smp)) in enumerate(zip(self.batches, self.prep)):
+            y = simulate_many(self.model, p0, self.y0_of(x, bi), inputs, times, self.s.solver)
+            pred = self._observe(y)[ai, 0, ti]
+            frames.append(pd.DataFrame({"batch_id": b.batch_id, "analyte": smp["analyte"].to_numpy(), "t_batch_h": smp["t_batch_h"].to_numpy(float),
+                                        "predicted": pred, "observed": obs, "weighted_residual": (pred - obs) / sd}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+class Fitter:
+    """sklearn-style estimator of a model's kinetic parameters from a set of batches.
+
+    `fitted`: parameter names to estimate (default `DEFAULT_FITTED` for the CHO model, else the
+    model's non-fixed parameters); `fixed`: values for the parameters kept fixed (default the
+    model's literature values); `fit_initial`: states whose initial value is fitted per batch
+    (the rest are the first sample); `probe`: fixed parameters whose identifiability is
+    checked at the optimum.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        fitted: Sequence[str] | None = None,
+        fixed: Mapping[str, float] | None = None,
+        seed: int = 20260316,
+        n_starts: int = 3,
+        fit_initial: Sequence[str] | None = None,
+        folds: int = 3,
+        solver: SolverSettings = FIT_SOLVER,
+        assay_errors: Mapping[str, tuple[float, float]] | None = None,
+        probe: Sequence[str] | None = None,
+        workers: int | None = None,
+    ):
+        self.model = model
+        # processes simulating batches in parallel; the result does not depend on it
+        self.workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+        self._pool = None
+        names = [p.name for p in model.parameters]
+        if fitted is None:
+            fitted = DEFAULT_FITTED if model.name == "cho_fedbatch" else [p.name for p in model.parameters if not p.fixed]
+        unknown = [n for n in [*fitted, *(fixed or {})] if n not in names]
+        if unknown:
+            raise KeyError(f"{model.name} has no parameter(s) {', '.join(unknown)}")
+        states = model.state_names()
+        if fit_initial is None:
+            fit_initial = [n for n in DEFAULT_FIT_INITIAL if n in states]
+        if [n for n in fit_initial if n not in states]:
+            raise KeyError(f"{model.name} has no state(s) {', '.join(n for n in fit_initial if n not in states)}")
+        base = model.defaults()
+        base.update({k: float(v) for k, v in (fixed or {}).items()})
+        self.settings = FitSettings(
+            fitted=tuple(fitted), fixed={n: base[n] for n in names if n not in fitted}, seed=int(seed),
+            n_starts=max(int(n_starts), 1), fit_initial=tuple(fit_initial), folds=int(folds), solver=solver,
+            assay_errors=dict(assay_errors or ASSAY_ERRORS),
+        )
+        self.probe = tuple(probe) if probe is not None else tuple(n for n in names if n not in fitted and n not in NOT_PROBED)
+
+    @classmethod
+    def from_settings(cls, model: Model, settings: FitSettings, probe: Sequence[str] | None = None) -> "Fitter":
+        return cls(model, fitted=settings.fitted, fixed=settings.fixed, seed=settings.seed, n_starts=settings.n_starts,
+                   fit_initial=settings.fit_initial, folds=settings.folds, solver=settings.solver,
+                   assay_errors=settings.assay_errors, probe=probe)
+
+    # ------------------------------------------------------------------ fitting
+
+    def _problem(self, batches: Sequence[BatchData], settings: FitSettings | None = None, base=None) -> _Problem:
+        prob = _Problem(self.model, batches, settings or self.settings, base or {**self.model.defaults(), **self.settings.fixed})
+        prob.pool = self._pool
+        return prob
+
+    def _bounds(self, prob: _Problem) -> tuple[np.ndarray, np.ndarray]:
+        lo = [np.log(self.model.parameter(n).bounds[0]) for n in self.settings.fitted]
+        hi = [np.log(self.model.parameter(n).bounds[1]) for n in self.settings.fitted]
+        ic = prob.initial_guess()
+        return np.r_[lo, ic - np.log(IC_RANGE)], np.r_[hi, ic + np.log(IC_RANGE)]
+
+    def _starts(self, prob: _Problem, lo, hi, n_starts: int, warm: np.ndarray | None) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.settings.seed)
+        base = np.array([np.log(self.settings.fixed.get(n, self.model.parameter(n).default)) for n in self.settings.fitted])
+        ic = prob.initial_guess()
+        starts = [np.r_[base, ic] if warm is None else warm]
+        for _ in range(n_starts - 1):
+            # literature values within a factor of 3 either way, inside the bounds
+            starts.append(np.r_[base + rng.uniform(-np.log(3.0), np.log(3.0), size=base.size), ic])
+        eps = 1e-9
+        return [np.clip(s, lo + eps, hi - eps) for s in starts]
+
+    def _solve(self, batches: Sequence[BatchData], n_starts: int, warm: np.ndarray | None = None):
+        """Multistart on observation-scaled weights, then one reweighted polish from the best start."""
+        prob = self._problem(batches)
+        lo, hi = self._bounds(prob)
+        best, log = None, []
+        if warm is not None:
+            prob.reweight(np.clip(warm, lo + 1e-9, hi - 1e-9))
+        for i, x_start in enumerate(self._starts(prob, lo, hi, n_starts, warm)):
+            sol = _lsq(prob, x_start, lo, hi)
+            log.append({"start": i, "cost": float(sol.cost), "nfev": int(sol.nfev), "status": int(sol.status)})
+            if best is None or sol.cost < best.cost:
+                best = sol
+        if warm is None:
+            prob.reweight(best.x)
+            best = _lsq(prob, best.x, lo, hi)
+            log.append({"start": "reweighted", "cost": float(best.cost), "nfev": int(best.nfev), "status": int(best.status)})
+        return prob, best, log
+
+    def fit(self, batches: Sequence[BatchData]) -> FitResult:
+        if not batches:
+            raise ValueError("no training batches")
+        if self.workers > 1 and len(batches) >= MIN_BATCHES_FOR_POOL:
+            # spawn, not fork: the caller (a Dagster step) may run threads
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                self._pool = pool
+                try:
+                    return self._fit(list(batches))
+                finally:
+                    self._pool = None
+        return self._fit(list(batches))
+
+    def _fit(self, batches: list[BatchData]) -> FitResult:
+        started = time.perf_counter()
+        prob, sol, starts = self._solve(batches, self.settings.n_starts)
+        x = sol.x
+        # one more ensemble at the optimum gives the Jacobian and the probe columns together
+        res, Ja = prob.evaluate(x, jac=True, extra=self.probe)
+        nx, kk = prob.n_x(), prob.k
+        J = Ja[:, :nx]
+        n = len(res)
+        s2 = float(res @ res) / max(n - nx, 1)
+        cov = s2 * np.linalg.pinv(J.T @ J)
+        sd = np.sqrt(np.clip(np.diag(cov)[:kk], 0.0, None))
+        cov_k = cov[:kk, :kk]
+        corr = cov_k / np.outer(np.where(sd > 0, sd, 1.0), np.where(sd > 0, sd, 1.0))
+        names = list(self.settings.fitted)
+        ident = {}
+        for i, nme in enumerate(names):
+            others = np.abs(np.delete(corr[i], i))
+            ident[nme] = bool(sd[i] <= SD_LOG_LIMIT and (others.size == 0 or others.max() <= CORR_LIMIT))
+        probe = _probe(Ja, nx, kk, s2, self.probe)
+        ident.update({r.name: bool(r.identifiable) for r in probe.itertuples()})
+        preds = prob.predictions(x)
+        metrics = {
+            "n_obs": int(n), "n_batches": len(batches), "cost": float(sol.cost), "reduced_chi2": s2,
+            "rmse_weighted": float(np.sqrt(np.mean(res**2))), "rel_rmse": _rel_rmse(preds),
+            "correlation": {a: dict(zip(names, map(float, row))) for a, row in zip(names, corr)},
+            "starts": starts,
+        }
+        metrics.update(self._validate(batches, x))
+        states = self.model.state_names()
+        return FitResult(
+            model=self.model.name, params=prob.params_of(x), fitted=tuple(names),
+            bounds={p.name: p.bounds for p in self.model.parameters}, units={p.name: p.unit for p in self.model.parameters},
+            sd_log=dict(zip(names, map(float, sd))), corr=pd.DataFrame(corr, index=names, columns=names), identifiable=ident,
+            probe=probe, initial={b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i)))) for i, b in enumerate(batches)},
+            cov_log=cov_k, cost=float(sol.cost), n_obs=int(n), metrics=metrics, settings=self.settings,
+            training_batches=tuple(b.batch_id for b in batches), data_fingerprint=fingerprint(training_frame(batches)),
+            predictions=preds, starts=starts, seconds=time.perf_counter() - started,
+        )
+
+    def _validate(self, batches: Sequence[BatchData], x: np.ndarray) -> dict:
+        """k-fold over batches: refit without each fold (warm start), predict the fold from its measured start."""
+        k = min(self.settings.folds, len(batches))
+        if k < 2:
+            return {"validation_rmse_weighted": None, "validation_rel_rmse": None, "folds": 0}
+        kk, nic = len(self.settings.fitted), len(self.settings.fit_initial)
+        held_res, held_preds = [], []
+        for fold in (list(range(i, len(batches), k)) for i in range(k)):
+            keep = [i for i in range(len(batches)) if i not in fold]
+            warm = np.r_[x[:kk], np.concatenate([x[kk + i * nic: kk + (i + 1) * nic] for i in keep])]
+            prob, sol, _ = self._solve([batches[i] for i in keep], 1, warm=warm)
+            test = self._problem([batches[i] for i in fold], replace(self.settings, fit_initial=()), prob.params_of(sol.x))
+            r, _ = test.evaluate(sol.x[:kk], jac=False)
+            held_res.append(r)
+            held_preds.append(test.predictions(sol.x[:kk]))
+        r = np.concatenate(held_res)
+        return {"validation_rmse_weighted": float(np.sqrt(np.mean(r**2))), "validation_rel_rmse": _rel_rmse(pd.concat(held_preds)), "folds": k}
+
+
+def _lsq(prob: _Problem, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    return least_squares(prob.fun, x0, jac=prob.jac, bounds=(lo, hi), method="trf", x_scale="jac",
+                         ftol=1e-8, xtol=1e-8, gtol=1e-8, max_nfev=100)
+
+
+def _probe(Ja: np.ndarray, nx: int, kk: int, s2: float, names: Sequence[str]) -> pd.DataFrame:
+    """Identifiability of fixed parameters at the optimum: σ(log θ) and the largest |corr| with a
+    fitted parameter, each as if that one parameter were freed."""
+    rows = []
+    for e, name in enumerate(names):
+        A = np.column_stack([Ja[:, :nx], Ja[:, nx + e]])
+        cov = s2 * np.linalg.pinv(A.T @ A)
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        c = cov[-1, :kk] / (sd[-1] * np.where(sd[:kk] > 0, sd[:kk], 1.0)) if sd[-1] > 0 else np.zeros(kk)
+        mc = float(np.abs(c).max()) if c.size else 0.0
+        rows.append((name, float(sd[-1]), mc, bool(sd[-1] <= SD_LOG_LIMIT and mc <= CORR_LIMIT)))
+    return pd.DataFrame(rows, columns=["name", "sd_log", "max_abs_corr", "identifiable"])
+
+
+def _rel_rmse(preds: pd.DataFrame) -> dict[str, float]:
+    """Per analyte: RMS of (predicted - observed) / mean observed (a plain, unit-free fit measure)."""
+    out = {}
+    for a, g in preds.groupby("analyte"):
+        scale = float(np.abs(g["observed"]).mean()) or 1.0
+        out[a] = float(np.sqrt(np.mean((g["predicted"] - g["observed"]) ** 2)) / scale)
+    return out

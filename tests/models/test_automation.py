@@ -1,0 +1,84 @@
+"""A batch completes -> the landing sensor, the completed-batch sensor and the automation conditions
+produce a new candidate model version, with no manual materialization."""
+import json
+import shutil
+
+import dagster as dg
+
+from demo.plant import PlantSize, generate
+from lake.layout import Lake
+from models.registry import Registry
+from pipelines.contextualize_assets import batch_gold, batch_partitions, completed_batches_sensor
+from pipelines.definitions import ALL_ASSETS, landing_zone_sensor
+from pipelines.model_assets import MODEL_CHECKS
+from pipelines.resources import LakeResource, LandingResource, default_sql_url, resources_from_env
+from pipelines.runner import materialize_all
+
+
+def _requested(evaluation) -> set:
+    return {r.key for r in evaluation.results if r.true_subset.size and isinstance(r.key, dg.AssetKey)}
+
+
+def _execute(keys, defs_assets, instance, resources):
+    """Run what a sensor or the automation asked for, as the daemon would."""
+    if keys:
+        result = dg.materialize(defs_assets, selection=sorted(keys, key=lambda k: k.to_user_string()), instance=instance, resources=resources)
+        assert result.success
+
+
+def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
+    # the 6-batch demo plant, whose MES has not yet exported B26-004's (completed) batch record
+    fresh_data = tmp_path / "plant"
+    truth = generate(fresh_data, PlantSize(batches=6, seconds_per_sample=60.0))
+    assert {b["batch_id"]: b["status"] for b in truth["batches"]}["B26-004"] == "complete"
+    record = fresh_data / "landing" / "mes" / "B26-004.xml"
+    held_back = tmp_path / "B26-004.xml"
+    shutil.move(record, held_back)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_all(fresh_data, instance=instance).success
+    lake = Lake(fresh_data / "lake")
+    reg = Registry(lake)
+    assert list(reg.versions()["version"]) == [1]
+    resources = resources_from_env(fresh_data)
+    defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=MODEL_CHECKS, resources=resources)
+    landing = LandingResource(root=str(fresh_data / "landing"), sql_url=default_sql_url(fresh_data))
+    lake_res = LakeResource(root=str(lake.root))
+
+    # the daemon's state before the drop: sensors and automation have seen the current lake
+    landing_cursor = landing_zone_sensor(dg.build_sensor_context(resources={"landing": landing})).cursor
+    done_cursor = completed_batches_sensor(dg.build_sensor_context(instance=instance, resources={"lake": lake_res})).cursor
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    _execute(_requested(first), ALL_ASSETS, instance, resources)
+    settle = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert dg.AssetKey("model_fit") not in _requested(settle)
+
+    # the MES exports the completed batch record into the landing zone
+    shutil.copy(held_back, record)
+
+    sensed = landing_zone_sensor(dg.build_sensor_context(cursor=landing_cursor, resources={"landing": landing}))
+    assert [r.tags.get("batchtwin/file") or r.tags.get("batchtwin/first_file") for r in sensed.run_requests] == ["mes/B26-004.xml"]
+    assert dg.AssetKey("mes_batch_records") in sensed.run_requests[0].asset_selection
+    _execute({k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources)
+
+    done = completed_batches_sensor(dg.build_sensor_context(instance=instance, cursor=done_cursor, resources={"lake": lake_res}))
+    assert [r.partition_key for r in done.run_requests] == ["B26-004"]
+    for req in done.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(batch_partitions.name, list(req.partition_keys))
+    for r in done.run_requests:
+        assert dg.materialize([batch_gold], partition_key=r.partition_key, instance=instance, resources=resources).success
+
+    evaluated = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settle.cursor)
+    requested = _requested(evaluated)
+    assert dg.AssetKey("model_fit") in requested
+    _execute(requested, ALL_ASSETS, instance, resources)
+
+    versions = reg.versions()
+    assert list(versions["version"]) == [1, 2]
+    new = versions.iloc[-1]
+    assert "B26-004" in json.loads(new["training_batches"]) and new["status"] in ("champion", "rejected")
+    assert new["data_fingerprint"] != versions.iloc[0]["data_fingerprint"]
+    # the forecasts follow in the same automation tick, from whichever version is champion now
+    assert dg.AssetKey("forecasts") in requested
+    champion = int(reg.champion("cho_fedbatch")["version"])
+    forecast_files = sorted((lake.root / "models" / "forecasts").glob(f"cho_fedbatch-v{champion:04d}-*.parquet"))
+    assert {f.name.split("-")[2] + "-" + f.name.split("-")[3] for f in forecast_files} >= {"B26-005", "B26-006"}
