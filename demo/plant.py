@@ -93,15 +93,15 @@ def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str]
 
     epoch = process.FIRST_START - timedelta(hours=12)
     t_s = np.arange(0.0, (as_of - epoch).total_seconds() + 1e-9, size.seconds_per_sample)
-    sig_rng = np.random.default_rng(size.seed + 3)
+    noise_seed = size.seed + 3
     for unit in process.UNITS:
         unit_runs = [r for r in runs if r.plan.unit == unit]
-        points = _archive(unit, unit_runs, t_s, epoch, sig_rng)
+        points = _archive(unit, unit_runs, t_s, epoch, noise_seed)
         progress(f"{unit}: {len(points):,} archived historian points")
         if HISTORIAN_SOURCE[unit] == "long_csv":
             _write_long_csv(landing / "historian", unit, points, unit_runs, epoch, faults)
         elif HISTORIAN_SOURCE[unit] == "wide_csv":
-            _write_wide_csv(landing / "historian", unit, unit_runs, t_s, epoch, sig_rng, faults)
+            _write_wide_csv(landing / "historian", unit, unit_runs, t_s, epoch, noise_seed + 1, faults)
         else:
             _write_sql_historian(root / "sql" / "historian.sqlite", unit, points, unit_runs, epoch, faults)
 
@@ -439,9 +439,9 @@ def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.rando
 
 # ------------------------------------------------------------------ historian
 
-def _archive(unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, rng: np.random.Generator) -> pd.DataFrame:
+def _archive(unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_seed: int) -> pd.DataFrame:
     """Compressed archive of one unit: columns tag, t_s (seconds since epoch), value."""
-    signals = process.sensor_signals(unit_runs, t_s, epoch, rng)
+    signals = process.sensor_signals(unit_runs, t_s, epoch, noise_seed)
     frames = []
     for spec in TAG_SPECS:
         v = np.round(signals[spec.suffix], spec.resolution)
@@ -530,11 +530,11 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
         _write_text(folder / name, "Tag,Timestamp,Value,Status\n" + "".join(lines), gz=name.endswith(".gz"))
 
 
-def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, rng: np.random.Generator, faults: list[dict]) -> None:
+def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_seed: int, faults: list[dict]) -> None:
     """The historian's 'sampled' export: one row per minute, one column per tag (interpolated)."""
     step = 60.0
     grid = np.arange(0.0, t_s[-1] + 1e-9, step)
-    signals = process.sensor_signals(unit_runs, grid, epoch, rng)
+    signals = process.sensor_signals(unit_runs, grid, epoch, noise_seed)
     u = unit.replace("-", "")
     df = pd.DataFrame({"Timestamp": _format_ts(grid + epoch.timestamp(), "%d.%m.%Y %H:%M:%S", process.SITE_TZ).to_pylist()})
     for spec in TAG_SPECS:

@@ -273,9 +273,10 @@ def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
             newer = (rec.record_version, rec.record_ts) > (old.record_version, old.record_ts)
             loser, winner = (old, rec) if newer else (rec, old)
             events.append({"action": "record_superseded", "object": f"batch {rec.batch_id}",
-                           "old_value": f"version {loser.record_version} ({loser.source_sha256})",
-                           "new_value": f"version {winner.record_version} ({winner.source_sha256})",
-                           "reason": f"record version {winner.record_version} supersedes version {loser.record_version}; both are kept",
+                           "old_value": f"version {loser.record_version} of {loser.record_ts} ({loser.source_sha256})",
+                           "new_value": f"version {winner.record_version} of {winner.record_ts} ({winner.source_sha256})",
+                           "reason": f"record version {winner.record_version} changed {winner.record_ts} supersedes version "
+                                     f"{loser.record_version} changed {loser.record_ts}; both are kept",
                            "run_id": base.get("run_id")})
     audit.record_many(lake, events)
 

@@ -84,18 +84,25 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
 
 
+# when a record was last changed, most telling first: a record re-exported after an amendment or
+# after the batch completed keeps its creation date but gets a new LastChangedDate
+CHANGE_DATES = ("LastChangedDate", "PublishedDate", "CreationDate", "CreateDate")
+
+
 def _record_version(root) -> tuple[int, object]:
-    """The record's version and last-changed time, from the first header that states them."""
-    version, changed = None, None
+    """The record's version (first `Version` stated) and its last-changed time."""
+    version = None
+    dates: dict[str, object] = {}
     for el in root.iter():
         name = local(el)
         # ASCII digits only, at most 9: str.isdigit() accepts '²' or '٣' (int() then fails) and an
         # unbounded number overflows the int64 record_version column
         if name == "Version" and version is None and el.text and re.fullmatch(r"[0-9]{1,9}", el.text.strip()):
             version = int(el.text.strip())
-        elif name in ("LastChangedDate", "PublishedDate", "CreationDate", "CreateDate") and changed is None and el.text:
-            changed = _ts(el.text.strip())
-    return version or 1, changed if changed is not None else pd.NaT
+        elif name in CHANGE_DATES and name not in dates and el.text:
+            dates[name] = _ts(el.text.strip())
+    changed = next((dates[n] for n in CHANGE_DATES if n in dates and pd.notna(dates[n])), pd.NaT)
+    return version or 1, changed
 
 
 def _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases) -> None:

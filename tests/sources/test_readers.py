@@ -149,3 +149,17 @@ def test_tag_units_convert_to_canonical_and_an_unknown_unit_is_quarantined(tmp_p
     assert 212.0 * t.loc["T1", "scale"] + t.loc["T1", "offset"] == pytest.approx(100.0)
     assert t.loc["F1", "scale"] == pytest.approx(0.06) and "X1" not in t.index
     assert res.rejects.iloc[0].check == "uom_conversion" and res.rejects.iloc[0].source_row == 4
+
+
+def test_a_record_re_exported_after_completion_is_newer_than_the_running_one(tmp_path):
+    """The plant moves on: the same batch's record, exported again once the batch completed,
+    carries a later LastChangedDate (its CreateDate is unchanged) and must supersede."""
+    from demo.plant import PlantSize, generate
+
+    generate(tmp_path / "a", PlantSize(batches=5, seconds_per_sample=600.0))
+    generate(tmp_path / "b", PlantSize(batches=6, seconds_per_sample=600.0))
+    old, new = (tmp_path / x / "landing" / "mes" / "B26-004.xml" for x in ("a", "b"))
+    r_old = mes_xml.read_batchml(old, sha256_of(old), "mes/B26-004.xml", PROFILES[1]).tables["batch_records"].iloc[0]
+    r_new = mes_xml.read_batchml(new, sha256_of(new), "mes/B26-004.xml", PROFILES[1]).tables["batch_records"].iloc[0]
+    assert (r_old.status, r_new.status) == ("running", "complete")
+    assert r_new.record_ts > r_old.record_ts and r_old.record_ts > r_old.start_ts
