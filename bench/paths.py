@@ -97,9 +97,23 @@ def contextualize(lake_dir: str, batch_ids: str) -> None:
     _done(t, **{f"rows_{k}": v for k, v in counts.items()})
 
 
+def refit(lake_dir: str, batch_ids: str) -> None:
+    """batchtwin: the CHO fit on the given completed batches (data loading, multistart, intervals, validation)."""
+    from lake.layout import Lake
+    from models.data import load_batches
+    from models.fit import Fitter
+    from models.registry import load_model
+
+    model = load_model("cho_fedbatch")
+    t = time.perf_counter()
+    data = load_batches(Lake(Path(lake_dir)), model, batch_ids.split(","))
+    result = Fitter(model).fit(data)
+    _done(t, batches=len(result.training_batches))
+
+
 def _done(t0: float, **extra) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0, **extra}))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the fitter's process pool re-imports this module: keep work under the guard
     globals()[sys.argv[1]](*sys.argv[2:])

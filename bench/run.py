@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "3")))
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     ap.add_argument("--pandas-max", type=float, default=3e7, help="largest size for the pandas + pandera reference")
+    ap.add_argument("--refit", default=os.environ.get("BENCH_REFIT", "6,12,24"), help="batch counts for the refit timing ('' to skip)")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -133,9 +134,32 @@ def main() -> None:
         results["sizes"][str(size)] = entry
         _print(size, entry)
         shutil.rmtree(lake_dir, ignore_errors=True) if size != max(int(float(s)) for s in args.sizes.split(",")) else None
+    if args.refit:
+        results["refit"] = refit_times(work, [int(n) for n in args.refit.split(",")])
     out = ROOT / "bench" / "results.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {out}")
+
+
+def refit_times(work: Path, counts: list[int]) -> dict:
+    """Wall time of the CHO fit on 6, 12, 24 completed batches of a demo plant (one run each: minutes)."""
+    from demo.plant import PlantSize, generate
+    from lake.query import query
+    from pipelines.runner import materialize_all
+
+    plant = work / "refit_plant"
+    if not (plant / "lake" / "catalog.duckdb").exists():
+        shutil.rmtree(plant, ignore_errors=True)
+        generate(plant, PlantSize(batches=max(counts) + 4, seconds_per_sample=300.0))
+        if not materialize_all(plant, models=False).success:
+            raise RuntimeError("the refit plant's pipeline failed")
+    done = query(Lake(plant / "lake"), "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id")["batch_id"].tolist()
+    out = {}
+    for n in counts:
+        r = child("refit", str(plant / "lake"), ",".join(done[:n]))
+        out[str(n)] = {"seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "batches": r["batches"]}
+        print(f"refit    {r['batches']} batches: {r['seconds']:.1f} s ({r['peak_rss_mb']:.0f} MB)", flush=True)
+    return out
 
 
 def _print(size: int, e: dict) -> None:

@@ -101,13 +101,26 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
     )
 
 
-def integrals_sql(intervals: str, keys: str) -> str:
-    """SQL aggregating valid segments clipped to `intervals` (batch_id, keys…, ws, we)."""
+def integrals_sql(intervals: str, keys: str, grid: bool = False) -> str:
+    """SQL aggregating valid segments clipped to `intervals` (batch_id, keys…, ws, we).
+
+    With `grid`, the intervals are the regular windows k of `$step` seconds from each batch's t0:
+    each segment then lists the windows it touches (usually one) and joins them on k, an equi-join
+    instead of a range join over millions of segments.
+    """
+    if grid:
+        pairs = f"""
+            FROM (SELECT s.*, unnest(range(floor((epoch_us(s.t0) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT,
+                                           ceil((epoch_us(s.t1) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT)) AS k
+                  FROM seg s JOIN b USING (batch_id)) s
+            JOIN {intervals} i ON i.batch_id = s.batch_id AND i.k = s.k"""
+    else:
+        pairs = f"FROM {intervals} i JOIN seg s ON s.batch_id = i.batch_id AND s.t0 < i.we AND s.t1 > i.ws"
     return f"""
         WITH x AS (
             SELECT {keys}, i.batch_id, s.parameter, s.interpolation, s.t0, s.t1, s.v0, s.v1,
                    greatest(s.t0, i.ws) AS a, least(s.t1, i.we) AS z
-            FROM {intervals} i JOIN seg s ON s.batch_id = i.batch_id AND s.t0 < i.we AND s.t1 > i.ws
+            {pairs}
         ), y AS (
             SELECT *, (epoch_us(z) - epoch_us(a)) / 1e6 AS d,
                    CASE WHEN interpolation = 'step' THEN v0
@@ -157,9 +170,9 @@ def batch_trajectories(con, grid_minutes: float) -> None:
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_batch_trajectories AS
-            WITH agg AS ({integrals_sql('win', 'i.k')}),
-            npts AS (SELECT w.batch_id, w.k, p.parameter, count(*) AS n_points
-                     FROM win w JOIN pts p ON p.batch_id = w.batch_id AND p.ok AND p.ts >= w.ws AND p.ts < w.we
+            WITH agg AS ({integrals_sql('win', 'i.k', grid=True)}),
+            npts AS (SELECT p.batch_id, floor((epoch_us(p.ts) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT AS k, p.parameter, count(*) AS n_points
+                     FROM pts p JOIN b USING (batch_id) WHERE p.ok
                      GROUP BY ALL),
             grid AS (SELECT w.batch_id, w.k, t.parameter, t.canonical_uom
                      FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
@@ -327,6 +340,8 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
                ORDER BY 1, 2, 3""",
             {"k": settings.golden_k, "files": str(folder / "*.parquet"), "chosen": list(batches) if batches else None, "step": step},
         ).df()
+    if frame.empty:
+        return 0  # fewer than two comparable batches: no reference yet
     frame["uom"] = [u if isinstance(u, str) else canonical_unit(p, "") or None for p, u in zip(frame["parameter"], frame["uom"])]
     GOLD_MODELS["golden_profiles"].validate(frame, lazy=True)
     atomic_write_parquet(lake.gold("golden_profiles") / "golden_profiles.parquet", pa.Table.from_pandas(frame, preserve_index=False))

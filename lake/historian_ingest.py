@@ -49,7 +49,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
         copy_to_parquet(
             con,
             f"""SELECT tag, ts, value, state, quality, ts_text, $sha AS source_sha256, {line_sql} AS source_row, $rel AS source_path
-                FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers) ORDER BY rn""",
+                FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)""",  # insertion order = file order
             lake.silver("historian_points") / f"{sha256}.parquet",
             {"sha": sha256, "rel": rel_path, **line_params},
         )
@@ -65,7 +65,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
         ).df()
     malformed = pd.DataFrame({"source_row": staged.malformed["line"].astype("int64"), "column": None, "check": "field_count",
                               "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
-                              "reason": staged.malformed["message"].astype(str).str.split("\n").str[0]})
+                              "reason": staged.reasons()})
     q = pd.concat([x for x in (malformed, rejected) if len(x)], ignore_index=True) if len(malformed) or len(rejected) else quarantine_frame([])
     q["source_sha256"], q["source_path"] = sha256, rel_path
     q["source_row"] = q["source_row"].astype("Int64")

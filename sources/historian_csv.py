@@ -39,7 +39,7 @@ def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
                             "column": bad["problem_column"], "check": bad["problem"], "failure_value": bad["failure_value"], "reason": bad["reason"]})
     malformed = pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(staged.malformed["line"], dtype="Int64"), "source_path": rel_path,
                               "column": None, "check": "field_count", "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
-                              "reason": staged.malformed["message"].astype(str).str.split("\n").str[0]})
+                              "reason": staged.reasons()})
     return ReadResult({"historian_points": points}, pd.concat([malformed, rejects], ignore_index=True), rows_read=staged.rows_read)
 
 

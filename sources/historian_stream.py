@@ -9,6 +9,7 @@ identifiers.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def ident(name: str) -> str:
 class Staged:
     rows_read: int
     malformed: pd.DataFrame  # line, error_type, text, message of lines DuckDB could not split into the header's fields
+
+    def reasons(self) -> pd.Series:
+        """One-line reasons for the malformed lines, worded as the other CSV readers word them."""
+        def word(message: str) -> str:
+            m = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", message)
+            return f"line has {m.group(2)} fields, expected {m.group(1)}" if m else message.split("\n")[0]
+        return self.malformed["message"].astype(str).map(word)
 
     def line_sql(self) -> tuple[str, dict]:
         return _line_sql(self.malformed["line"].astype("int64").tolist())
@@ -87,10 +95,13 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
     check_sql, column_sql, check_params = first_failure_sql(list(checks))
     reason_cases = " ".join(f"WHEN $chk_{i} THEN $why_{i}" for i in range(len(checks)))
     check_reason = f"CASE check_problem {reason_cases} END" if checks else "NULL"
+    # a CASE over bound parameters: a MAP built from parameters would be rebuilt for every row
+    qkeys = [str(k).lower() for k in profile.quality]
+    quality_case = ("CASE lower(trim(status_text)) " + " ".join(f"WHEN $qk_{i} THEN $qv_{i}" for i in range(len(qkeys))) + " END") if qkeys else "NULL"
     params = {
         "path": str(path), "delim": profile.delimiter, "encoding": encoding, "columns": {h: "VARCHAR" for h in header},
         "decimal": profile.decimal, "states": [x.lower() for x in profile.digital_states],
-        "qkeys": [str(k).lower() for k in profile.quality], "qvals": list(profile.quality.values()),
+        **{f"qk_{i}": k for i, k in enumerate(qkeys)}, **{f"qv_{i}": v for i, v in enumerate(profile.quality.values())},
         "ts_col": cols["ts"], "value_col": cols["value"], "status_col": cols["status"],
         **PARSE_REASON_PARAMS, **check_params, **{f"why_{i}": c.reason for i, c in enumerate(checks)},
         **({"ts_format": profile.timestamp_format} if "$ts_format" in local_sql + ts_sql else {}),
@@ -110,7 +121,7 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
                 p1 AS (
                     SELECT *, {ts_sql} AS ts,
                            try_cast(CASE WHEN $decimal = '.' THEN value_text ELSE replace(value_text, $decimal, '.') END AS DOUBLE) AS num,
-                           CASE WHEN status_text IS NULL THEN 'good' ELSE map_extract_value(map($qkeys, $qvals), lower(trim(status_text))) END AS q
+                           CASE WHEN status_text IS NULL THEN 'good' ELSE {quality_case} END AS q
                     FROM p0),
                 p2 AS (
                     SELECT rn, tag, ts, num AS value, ts_text, value_text, status_text,

@@ -163,3 +163,46 @@ def test_a_record_re_exported_after_completion_is_newer_than_the_running_one(tmp
     r_new = mes_xml.read_batchml(new, sha256_of(new), "mes/B26-004.xml", PROFILES[1]).tables["batch_records"].iloc[0]
     assert (r_old.status, r_new.status) == ("running", "complete")
     assert r_new.record_ts > r_old.record_ts and r_old.record_ts > r_old.start_ts
+
+
+def test_a_dst_fold_in_a_naive_local_export_maps_to_the_right_utc_instants(tmp_path):
+    """Autumn: 02:00–03:00 local happens twice. Rows in time order resolve the repeated hour."""
+    path = tmp_path / "BR102_fold_wide.csv"
+    stamps = ["25.10.2026 01:30:00", "25.10.2026 02:00:00", "25.10.2026 02:30:00", "25.10.2026 02:00:00",
+              "25.10.2026 02:30:00", "25.10.2026 03:00:00"]
+    path.write_text("Timestamp;BR102.PH01.PV\n" + "".join(f"{t};7,{i}\n" for i, t in enumerate(stamps)))
+    res = historian_csv.read_wide(path, sha256_of(path), "historian/BR102_fold_wide.csv", profile_for("historian/x_wide.csv", PROFILES))
+    ts = res.tables["historian_points"].sort_values("source_row")["ts"].dt.strftime("%H:%M").tolist()
+    assert ts == ["23:30", "00:00", "00:30", "01:00", "01:30", "02:00"]  # UTC: 30 minutes apart, none lost
+    assert res.tables["historian_points"]["value"].tolist() == pytest.approx([7.0, 7.1, 7.2, 7.3, 7.4, 7.5])
+
+
+def test_a_decimal_comma_file_reads_the_same_numbers_as_a_decimal_point_file(tmp_path):
+    from dataclasses import replace
+
+    rows = [("BR101.PH01.PV", "2026-03-01T00:00:00+0100", "7.012", "Good"), ("BR101.PH01.PV", "2026-03-01T00:01:00+0100", "6.998", "Good")]
+    dot, comma = tmp_path / "dot.csv", tmp_path / "comma.csv"
+    dot.write_text("Tag,Timestamp,Value,Status\n" + "".join(",".join(r) + "\n" for r in rows))
+    comma.write_text("Tag;Timestamp;Value;Status\n" + "".join(";".join((t, ts, v.replace(".", ","), s)) + "\n" for t, ts, v, s in rows))
+    base = profile_for("historian/x.csv", PROFILES)
+    a = historian_csv.read_long(dot, sha256_of(dot), "historian/dot.csv", base).tables["historian_points"]
+    b = historian_csv.read_long(comma, sha256_of(comma), "historian/comma.csv", replace(base, delimiter=";", decimal=",")).tables["historian_points"]
+    assert a["value"].tolist() == b["value"].tolist() == [7.012, 6.998]
+    assert a["ts"].tolist() == b["ts"].tolist()
+
+
+def test_a_file_in_the_wrong_folder_is_rejected_or_quarantined_never_crashes(tmp_path, plant_dir):
+    import shutil
+
+    from lake import ingest
+    from lake.layout import Lake
+
+    landing = tmp_path / "landing"
+    (landing / "historian").mkdir(parents=True)
+    shutil.copy(plant_dir / "landing" / "mes" / "B26-002.xml", landing / "historian" / "BR101_not_a_csv.csv")
+    shutil.copy(plant_dir / "landing" / "lims" / "lims_2026-03-16.csv", landing / "historian" / "BR101_lims_by_mistake.csv")
+    outcomes = [ingest.ingest_file(Lake(tmp_path / "lake"), landing, rel, prof) for rel, prof in ingest.landing_files(landing, PROFILES)]
+    assert {o.status for o in outcomes} == {"rejected"}
+    for o in outcomes:
+        assert o.log["error"].startswith(o.log["path"] + ": ") and "\n" not in o.log["error"]
+        assert "missing column" in o.log["error"]
