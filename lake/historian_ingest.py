@@ -23,6 +23,8 @@ from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
 QUALITY_RANK_SQL = "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
+# The documented duplicate rules for historian points, shared by the pandas path (lake.ingest: wide
+# exports, SQL pulls) and this streamed one, so a rule reads the same whichever path applied it.
 WITHIN_FILE_RULE = "duplicate (tag, ts): the best-quality value wins, then the later row in the file (the historian's last write)"
 ACROSS_SOURCES_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
 

@@ -40,7 +40,7 @@ READERS = {
 DUPLICATE_RULES = {
     "historian_points": (
         ["tag", "ts"], ["quality_rank", "source_row"], [True, False],
-        "duplicate (tag, ts): the best-quality value wins, then the later row in the file (the historian's last write)",
+        historian_ingest.WITHIN_FILE_RULE,
     ),
     "samples": (
         ["sample_id", "analyte"], ["reported_ts", "source_row"], [False, False],
@@ -181,9 +181,6 @@ def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since
     return raw[~key.isin(held["tag"] + "\x00" + held["ts_text"])].reset_index(drop=True)
 
 
-CROSS_FILE_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
-
-
 def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quarantine points whose (tag, ts) an earlier file or pull already put in the lake.
 
@@ -207,7 +204,7 @@ def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -
     losers = points.loc[hit]
     rejects = pd.DataFrame({"source_sha256": losers["source_sha256"], "source_row": losers["source_row"].astype("Int64"), "source_path": losers["source_path"],
                             "column": "tag,ts", "check": "duplicate_across_sources", "failure_value": losers["tag"] + " @ " + losers["ts_text"].astype(str),
-                            "reason": CROSS_FILE_RULE}).reset_index(drop=True)
+                            "reason": historian_ingest.ACROSS_SOURCES_RULE}).reset_index(drop=True)
     return points.drop(index=hit), rejects
 
 
