@@ -23,6 +23,7 @@ import pandas as pd
 
 from lake import catalog
 from lake.contextualize import integrals_sql, points_and_segments
+from lake.duck import EXACT_SUM
 from lake.layout import Lake
 from lake.query import check_read_only, connect
 
@@ -60,6 +61,7 @@ class BatchLake:
             raise ValueError(f"interval must be positive, not {interval!r}")
         with duckdb.connect() as con:
             con.execute("SET TimeZone = 'UTC'")
+            con.execute(EXACT_SUM)
             catalog.attach_views(con, self.lake)
             self._interval(con, batch, unit, start, end)
             points_and_segments(con, params)

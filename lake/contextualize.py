@@ -130,12 +130,12 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False) -> str:
             FROM x
         )
         SELECT y.batch_id, {keys.replace('i.', 'y.')}, y.parameter,
-               sum(d) AS covered_s,
-               sum((va + vb) / 2 * d) AS integral,
-               sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
+               exact_sum(d) AS covered_s,
+               exact_sum((va + vb) / 2 * d) AS integral,
+               exact_sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
                min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax,
                -- time inside [low, high]: exact for a linear segment (the fraction of its value range inside)
-               sum(CASE WHEN t.low_c IS NULL AND t.high_c IS NULL THEN NULL
+               exact_sum(CASE WHEN t.low_c IS NULL AND t.high_c IS NULL THEN NULL
                         WHEN va = vb THEN d * (va BETWEEN coalesce(t.low_c, -1e308) AND coalesce(t.high_c, 1e308))::INT
                         ELSE d * greatest(0, least(greatest(va, vb), coalesce(t.high_c, 1e308))
                                             - greatest(least(va, vb), coalesce(t.low_c, -1e308))) / abs(vb - va) END) AS in_limits_s
@@ -200,7 +200,11 @@ def phase_summary(con) -> None:
                    (epoch_us(g.we) - epoch_us(g.ws)) / 3.6e9 AS duration_h,
                    a.integral / nullif(a.covered_s, 0) AS twa,
                    a.vmin AS min, a.vmax AS max,
-                   sqrt(greatest(a.integral_sq / nullif(a.covered_s, 0) - power(a.integral / nullif(a.covered_s, 0), 2), 0)) AS std,
+                   -- E[x²] − E[x]² cancels: a difference below the resolution of E[x²] is no variance
+                   -- (a constant set-point reads 0, not 1e-7)
+                   CASE WHEN a.covered_s > 0 THEN
+                       CASE WHEN a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2) <= 1e-12 * abs(a.integral_sq / a.covered_s) THEN 0.0
+                            ELSE sqrt(a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2)) END END AS std,
                    100.0 * a.in_limits_s / nullif(a.covered_s, 0) AS pct_in_limits,
                    coalesce(a.covered_s, 0) / nullif((epoch_us(g.we) - epoch_us(g.ws)) / 1e6, 0) AS coverage,
                    g.canonical_uom AS uom, g.seq AS phase_seq
@@ -243,13 +247,13 @@ def batch_kpis(con) -> None:
                                lag(t_h) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_t
                      FROM s WHERE analyte = 'vcd')),
            titer AS (SELECT batch_id, t_h, value FROM s WHERE analyte = 'titer'),
-           qp AS (SELECT t.batch_id, regr_slope(t.value, v.ivcd) AS slope
+           qp AS (SELECT t.batch_id, regr_slope(t.value, v.ivcd ORDER BY t.t_h, v.t_h) AS slope
                   FROM titer t JOIN vcd v ON v.batch_id = t.batch_id AND abs(v.t_h - t.t_h) < 0.5 GROUP BY ALL),
-           feed AS (SELECT s.batch_id, sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2
+           feed AS (SELECT s.batch_id, exact_sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2
                                             * (epoch_us(least(s.t1, b.end_eff)) - epoch_us(greatest(s.t0, b.t0))) / 3.6e9) AS feed_l
                     FROM seg s JOIN b USING (batch_id)
                     WHERE s.parameter = 'feed_rate' AND s.t1 > b.t0 AND s.t0 < b.end_eff GROUP BY ALL),
-           bolus AS (SELECT batch_id, sum(quantity) AS bolus_l FROM material_events JOIN b USING (batch_id)
+           bolus AS (SELECT batch_id, exact_sum(quantity) AS bolus_l FROM material_events JOIN b USING (batch_id)
                      WHERE kind = 'bolus' AND lower(uom) IN ('l', 'liter', 'litre') GROUP BY ALL)
            SELECT b.batch_id, b.product, b.unit_id, b.status,
                   (epoch_us(b.end_eff) - epoch_us(b.start_ts)) / 3.6e9 AS duration_h,
@@ -332,8 +336,10 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
                    SELECT batch_id, parameter, t_batch_h, value, uom FROM read_parquet($files)
                    WHERE batch_id IN (SELECT batch_id FROM chosen)),
                every AS (SELECT * FROM online UNION ALL BY NAME SELECT * FROM offline)
-               SELECT c.product, e.parameter, e.t_batch_h, avg(e.value) AS mean, stddev_samp(e.value) AS std,
-                      avg(e.value) - $k * stddev_samp(e.value) AS lower, avg(e.value) + $k * stddev_samp(e.value) AS upper,
+               -- ordered by batch: the same additions in the same order on every run (bit-identical)
+               SELECT c.product, e.parameter, e.t_batch_h, avg(e.value ORDER BY e.batch_id) AS mean, stddev_samp(e.value ORDER BY e.batch_id) AS std,
+                      avg(e.value ORDER BY e.batch_id) - $k * stddev_samp(e.value ORDER BY e.batch_id) AS lower,
+                      avg(e.value ORDER BY e.batch_id) + $k * stddev_samp(e.value ORDER BY e.batch_id) AS upper,
                       count(e.value) AS n_batches, any_value(e.uom) AS uom
                FROM every e JOIN chosen c USING (batch_id)
                GROUP BY ALL HAVING count(e.value) >= 2

@@ -15,6 +15,18 @@ from lake.layout import PARTIAL, Lake
 
 DEFAULT_MEMORY = "1GB"
 
+# A float sum computed in parallel depends on which thread added what first, so two runs over the
+# same data differ in the last bits. Summed as fixed point (12 decimals) the additions are integer
+# ones, which do not depend on order: a rerun gives bit-identical curated numbers. Terms beyond
+# ±1e14 (no process value integrates to that; a historian's overflow sentinel might) fall back to
+# a float sum rather than overflow.
+EXACT_SUM = """
+    CREATE OR REPLACE TEMP MACRO exact_sum(x) AS
+    CASE WHEN count(x) > 0 THEN
+        coalesce(sum(CASE WHEN abs(x) < 1e14 THEN x::DECIMAL(38, 12) END)::DOUBLE, 0)
+        + coalesce(sum(CASE WHEN NOT abs(x) < 1e14 THEN x END), 0)
+    END"""
+
 
 def sql_string(text: str | Path) -> str:
     """A SQL string literal's body (for the few statements that take no bound parameters, e.g. COPY … TO)."""
@@ -34,6 +46,7 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET temp_directory = '{sql_string(spill)}'")
     con.execute("SET preserve_insertion_order = true")  # row numbers follow a file's order
     con.execute("SET enable_progress_bar = false")  # progress is the CLI's job, not DuckDB's stderr
+    con.execute(EXACT_SUM)
     return con
 
 

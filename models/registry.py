@@ -203,9 +203,16 @@ class Registry:
                            "observed": p["observed"].astype(float)})
         _write(self.lake, "model_predictions", df, result.model, version)
 
-    def write_forecast(self, df: pd.DataFrame, model: str, version: int, batch_id: str, as_of: pd.Timestamp) -> None:
+    def write_forecast(self, df: pd.DataFrame, model: str, version: int, batch_id: str, as_of: pd.Timestamp) -> bool:
+        """Record a forecast; False (and the record untouched) when the same version already
+        forecast the same batch from the same data to the same numbers: a rerun changes nothing."""
         suffix = f"-{safe_name(batch_id)}-{pd.Timestamp(as_of):%Y%m%dT%H%M%S}"
+        path = _file(self.lake, "forecasts", model, int(version), suffix)
+        df = MODEL_MODELS["forecasts"].validate(df).reset_index(drop=True)
+        if path.exists() and pd.read_parquet(path).drop(columns="created_at").equals(df.drop(columns="created_at")):
+            return False
         _write(self.lake, "forecasts", df, model, int(version), suffix)
+        return True
 
     # ---------------------------------------------------------------- reproduce
 

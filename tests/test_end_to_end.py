@@ -88,10 +88,7 @@ def test_the_fahrenheit_and_dst_sources_land_in_utc(pipeline_run):
 
 def _fingerprints(data) -> dict:
     """Row count and an order-independent hash of every view's rows, except the logs. Floats are
-    compared to 12 significant digits: DuckDB sums in parallel, so the last bits of a time-weighted
-    mean may differ between two runs over the same data."""
-    import numpy as np
-
+    hashed by their exact repr: curated numbers must be bit-identical on a rerun."""
     out = {}
     with _con(data) as con:
         views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()]
@@ -99,18 +96,8 @@ def _fingerprints(data) -> dict:
             if v in ("ingest_log", "audit_log"):
                 continue
             df = con.execute(f'select * from "{v}"').df()
-            for c in df.columns:
-                if df[c].dtype.kind == "f":
-                    df[c] = [float(f"{x:.12g}") if np.isfinite(x) else x for x in df[c]]
             out[v] = (len(df), int(pd.util.hash_pandas_object(df.astype(str), index=False).sum()))
     return out
-
-
-# Not bit-reproducible between runs (row counts are): a time-weighted std of a constant signal is the
-# square root of a difference of parallel float sums (~1e-7 instead of 0), so is a standard deviation
-# across batches of a set-point (golden profiles), a z-score divides by them,
-# and the forecast ensemble is seeded but its as-of time follows the data. Known; see the closing note.
-NUMERICALLY_NOISY = ("phase_summary", "golden_profiles", "batch_deviation", "forecasts")
 
 
 def test_a_second_run_changes_nothing(pipeline_run):
@@ -122,7 +109,7 @@ def test_a_second_run_changes_nothing(pipeline_run):
     after = _fingerprints(data)
     assert {v: n for v, (n, _) in after.items()} == {v: n for v, (n, _) in before.items()}
     changed = {v for v in before if before[v] != after.get(v)}
-    assert changed <= set(NUMERICALLY_NOISY), changed
+    assert not changed, changed
     with _con(data) as con:
         statuses = con.execute("select status, count(*) from ingest_log group by 1").fetchall()
     assert files_before == sorted(p.relative_to(lake.root) for p in (lake.root / "silver" / "historian_points").glob("*.parquet"))

@@ -123,6 +123,46 @@ def test_pct_in_limits_is_exact_for_a_linear_segment(tmp_path):
     assert pct == pytest.approx(75.0)
 
 
+def test_phase_std_is_exactly_zero_for_a_set_point_and_exact_for_a_ramp(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    _batch(lake, end_h=2.0, phases=(("P1", 0.0, 1.0), ("P2", 1.0, 2.0)))
+    _write(lake, "tags", [_tag("C", "const", "linear"), _tag("R", "ramp", "linear")])
+    minutes = range(0, 121)
+    _write(lake, "historian_points", [_point("C", m / 60, 36.97) for m in minutes] + [_point("R", m / 60, 10.0 * (m % 60) / 60 if m < 60 else 10.0) for m in minutes])
+    contextualize(lake, ["B1"], Settings(grid_minutes=60))
+    with duckdb.connect() as con:
+        rows = dict(((p, ph), (twa, std)) for p, ph, twa, std in con.execute(
+            "select parameter, phase, twa, std from read_parquet(?)", [str(lake.gold("phase_summary") / "*.parquet")]).fetchall())
+    assert rows[("const", "P1")] == (pytest.approx(36.97, abs=1e-12), 0.0)  # not 1e-7 from E[x²] - E[x]²
+    # a linear ramp 0 → 10 over the first hour: twa = half the end value, std = range / √12
+    end = 10.0
+    assert rows[("ramp", "P1")][0] == pytest.approx(end / 2, rel=1e-9)
+    assert rows[("ramp", "P1")][1] == pytest.approx(end / np.sqrt(12), rel=1e-9)
+    assert rows[("ramp", "P2")][1] == 0.0
+
+
+def test_sums_do_not_depend_on_the_order_rows_arrive_in(tmp_path):
+    """Parallel float sums differ between runs in the last bits; exact_sum (fixed point) does not."""
+    import math
+
+    from lake.duck import connect
+
+    con = connect(Lake(tmp_path / "lake"))
+    con.execute("SET threads = 2")
+    con.execute("CREATE TABLE t AS SELECT i % 7 AS g, (random() - 0.3) * pow(10, (random() * 8 - 4)) AS x FROM range(600000) r(i)")
+    q = "SELECT g, exact_sum(x) FROM (SELECT * FROM t ORDER BY {}) GROUP BY g ORDER BY g"
+    results = {tuple(con.execute(q.format(order)).fetchall()) for order in ("random()", "x", "x DESC", "g, x", "random()")}
+    assert len(results) == 1
+    values = con.execute("SELECT g, list(x) FROM t GROUP BY g ORDER BY g").fetchall()
+    for (g, s), (_, xs) in zip(next(iter(results)), values):
+        assert s == pytest.approx(math.fsum(xs), rel=1e-12, abs=len(xs) * 1e-12)
+    # a term beyond the fixed-point range falls back to a float sum; an empty group stays NULL
+    edge = con.execute("SELECT exact_sum(x) FROM (VALUES (1e30), (1.5)) v(x)").fetchone()[0], \
+        con.execute("SELECT exact_sum(x) FROM (VALUES (NULL::DOUBLE)) v(x)").fetchone()[0]
+    assert edge == (1e30, None)
+    con.close()
+
+
 def test_a_batch_across_the_dst_change_counts_real_hours(tmp_path):
     lake = Lake(tmp_path / "lake")
     local = pd.Series(["2026-03-29 00:00:00", "2026-03-29 01:00:00", "2026-03-29 03:00:00", "2026-03-29 04:00:00", "2026-03-29 05:00:00"])
