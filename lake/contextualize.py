@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lake import catalog
-from lake.duck import connect, copy_to_parquet
+from lake.duck import connect, copy_per_key
 from lake.layout import Lake, atomic_write_parquet, safe_name
 from schemas.sql_checks import column_checks
 from schemas.tables import GOLD_MODELS
@@ -88,16 +88,16 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
             JOIN historian_points p ON p.tag = t.tag
              AND p.ts >= b.start_ts - to_seconds(t.max_gap_s) AND p.ts < b.end_eff + to_seconds(t.max_gap_s)"""
     )
+    # only the columns the window needs go through its sort
     con.execute(
         """CREATE OR REPLACE TEMP TABLE seg AS
-           SELECT * FROM (
-             SELECT batch_id, parameter, interpolation, ts AS t0, v AS v0,
-                    lead(ts) OVER w AS t1, lead(v) OVER w AS v1,
-                    ok AND lead(ts) OVER w IS NOT NULL
-                       AND (epoch_us(lead(ts) OVER w) - epoch_us(ts)) / 1e6 <= max_gap_s
-                       AND (interpolation = 'step' OR coalesce(lead(ok) OVER w, false)) AS valid
-             FROM pts WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts))
-           WHERE valid"""
+           SELECT batch_id, parameter, interpolation, t0, v0, t1, v1 FROM (
+             SELECT batch_id, parameter, interpolation, max_gap_s, ok, ts AS t0, v AS v0,
+                    lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
+             FROM (SELECT batch_id, tag, parameter, interpolation, max_gap_s, ok, ts, v FROM pts)
+             WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts))
+           WHERE ok AND t1 IS NOT NULL AND (epoch_us(t1) - epoch_us(t0)) / 1e6 <= max_gap_s
+             AND (interpolation = 'step' OR coalesce(ok1, false))"""
     )
 
 
@@ -143,18 +143,18 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False) -> str:
         GROUP BY ALL"""
 
 
-def process_values(con) -> None:
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE gold_process_values AS
+# Not materialized: its rows go straight from the join into the per-batch files (the widest
+# table, and ten million rows did not fit the memory limit). No ORDER BY: sorting ten million wide
+# rows cost more than everything else here together; rows keep the silver order (a historian
+# export's, usually tag by tag in time), which the files' row-group statistics prune on.
+PROCESS_VALUES_SQL = """
            SELECT p.batch_id, b.unit_id, ph.phase, p.parameter, p.ts,
                   (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
                   (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
                   p.v AS value, p.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
            FROM pts p JOIN b USING (batch_id)
            JOIN ph ON ph.batch_id = p.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff
-           WHERE p.ok
-           ORDER BY p.batch_id, p.parameter, p.ts"""
-    )
+           WHERE p.ok"""
 
 
 def batch_trajectories(con, grid_minutes: float) -> None:
@@ -279,28 +279,32 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
         return counts
     with connect(lake) as con:
         _setup(con, lake, batch_ids, as_of)
-        process_values(con)
         batch_trajectories(con, settings.grid_minutes)
         phase_summary(con)
         batch_kpis(con)
         for table in GOLD_TABLES:
-            _assert_valid(con, f"gold_{table}", GOLD_MODELS[table])
-            for batch_id in batch_ids:
-                copy_to_parquet(con, f"SELECT * FROM gold_{table} WHERE batch_id = $b", lake.gold(table) / f"{safe_name(batch_id)}.parquet", {"b": batch_id})
-            counts[table] = con.execute(f"SELECT count(*) FROM gold_{table}").fetchall()[0][0]
+            select = PROCESS_VALUES_SQL if table == "process_values" else f"SELECT * FROM gold_{table}"
+            targets = {b: lake.gold(table) / f"{safe_name(b)}.parquet" for b in batch_ids}
+            written = copy_per_key(con, select, "batch_id", targets, check=lambda rel, t=table: _assert_valid(con, rel, GOLD_MODELS[t]))
+            counts[table] = sum(written.values())
     return counts
 
 
-def _assert_valid(con, table: str, model) -> None:
-    """The pandera model's checks, in SQL: a failure here is a bug in the SQL above, not bad data."""
-    columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+def _assert_valid(con, relation: str, model) -> None:
+    """The pandera model's checks, in SQL and in one scan: a failure here is a bug in the SQL above, not bad data."""
+    columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
     missing = set(model.to_schema().columns) - columns
     if missing:
-        raise AssertionError(f"{table} lacks column(s) {sorted(missing)}")
-    for check in column_checks(model):
-        bad = con.execute(f"SELECT count(*) FROM {table} WHERE NOT coalesce({check.ok_sql}, {str(check.check != 'not_nullable').lower()})", check.params).fetchall()[0][0]
+        raise AssertionError(f"{relation} lacks column(s) {sorted(missing)}")
+    checks = column_checks(model)
+    if not checks:
+        return
+    counts = ", ".join(f"count_if(NOT coalesce({c.ok_sql}, {str(c.check != 'not_nullable').lower()}))" for c in checks)
+    params = {k: v for c in checks for k, v in c.params.items()}
+    failing = con.execute(f"SELECT {counts} FROM {relation}", params).fetchall()[0]
+    for check, bad in zip(checks, failing):
         if bad:
-            raise AssertionError(f"{table}: {bad} row(s) fail {check.column} {check.check}")
+            raise AssertionError(f"{model.__name__}: {bad} row(s) fail {check.column} {check.check}")
 
 
 def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -63,3 +64,52 @@ def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, out: Path, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targets: dict[str, Path],
+                 params: dict | None = None, check: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Write a query's rows in one pass to one Parquet file per value of column `key`
+    (`targets`: value -> file; the key column stays in the files). A value without rows gets an
+    empty file, so stale rows never survive. The files are written into a temporary folder,
+    `check(relation_sql)` may inspect them there, and only then each is renamed into place.
+    Returns rows written per value."""
+    import shutil
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    if not targets:
+        return {}
+    keys = list(targets)
+    folders = {p.parent for p in targets.values()}
+    if len(folders) != 1:
+        raise ValueError("copy_per_key writes into one folder")
+    folder = folders.pop()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-", suffix=PARTIAL))
+    try:
+        # partition on the key's position in `targets`: hive folder names need no escaping then
+        written = con.execute(
+            f"""COPY (SELECT *, list_position($copy_keys, {key}) AS copy_part FROM ({select_sql}) WHERE {key} IN (SELECT unnest($copy_keys)))
+                TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (copy_part), RETURN_FILES)""",
+            {**(params or {}), "copy_keys": keys},
+        ).fetchall()[0][1]
+        files: dict[str, Path] = {}
+        for f in map(Path, written):
+            part = int(f.parent.name.removeprefix("copy_part="))
+            if keys[part - 1] in files:
+                raise RuntimeError(f"DuckDB wrote more than one file for {key} = {keys[part - 1]!r}")
+            files[keys[part - 1]] = f
+        for i, k in enumerate(k for k in keys if k not in files):
+            empty = tmp / f"empty_{i}.parquet"
+            con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)", params or {})
+            files[k] = empty
+        if check is not None:
+            quoted = ", ".join("'" + sql_string(f) + "'" for f in files.values())
+            check(f"read_parquet([{quoted}])")
+        counts = {k: pq.read_metadata(f).num_rows for k, f in files.items()}
+        for k, f in files.items():
+            os.replace(f, targets[k])
+        return counts
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
