@@ -22,7 +22,7 @@ import duckdb
 import pandas as pd
 
 from lake import catalog
-from lake.contextualize import integrals_sql, points_and_segments
+from lake.contextualize import good_points_sql, integrals_sql, points_and_segments
 from lake.duck import EXACT_SUM
 from lake.layout import Lake
 from lake.query import check_read_only, connect
@@ -67,10 +67,10 @@ class BatchLake:
             points_and_segments(con, params)
             if mode == "raw":
                 return con.execute(
-                    """SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, p.parameter, p.v AS value,
-                              p.canonical_uom AS uom, p.quality, p.tag
-                       FROM pts p JOIN b USING (batch_id)
-                       WHERE p.ok AND p.ts >= b.start_ts AND p.ts < b.end_eff ORDER BY p.parameter, p.ts"""
+                    f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, t.parameter,
+                               p.value * t.scale + t."offset" AS value, t.canonical_uom AS uom, p.quality, p.tag
+                        {good_points_sql("p.ts >= b.start_ts AND p.ts < b.end_eff")}
+                        ORDER BY t.parameter, p.ts"""
                 ).df()
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE win AS
@@ -84,7 +84,7 @@ class BatchLake:
             if mode in ("twa", "min", "max"):
                 value = {"twa": "CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END",
                          "min": "a.vmin", "max": "a.vmax"}[mode]
-                sql = f"""WITH agg AS ({integrals_sql('win', 'i.k')}), grid AS ({grid})
+                sql = f"""WITH agg AS ({integrals_sql('win', 'i.k', spread=False)}), grid AS ({grid})
                           SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h, g.parameter,
                                  {value} AS value, least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage, g.uom
                           FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.k = g.k AND a.parameter = g.parameter

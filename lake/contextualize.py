@@ -33,6 +33,7 @@ from schemas.tables import GOLD_MODELS
 from schemas.units import UnitError, canonical_unit, conversion
 
 GOOD_QUALITIES = ("good", "substituted")
+POINT_OK = f"(p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL)"
 GOLD_TABLES = ("process_values", "batch_trajectories", "phase_summary", "batch_kpis")
 
 
@@ -77,31 +78,38 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
            FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
         {"parameters": list(parameters) if parameters else None},
     )
-    # points of each batch's unit, with one allowed gap of look-back for boundary values
+    # points of each batch's unit, with one allowed gap of look-back for boundary values; narrow
+    # (tag properties join from `tg`, lineage is read from silver where it is needed): this table
+    # holds every point, and each column more is tens of millions of values more to materialize
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE pts AS
-            SELECT b.batch_id, t.tag, t.parameter, t.interpolation, t.max_gap_s, t.canonical_uom, p.ts,
-                   p.value * t.scale + t."offset" AS v,
-                   p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL AS ok,
-                   p.quality, p.source_sha256, p.source_row
+            SELECT b.batch_id, t.tag, t.parameter, p.ts, p.value * t.scale + t."offset" AS v, {POINT_OK} AS ok
             FROM b JOIN tg t ON t.unit_id = b.unit_id
             JOIN historian_points p ON p.tag = t.tag
              AND p.ts >= b.start_ts - to_seconds(t.max_gap_s) AND p.ts < b.end_eff + to_seconds(t.max_gap_s)"""
     )
-    # only the columns the window needs go through its sort
     con.execute(
         """CREATE OR REPLACE TEMP TABLE seg AS
-           SELECT batch_id, parameter, interpolation, t0, v0, t1, v1 FROM (
-             SELECT batch_id, parameter, interpolation, max_gap_s, ok, ts AS t0, v AS v0,
-                    lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
-             FROM (SELECT batch_id, tag, parameter, interpolation, max_gap_s, ok, ts, v FROM pts)
-             WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts))
-           WHERE ok AND t1 IS NOT NULL AND (epoch_us(t1) - epoch_us(t0)) / 1e6 <= max_gap_s
-             AND (interpolation = 'step' OR coalesce(ok1, false))"""
+           SELECT w.batch_id, t.parameter, t.interpolation, w.t0, w.v0, w.t1, w.v1 FROM (
+             -- the window's sort is most of the cost: only the columns it needs go through it
+             SELECT batch_id, tag, ok, ts AS t0, v AS v0, lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
+             FROM pts WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts)) w
+           JOIN tg t USING (tag)
+           WHERE w.ok AND w.t1 IS NOT NULL AND (epoch_us(w.t1) - epoch_us(w.t0)) / 1e6 <= t.max_gap_s
+             AND (t.interpolation = 'step' OR coalesce(w.ok1, false))"""
     )
 
 
-def integrals_sql(intervals: str, keys: str, grid: bool = False) -> str:
+def good_points_sql(bounds: str, join: str = "") -> str:
+    """FROM … WHERE for the good silver points `p` of the batches in `b`, with their tag `t` (for
+    canonical value and unit) and lineage; `bounds` limits p.ts, `join` may add e.g. the phase."""
+    return f"""FROM b JOIN tg t ON t.unit_id = b.unit_id
+               JOIN historian_points p ON p.tag = t.tag AND {bounds}
+               {join}
+               WHERE {POINT_OK}"""
+
+
+def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = True) -> str:
     """SQL aggregating valid segments clipped to `intervals` (batch_id, keys…, ws, we).
 
     With `grid`, the intervals are the regular windows k of `$step` seconds from each batch's t0:
@@ -132,29 +140,31 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False) -> str:
         SELECT y.batch_id, {keys.replace('i.', 'y.')}, y.parameter,
                exact_sum(d) AS covered_s,
                exact_sum((va + vb) / 2 * d) AS integral,
+               min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax{SPREAD_SQL if spread else ""}
+        FROM y{" JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id AND t.parameter = y.parameter" if spread else ""}
+        GROUP BY ALL"""
+
+
+# the second moment and the time within the tag's limits (phase summaries; trajectories skip them)
+SPREAD_SQL = """,
                exact_sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
-               min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax,
                -- time inside [low, high]: exact for a linear segment (the fraction of its value range inside)
                exact_sum(CASE WHEN t.low_c IS NULL AND t.high_c IS NULL THEN NULL
                         WHEN va = vb THEN d * (va BETWEEN coalesce(t.low_c, -1e308) AND coalesce(t.high_c, 1e308))::INT
                         ELSE d * greatest(0, least(greatest(va, vb), coalesce(t.high_c, 1e308))
-                                            - greatest(least(va, vb), coalesce(t.low_c, -1e308))) / abs(vb - va) END) AS in_limits_s
-        FROM y JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id AND t.parameter = y.parameter
-        GROUP BY ALL"""
+                                            - greatest(least(va, vb), coalesce(t.low_c, -1e308))) / abs(vb - va) END) AS in_limits_s"""
 
 
-# Not materialized: its rows go straight from the join into the per-batch files (the widest
-# table, and ten million rows did not fit the memory limit). No ORDER BY: sorting ten million wide
-# rows cost more than everything else here together; rows keep the silver order (a historian
-# export's, usually tag by tag in time), which the files' row-group statistics prune on.
-PROCESS_VALUES_SQL = """
-           SELECT p.batch_id, b.unit_id, ph.phase, p.parameter, p.ts,
-                  (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
-                  (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
-                  p.v AS value, p.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
-           FROM pts p JOIN b USING (batch_id)
-           JOIN ph ON ph.batch_id = p.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff
-           WHERE p.ok"""
+# Not materialized: its rows go straight from silver into the per-batch files (the widest table;
+# ten million rows did not fit the memory limit). No ORDER BY: sorting ten million wide rows cost
+# more than everything else here together; rows keep the silver order (a historian export's,
+# usually tag by tag in time), which the files' row-group statistics prune on.
+PROCESS_VALUES_SQL = f"""
+    SELECT b.batch_id, b.unit_id, ph.phase, t.parameter, p.ts,
+           (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
+           (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
+           p.value * t.scale + t."offset" AS value, t.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
+    {good_points_sql("p.ts >= b.start_ts AND p.ts < b.end_eff", "JOIN ph ON ph.batch_id = b.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff")}"""
 
 
 def batch_trajectories(con, grid_minutes: float) -> None:
@@ -170,7 +180,7 @@ def batch_trajectories(con, grid_minutes: float) -> None:
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_batch_trajectories AS
-            WITH agg AS ({integrals_sql('win', 'i.k', grid=True)}),
+            WITH agg AS ({integrals_sql('win', 'i.k', grid=True, spread=False)}),
             npts AS (SELECT p.batch_id, floor((epoch_us(p.ts) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT AS k, p.parameter, count(*) AS n_points
                      FROM pts p JOIN b USING (batch_id) WHERE p.ok
                      GROUP BY ALL),

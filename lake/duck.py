@@ -88,18 +88,23 @@ def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targ
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-", suffix=PARTIAL))
     try:
-        # partition on the key's position in `targets`: hive folder names need no escaping then
-        written = con.execute(
-            f"""COPY (SELECT *, list_position($copy_keys, {key}) AS copy_part FROM ({select_sql}) WHERE {key} IN (SELECT unnest($copy_keys)))
-                TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (copy_part), RETURN_FILES)""",
-            {**(params or {}), "copy_keys": keys},
-        ).fetchall()[0][1]
         files: dict[str, Path] = {}
-        for f in map(Path, written):
-            part = int(f.parent.name.removeprefix("copy_part="))
-            if keys[part - 1] in files:
-                raise RuntimeError(f"DuckDB wrote more than one file for {key} = {keys[part - 1]!r}")
-            files[keys[part - 1]] = f
+        if len(keys) == 1:  # one batch (a Dagster partition's run): a plain COPY, no partitioning work
+            files[keys[0]] = tmp / "0.parquet"
+            con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE {key} = $copy_key) TO '{sql_string(files[keys[0]])}' (FORMAT parquet, COMPRESSION zstd)",
+                        {**(params or {}), "copy_key": keys[0]})
+        else:
+            # partition on the key's position in `targets`: hive folder names need no escaping then
+            written = con.execute(
+                f"""COPY (SELECT *, list_position($copy_keys, {key}) AS copy_part FROM ({select_sql}) WHERE {key} IN (SELECT unnest($copy_keys)))
+                    TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (copy_part), RETURN_FILES)""",
+                {**(params or {}), "copy_keys": keys},
+            ).fetchall()[0][1]
+            for f in map(Path, written):
+                k = keys[int(f.parent.name.removeprefix("copy_part=")) - 1]
+                if k in files:
+                    raise RuntimeError(f"DuckDB wrote more than one file for {key} = {k!r}")
+                files[k] = f
         for i, k in enumerate(k for k in keys if k not in files):
             empty = tmp / f"empty_{i}.parquet"
             con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)", params or {})
