@@ -151,50 +151,7 @@ def simulate(
     Integration restarts at every feed change and bolus so the stiff solver never steps
     across a discontinuity; a bolus at time t is applied before any state reported at t.
     """
-    t_eval = np.asarray(t_eval_h, dtype=float)
-    if t_eval.size == 0:
-        return np.empty((len(model.states), 0))
-    if np.any(np.diff(t_eval) < 0) or t_eval[0] < 0:
-        raise ValueError("t_eval_h must be non-negative and sorted")
-    t_end = float(t_eval[-1])
-    cuts = [0.0] + [b for b in inputs.breakpoints() if 0.0 < b < t_end] + [t_end]
-    boluses_at: dict[float, list[Bolus]] = {}
-    for b in inputs.boluses:
-        boluses_at.setdefault(float(b.t_h), []).append(b)
-
-    out = np.full((len(model.states), t_eval.size), np.nan)
-    y = np.asarray(y0, dtype=float).copy()
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
-        for bolus in boluses_at.get(a, []):
-            y = model.apply_bolus(y, bolus)
-        at_start = t_eval == a
-        out[:, at_start] = y[:, None]
-        if b <= a:
-            continue
-        feed = inputs.feed_rate(a)
-        last = i == len(cuts) - 2
-        mask = (t_eval > a) & ((t_eval <= b) if last else (t_eval < b))
-        sol = solve_ivp(
-            lambda t, s: model.rhs(t, s, params, feed),
-            (a, b),
-            y,
-            method=solver.method,
-            t_eval=_with_end(t_eval[mask], b),
-            rtol=solver.rtol,
-            atol=solver.atol,
-            max_step=solver.max_step_h,
-        )
-        if not sol.success:
-            raise RuntimeError(f"{model.name}: integration failed on [{a}, {b}] h: {sol.message}")
-        n = int(mask.sum())
-        out[:, mask] = sol.y[:, :n]
-        y = np.maximum(sol.y[:, -1], 0.0)
-    return out
-
-
-def _with_end(points: np.ndarray, end: float) -> np.ndarray:
-    # the segment's end state seeds the next segment, so it is always evaluated
-    return points if points.size and points[-1] == end else np.append(points, end)
+    return simulate_many(model, params, np.asarray(y0, dtype=float)[:, None], inputs, t_eval_h, solver)[:, 0, :]
 
 
 def simulate_many(
