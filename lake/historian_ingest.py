@@ -88,16 +88,22 @@ def _duplicates_within(con) -> list[tuple]:
 
 def _duplicates_across(con, lake: Lake, sha256: str) -> list[tuple]:
     """Rows whose (tag, ts) an earlier file or pull already put in silver."""
+    held = held_elsewhere(con, lake, sha256, "SELECT rn AS id, tag, ts FROM parsed WHERE problem IS NULL")
+    return [(rn, "duplicate_across_sources", ACROSS_SOURCES_RULE) for rn in held]
+
+
+def held_elsewhere(con, lake: Lake, sha256: str, incoming_sql: str) -> list[int]:
+    """The ids of `incoming_sql`'s rows (id, tag, ts) whose (tag, ts) another silver file already
+    holds: ACROSS_SOURCES_RULE, for this streamed path and the pandas one (wide exports, SQL pulls)."""
     others = [str(p) for p in lake.silver("historian_points").glob("*.parquet") if p.stem != sha256]
     if not others:
         return []
-    lo, hi = con.execute("SELECT min(ts), max(ts) FROM parsed WHERE problem IS NULL").fetchall()[0]
+    lo, hi = con.execute(f"SELECT min(ts), max(ts) FROM ({incoming_sql})").fetchall()[0]
     if lo is None:
         return []
     rows = con.execute(
-        """SELECT p.rn FROM parsed p
-           SEMI JOIN (SELECT tag, ts FROM read_parquet($others) WHERE ts BETWEEN $lo AND $hi) h USING (tag, ts)
-           WHERE p.problem IS NULL""",
+        f"""SELECT i.id FROM ({incoming_sql}) i
+            SEMI JOIN (SELECT tag, ts FROM read_parquet($others) WHERE ts BETWEEN $lo AND $hi) h ON h.tag = i.tag AND h.ts = i.ts""",
         {"others": others, "lo": lo, "hi": hi},
     ).fetchall()
-    return [(r[0], "duplicate_across_sources", ACROSS_SOURCES_RULE) for r in rows]
+    return [r[0] for r in rows]

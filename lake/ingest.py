@@ -21,6 +21,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from lake import audit, historian_ingest
+from lake.duck import connect
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
 from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
@@ -187,18 +188,11 @@ def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -
     Overlapping exports are common (a week re-exported, a pull re-reading its look-back
     window); keeping the first value keeps silver immutable, and the copy is not lost.
     """
-    folder = lake.silver("historian_points")
-    others = [str(p) for p in folder.glob("*.parquet") if p.stem != sha256]
-    if points.empty or not others:
+    if points.empty:
         return points, quarantine_frame([])
-    with duckdb.connect() as con:
+    with connect(lake) as con:
         con.register("incoming", points[["tag", "ts"]].reset_index())
-        lo, hi = points["ts"].min().to_pydatetime(), points["ts"].max().to_pydatetime()
-        hit = con.execute(
-            """SELECT i."index" FROM incoming i
-               SEMI JOIN (SELECT tag, ts FROM read_parquet(?) WHERE ts BETWEEN ? AND ?) h ON h.tag = i.tag AND h.ts = i.ts""",
-            [others, lo, hi],
-        ).fetchnumpy()["index"]
+        hit = historian_ingest.held_elsewhere(con, lake, sha256, 'SELECT "index" AS id, tag, ts FROM incoming')
     if len(hit) == 0:
         return points, quarantine_frame([])
     losers = points.loc[hit]
