@@ -6,7 +6,7 @@ DATA ?= data
 DAGSTER_HOME ?= $(abspath $(DATA)/dagster_home)
 UI_PORT ?= 3000
 
-.PHONY: demo test ui bench lock clean
+.PHONY: demo test ui bench calibration lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,6 @@ clean:
 
 bench: $(BIN)/.installed  ## benchmarks against the bare engines (large data; ~20 minutes)
 	$(BIN)/python -m bench.run
+
+calibration: $(BIN)/.installed  ## do the fit's 95 % intervals hold the truth? (12 demo plants; ~15 minutes)
+	$(BIN)/python -m bench.calibration
