@@ -112,7 +112,20 @@ def refit(lake_dir: str, batch_ids: str) -> None:
 
 
 def _done(t0: float, **extra) -> None:
-    print(json.dumps({"seconds": time.perf_counter() - t0, **extra}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), **extra}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's own high-water RSS, and its children's (the fitter's workers).
+
+    Measured here, not from the parent's wait4: Linux starts a child's ru_maxrss at the RSS
+    of the parent it was forked from, so after the parent had generated a 30 M-row file every
+    child would report at least the parent's size."""
+    import resource
+
+    own = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, workers) / 1024.0
 
 
 if __name__ == "__main__":  # the fitter's process pool re-imports this module: keep work under the guard
