@@ -64,7 +64,7 @@ class BatchLake:
             con.execute(EXACT_SUM)
             catalog.attach_views(con, self.lake)
             self._interval(con, batch, unit, start, end)
-            points_and_segments(con, params)
+            points_and_segments(con, params, points=mode != "raw")  # raw points come from silver, no segments needed
             if mode == "raw":
                 return con.execute(
                     f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, t.parameter,

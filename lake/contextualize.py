@@ -61,9 +61,10 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
     points_and_segments(con)
 
 
-def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None) -> None:
+def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None, points: bool = True) -> None:
     """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases `ph`,
-    tags `tg`, the unit's points `pts` (canonical units) and the valid segments `seg` between them."""
+    tags `tg` and, with `points`, the unit's points `pts` (canonical units) and the valid segments
+    `seg` between them."""
     con.execute(
         """CREATE OR REPLACE TEMP TABLE ph AS
            SELECT p.batch_id, p.phase, p.seq, p.start_ts, coalesce(p.end_ts, b.end_eff) AS end_eff
@@ -78,6 +79,8 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
            FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
         {"parameters": list(parameters) if parameters else None},
     )
+    if not points:
+        return
     # points of each batch's unit, with one allowed gap of look-back for boundary values; narrow
     # (tag properties join from `tg`, lineage is read from silver where it is needed): this table
     # holds every point, and each column more is tens of millions of values more to materialize
