@@ -66,12 +66,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("CALIBRATION_SEEDS", "12")))
     ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--seed-step", type=int, default=1, help="a plant of seed s draws from random streams s…s+3; a step ≥ 4 keeps plants' streams apart")
     ap.add_argument("--batches", type=int, default=8, help="batches per plant (two of them are still running)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "calibration")
     args = ap.parse_args()
     os.environ.pop("DAGSTER_HOME", None)  # ephemeral Dagster instances, never a developer's home
     rows: list[dict] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds * args.seed_step, args.seed_step):
         t = time.perf_counter()
         plant = one_plant(args.work, seed, args.batches)
         rows += plant
@@ -79,7 +80,7 @@ def main() -> None:
         print(f"seed {seed}: {zs}  ({time.perf_counter() - t:.0f} s)", flush=True)
     table = summarize(rows)
     print("\n" + table.to_string(float_format=lambda x: f"{x:.2f}"))
-    out = ROOT / "bench" / "calibration.json"
+    out = ROOT / "bench" / ("calibration.json" if args.batches == 8 else f"calibration_{args.batches}_batches.json")
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batches_per_plant": args.batches,
                                "summary": table.reset_index(names="name").to_dict("records"), "fits": rows}, indent=1) + "\n")
     print(f"\nwrote {out}")
