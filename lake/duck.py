@@ -105,10 +105,12 @@ def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targ
                 if k in files:
                     raise RuntimeError(f"DuckDB wrote more than one file for {key} = {k!r}")
                 files[k] = f
-        for i, k in enumerate(k for k in keys if k not in files):
-            empty = tmp / f"empty_{i}.parquet"
+        missing = [k for k in keys if k not in files]
+        if missing:  # one empty file with the query's schema, copied for each value without rows
+            empty = tmp / "empty_0.parquet"
             con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)", params or {})
-            files[k] = empty
+            for i, k in enumerate(missing):
+                files[k] = empty if i == 0 else Path(shutil.copyfile(empty, tmp / f"empty_{i}.parquet"))
         if check is not None:
             quoted = ", ".join("'" + sql_string(f) + "'" for f in files.values())
             check(f"read_parquet([{quoted}])")

@@ -275,11 +275,12 @@ def test_gold_files_are_written_per_batch_in_one_pass_and_appear_only_whole(tmp_
     (folder / "C.parquet").write_bytes(b"stale rows of a batch that now has none")
     con = connect(lake)
     con.execute("CREATE TEMP TABLE x AS SELECT CASE WHEN i % 3 = 0 THEN 'A/1' ELSE 'B' END AS batch_id, i FROM range(1000) r(i)")
-    targets = {b: folder / f"{b.replace('/', '_')}.parquet" for b in ("A/1", "B", "C")}
-    assert copy_per_key(con, "SELECT * FROM x", "batch_id", targets) == {"A/1": 334, "B": 666, "C": 0}
+    targets = {b: folder / f"{b.replace('/', '_')}.parquet" for b in ("A/1", "B", "C", "D")}
+    assert copy_per_key(con, "SELECT * FROM x", "batch_id", targets) == {"A/1": 334, "B": 666, "C": 0, "D": 0}
     got = con.execute(f"SELECT batch_id, count(*), sum(i) FROM read_parquet('{folder}/*.parquet') GROUP BY 1 ORDER BY 1").fetchall()
     assert got == [("A/1", 334, sum(range(0, 1000, 3))), ("B", 666, sum(range(1000)) - sum(range(0, 1000, 3)))]
-    assert sorted(p.name for p in folder.iterdir()) == ["A_1.parquet", "B.parquet", "C.parquet"]  # no temporary folder left
+    assert sorted(p.name for p in folder.iterdir()) == ["A_1.parquet", "B.parquet", "C.parquet", "D.parquet"]  # no temporary folder left
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{folder}/[CD].parquet')").fetchone()[0] == 0
 
     def refuse(relation):
         raise AssertionError("a bug in the SQL")
@@ -289,5 +290,5 @@ def test_gold_files_are_written_per_batch_in_one_pass_and_appear_only_whole(tmp_
         copy_per_key(con, "SELECT * FROM x", "batch_id", targets, check=refuse)
     # nothing replaced: the files on record are the ones from before
     assert con.execute(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')").fetchone()[0] == 1000
-    assert sorted(p.name for p in folder.iterdir()) == ["A_1.parquet", "B.parquet", "C.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["A_1.parquet", "B.parquet", "C.parquet", "D.parquet"]
     con.close()
