@@ -7,6 +7,7 @@ Views use absolute paths, so `duckdb data/lake/catalog.duckdb` works from any fo
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import duckdb
 import pandas as pd
 from filelock import FileLock
 
-from lake.layout import Lake
+from lake.layout import Lake, sweep_stale_temporaries
 from schemas.tables import GOLD_MODELS, MODEL_MODELS, SILVER_MODELS, AuditEvent, IngestLogEntry, QuarantineRow
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
@@ -25,6 +26,7 @@ VERSIONED_VIEWS = {
     "material_events": "material_event_records",
 }
 STORAGE_VERSION = "v1.2.0"
+log = logging.getLogger(__name__)
 # silver tables whose files are wrapped by a curated view of the contract's name
 RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files", "samples": "sample_records"}
 
@@ -116,6 +118,8 @@ def rebuild(lake: Lake) -> list[str]:
     lake.root.mkdir(parents=True, exist_ok=True)
     views = ordered_views(lake)
     with FileLock(str(lake.catalog) + ".lock", timeout=600):
+        for path in sweep_stale_temporaries(lake.root):
+            log.warning("removed %s: a temporary a killed writer left behind", path)
         tmp = lake.catalog.with_name(f".{lake.catalog.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         with duckdb.connect() as con:

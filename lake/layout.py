@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 # Files being written end in ".partial" until renamed into place: DuckDB's globs match hidden
 # files too, so a temporary name ending in ".parquet" would be read by the catalog's views.
 PARTIAL = ".partial"
+# No writer keeps a temporary file this long: older ones were left by a killed writer.
+STALE_TEMPORARY_S = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -133,3 +136,30 @@ def safe_name(key: str) -> str:
         name = name[:100] + "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     # the empty key: '%' alone is never an encoding of anything ('\x00' is '%00')
     return name or "%"
+
+
+def sweep_stale_temporaries(root: Path, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove the temporary files and folders (".tmp-*.partial", ".catalog.duckdb.<pid>.tmp")
+    that writers killed mid-write left under `root`, if untouched for `older_than_s`; return them.
+
+    They never became part of the lake (no view reads them), so removing them alters nothing;
+    a writer still running keeps its file fresh, so the age test keeps its work safe.
+    """
+    now = time.time()
+    stale = [p for pattern in (f".tmp-*{PARTIAL}", ".catalog.duckdb.*.tmp") for p in Path(root).rglob(pattern)]
+    removed = []
+    for path in sorted(stale):
+        try:
+            if any(parent in removed for parent in path.parents) or now - _last_touched(path) < older_than_s:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:  # another sweep got there first
+            continue
+        removed.append(path)
+    return removed
+
+
+def _last_touched(path: Path) -> float:
+    if path.is_dir() and not path.is_symlink():
+        return max([path.lstat().st_mtime] + [p.lstat().st_mtime for p in path.rglob("*")])
+    return path.lstat().st_mtime
