@@ -61,7 +61,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
                 FROM parsed WHERE problem IS NOT NULL
                 UNION ALL
                 SELECT {line_sql}, 'tag,ts', check_name, tag || ' @ ' || ts_text, loser_reason
-                FROM (SELECT p.rn, p.tag, p.ts_text, x.check_name, x.reason AS loser_reason FROM losers x JOIN parsed p USING (rn))
+                FROM (SELECT p.*, x.check_name, x.reason AS loser_reason FROM losers x JOIN parsed p USING (rn))
                 ORDER BY 1""",
             line_params,
         ).df()

@@ -1,6 +1,7 @@
 """What every reader shares: the result type, file hashing, and CSV reading with line numbers."""
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import hashlib
@@ -55,8 +56,9 @@ def add_lineage(df: pd.DataFrame, sha256: str, rows, rel_path: str) -> pd.DataFr
 def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha256: str = "", rel_path: str = "") -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Read a CSV as strings; return (frame, line number of each row, rejects of malformed lines).
 
-    Reading single-threaded makes pyarrow report the line number of every malformed line, so
-    the line of each good row follows by elimination (header = line 1, one record per line).
+    Reading single-threaded makes pyarrow report the record number of every malformed line, so
+    the record of each good row follows by elimination; records are then mapped to line numbers
+    in the file (header = line 1, one record per line, empty lines skipped but counted).
     """
     bad: list[dict] = []
 
@@ -86,10 +88,46 @@ def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha2
         frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
         raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
-    rejected_lines = np.array(sorted(b["source_row"] for b in bad), dtype=np.int64)
-    all_lines = np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64)
-    lines = np.setdiff1d(all_lines, rejected_lines, assume_unique=True)
-    return frame, lines, quarantine_frame(bad)
+    # pyarrow numbers records (header = 1) and skips empty lines: lineage must name the line
+    # an editor shows, so records are mapped to lines by counting the empty lines before them
+    skipped = np.asarray(empty_lines(path, encoding), dtype=np.int64)
+    shift = skipped - np.arange(1, skipped.size + 1)  # records before the k-th empty line
+
+    def line_of(record: np.ndarray) -> np.ndarray:
+        return record + np.searchsorted(shift, record, side="left")
+
+    rejected = np.array(sorted(b["source_row"] for b in bad), dtype=np.int64)
+    records = np.setdiff1d(np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64), rejected, assume_unique=True)
+    for b in bad:
+        b["source_row"] = int(line_of(np.int64(b["source_row"])))
+    return frame, line_of(records), quarantine_frame(bad)
+
+
+def empty_lines(path: Path, encoding: str = "utf8", chunk: int = 1 << 24) -> list[int]:
+    """Line numbers (1-based) of the file's empty lines ("\n" or "\r\n" alone), read in chunks.
+
+    CSV readers (pyarrow, DuckDB) skip empty lines and number only records; lineage adds these
+    back. ASCII-compatible encodings are scanned as bytes (a newline byte is always a newline
+    there), others are decoded and scanned as UTF-8. Lines ending in a lone "\r" (classic Mac)
+    are not supported.
+    """
+    codec = codecs.lookup(encoding).name
+    decoder = None if codec in ("utf-8", "latin-1", "iso8859-1", "ascii", "cp1252") else codecs.getincrementaldecoder(codec)(errors="replace")
+    found: list[np.ndarray] = []
+    # `tail` carries the last two bytes of the previous chunk, so an empty line across the chunk
+    # boundary is seen; before the file, a virtual newline makes line 1 like any other line.
+    tail, base = b"\n", -1  # line number of the line after the k-th newline (0-based) in buf = base + k + 2
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while block := stream.read(chunk):
+            buf = tail + (block if decoder is None else decoder.decode(block).encode())
+            a = np.frombuffer(buf, dtype=np.uint8)
+            nl = np.flatnonzero(a == 10)
+            gap = np.diff(nl)
+            empty = ((gap == 1) | ((gap == 2) & (a[nl[:-1] + 1] == 13))) & (nl[1:] >= len(tail))
+            found.append(base + np.flatnonzero(empty) + 2)
+            tail = buf[-2:]
+            base += nl.size - tail.count(b"\n")
+    return np.concatenate(found).tolist() if found else []
 
 
 _HEAD = 1 << 16  # the header line must fit in the first 64 KiB

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 
 from schemas.sql_checks import SqlCheck, first_failure_sql
-from sources.base import SourceRejected, csv_header, require_columns
+from sources.base import SourceRejected, csv_header, empty_lines, require_columns
 from sources.profiles import FileProfile
 
 ENCODINGS = {"utf8": "utf-8", "utf-8": "utf-8", "latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1", "utf-16": "utf-16"}
@@ -32,6 +32,7 @@ def ident(name: str) -> str:
 class Staged:
     rows_read: int
     malformed: pd.DataFrame  # line, error_type, text, message of lines DuckDB could not split into the header's fields
+    numbered: bool  # `parsed` has a `line` column (lines were skipped); otherwise line = rn + 1
 
     def reasons(self) -> pd.Series:
         """One-line reasons for the malformed lines, worded as the other CSV readers word them."""
@@ -41,7 +42,8 @@ class Staged:
         return self.malformed["message"].astype(str).map(word)
 
     def line_sql(self) -> tuple[str, dict]:
-        return _line_sql(self.malformed["line"].astype("int64").tolist())
+        """SQL for each `parsed` row's line in the file (header = line 1); params to bind (none)."""
+        return ("line" if self.numbered else "rn + 1"), {}
 
 
 def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
@@ -64,16 +66,21 @@ def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
     return local, f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ) ELSE {naive} END"
 
 
-def _line_sql(rejected: list[int]) -> tuple[str, dict]:
-    """SQL for each accepted row's line in the file (header = line 1), from DuckDB's row number.
+def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
+    """Add each `parsed` row's line in the file as column `line`, from DuckDB's row number.
 
-    DuckDB numbers the rows it accepts in file order; every rejected line before a row shifts
-    it by one: accepted row rn lies after the k-th rejected line r_k exactly when rn >= r_k - k.
+    DuckDB numbers the rows it accepts in file order; every line it skipped (malformed or
+    empty) before a row shifts it by one: row rn lies after the k-th skipped line s_k exactly
+    when rn >= s_k - k. An as-of join finds the last such k for every row in one pass, however
+    many lines were skipped.
     """
-    if not rejected:
-        return "rn + 1", {}
-    thresholds = [r - k for k, r in enumerate(sorted(rejected), start=1)]
-    return "rn + 1 + len(list_filter($thr, lambda x: x <= rn))", {"thr": thresholds}
+    steps = [s - k for k, s in enumerate(sorted(skipped), start=1)]
+    con.execute("""CREATE OR REPLACE TEMP TABLE skip_steps AS
+                   SELECT t, max(k) AS k FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""", {"t": steps})
+    con.execute("""CREATE OR REPLACE TEMP TABLE parsed_lines AS
+                   SELECT p.*, p.rn + 1 + coalesce(s.k, 0) AS line FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
+                   ORDER BY p.rn""")
+    con.execute("DROP TABLE parsed; ALTER TABLE parsed_lines RENAME TO parsed; DROP TABLE skip_steps")
 
 
 def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile, checks: list[SqlCheck] = ()) -> Staged:
@@ -158,7 +165,10 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
            FROM reject_errors GROUP BY line ORDER BY line"""
     ).df()
     n = con.execute("SELECT count(*) FROM parsed").fetchall()[0][0]
-    return Staged(rows_read=n + len(malformed), malformed=malformed)
+    skipped = malformed["line"].astype("int64").tolist() + empty_lines(path, encoding)
+    if skipped:
+        _number_lines(con, skipped)
+    return Staged(rows_read=n + len(malformed), malformed=malformed, numbered=bool(skipped))
 
 
 PARSE_REASON_PARAMS = {

@@ -62,3 +62,20 @@ def test_every_quarantined_row_names_file_row_column_and_reason(fresh_data, trut
     assert q[["source_sha256", "source_row", "check", "reason", "dataset"]].notna().all().all()
     assert fault["line"] in set(q.source_row)
     assert set(q["check"]) >= {"field_count", "duplicate_key"}
+
+
+def test_silver_lineage_points_at_the_source_line_in_a_file_with_empty_lines(fresh_data):
+    """A concatenated export (empty lines between the parts, a duplicate, a malformed line):
+    every silver row's and quarantine row's source_row is the line holding its text."""
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    lines = (landing / "historian/BR101_2026-03-15.csv").read_text().splitlines()
+    part = lines[1:6]
+    text_lines = [lines[0], *part[:2], "", *part[2:], "", "", part[0], "BR101.TT01.PV,2026-03-15T10:00:00+0100", ""]
+    (landing / "historian/BR101_concat.csv").write_text("\n".join(text_lines))
+    out = _ingest(lake, landing, "historian/BR101_concat.csv")
+    silver = pd.read_parquet(lake.silver("historian_points") / f"{out.log['sha256']}.parquet")
+    assert silver["source_row"].tolist() == [3, 5, 6, 7, 10]  # the repeat on line 10 wins over line 2
+    for row in silver.itertuples():
+        assert text_lines[row.source_row - 1].startswith(f"{row.tag},{row.ts_text},")
+    q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet").sort_values("source_row")
+    assert q["source_row"].tolist() == [2, 11] and q["check"].tolist() == ["duplicate_key", "field_count"]

@@ -206,3 +206,48 @@ def test_a_file_in_the_wrong_folder_is_rejected_or_quarantined_never_crashes(tmp
     for o in outcomes:
         assert o.log["error"].startswith(o.log["path"] + ": ") and "\n" not in o.log["error"]
         assert "missing column" in o.log["error"]
+
+
+def _blank_lines_file(path: Path, header: str, rows: list[str], malformed: str, newline: str = "\n") -> dict[str, int]:
+    """Write `rows` with empty lines between them (as concatenated exports have) and one
+    malformed line; return the line number of each row's text and of the malformed line."""
+    layout = [header, rows[0], "", "", rows[1], malformed, "", rows[2], rows[3], "", "", "", rows[4], ""]
+    path.write_bytes(newline.join(layout).encode())
+    return {text: i for i, text in enumerate(layout, start=1) if text}
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_lineage_names_the_line_an_editor_shows_despite_empty_lines(tmp_path, newline):
+    """CSV readers skip empty lines and count records; lineage must count lines."""
+    hist = tmp_path / "BR101_blank.csv"
+    rows = [f"BR101.TT01.PV,2026-03-16T10:0{i}:00+01:00,{36.5 + i / 10:.1f},Good" for i in range(5)]
+    where = _blank_lines_file(hist, "Tag,Timestamp,Value,Status", rows, "BR101.TT01.PV,2026-03-16T10:09:00+01:00", newline)
+    res = historian_csv.read_long(hist, sha256_of(hist), "historian/BR101_blank.csv", profile_for("historian/x.csv", PROFILES))
+    points = res.tables["historian_points"]
+    assert [where[r] for r in rows] == points["source_row"].tolist() == [2, 5, 8, 9, 13]
+    assert res.rejects["source_row"].tolist() == [where["BR101.TT01.PV,2026-03-16T10:09:00+01:00"]] == [6]
+
+    lab = tmp_path / "lims_blank.csv"
+    rows = [f"B1-D0{i},B1,glucose,{5 + i}.10,g/L,2026-03-16T13:16:00+01:00,2026-03-16T17:08:00+01:00" for i in range(5)]
+    where = _blank_lines_file(lab, "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at", rows, "B1-D09,B1,glucose", newline)
+    res = lims.read_lims(lab, sha256_of(lab), "lims/lims_blank.csv", profile_for("lims/lims_blank.csv", PROFILES))
+    samples = res.tables["samples"].sort_values("source_row")
+    assert samples["source_row"].tolist() == [where[r] for r in rows] == [2, 5, 8, 9, 13]
+    assert samples["value"].tolist() == [5.1, 6.1, 7.1, 8.1, 9.1]
+    assert res.rejects["source_row"].tolist() == [6]
+
+
+def test_many_skipped_lines_are_numbered_in_one_pass(tmp_path):
+    """Every other line empty or malformed: the line of each row still comes out right."""
+    path = tmp_path / "BR101_holes.csv"
+    lines, expect = ["Tag,Timestamp,Value,Status"], []
+    for i in range(3000):
+        lines.append("" if i % 3 else "BR101.TT01.PV,bad")
+        lines.append(f"BR101.TT01.PV,{(pd.Timestamp('2026-03-16T09:00:00Z') + pd.Timedelta(seconds=i)).isoformat()},{i},Good")
+        expect.append(len(lines))
+    path.write_text("\n".join(lines) + "\n")
+    res = historian_csv.read_long(path, sha256_of(path), "historian/BR101_holes.csv", profile_for("historian/x.csv", PROFILES))
+    points = res.tables["historian_points"].sort_values("value")
+    assert points["source_row"].tolist() == expect
+    assert points["value"].tolist() == list(range(3000))
+    assert len(res.rejects) == 1000
