@@ -40,5 +40,5 @@ clean:
 bench: $(BIN)/.installed  ## benchmarks against the bare engines (large data; ~20 minutes)
 	$(BIN)/python -m bench.run
 
-calibration: $(BIN)/.installed  ## do the fit's 95 % intervals hold the truth? (12 demo plants; ~15 minutes)
-	$(BIN)/python -m bench.calibration
+calibration: $(BIN)/.installed  ## do the fit's 95 % intervals hold the truth? (12 demo plants, two at a time; ~5 minutes)
+	$(BIN)/python -m bench.calibration --jobs 2

@@ -42,7 +42,7 @@ def long_historian_csv(path: Path, rows: int, seed: int = 7) -> Path:
     n_scans = int(np.ceil(rows / len(process.TAG_SPECS)))
     epoch = process.FIRST_START - timedelta(hours=12)
     t_s = np.arange(n_scans, dtype=float)
-    signals = process.sensor_signals(runs, t_s, epoch, seed)
+    signals = process.sensor_signals(runs, t_s, epoch, (seed,))
     stamps = pa.array((t_s + epoch.timestamp()).astype("datetime64[s]"), pa.timestamp("s", tz="UTC"))
     text = pc.strftime(stamps.cast(pa.timestamp("s", tz=process.SITE_TZ)), format="%Y-%m-%dT%H:%M:%S%z")
     path.parent.mkdir(parents=True, exist_ok=True)

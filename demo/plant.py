@@ -37,6 +37,11 @@ from demo.compression import swinging_door
 from demo.process import MODEL, PHASES, TAG_SPECS, BatchPlan, BatchRun, tag_name
 
 DEFAULT_SEED = 20260316
+# Each purpose draws from its own stream keyed by (plant seed, purpose), so plants of different
+# seeds share no draws: calibration studies need independent plants, and with streams at
+# seed, seed+1, … a plant's plan stream was its neighbour's assay stream, and the at-line
+# inoculation counts and historian faults were the same on every plant.
+STREAMS = {"plan": 0, "assay": 1, "lims": 2, "sensors": 3, "wide_sensors": 4, "inoculation_count": 5, "historian_faults": 6}
 ASSAY_CV = {"vcd": 0.07, "glucose": 0.03, "lactate": 0.04, "glutamine": 0.06, "ammonia": 0.06, "titer": 0.05}
 VIABILITY_SD = 1.0  # percentage points
 LIMS_UNITS = {
@@ -74,9 +79,8 @@ def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str]
         (landing / sub).mkdir(parents=True)
     (root / "sql").mkdir(parents=True, exist_ok=True)
 
-    rng = np.random.default_rng(size.seed)
-    plans = process.plan_batches(size.batches, rng)
-    assay_rng = np.random.default_rng(size.seed + 1)
+    plans = process.plan_batches(size.batches, _stream(size.seed, "plan"))
+    assay_rng = _stream(size.seed, "assay")
     runs = [process.run_batch(p, assay_rng, lambda a: float(assay_rng.normal(1.0, ASSAY_CV.get(a, 0.0)))) for p in plans]
     as_of = (plans[-1].inoculation + timedelta(hours=156)).replace(minute=0, second=0)
     for p in plans:
@@ -86,22 +90,21 @@ def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str]
     faults: list[dict] = []
     _write_tags(landing / "tags" / "tag_dictionary.csv")
     for run in runs:
-        _write_batch_record(landing / "mes", run.plan, as_of, faults)
+        _write_batch_record(landing / "mes", run.plan, as_of, faults, size.seed)
     progress("wrote MES batch records")
-    _write_lims(landing / "lims", runs, as_of, np.random.default_rng(size.seed + 2), faults)
+    _write_lims(landing / "lims", runs, as_of, _stream(size.seed, "lims"), faults)
     progress("wrote LIMS results")
 
     epoch = process.FIRST_START - timedelta(hours=12)
     t_s = np.arange(0.0, (as_of - epoch).total_seconds() + 1e-9, size.seconds_per_sample)
-    noise_seed = size.seed + 3
     for unit in process.UNITS:
         unit_runs = [r for r in runs if r.plan.unit == unit]
-        points = _archive(unit, unit_runs, t_s, epoch, noise_seed)
+        points = _archive(unit, unit_runs, t_s, epoch, (size.seed, STREAMS["sensors"]))
         progress(f"{unit}: {len(points):,} archived historian points")
         if HISTORIAN_SOURCE[unit] == "long_csv":
-            _write_long_csv(landing / "historian", unit, points, unit_runs, epoch, faults)
+            _write_long_csv(landing / "historian", unit, points, unit_runs, epoch, faults, size.seed)
         elif HISTORIAN_SOURCE[unit] == "wide_csv":
-            _write_wide_csv(landing / "historian", unit, unit_runs, t_s, epoch, noise_seed + 1, faults)
+            _write_wide_csv(landing / "historian", unit, unit_runs, t_s, epoch, (size.seed, STREAMS["wide_sensors"]), faults)
         else:
             _write_sql_historian(root / "sql" / "historian.sqlite", unit, points, unit_runs, epoch, faults)
 
@@ -114,6 +117,10 @@ def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str]
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stream(seed: int, purpose: str, *sub: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[purpose], *sub])
 
 
 def _local(ts: datetime, fmt: str) -> str:
@@ -204,7 +211,7 @@ def _material_actuals(plan: BatchPlan, as_of: datetime) -> list[dict]:
     return out
 
 
-def _write_batch_record(mes: Path, plan: BatchPlan, as_of: datetime, faults: list[dict]) -> None:
+def _write_batch_record(mes: Path, plan: BatchPlan, as_of: datetime, faults: list[dict], seed: int) -> None:
     if plan.record_format == "csv":
         _write_event_journal(mes / f"{plan.batch_id}_journal.csv", plan, as_of, faults)
         return
@@ -219,18 +226,18 @@ def _write_batch_record(mes: Path, plan: BatchPlan, as_of: datetime, faults: lis
         if plan.boluses:
             bol = plan.boluses[0]
             plan.boluses[0] = type(bol)(bol.t_h, round(bol.volume_l * 10, 1), bol.material, bol.concentrations)
-        _write_xml(mes / f"{plan.batch_id}_v1.xml", plan, as_of, version=1, changed=plan.end + timedelta(hours=2))
+        _write_xml(mes / f"{plan.batch_id}_v1.xml", plan, as_of, seed, version=1, changed=plan.end + timedelta(hours=2))
         plan.phase_bounds_h = true_bounds
         plan.boluses = true_boluses
-        _write_xml(mes / f"{plan.batch_id}_v2.xml", plan, as_of, version=2, changed=plan.end + timedelta(days=3), namespace=AMENDMENT_NAMESPACE)
+        _write_xml(mes / f"{plan.batch_id}_v2.xml", plan, as_of, seed, version=2, changed=plan.end + timedelta(days=3), namespace=AMENDMENT_NAMESPACE)
         faults.append({"fault": "amended_batch_record", "file": f"mes/{plan.batch_id}_v2.xml", "batch_id": plan.batch_id,
                        "detail": "v2 supersedes v1: HARVEST end +1.5 h, first glucose bolus volume /10"})
         return
     changed = min(plan.end, as_of) + timedelta(hours=2 if plan.status == "complete" else 0)
-    _write_xml(mes / f"{plan.batch_id}.xml", plan, as_of, version=1, changed=changed)
+    _write_xml(mes / f"{plan.batch_id}.xml", plan, as_of, seed, version=1, changed=changed)
 
 
-def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, version: int, changed: datetime, namespace: str | None = None) -> None:
+def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, seed: int, version: int, changed: datetime, namespace: str | None = None) -> None:
     from lxml import etree
 
     ns = namespace or XML_NAMESPACE[plan.unit]
@@ -294,7 +301,7 @@ def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, version: int, chang
         E("ValueString", _local_iso(m["ts"]), pval)
         E("DataType", "dateTime", pval)
     # the operator's at-line cell count right after inoculation, recorded in the MES itself
-    rng = np.random.default_rng(10_000 + plan.seq)
+    rng = _stream(seed, "inoculation_count", plan.seq)
     samples = E("Samples", parent=bpr)
     sample = E("Sample", parent=samples)
     E("EntryID", f"{plan.batch_id}-INOC", sample)
@@ -439,9 +446,9 @@ def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.rando
 
 # ------------------------------------------------------------------ historian
 
-def _archive(unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_seed: int) -> pd.DataFrame:
+def _archive(unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_key: tuple[int, ...]) -> pd.DataFrame:
     """Compressed archive of one unit: columns tag, t_s (seconds since epoch), value."""
-    signals = process.sensor_signals(unit_runs, t_s, epoch, noise_seed)
+    signals = process.sensor_signals(unit_runs, t_s, epoch, noise_key)
     frames = []
     for spec in TAG_SPECS:
         v = np.round(signals[spec.suffix], spec.resolution)
@@ -464,7 +471,7 @@ def _window_of(run: BatchRun, epoch: datetime, h0: float, h1: float) -> tuple[fl
     return base + h0 * 3600.0, base + h1 * 3600.0
 
 
-def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[BatchRun], epoch: datetime, faults: list[dict]) -> None:
+def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[BatchRun], epoch: datetime, faults: list[dict], seed: int) -> None:
     pts = pts.copy()
     pts["status"] = "Good"
     pts["text"] = pts["value"].map(repr)
@@ -511,7 +518,7 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
         start = (epoch + timedelta(days=EXPORT_DAYS * int(week))).date()
         name = f"{u}_{start}.csv" + (".gz" if int(week) % 2 else "")
         if int(week) == 1:
-            rng = np.random.default_rng(int(week))
+            rng = _stream(seed, "historian_faults")
             # interface re-sent part of a buffer: exact duplicates, plus two conflicting values
             dup = sorted(rng.choice(len(lines), 40, replace=False).tolist())
             for k in reversed(dup):
@@ -530,11 +537,11 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
         _write_text(folder / name, "Tag,Timestamp,Value,Status\n" + "".join(lines), gz=name.endswith(".gz"))
 
 
-def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_seed: int, faults: list[dict]) -> None:
+def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_key: tuple[int, ...], faults: list[dict]) -> None:
     """The historian's 'sampled' export: one row per minute, one column per tag (interpolated)."""
     step = 60.0
     grid = np.arange(0.0, t_s[-1] + 1e-9, step)
-    signals = process.sensor_signals(unit_runs, grid, epoch, noise_seed)
+    signals = process.sensor_signals(unit_runs, grid, epoch, noise_key)
     u = unit.replace("-", "")
     df = pd.DataFrame({"Timestamp": _format_ts(grid + epoch.timestamp(), "%d.%m.%Y %H:%M:%S", process.SITE_TZ).to_pylist()})
     for spec in TAG_SPECS:

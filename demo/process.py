@@ -253,8 +253,8 @@ def _lag(t_s: np.ndarray, target: np.ndarray, tau_s: float) -> np.ndarray:
     return np.asarray(res)
 
 
-def stable_noise(seed: int, stream: int, t_s: np.ndarray, std: float, block_s: float = 86400.0) -> np.ndarray:
-    """Gaussian noise that depends only on (seed, stream, time): a longer or later export of the same
+def stable_noise(key: tuple[int, ...], stream: int, t_s: np.ndarray, std: float, block_s: float = 86400.0) -> np.ndarray:
+    """Gaussian noise that depends only on (key, stream, time): a longer or later export of the same
     plant repeats the earlier values exactly, as a real historian re-exporting its archive would."""
     if not std:
         return np.zeros(t_s.size)
@@ -263,13 +263,13 @@ def stable_noise(seed: int, stream: int, t_s: np.ndarray, std: float, block_s: f
     for b in np.unique(blocks):
         idx = np.flatnonzero(blocks == b)
         offsets = np.round((t_s[idx] - b * block_s)).astype(np.int64)
-        draws = np.random.default_rng([seed, stream, int(b)]).normal(0.0, std, int(block_s) + 1)
+        draws = np.random.default_rng([*key, stream, int(b)]).normal(0.0, std, int(block_s) + 1)
         out[idx] = draws[np.clip(offsets, 0, int(block_s))]
     return out
 
 
 def sensor_signals(
-    runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_seed: int
+    runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_key: tuple[int, ...]
 ) -> dict[str, np.ndarray]:
     """Raw (uncompressed) signals of one unit on the time grid `t_s` (seconds since `epoch`).
 
@@ -300,7 +300,7 @@ def sensor_signals(
         fm = culture & (t_h < plan.harvest_h)
         feed_ml_min[fm] = _piecewise(t_h[fm], plan.feed_times_h, plan.feed_rates_l_h) * 1000.0 / 60.0
     unit_key = sum(ord(c) for c in runs[0].plan.unit) if runs else 0
-    noise = {s.suffix: stable_noise(noise_seed, unit_key * 100 + i, t_s, s.noise) for i, s in enumerate(TAG_SPECS)}
+    noise = {s.suffix: stable_noise(noise_key, unit_key * 100 + i, t_s, s.noise) for i, s in enumerate(TAG_SPECS)}
     temp = _lag(t_s, sp["T"], 1800.0)
     cell_mass = xv * vol / 1400.0  # relative oxygen demand, 1e6 cells/mL at nominal volume
     o2 = np.where(in_batch, np.clip(0.9 * cell_mass - 1.0, 0.0, 38.0), 0.0)
