@@ -41,7 +41,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
     """Write silver/historian_points/<sha>.parquet; return (rows_read, rows_accepted, quarantine rows)."""
     with connect(lake) as con:
         staged = stage_long(con, path, profile, point_checks(tags_known))
-        line_sql, line_params = staged.line_sql()
+        line_sql = staged.line_sql
         within = _duplicates_within(con)
         beaten = {rn for rn, *_ in within}
         losers = within + [x for x in _duplicates_across(con, lake, sha256) if x[0] not in beaten]
@@ -53,7 +53,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
             f"""SELECT tag, ts, value, state, quality, ts_text, $sha AS source_sha256, {line_sql} AS source_row, $rel AS source_path
                 FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)""",  # insertion order = file order
             lake.silver("historian_points") / f"{sha256}.parquet",
-            {"sha": sha256, "rel": rel_path, **line_params},
+            {"sha": sha256, "rel": rel_path},
         )
         accepted = con.execute("SELECT count(*) FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)").fetchall()[0][0]
         rejected = con.execute(
@@ -62,8 +62,7 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
                 UNION ALL
                 SELECT {line_sql}, 'tag,ts', check_name, tag || ' @ ' || ts_text, loser_reason
                 FROM (SELECT p.*, x.check_name, x.reason AS loser_reason FROM losers x JOIN parsed p USING (rn))
-                ORDER BY 1""",
-            line_params,
+                ORDER BY 1"""
         ).df()
     malformed = pd.DataFrame({"source_row": staged.malformed["line"].astype("int64"), "column": None, "check": "field_count",
                               "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),

@@ -30,8 +30,7 @@ def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         staged = stage_long(con, path, profile)
-        line_sql, params = staged.line_sql()
-        df = con.execute(f"SELECT *, {line_sql} AS line FROM parsed ORDER BY rn", params).df()
+        df = con.execute(f"SELECT *, {staged.line_sql} AS line FROM parsed ORDER BY rn").df()
     ok = df["problem"].isna().to_numpy()
     points = add_lineage(df.loc[ok, POINT_COLUMNS].reset_index(drop=True), sha256, df.loc[ok, "line"].to_numpy(), rel_path)
     bad = df[~ok]

@@ -41,9 +41,10 @@ class Staged:
             return f"line has {m.group(2)} fields, expected {m.group(1)}" if m else message.split("\n")[0]
         return self.malformed["message"].astype(str).map(word)
 
-    def line_sql(self) -> tuple[str, dict]:
-        """SQL for each `parsed` row's line in the file (header = line 1); params to bind (none)."""
-        return ("line" if self.numbered else "rn + 1"), {}
+    @property
+    def line_sql(self) -> str:
+        """SQL for each `parsed` row's line in the file (header = line 1)."""
+        return "line" if self.numbered else "rn + 1"
 
 
 def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
