@@ -14,7 +14,7 @@ def test_the_final_titer_band_holds_the_true_final_titer(plant, pipeline_run, tr
     running = [b for b in tr["batches"] if b["status"] == "running"]
     assert running and sorted(bands.index) == sorted(b["batch_id"] for b in running)
     # p10-p90 is an 80 % band: one batch in five falls outside it by design, so holding each of
-    # the four running batches to it would fail half the time with honest bands. Each true value
+    # the four running batches to it fails more often than not (0.8⁴ = 41 % pass) with honest bands. Each true value
     # must lie within one band width of p50 instead (±2.6 σ for a normal band: 99 %), which a
     # band too narrow by half or off by its width still fails.
     for b in running:

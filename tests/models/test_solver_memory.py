@@ -9,6 +9,7 @@ import numpy as np
 
 from models.base import Bolus, Inputs, simulate_many
 from models.cho_fedbatch import ChoFedBatch
+from models.data import BOLUS_MATERIALS
 from models.fit import FIT_SOLVER
 
 
@@ -22,7 +23,7 @@ def test_repeated_ensemble_integrations_keep_no_memory():
     members = 50  # 400 states in one solver call, as a fit's Jacobian ensemble
     y0 = np.repeat(np.array([0.4, 0.02, 33.0, 8.0, 0.5, 0.5, 0.0, 1400.0])[:, None], members, axis=1)
     params = {p.name: p.default for p in model.parameters}
-    inputs = Inputs((72.0,), (1.6,), (Bolus(96.0, 8.0, "GLC-450", {"G": 2497.8}),))
+    inputs = Inputs((72.0,), (1.6,), (Bolus(96.0, 8.0, "GLC-450", BOLUS_MATERIALS["GLC-450"]),))
     times = np.arange(0.0, 120.0, 24.0)
 
     def run(n: int) -> None:
@@ -30,8 +31,12 @@ def test_repeated_ensemble_integrations_keep_no_memory():
             simulate_many(model, params, y0, inputs, times, FIT_SOLVER)
         gc.collect()
 
-    run(30)  # allocator and import warm-up
-    before = _rss_mb()
-    run(400)
-    grown = _rss_mb() - before
-    assert grown < 15, f"{grown:.0f} MB kept after 400 ensemble integrations (scipy 1.17 kept ~30 MB)"
+    # a leak grows every window alike; the allocator settling (after other tests ran in this
+    # process) grows one window once, so the smallest of three windows is what the solver keeps
+    run(30)
+    grown = []
+    for _ in range(3):
+        before = _rss_mb()
+        run(200)
+        grown.append(_rss_mb() - before)
+    assert min(grown) < 8, f"{min(grown):.0f} MB kept per 200 ensemble integrations, every time (scipy 1.17 kept ~15 MB): {grown}"
