@@ -53,9 +53,10 @@ def batchtwin_ingest(csv: str, lake_dir: str, tags_csv: str) -> None:
     """batchtwin: reader, validation, duplicate rules, quarantine and silver write of one file."""
     from lake import ingest
     from lake.layout import Lake
-    from sources.profiles import default_file_profiles, profile_for
+    from demo.plant import demo_site
+from sources.profiles import profile_for
 
-    profiles = default_file_profiles()
+    profiles = demo_site().files
     lake = Lake(Path(lake_dir))
     shutil.rmtree(lake.root, ignore_errors=True)
     tags = Path(tags_csv)

@@ -42,3 +42,29 @@ def swinging_door(t: np.ndarray, v: np.ndarray, dev: float, max_interval: float)
     if keep[-1] != n - 1:
         keep.append(n - 1)
     return np.asarray(keep, dtype=np.int64)
+
+
+def deadband(t: np.ndarray, v: np.ndarray, dev: float, max_interval: float) -> np.ndarray:
+    """Indices an exception-reporting interface sends on (PI's ExcDev / ExcMax), first and last kept.
+
+    A value is sent when it differs from the last sent value by more than `dev`, or when
+    `max_interval` has passed since the last one; with it goes the value just before it (if not
+    sent already), as PI does, so a step reaches the archive as a step rather than a ramp. The
+    archive's swinging door then works on these points only.
+    """
+    n = len(t)
+    if n <= 2:
+        return np.arange(n)
+    ts = t.tolist()
+    vs = v.tolist()
+    keep = [0]
+    t0, v0 = ts[0], vs[0]
+    for i in range(1, n):
+        if abs(vs[i] - v0) > dev or ts[i] - t0 >= max_interval:
+            if i - 1 > keep[-1]:
+                keep.append(i - 1)
+            keep.append(i)
+            t0, v0 = ts[i], vs[i]
+    if keep[-1] != n - 1:
+        keep.append(n - 1)
+    return np.asarray(keep, dtype=np.int64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import shutil
+import time
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -31,9 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
 from demo import process
 from demo.compression import swinging_door
+from sources.site import Site, parse_site
 from demo.process import MODEL, PHASES, TAG_SPECS, BatchPlan, BatchRun, tag_name
 
 DEFAULT_SEED = 20260316
@@ -68,16 +70,104 @@ class PlantSize:
     seed: int = DEFAULT_SEED
 
 
+def site_config() -> dict:
+    """The plant's sources.yaml: how each of its systems exports, its units, lab dictionary,
+    operating limits per phase and which model fits its product. Nothing of it is in the code."""
+    limits = {
+        # none while the medium warms up (PREPARATION) or the broth is chilled (HARVEST)
+        "temperature": {ph: [sp[0] - 0.5, sp[0] + 0.5] for ph, sp in process.SETPOINTS.items() if ph not in ("PREPARATION", "HARVEST")},
+        "ph": {ph: [round(sp[1] - 0.1, 2), round(sp[1] + 0.1, 2)] for ph, sp in process.SETPOINTS.items() if ph not in ("PREPARATION", "HARVEST")},
+        "dissolved_oxygen": {ph: [30.0, 60.0] for ph in process.PHASES if ph not in ("PREPARATION", "HARVEST")},
+    }
+    return {
+        "site": process.SITE,
+        "files": {
+            "tag_dictionary": {"dataset": "tags", "glob": "tags/*.csv"},
+            "mes_batchml": {"dataset": "mes_xml", "glob": "mes/*.xml"},
+            "mes_journal": {"dataset": "mes_journal", "glob": "mes/*.csv", "timestamp_format": "%Y-%m-%d %H:%M:%S",
+                            "timezone": process.SITE_TZ,
+                            "columns": {"time": "Time", "batch_id": "BatchID", "recipe_path": "RecipePath", "unit": "Unit",
+                                        "phase": "Phase", "event": "Event", "pvalue": "PValue", "descript": "Descript",
+                                        "eng_units": "EngUnits"}},
+            "historian_wide_br102": {"dataset": "historian_wide", "glob": "historian/*_wide.csv*", "delimiter": ";", "decimal": ",",
+                                     "timestamp_format": "%d.%m.%Y %H:%M:%S", "timezone": process.SITE_TZ,
+                                     "columns": {"ts": "Timestamp"}},
+            "historian_long_pi": {"dataset": "historian_long", "glob": "historian/*.csv*",
+                                  "columns": {"tag": "Tag", "ts": "Timestamp", "value": "Value", "status": "Status"}},
+            "lims": {"dataset": "lims", "glob": "lims/*.csv"},
+        },
+        # relative to the landing zone: the SQLite file stands in for the plant's IP.21 server
+        "sql": {"ip21_br201": {"url": "sqlite:///../sql/historian.sqlite"}},
+        "parameters": {spec.parameter: spec.uom if spec.uom != "mL/min" else "L/h" for spec in TAG_SPECS},
+        "analytes": {
+            "vcd": {"unit": "1e6 cells/mL", "min": 0, "max": 100},
+            "viability": {"unit": "%", "min": 0, "max": 100},
+            "glucose": {"unit": "g/L", "units": ["g/L", "mg/dL"], "min": 0, "max": 50},
+            "lactate": {"unit": "g/L", "units": ["g/L", "mg/dL"], "min": 0, "max": 20},
+            "glutamine": {"unit": "mM", "units": ["mmol/L", "mM"], "min": 0, "max": 50},
+            "ammonia": {"unit": "mM", "units": ["mmol/L", "mM"], "min": 0, "max": 50},
+            "titer": {"unit": "g/L", "min": 0, "max": 20, "spec_low": 4.0},
+            "osmolality": {"unit": "mOsm/kg", "min": 150, "max": 600, "spec_low": 270, "spec_high": 450},
+        },
+        "limits": limits,
+        "models": {process.PRODUCT: ["cho_fedbatch"]},
+    }
+
+
+def demo_site(landing: Path = Path("landing")) -> Site:
+    """The plant's site configuration as the pipeline reads it (for tests and notebooks)."""
+    return parse_site(site_config(), landing)
+
+
+def write_site_config(landing: Path, config: dict, header: str) -> None:
+    """Write a demo site's sources.yaml (a user's file of the same name is never overwritten)."""
+    path = Path(landing) / "sources.yaml"
+    text = f"# {header}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
+    if path.exists() and not path.read_text(encoding="utf-8").startswith(f"# {header}"):
+        raise FileExistsError(f"{path} exists and was not written by the demo; the demo never replaces a file it did not write")
+    path.write_text(text, encoding="utf-8")
+
+
+class DemoFiles:
+    """The files a demo generator writes, remembered in `landing/.demo-files.json`, so that a
+    re-generation removes its own stale files (fewer batches, another seed) and nothing else:
+    a file a user dropped into the landing zone stays."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.manifest = self.root / "landing" / ".demo-files.json"
+        self.previous = json.loads(self.manifest.read_text()) if self.manifest.exists() else []
+
+    def __enter__(self) -> "DemoFiles":
+        for rel in self.previous:
+            if Path(rel).name != "sources.yaml":  # rewritten in place, and only if still the demo's
+                (self.root / rel).unlink(missing_ok=True)
+        self.started = time.time() - 1.0  # mtimes may be rounded down to the second
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            return
+        written = [p.relative_to(self.root).as_posix() for p in (self.root / "landing").rglob("*")
+                   if p.is_file() and p != self.manifest and p.stat().st_mtime >= self.started]
+        self.manifest.write_text(json.dumps(sorted(written), indent=0) + "\n")
+
+
 def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Write `root/landing`, `root/sql/historian.sqlite` and `root/truth.json`; return the truth."""
+    """Write `root/landing` (with its sources.yaml), `root/sql/historian.sqlite` and `root/truth.json`; return the truth."""
     if size.batches < 4:
         raise ValueError("the demo plant needs at least 4 batches to place every fault")
     root = Path(root)
+    with DemoFiles(root):
+        return _generate(root, size, progress)
+
+
+def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> dict:
     landing = root / "landing"
     for sub in ("tags", "mes", "historian", "lims"):
-        shutil.rmtree(landing / sub, ignore_errors=True)
-        (landing / sub).mkdir(parents=True)
+        (landing / sub).mkdir(parents=True, exist_ok=True)
     (root / "sql").mkdir(parents=True, exist_ok=True)
+    write_site_config(landing, site_config(), "demo plant (batchtwin demo): CHO fed-batch site BASEL")
 
     plans = process.plan_batches(size.batches, _stream(size.seed, "plan"))
     assay_rng = _stream(size.seed, "assay")

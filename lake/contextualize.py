@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from lake import catalog
@@ -30,20 +29,30 @@ from lake.duck import connect, copy_per_key
 from lake.layout import Lake, atomic_write_parquet, safe_name
 from schemas.sql_checks import column_checks
 from schemas.tables import GOLD_MODELS
-from schemas.units import UnitError, canonical_unit, conversion
+from sources.site import DEFAULT_MAX_GAP_S, Site
 
 GOOD_QUALITIES = ("good", "substituted")
-POINT_OK = f"(p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL)"
+POINT_OK = f"(p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL AND isfinite(p.value))"
 GOLD_TABLES = ("process_values", "batch_trajectories", "phase_summary", "batch_kpis")
 
 
 @dataclass(frozen=True)
 class Settings:
+    """How gold tables are computed; the site's part comes from its sources.yaml (`Settings.for_site`)."""
+
     grid_minutes: float = 15.0
     golden_k: float = 3.0  # golden band: mean ± k·σ
+    max_gap_s: float = DEFAULT_MAX_GAP_S  # linear tags without a max_gap_s of their own
+    # operating limits (parameter, phase, low, high) in canonical units: what pct_in_limits measures
+    limits: tuple[tuple[str, str, float | None, float | None], ...] = ()
+
+    @classmethod
+    def for_site(cls, site: Site, grid_minutes: float = 15.0, golden_k: float = 3.0) -> Settings:
+        limits = tuple((r["parameter"], r["phase"], r["low"], r["high"]) for r in site.limit_rows())
+        return cls(grid_minutes, golden_k, site.max_gap_s, limits)
 
 
-def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime) -> None:
+def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime, settings: Settings) -> None:
     """Temporary tables every gold computation shares: batches, phases, tags, points, segments."""
     catalog.attach_views(con, lake)
     con.execute(
@@ -58,13 +67,27 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
            FROM chosen LEFT JOIN horizon h USING (unit_id)""",
         {"ids": list(batch_ids), "as_of": as_of},
     )
-    points_and_segments(con)
+    points_and_segments(con, default_gap_s=settings.max_gap_s)
+    con.execute("CREATE OR REPLACE TEMP TABLE lim (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)")
+    if settings.limits:
+        con.executemany("INSERT INTO lim VALUES (?, ?, ?, ?)", [list(r) for r in settings.limits])
 
 
-def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None, points: bool = True) -> None:
+def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None, points: bool = True,
+                        default_gap_s: float = DEFAULT_MAX_GAP_S) -> None:
     """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases `ph`,
     tags `tg` and, with `points`, the unit's points `pts` (canonical units) and the valid segments
-    `seg` between them."""
+    `seg` between them.
+
+    Historian archives are exception-reported and compressed: an archived value holds until the
+    next one, and a long interval between two archived values is data within the compression
+    deviation, not missing data. So a step tag holds its value however long; a linear tag
+    interpolates up to its `max_gap_s` (the site's `default_gap_s` where the dictionary gives
+    none; it fits PI's 8 h CompMax); what the source marks (a digital state, bad quality) ends a
+    segment: a linear value before such a point holds until it (it was archived because the
+    state arrived). A tag's last archived value holds to the end of its unit's data (the latest
+    point of any of the unit's tags), never beyond.
+    """
     con.execute(
         """CREATE OR REPLACE TEMP TABLE ph AS
            SELECT p.batch_id, p.phase, p.seq, p.start_ts, coalesce(p.end_ts, b.end_eff) AS end_eff
@@ -75,31 +98,47 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
         """CREATE OR REPLACE TEMP TABLE tg AS
            SELECT tag, unit_id, parameter, canonical_uom, scale, "offset", interpolation,
                   low * scale + "offset" AS low_c, high * scale + "offset" AS high_c,
-                  coalesce(max_gap_s, 900) AS max_gap_s
+                  -- NULL: no limit (a step tag holds its value until the next archived one)
+                  CASE WHEN interpolation = 'linear' THEN coalesce(max_gap_s, $gap) END AS max_gap_s
            FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
-        {"parameters": list(parameters) if parameters else None},
+        {"parameters": list(parameters) if parameters else None, "gap": float(default_gap_s)},
     )
     if not points:
         return
-    # points of each batch's unit, with one allowed gap of look-back for boundary values; narrow
-    # (tag properties join from `tg`, lineage is read from silver where it is needed): this table
-    # holds every point, and each column more is tens of millions of values more to materialize
+    # points of each batch's unit, plus the archived value in force at its start (however old)
+    # and the first one at or after its end (closing the last segment); narrow (tag properties
+    # join from `tg`, lineage is read from silver where it is needed): this table holds every
+    # point, and each column more is tens of millions of values more to materialize
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE pts AS
-            SELECT b.batch_id, t.tag, t.parameter, p.ts, p.value * t.scale + t."offset" AS v, {POINT_OK} AS ok
-            FROM b JOIN tg t ON t.unit_id = b.unit_id
-            JOIN historian_points p ON p.tag = t.tag
-             AND p.ts >= b.start_ts - to_seconds(t.max_gap_s) AND p.ts < b.end_eff + to_seconds(t.max_gap_s)"""
+            WITH bt AS (SELECT b.batch_id, b.start_ts, b.end_eff, t.tag, t.parameter, t.scale, t."offset"
+                        FROM b JOIN tg t ON t.unit_id = b.unit_id)
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset" AS v, {POINT_OK} AS ok
+            FROM bt JOIN historian_points p ON p.tag = bt.tag AND p.ts >= bt.start_ts AND p.ts < bt.end_eff
+            UNION ALL
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
+            FROM bt ASOF JOIN historian_points p ON p.tag = bt.tag AND bt.start_ts > p.ts
+            UNION ALL
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
+            FROM bt ASOF JOIN historian_points p ON p.tag = bt.tag AND bt.end_eff <= p.ts"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE data_end AS
+           SELECT t.unit_id, max(p.ts) AS last_ts FROM historian_points p JOIN tg t USING (tag)
+           WHERE t.unit_id IN (SELECT unit_id FROM b) GROUP BY 1"""
     )
     con.execute(
         """CREATE OR REPLACE TEMP TABLE seg AS
-           SELECT w.batch_id, t.parameter, t.interpolation, w.t0, w.v0, w.t1, w.v1 FROM (
+           SELECT w.batch_id, t.parameter, t.interpolation, w.t0, w.v0, coalesce(w.t1, e.last_ts) AS t1,
+                  -- a linear value holds towards a point the source marked bad, and past the last one
+                  CASE WHEN coalesce(w.ok1, false) THEN w.v1 ELSE w.v0 END AS v1
+           FROM (
              -- the window's sort is most of the cost: only the columns it needs go through it
              SELECT batch_id, tag, ok, ts AS t0, v AS v0, lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
              FROM pts WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts)) w
-           JOIN tg t USING (tag)
-           WHERE w.ok AND w.t1 IS NOT NULL AND (epoch_us(w.t1) - epoch_us(w.t0)) / 1e6 <= t.max_gap_s
-             AND (t.interpolation = 'step' OR coalesce(w.ok1, false))"""
+           JOIN tg t USING (tag) JOIN data_end e ON e.unit_id = t.unit_id
+           WHERE w.ok AND coalesce(w.t1, e.last_ts) > w.t0
+             AND (t.max_gap_s IS NULL OR (epoch_us(coalesce(w.t1, e.last_ts)) - epoch_us(w.t0)) / 1e6 <= t.max_gap_s)"""
     )
 
 
@@ -144,18 +183,20 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
                exact_sum(d) AS covered_s,
                exact_sum((va + vb) / 2 * d) AS integral,
                min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax{SPREAD_SQL if spread else ""}
-        FROM y{" JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id AND t.parameter = y.parameter" if spread else ""}
+        FROM y{" LEFT JOIN lim ON lim.parameter = y.parameter AND lim.phase = y.phase" if spread else ""}
         GROUP BY ALL"""
 
 
-# the second moment and the time within the tag's limits (phase summaries; trajectories skip them)
+# the second moment and the time within the site's limits of the parameter in the phase (phase
+# summaries, whose intervals are keyed by phase; trajectories skip them). The tag's own low/high
+# is the instrument range, not an operating limit.
 SPREAD_SQL = """,
                exact_sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
                -- time inside [low, high]: exact for a linear segment (the fraction of its value range inside)
-               exact_sum(CASE WHEN t.low_c IS NULL AND t.high_c IS NULL THEN NULL
-                        WHEN va = vb THEN d * (va BETWEEN coalesce(t.low_c, -1e308) AND coalesce(t.high_c, 1e308))::INT
-                        ELSE d * greatest(0, least(greatest(va, vb), coalesce(t.high_c, 1e308))
-                                            - greatest(least(va, vb), coalesce(t.low_c, -1e308))) / abs(vb - va) END) AS in_limits_s"""
+               exact_sum(CASE WHEN lim.low IS NULL AND lim.high IS NULL THEN NULL
+                        WHEN va = vb THEN d * (va BETWEEN coalesce(lim.low, -1e308) AND coalesce(lim.high, 1e308))::INT
+                        ELSE d * greatest(0, least(greatest(va, vb), coalesce(lim.high, 1e308))
+                                            - greatest(least(va, vb), coalesce(lim.low, -1e308))) / abs(vb - va) END) AS in_limits_s"""
 
 
 # Not materialized: its rows go straight from silver into the per-batch files (the widest table;
@@ -219,40 +260,25 @@ def phase_summary(con) -> None:
                        CASE WHEN a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2) <= 1e-12 * abs(a.integral_sq / a.covered_s) THEN 0.0
                             ELSE sqrt(a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2)) END END AS std,
                    100.0 * a.in_limits_s / nullif(a.covered_s, 0) AS pct_in_limits,
+                   lim.low AS limit_low, lim.high AS limit_high,
                    coalesce(a.covered_s, 0) / nullif((epoch_us(g.we) - epoch_us(g.ws)) / 1e6, 0) AS coverage,
                    g.canonical_uom AS uom, g.seq AS phase_seq
             FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.phase = g.phase AND a.parameter = g.parameter
+            LEFT JOIN lim ON lim.parameter = g.parameter AND lim.phase = g.phase
             ORDER BY g.batch_id, g.seq, g.parameter"""
     )
-
-
-def _sample_units(con) -> None:
-    """Per (analyte, uom) the affine conversion to the analyte's canonical unit."""
-    pairs = con.execute("SELECT DISTINCT analyte, uom FROM samples").fetchall()
-    rows = []
-    for analyte, uom in pairs:
-        canonical = canonical_unit(analyte, uom)
-        try:
-            scale, offset = conversion(uom, canonical)
-        except UnitError:
-            continue  # such results stay in silver; KPIs use only convertible ones
-        rows.append({"analyte": analyte, "uom": uom, "scale": scale, "offset": offset})
-    frame = pd.DataFrame(rows, columns=["analyte", "uom", "scale", "offset"])
-    con.register("sample_units_df", frame)
-    con.execute("CREATE OR REPLACE TEMP TABLE sample_units AS SELECT * FROM sample_units_df")
 
 
 def batch_kpis(con) -> None:
     """Per batch: duration, peak VCD, IVCD (trapezoid over VCD samples, 1e6 cells·h/mL), final
     titer, qP (slope of titer against IVCD, in pg/cell/day), harvest viability, feed added."""
-    _sample_units(con)
     con.execute(
         """CREATE OR REPLACE TEMP TABLE gold_batch_kpis AS
            WITH s AS (
-               SELECT s.batch_id, s.sample_id, s.analyte, s.value * u.scale + u."offset" AS value,
+               SELECT s.batch_id, s.sample_id, s.analyte, s.canonical_value AS value,
                       (epoch_us(s.sampled_ts) - epoch_us(b.t0)) / 3.6e9 AS t_h
-               FROM samples s JOIN b USING (batch_id) JOIN sample_units u USING (analyte, uom)
-               WHERE s.value IS NOT NULL AND s.sampled_ts >= b.t0 AND s.sampled_ts < b.end_eff),
+               FROM samples s JOIN b USING (batch_id)
+               WHERE s.canonical_value IS NOT NULL AND s.sampled_ts >= b.t0 AND s.sampled_ts < b.end_eff),
            vcd AS (
                SELECT batch_id, sample_id, t_h, value,
                       coalesce(sum((value + prev_v) / 2 * (t_h - prev_t)) OVER (PARTITION BY batch_id ORDER BY t_h), 0) AS ivcd
@@ -291,7 +317,7 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
     if not batch_ids:
         return counts
     with connect(lake) as con:
-        _setup(con, lake, batch_ids, as_of)
+        _setup(con, lake, batch_ids, as_of, settings)
         batch_trajectories(con, settings.grid_minutes)
         phase_summary(con)
         batch_kpis(con)
@@ -331,22 +357,21 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
     step = float(settings.grid_minutes) * 60.0
     with connect(lake) as con:
         catalog.attach_views(con, lake)
-        _sample_units(con)
         frame = con.execute(
             """WITH chosen AS (
                    SELECT batch_id, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches
                    WHERE status = 'complete' AND ($chosen IS NULL OR list_contains($chosen, batch_id))),
                s AS (
-                   SELECT s.batch_id, s.analyte AS parameter, s.value * u.scale + u."offset" AS v,
-                          (epoch_us(s.sampled_ts) - epoch_us(c.t0)) / 1e6 AS t_s, u.uom AS src_uom
-                   FROM samples s JOIN chosen c USING (batch_id) JOIN sample_units u USING (analyte, uom)
-                   WHERE s.value IS NOT NULL),
+                   SELECT s.batch_id, s.analyte AS parameter, s.canonical_value AS v, s.canonical_uom AS uom,
+                          (epoch_us(s.sampled_ts) - epoch_us(c.t0)) / 1e6 AS t_s
+                   FROM samples s JOIN chosen c USING (batch_id)
+                   WHERE s.canonical_value IS NOT NULL),
                pairs AS (
                    SELECT *, lead(t_s) OVER w AS t1, lead(v) OVER w AS v1 FROM s
                    WINDOW w AS (PARTITION BY batch_id, parameter ORDER BY t_s)),
                offline AS (
                    SELECT batch_id, parameter, k * $step / 3600.0 AS t_batch_h,
-                          v + (v1 - v) * (k * $step - t_s) / (t1 - t_s) AS value, NULL::VARCHAR AS uom
+                          v + (v1 - v) * (k * $step - t_s) / (t1 - t_s) AS value, uom
                    FROM (SELECT *, unnest(range(ceil(t_s / $step)::BIGINT, ceil(t1 / $step)::BIGINT)) AS k
                          FROM pairs WHERE t1 > t_s)),
                online AS (
@@ -365,7 +390,6 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
         ).df()
     if frame.empty:
         return 0  # fewer than two comparable batches: no reference yet
-    frame["uom"] = [u if isinstance(u, str) else canonical_unit(p, "") or None for p, u in zip(frame["parameter"], frame["uom"])]
     GOLD_MODELS["golden_profiles"].validate(frame, lazy=True)
     atomic_write_parquet(lake.gold("golden_profiles") / "golden_profiles.parquet", pa.Table.from_pandas(frame, preserve_index=False))
     return len(frame)

@@ -10,6 +10,7 @@ row is accepted or quarantined with its line and reason.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -22,6 +23,9 @@ from schemas.validate import quarantine_frame
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
+if TYPE_CHECKING:  # lake.ingest imports this module
+    from lake.ingest import TagDictionary
+
 QUALITY_RANK_SQL = "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
 # The documented duplicate rules for historian points, shared by the pandas path (lake.ingest: wide
 # exports, SQL pulls) and this streamed one, so a rule reads the same whichever path applied it.
@@ -29,15 +33,19 @@ WITHIN_FILE_RULE = "duplicate (tag, ts): the best-quality value wins, then the l
 ACROSS_SOURCES_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
 
 
-def point_checks(tags_known: set[str] | None) -> list[SqlCheck]:
+def point_checks(tags: TagDictionary | None) -> list[SqlCheck]:
+    """The model's column checks plus the tag dictionary's (as `lake.ingest.tag_checks`)."""
     checks = column_checks(HistorianPoint, skip=frozenset(lineage.COLUMNS) | {"ts_text"})
-    if tags_known:
+    if tags:
         checks.append(SqlCheck("tag", "isin(tag dictionary)", "tag IN (SELECT unnest($known_tags))",
-                               {"known_tags": sorted(tags_known)}, "tag is not in the tag dictionary"))
+                               {"known_tags": sorted(tags.known | set(tags.unusable))}, "tag is not in the tag dictionary"))
+        for i, (tag, reason) in enumerate(sorted(tags.unusable.items())):
+            checks.append(SqlCheck("tag", f"not_equal_to({tag})", f"tag <> $unusable_{i}", {f"unusable_{i}": tag},
+                                   f"the tag dictionary's entry for this tag was quarantined: {reason}"))
     return checks
 
 
-def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile: FileProfile, tags_known: set[str] | None) -> tuple[int, int, pd.DataFrame]:
+def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile: FileProfile, tags_known: TagDictionary | None) -> tuple[int, int, pd.DataFrame]:
     """Write silver/historian_points/<sha>.parquet; return (rows_read, rows_accepted, quarantine rows)."""
     with connect(lake) as con:
         staged = stage_long(con, path, profile, point_checks(tags_known))

@@ -24,11 +24,15 @@ from lake import audit, historian_ingest
 from lake.duck import connect
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
+from schemas.units import conversion
 from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
 from sources import historian_csv, lims, mes_journal, mes_xml, sql_historian, tags
 from sources.base import ReadResult, SourceRejected, sha256_of
 from sources.profiles import FileProfile, SqlProfile, profile_for
+from sources.site import Site
 
+# readers that convert rows with the site's dictionaries (the tag dictionary's parameter units)
+SITE_READERS = {"tags"}
 READERS = {
     "tags": tags.read_tags,
     "historian_long": historian_csv.read_long,
@@ -97,16 +101,37 @@ def _inside_landing(landing: Path, path: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(landing).resolve())
 
 
-def known_tags(lake: Lake) -> set[str] | None:
-    """Tags in the dictionary (None when no dictionary was ingested yet: nothing to check against)."""
+@dataclass(frozen=True)
+class TagDictionary:
+    """The tags points are checked against: those the dictionary defines, and those it listed
+    but that were quarantined (a unit the site cannot use), with the reason."""
+
+    known: frozenset[str]
+    unusable: dict[str, str] = field(default_factory=dict)
+
+
+def known_tags(lake: Lake) -> TagDictionary | None:
+    """The ingested tag dictionary (None when none was ingested yet: nothing to check against)."""
     folder = lake.silver("tags")
     if not any(folder.glob("*.parquet")):
         return None
+    quarantine = [str(p) for p in lake.silver("quarantine").glob("*.parquet")]
     with duckdb.connect() as con:
-        return {r[0] for r in con.execute("SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]).fetchall()}
+        known = frozenset(r[0] for r in con.execute("SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]).fetchall())
+        unusable = dict(con.execute(
+            """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
+               WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL GROUP BY ALL""",
+            [quarantine]).fetchall()) if quarantine and _has_row_key(con, quarantine) else {}
+    return TagDictionary(known, {t: r for t, r in unusable.items() if t not in known})
 
 
-def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, run_id: str | None = None, tags_known: set[str] | None = None) -> IngestOutcome:
+def _has_row_key(con, files: list[str]) -> bool:
+    return "row_key" in {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()}
+
+
+def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, run_id: str | None = None,
+                tags_known: TagDictionary | None = None, site: Site | None = None) -> IngestOutcome:
+    """Ingest one landing file: raw copy, validated silver rows, quarantine, ingest_log row."""
     started = _now()
     path = Path(landing) / rel_path
     if not _inside_landing(landing, path):  # '..' or a symlink: the file would be copied into the lake and be queryable there
@@ -121,19 +146,28 @@ def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, 
         if profile.dataset == "historian_long":  # the large files: streamed through DuckDB end to end
             rows_read, accepted, q = historian_ingest.ingest_long_csv(lake, path, sha, rel_path, profile, tags_known)
             return _finish(lake, base, rows_read, rows_read - accepted, q, {"historian_points": accepted})
-        result = READERS[profile.dataset](path, sha, rel_path, profile)
+        if profile.dataset in SITE_READERS:
+            result = READERS[profile.dataset](path, sha, rel_path, profile, site)
+        else:
+            result = READERS[profile.dataset](path, sha, rel_path, profile)
     except SourceRejected as err:
         return _reject(lake, base, f"{rel_path}: {err}")
-    return _store(lake, base, result, tags_known)
+    return _store(lake, base, result, tags_known, site)
 
 
-def ingest_sql(lake: Lake, profile: SqlProfile, run_id: str | None = None, tags_known: set[str] | None = None) -> IngestOutcome:
-    """One incremental pull: look back behind the watermark, skip rows already held."""
+def ingest_sql(lake: Lake, profile: SqlProfile, run_id: str | None = None, tags_known: TagDictionary | None = None) -> IngestOutcome:
+    """One incremental pull: look back behind the watermark, skip rows already held. A source
+    that cannot be reached is logged as `failed` with its one-line cause (nothing else changes)."""
     started = _now()
     wm_path = lake.state(f"watermarks/{profile.name}.json")
     watermark = pd.Timestamp(json.loads(wm_path.read_text())["watermark"]) if wm_path.exists() else None
     since = watermark - timedelta(seconds=profile.lookback_s) if watermark is not None else None
-    raw, _ = sql_historian.pull(profile, since)
+    try:
+        raw, _ = sql_historian.pull(profile, since)
+    except ConnectionError as err:
+        base = {"source": profile.name, "path": f"sql:{profile.name}", "sha256": "", "bytes": 0, "dataset": "historian_sql",
+                "run_id": run_id, "started_at": started}
+        return _log(lake, base, "failed", 0, 0, 0, str(err))
     raw = _drop_already_held(lake, profile, raw, since)
     sha = sql_historian.content_sha256(raw)
     base = {"source": profile.name, "path": f"sql:{profile.name}", "sha256": sha, "bytes": 0, "dataset": "historian_sql", "run_id": run_id, "started_at": started}
@@ -202,7 +236,7 @@ def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -
     return points.drop(index=hit), rejects
 
 
-def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | None) -> IngestOutcome:
+def _store(lake: Lake, base: dict, result: ReadResult, tags_known: TagDictionary | None, site: Site | None = None) -> IngestOutcome:
     quarantined = [result.rejects]
     accepted_counts: dict[str, int] = {}
     dropped = 0
@@ -211,8 +245,15 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
             if frame.empty:
                 continue
             model = SILVER_MODELS[table]
-            extra = {"tag": [pa.Check.isin(sorted(tags_known), error="tag is not in the tag dictionary")]} if table == "historian_points" and tags_known else None
+            read = len(frame)
+            if table == "samples":
+                frame, off_dictionary = analyte_results(frame, site)
+                quarantined.append(off_dictionary)
+            extra = tag_checks(tags_known) if table == "historian_points" else None
             ok, bad = split(frame, model, extra)
+            if table == "samples":
+                ok, conflicts = _conflicting_results(lake, ok, base["sha256"])
+                bad = pd.concat([bad, conflicts], ignore_index=True)
             if table in DUPLICATE_RULES:
                 keys, prefer, asc, rule = DUPLICATE_RULES[table]
                 ranked = ok.assign(quality_rank=ok["quality"].map(QUALITY_RANK)) if "quality_rank" in prefer else ok
@@ -222,7 +263,7 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
             if table == "historian_points":
                 ok, held = _drop_points_held_elsewhere(lake, ok, base["sha256"])
                 bad = pd.concat([bad, held], ignore_index=True)
-            dropped += len(frame) - len(ok)
+            dropped += read - len(ok)
             quarantined.append(bad)
             accepted_counts[table] = len(ok)
             if table == "historian_points":
@@ -234,6 +275,95 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: set[str] | No
         return _reject(lake, base, f"{base['path']}: {err}")
     q = pd.concat([x for x in quarantined if len(x)], ignore_index=True) if any(len(x) for x in quarantined) else quarantined[0]
     return _finish(lake, base, result.rows_read, len(result.rejects) + dropped, q, accepted_counts, "; ".join(result.notes) or None)
+
+
+def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Lab results checked against the site's analyte dictionary, whatever their source (LIMS,
+    an MES record's samples): an analyte it does not list, a unit it does not accept and a value
+    outside the analyte's plausible range are quarantined with the reason; the others get
+    `canonical_value` and `canonical_uom` (the site's unit). Without a dictionary every result
+    keeps its reported unit."""
+    samples = samples.assign(canonical_value=samples["value"], canonical_uom=samples["uom"])
+    dictionary = site.analytes if site is not None else {}
+    if not dictionary or samples.empty:
+        return samples, quarantine_frame([])
+    reason = pd.Series(None, index=samples.index, dtype=object)
+    for (name, unit), idx in samples.groupby(["analyte", "uom"]).groups.items():
+        entry = dictionary.get(name)
+        problem = (f"analyte {name[:80]!r} is not in the site's analyte dictionary (sources.yaml `analytes`)"
+                   if entry is None else entry.accepts(unit))
+        if problem is not None:
+            reason[idx] = problem
+            continue
+        scale, offset = conversion(unit, entry.unit)
+        value = samples.loc[idx, "value"] * scale + offset
+        samples.loc[idx, "canonical_value"], samples.loc[idx, "canonical_uom"] = value, entry.unit
+        for bound, outside, word in ((entry.min, value < (entry.min or 0.0), "below the plausible minimum"),
+                                     (entry.max, value > (entry.max or 0.0), "above the plausible maximum")):
+            if bound is not None:
+                reason[outside[outside].index] = [f"{name} {v:g} {entry.unit} is {word} {bound:g} {entry.unit}"
+                                                  for v in value[outside]]
+    bad = samples[reason.notna()]
+    rejects = quarantine_frame({"source_sha256": r.source_sha256, "source_row": r.source_row, "source_path": r.source_path,
+                                "column": "analyte" if why.startswith("analyte ") else "uom" if "unit" in why else "value",
+                                "check": "analyte_dictionary", "failure_value": f"{r.value_text} {r.uom}", "reason": why,
+                                "row_key": f"{r.sample_id}/{r.analyte}"}
+                               for r, why in zip(bad.itertuples(), reason[reason.notna()]))
+    return samples[reason.isna()], rejects
+
+
+def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
+    """Checks of a point's tag against the dictionary: a tag the dictionary listed but quarantined
+    is named with its own reason, any other unknown tag is 'not in the tag dictionary'."""
+    if not tags:
+        return None
+    checks = [pa.Check.isin(sorted(tags.known | set(tags.unusable)), error="tag is not in the tag dictionary")]
+    checks += [pa.Check.ne(tag, error=f"the tag dictionary's entry for this tag was quarantined: {reason}")
+               for tag, reason in sorted(tags.unusable.items())]
+    return {"tag": checks}
+
+
+def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine results that contradict another result for the same sample, analyte and report
+    time: within this file every copy (there is no telling which is right); against a result
+    another file already brought, the incoming one (the first stays, silver is never rewritten).
+    A later report time is a retest and supersedes (the `samples` view); a same-value re-send
+    is harmless and resolved by the duplicate rule."""
+    key = ["sample_id", "analyte", "reported_ts"]
+    if samples.empty:
+        return samples, quarantine_frame([])
+    distinct = samples.groupby(key, dropna=False)["value_text"].transform("nunique")
+    inside = samples[distinct > 1]
+    earlier = [str(p) for p in lake.silver("samples").glob("*.parquet") if p.stem != sha256]
+    held = pd.DataFrame(columns=[*key, "value_text", "source_path", "source_row"])
+    if earlier:
+        with duckdb.connect() as con:
+            con.register("incoming", samples[key])
+            held = con.execute(
+                """SELECT h.sample_id, h.analyte, h.reported_ts, h.value_text, h.source_path, h.source_row
+                   FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
+                   ON i.sample_id = h.sample_id AND i.analyte = h.analyte AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
+                {"files": earlier}).df()
+    across = samples.merge(held, on=key, suffixes=("", "_held"), how="inner")
+    across = across[across["value_text"] != across["value_text_held"]]
+    rows = []
+    for _, group in inside.groupby(key, dropna=False):
+        values = ", ".join(f"{v} {u} (line {r})" for v, u, r in zip(group["value_text"], group["uom"], group["source_row"]))
+        rows += [_conflict_row(r, f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: "
+                                  f"{values}; none is used") for r in group.itertuples()]
+    for r in across.drop_duplicates(["source_row"]).itertuples():
+        rows.append(_conflict_row(r, f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.value_text} "
+                                     f"here, {r.value_text_held} already held from {r.source_path_held} line {r.source_row_held}; "
+                                     "the first stays"))
+    if not rows:
+        return samples, quarantine_frame([])
+    losers = set(inside["source_row"]) | set(across["source_row"])
+    return samples[~samples["source_row"].isin(losers)], quarantine_frame(rows)
+
+
+def _conflict_row(r, reason: str) -> dict:
+    return {"source_sha256": r.source_sha256, "source_row": r.source_row, "source_path": r.source_path, "column": "value",
+            "check": "conflicting_result", "failure_value": str(r.value_text), "reason": reason, "row_key": f"{r.sample_id}/{r.analyte}"}
 
 
 def _finish(lake: Lake, base: dict, rows_read: int, n_quarantined: int, q: pd.DataFrame, accepted_counts: dict[str, int], notes: str | None = None) -> IngestOutcome:

@@ -95,8 +95,11 @@ def planned_harvest_h(lake: Lake, product: str | None) -> float:
     return float(np.median(harvest_durations(lake, product)))
 
 
-def running_batches(lake: Lake) -> list[str]:
-    return query(lake, "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1")["batch_id"].tolist()
+def running_batches(lake: Lake, products: Sequence[str] | None = None) -> list[str]:
+    """Batches still running (of `products`, when given)."""
+    return query(lake, """SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped')
+                          AND ($products IS NULL OR list_contains($products, product)) ORDER BY 1""",
+                 {"products": list(products) if products is not None else None})["batch_id"].tolist()
 
 
 def latest_data_ts(lake: Lake, batch_id: str) -> pd.Timestamp:
@@ -304,10 +307,11 @@ def write_forecast(lake: Lake, fc: Forecast) -> int:
     return len(df)
 
 
-def forecast_running(lake: Lake, model: str = "cho_fedbatch", n_draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED) -> list[Forecast]:
-    """Forecast and record every running batch with samples."""
+def forecast_running(lake: Lake, model: str = "cho_fedbatch", n_draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED,
+                     products: Sequence[str] | None = None) -> list[Forecast]:
+    """Forecast and record every running batch with samples (of `products`, when given)."""
     out = []
-    for b in running_batches(lake):
+    for b in running_batches(lake, products):
         try:
             fc = forecast_batch(lake, b, model, n_draws=n_draws, seed=seed)
         except ValueError:

@@ -56,15 +56,27 @@ def demo(
 @app.command()
 def run(data_dir: Path = DATA_OPTION) -> None:
     """Materialize every asset through Dagster, in process, then print a summary."""
-    from pipelines.runner import materialize_all
+    from rich.markup import escape
 
+    from pipelines.runner import materialize_all
+    from sources.site import SiteConfigError, load_site
+
+    try:
+        load_site(Path(os.environ.get("BATCHTWIN_LANDING", data_dir / "landing")))
+    except SiteConfigError as e:
+        _fail(escape(str(e)))
     started = time.perf_counter()
     with console.status("running the pipeline through Dagster…"):
         result = materialize_all(data_dir)
-    if not result.success:
-        _fail("the pipeline run failed; see the Dagster log above")
-    console.print(f"pipeline run {result.run_id[:8]} succeeded in {time.perf_counter() - started:.1f} s")
+    took = time.perf_counter() - started
+    if result.success:
+        console.print(f"pipeline run {result.run_id[:8]} succeeded in {took:.1f} s")
     status(data_dir)
+    if not result.success:
+        for line in result.failures():
+            err.print(f"[red]failed:[/red] {escape(line)}")
+        _fail(f"pipeline run {result.run_id[:8]} finished in {took:.1f} s with {len(result.failures())} failed step(s); "
+              "everything else was ingested and curated")
 
 
 @app.command()
@@ -132,15 +144,22 @@ def status(data_dir: Path = DATA_OPTION) -> None:
     try:
         per_dataset = query(lake, """
             SELECT dataset, count(*) FILTER (status = 'ingested') AS files, count(*) FILTER (status = 'rejected') AS rejected,
+                   count(*) FILTER (status = 'failed') AS failed_pulls,
                    sum(rows_read)::BIGINT AS rows_read, sum(rows_accepted)::BIGINT AS rows_accepted,
                    sum(rows_quarantined)::BIGINT AS rows_quarantined
             FROM ingest_log GROUP BY dataset ORDER BY dataset""")
         batches = query(lake, "SELECT status, count(*) AS batches FROM batches GROUP BY status ORDER BY status")
         phases = query(lake, "SELECT count(*) AS n FROM phases WHERE level = 'phase'")["n"].iloc[0]
         reasons = query(lake, "SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC LIMIT 8")
+        # a source whose latest attempt failed (an unreachable SQL historian): shown until it succeeds again
+        failing = query(lake, """SELECT source, finished_at, error FROM ingest_log
+                                 QUALIFY row_number() OVER (PARTITION BY source ORDER BY finished_at DESC) = 1 AND status = 'failed'
+                                 ORDER BY source""")
     except CatalogMissing as e:
         _fail(str(e))
     _print_frame(per_dataset, "ingested by dataset")
+    if len(failing):
+        _print_frame(failing, "sources failing")
     _print_frame(reasons, "top quarantine reasons")
     summary = ", ".join(f"{r.batches} {r.status}" for r in batches.itertuples())
     console.print(f"batches: {summary or 'none'}; phases: {phases}")

@@ -12,7 +12,8 @@ import dagster as dg
 from lake import catalog, contextualize
 from lake.query import CatalogMissing, query
 from pipelines.curate_assets import lake_catalog
-from pipelines.resources import ContextSettings, LakeResource
+from pipelines.ingest_assets import site_of
+from pipelines.resources import ContextSettings, LakeResource, LandingResource
 
 batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
 
@@ -33,6 +34,11 @@ def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.Ma
     )
 
 
+def _settings(settings: ContextSettings, landing: LandingResource) -> contextualize.Settings:
+    """The run's grid and band, and the site's historian gap and operating limits."""
+    return contextualize.Settings.for_site(site_of(landing), settings.grid_minutes, settings.golden_k)
+
+
 # single-run backfills are "beta" in Dagster 1.13 but are the documented way to compute many
 # partitions in one run; the warning would otherwise greet every CLI user
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -42,33 +48,33 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
     group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], partitions_def=batch_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
-def batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+def batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
     """Gold tables of completed batches: `process_values` (points placed in batch and phase, canonical
     units), `batch_trajectories` (time-weighted grid), `phase_summary` and `batch_kpis`, one file per batch."""
     the_lake = lake.lake()
     ids = list(context.partition_keys)
-    counts = contextualize.contextualize(the_lake, ids, settings.settings())
+    counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
     return _gold_result(context, ids, counts, the_lake)
 
 
 @dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], automation_condition=dg.AutomationCondition.eager())
-def running_batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+def running_batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
     """Gold tables of batches still running, up to their latest data; recomputed after every ingest."""
     the_lake = lake.lake()
     try:
         ids = query(the_lake, "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1")["batch_id"].tolist()
     except CatalogMissing:
         ids = []
-    counts = contextualize.contextualize(the_lake, ids, settings.settings())
+    counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
     return _gold_result(context, ids, counts, the_lake)
 
 
 @dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[batch_gold], automation_condition=dg.AutomationCondition.eager())
-def golden_profiles(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings) -> dg.MaterializeResult:
+def golden_profiles(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
     """Golden-batch reference per product and parameter: mean ± k·σ of completed batches on t_batch_h;
     the `batch_deviation` view compares every batch with it."""
     the_lake = lake.lake()
-    n = contextualize.golden_profiles(the_lake, settings.settings())
+    n = contextualize.golden_profiles(the_lake, _settings(settings, landing))
     catalog.rebuild(the_lake)
     return dg.MaterializeResult(metadata={"rows": n, "k_sigma": settings.golden_k})
 

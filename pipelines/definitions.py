@@ -14,6 +14,7 @@ from lake import audit
 from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from sources.base import sha256_of
 from sources.profiles import profile_for
+from sources.site import SiteConfigError
 
 INGEST_AND_CATALOG = [*INGEST_ASSETS, lake_catalog]
 ALL_ASSETS = [*INGEST_AND_CATALOG, *CONTEXTUALIZE_ASSETS, *MODEL_ASSETS]
@@ -40,7 +41,10 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
     run key makes files that reappear unchanged a no-op.
     """
     seen = json.loads(context.cursor) if context.cursor else {}
-    files, _ = landing.profiles()
+    try:
+        files = landing.site().files
+    except SiteConfigError as err:
+        return dg.SkipReason(str(err))
     root = Path(landing.root)
     new: dict[str, list[tuple[str, str]]] = {}
     for path in sorted(root.rglob("*")) if root.exists() else []:

@@ -12,6 +12,7 @@ import dagster as dg
 from lake import ingest
 from lake.ingest import IngestOutcome
 from pipelines.resources import LakeResource, LandingResource
+from sources.site import Site, SiteConfigError
 
 INGEST_DATASETS = {
     "tag_dictionary": ("tags",),
@@ -32,6 +33,11 @@ def _summary(context: dg.AssetExecutionContext, asset_name: str, outcomes: list[
     quarantined = sum(o.log["rows_quarantined"] for o in outcomes)
     for o in rejected:
         context.log.warning(f"rejected {o.log['error']}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        # the other sources of this asset were ingested and stay; the asset fails with the cause
+        raise dg.Failure(description="; ".join(o.log["error"] for o in failed),
+                         metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)})
     unbalanced = [o.log["path"] for o in outcomes if o.log["rows_read"] != o.log["rows_accepted"] + o.log["rows_quarantined"]]
     top = "\n".join(f"| {n} | {r} |" for r, n in reasons.most_common(5))
     return dg.MaterializeResult(
@@ -68,16 +74,24 @@ def _checks(name: str) -> list[dg.AssetCheckSpec]:
     ]
 
 
+def site_of(landing: LandingResource) -> Site:
+    """The site's configuration; a missing or wrong sources.yaml fails the asset with its one line."""
+    try:
+        return landing.site()
+    except SiteConfigError as err:
+        raise dg.Failure(description=str(err)) from None
+
+
 def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: list[str]):
     @dg.asset(name=name, group_name="ingest", kinds={"parquet", "pandera"}, deps=deps, check_specs=_checks(name), description=description)
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
         the_lake = lake.lake()
-        files, _ = landing.profiles()
+        site = site_of(landing)
         tags_known = ingest.known_tags(the_lake)
         outcomes = [
-            ingest.ingest_file(the_lake, landing.root, rel, prof, run_id=context.run.run_id, tags_known=tags_known)
+            ingest.ingest_file(the_lake, landing.root, rel, prof, run_id=context.run.run_id, tags_known=tags_known, site=site)
             for ds in datasets
-            for rel, prof in ingest.landing_files(landing.root, files, ds)
+            for rel, prof in ingest.landing_files(landing.root, site.files, ds)
         ]
         return _summary(context, name, outcomes)
 
@@ -101,12 +115,14 @@ lims_samples = _file_asset(
 
 @dg.asset(group_name="ingest", kinds={"sql", "parquet"}, deps=["tag_dictionary"], check_specs=_checks("historian_sql"))
 def historian_sql(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
-    """Incremental pulls from the SQL historians of `sources.yaml` (the demo: an IP.21-style SQLite table) -> silver `historian_points`.
+    """Incremental pulls from the SQL historians of `sources.yaml` (`sql:`) -> silver `historian_points`.
 
     Each pull re-reads a look-back window behind the stored watermark, so late rows are picked up, and skips rows already held.
+    A source that cannot be reached fails this asset with its cause; the other sources are still pulled. A site without
+    SQL historians materializes with nothing to pull.
     """
     the_lake = lake.lake()
-    _, sqls = landing.profiles()
+    sqls = site_of(landing).sqls
     tags_known = ingest.known_tags(the_lake)
     outcomes = [ingest.ingest_sql(the_lake, p, run_id=context.run.run_id, tags_known=tags_known) for p in sqls]
     return _summary(context, "historian_sql", outcomes)

@@ -19,7 +19,8 @@ from models import plots
 from models.data import load_batches
 from models.registry import DEFAULT_TOLERANCE, Registry, completed_batches, fit_and_register, load_model
 from pipelines.contextualize_assets import batch_gold, running_batch_gold
-from pipelines.resources import LakeResource
+from pipelines.ingest_assets import site_of
+from pipelines.resources import LakeResource, LandingResource
 
 MAX_EMBEDDED_PLOTS = 3  # metadata stays small; every plot's path is listed
 
@@ -50,20 +51,27 @@ def _png_md(paths: list[Path]) -> dg.MetadataValue:
 
 
 @dg.asset(group_name="models", kinds={"scipy", "parquet"}, deps=[batch_gold], automation_condition=dg.AutomationCondition.eager())
-def model_fit(context: dg.AssetExecutionContext, config: FitConfig, lake: LakeResource) -> dg.MaterializeResult:
-    """Fit the model on every completed batch (shared kinetics, per-batch initial states, weighted least squares
-    in log space, multistart) and record the version in the registry; promotion to champion follows the rule
-    in models.registry. Metadata: parameters with 95 % intervals, validation error, decision, fit plots."""
+def model_fit(context: dg.AssetExecutionContext, config: FitConfig, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+    """Fit the model on every completed batch of the products the site assigns it (`models:` in sources.yaml;
+    shared kinetics, per-batch initial states, weighted least squares in log space, multistart) and record the
+    version in the registry; promotion to champion follows the rule in models.registry. Metadata: parameters
+    with 95 % intervals, validation error, decision, fit plots. No product using the model, no completed batch
+    or a fit that fails is reported in one line (metadata `reason`): curated data never wait on a model."""
     the_lake = lake.lake()
+    products = products_of(landing, config.model)
+    if not products:
+        return _not_fitted(context, f"{config.model}: no product of this site uses it (sources.yaml `models:`); nothing to fit")
     try:
-        ids = completed_batches(the_lake)
+        ids = [b for p in products for b in completed_batches(the_lake, p)]
     except CatalogMissing:
         ids = []
     if not ids:
-        context.log.info("no completed batches with samples: nothing to fit")
-        return dg.MaterializeResult(metadata={"fitted": False, "reason": "no completed batches with samples"})
-    result, decision = fit_and_register(the_lake, config.model, ids, tolerance=config.tolerance,
-                                        n_starts=config.n_starts, folds=config.folds, seed=config.seed)
+        return _not_fitted(context, f"{config.model}: no completed batch with samples of {', '.join(products)} yet")
+    try:
+        result, decision = fit_and_register(the_lake, config.model, sorted(ids), tolerance=config.tolerance,
+                                            n_starts=config.n_starts, folds=config.folds, seed=config.seed)
+    except (ValueError, LookupError, ArithmeticError) as err:
+        return _not_fitted(context, f"{config.model}: the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}")
     if result is None:
         context.log.info(f"{config.model}: {decision.reason}")
         return dg.MaterializeResult(metadata={"fitted": False, "model": config.model, "version": decision.version,
@@ -92,6 +100,16 @@ def model_fit(context: dg.AssetExecutionContext, config: FitConfig, lake: LakeRe
     )
 
 
+def products_of(landing: LandingResource, model: str) -> list[str]:
+    """The products the site assigns `model` to (sources.yaml `models:`)."""
+    return sorted(p for p, names in site_of(landing).models.items() if model in names)
+
+
+def _not_fitted(context: dg.AssetExecutionContext, reason: str) -> dg.MaterializeResult:
+    context.log.warning(reason)
+    return dg.MaterializeResult(metadata={"fitted": False, "reason": reason})
+
+
 @dg.asset_check(asset=model_fit, description="the latest fit converged to a sensible optimum: reduced chi-square below 4, "
                 "every fitted parameter inside its bounds and identifiable")
 def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
@@ -118,14 +136,18 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
 
 @dg.asset(group_name="models", kinds={"scipy", "parquet"}, deps=[model_fit, running_batch_gold],
           automation_condition=dg.AutomationCondition.eager())
-def forecasts(context: dg.AssetExecutionContext, config: ForecastConfig, lake: LakeResource) -> dg.MaterializeResult:
-    """p10/p50/p90 forecasts of every running batch to its planned harvest from the champion and its parameter
-    uncertainty (models.forecast), written to the `forecasts` table; metadata has the final-titer bands and fans."""
+def forecasts(context: dg.AssetExecutionContext, config: ForecastConfig, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+    """p10/p50/p90 forecasts of every running batch of the model's products to its planned harvest from the champion
+    and its parameter uncertainty (models.forecast), written to the `forecasts` table; metadata has the final-titer
+    bands and fans."""
     the_lake = lake.lake()
+    products = products_of(landing, config.model)
+    if not products:
+        return dg.MaterializeResult(metadata={"batches": 0, "reason": f"{config.model}: no product of this site uses it"})
     try:
         if Registry(the_lake).champion(config.model) is None:
             return dg.MaterializeResult(metadata={"batches": 0, "reason": "no champion model yet"})
-        fcs = fc_mod.forecast_running(the_lake, config.model, n_draws=config.n_draws, seed=config.seed)
+        fcs = fc_mod.forecast_running(the_lake, config.model, n_draws=config.n_draws, seed=config.seed, products=products)
     except CatalogMissing:
         return dg.MaterializeResult(metadata={"batches": 0, "reason": "no catalog yet"})
     catalog.rebuild(the_lake)

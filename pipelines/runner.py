@@ -1,8 +1,10 @@
 """Run the whole asset graph in process (what `batchtwin run` and `batchtwin demo` do).
 
-Four runs, as the daemon would do them: ingest and catalog; the gold tables of every
+Five runs, as the daemon would do them: ingest; the catalog; the gold tables of every
 completed batch (registered as partitions, computed in one run); then running batches and
-golden profiles; then the model refit (a new registry version) and the forecasts.
+golden profiles; then the model refit (a new registry version) and the forecasts. A failing
+source fails its own ingest asset only: the catalog is built from what the others ingested
+and curation goes on; the run as a whole then reports the failure (and `batchtwin run` exits 1).
 """
 import os
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ import dagster as dg
 from lake import audit
 from lake.query import query
 from pipelines.contextualize_assets import batch_gold, batch_partitions, golden_profiles, running_batch_gold
-from pipelines.definitions import INGEST_AND_CATALOG
+from pipelines.curate_assets import lake_catalog
+from pipelines.ingest_assets import INGEST_ASSETS
 from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
 from pipelines.resources import resources_from_env
 
@@ -34,6 +37,18 @@ class PipelineRun:
     def all_events(self) -> list:
         return [e for r in self.results for e in r.all_events]
 
+    def failures(self) -> list[str]:
+        """One line per failed step: the asset and its cause."""
+        out = []
+        for r in self.results:
+            for event in r.get_step_failure_events():
+                data = event.step_failure_data
+                cause = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description else None
+                if cause is None and data.error is not None:
+                    cause = next((ln for ln in data.error.message.splitlines() if ln.strip()), "failed")
+                out.append(f"{event.step_key}: {' '.join(str(cause).split())}")
+        return out
+
 
 def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", models: bool = True) -> PipelineRun:
     """Materialize every asset (without the model stage when `models` is false); runs are
@@ -47,7 +62,9 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
     resources = resources_from_env(data_dir)
     common = dict(instance=instance, resources=resources, raise_on_error=False,
                   run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-    results = [dg.materialize(INGEST_AND_CATALOG, **common)]
+    results = [dg.materialize(INGEST_ASSETS, **common)]
+    # the catalog in a run of its own: in the ingest run a failed source would skip it
+    results.append(dg.materialize([lake_catalog], **common))
     if not results[-1].success:
         return _audited(resources["lake"].lake(), PipelineRun(results))
     done = query(resources["lake"].lake(), "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id")["batch_id"].tolist()
@@ -58,7 +75,7 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
         results.append(dg.materialize([batch_gold], **common, selection=[batch_gold], tags={
             "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}))
     results.append(dg.materialize([running_batch_gold, golden_profiles], **common))
-    if models and results[-1].success:
+    if models:
         results.append(dg.materialize([*MODEL_ASSETS, *MODEL_CHECKS], **common))
     return _audited(resources["lake"].lake(), PipelineRun(results))
 

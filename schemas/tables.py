@@ -35,9 +35,9 @@ class Tag(Lineage):
     uom: Series[str] = pa.Field(description="engineering unit as configured in the historian")
     role: Series[str] = pa.Field(isin=ROLES, description="pv (measurement), sp (set-point), out (controller output), calc")
     interpolation: Series[str] = pa.Field(isin=INTERPOLATIONS, description="linear for measurements, step for set-points and states")
-    low: Series[float] = pa.Field(nullable=True, description="lower limit of the normal operating range (engineering unit)")
-    high: Series[float] = pa.Field(nullable=True, description="upper limit of the normal operating range (engineering unit)")
-    max_gap_s: Series[float] = pa.Field(gt=0, nullable=True, description="longest interval between archived values that is still trusted for interpolation")
+    low: Series[float] = pa.Field(nullable=True, description="lower end of the instrument range (engineering unit)")
+    high: Series[float] = pa.Field(nullable=True, description="upper end of the instrument range (engineering unit)")
+    max_gap_s: Series[float] = pa.Field(gt=0, nullable=True, description="longest interval between archived values a linear tag interpolates across (NULL: the site's historian.max_gap_s); step tags hold their value however long")
     description: Series[str] = pa.Field(nullable=True, description="free-text tag description")
     canonical_uom: Series[str] = pa.Field(description="unit of the parameter in curated (gold) tables")
     scale: Series[float] = pa.Field(description="canonical value = value * scale + offset (pint)")
@@ -114,7 +114,9 @@ class Sample(Lineage):
     value: Series[float] = pa.Field(nullable=True, description="numeric result; NULL when censored (see value_text)")
     value_text: Series[str] = pa.Field(description="result exactly as reported, e.g. '<0.5'")
     censored: Series[bool] = pa.Field(description="result below/above a quantitation limit")
-    uom: Series[str]
+    uom: Series[str] = pa.Field(description="unit as reported")
+    canonical_value: Series[float] = pa.Field(nullable=True, description="value in the site's unit of the analyte (sources.yaml `analytes`); NULL when censored")
+    canonical_uom: Series[str] = pa.Field(description="the site's unit of the analyte; the reported unit for an analyte the site does not list")
     sampled_ts: Series[UtcTimestamp] = pa.Field(description="when the sample was drawn: models and contextualization use this")
     reported_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="when the lab released the result: forecasts may only use results reported before their as-of time")
 
@@ -134,6 +136,7 @@ class QuarantineRow(pa.DataFrameModel):
     check: Series[str]
     failure_value: Series[str] = pa.Field(nullable=True)
     reason: Series[str]
+    row_key: Series[str] = pa.Field(nullable=True, description="what the rejected row was about, where the reader knows it (the tag of a dictionary row)")
     ingested_at: Series[UtcTimestamp]
 
 
@@ -161,8 +164,9 @@ class IngestLogEntry(pa.DataFrameModel):
     rows_read: Series[int] = pa.Field(ge=0)
     rows_accepted: Series[int] = pa.Field(ge=0)
     rows_quarantined: Series[int] = pa.Field(ge=0)
-    status: Series[str] = pa.Field(isin=("ingested", "rejected", "unchanged"))
-    error: Series[str] = pa.Field(nullable=True, description="one-line reason a file was rejected")
+    status: Series[str] = pa.Field(isin=("ingested", "rejected", "unchanged", "failed"),
+                                   description="failed: the source could not be read at all (e.g. an unreachable SQL historian)")
+    error: Series[str] = pa.Field(nullable=True, description="one-line reason a file was rejected or a source failed")
     notes: Series[str] = pa.Field(nullable=True, description="what the reader derived rather than read (e.g. start times missing from a vendor record)")
     run_id: Series[str] = pa.Field(nullable=True)
     code_version: Series[str]
@@ -227,7 +231,9 @@ class PhaseSummary(pa.DataFrameModel):
     min: Series[float] = pa.Field(nullable=True)
     max: Series[float] = pa.Field(nullable=True)
     std: Series[float] = pa.Field(nullable=True, ge=0, description="time-weighted standard deviation")
-    pct_in_limits: Series[float] = pa.Field(nullable=True, ge=0, le=100.000001, description="% of covered time inside the tag's [low, high]")
+    pct_in_limits: Series[float] = pa.Field(nullable=True, ge=0, le=100.000001, description="% of covered time inside the site's limits for this parameter and phase; NULL where the site sets none")
+    limit_low: Series[float] = pa.Field(nullable=True, description="lower limit of the parameter in this phase (sources.yaml `limits`), canonical unit")
+    limit_high: Series[float] = pa.Field(nullable=True, description="upper limit of the parameter in this phase, canonical unit")
     coverage: Series[float] = pa.Field(nullable=True, ge=0, le=1.000001)
     uom: Series[str]
     phase_seq: Series[int]

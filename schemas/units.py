@@ -1,4 +1,6 @@
-"""Canonical units per parameter and the affine conversion into them (pint does the physics).
+"""Affine unit conversion into a site's canonical units (pint does the physics).
+
+Which unit is canonical for a parameter is the site's choice (`sources.site`), never built in.
 
 Every conversion is `canonical = value * scale + offset` (offset is non-zero only for
 temperatures), so DuckDB can apply it inside SQL without per-row Python. A unit pint cannot
@@ -9,33 +11,6 @@ from __future__ import annotations
 import functools
 
 import pint
-
-# The canonical unit of each parameter the demo plant and typical CHO processes record.
-# Parameters not listed keep the unit their tag dictionary gives.
-CANONICAL_UNITS = {
-    "temperature": "degC",
-    "temperature_sp": "degC",
-    "ph": "pH",
-    "ph_sp": "pH",
-    "dissolved_oxygen": "%",
-    "dissolved_oxygen_sp": "%",
-    "agitation": "rpm",
-    "air_flow": "L/min",
-    "o2_flow": "L/min",
-    "feed_rate": "L/h",
-    "weight": "kg",
-    "offgas_co2": "%",
-    # offline analytes (samples.analyte)
-    "vcd": "1e6 cells/mL",
-    "viability": "%",
-    "glucose": "g/L",
-    "lactate": "g/L",
-    "glutamine": "mM",
-    "ammonia": "mM",
-    "titer": "g/L",
-    "osmolality": "mOsm/kg",
-}
-
 
 class UnitError(ValueError):
     pass
@@ -71,5 +46,9 @@ def conversion(uom: str, canonical: str) -> tuple[float, float]:
     return float(one - zero), float(zero)
 
 
-def canonical_unit(parameter: str, uom: str) -> str:
-    return CANONICAL_UNITS.get(parameter, uom)
+def check_unit(uom: str) -> None:
+    """UnitError unless pint understands `uom`."""
+    try:
+        _parse(uom)
+    except Exception as err:  # noqa: BLE001 - pint fails on garbage with many error types
+        raise UnitError(f"{uom!r} is not a unit pint knows ({type(err).__name__})") from None

@@ -14,7 +14,7 @@ import pandera.pandas as pa
 
 from schemas import lineage
 
-QUARANTINE_COLUMNS = ("source_sha256", "source_row", "source_path", "column", "check", "failure_value", "reason")
+QUARANTINE_COLUMNS = ("source_sha256", "source_row", "source_path", "column", "check", "failure_value", "reason", "row_key")
 
 
 class SchemaRejected(ValueError):

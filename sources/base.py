@@ -231,9 +231,13 @@ def _localize(naive: pd.Series, tz: str) -> pd.Series:
     return out.astype("datetime64[us, UTC]")
 
 
-def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: str, check: str, reason: str, sha256: str, rel_path: str) -> pd.DataFrame:
-    """Quarantine rows for the True entries of `mask`, naming line, column, check and value."""
+def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: str, check: str, reason, sha256: str, rel_path: str,
+                  row_key: pd.Series | None = None) -> pd.DataFrame:
+    """Quarantine rows for the True entries of `mask`, naming line, column, check and value
+    (`reason`: one text, or a Series aligned with `df` giving each row's own reason)."""
     m = np.asarray(mask, dtype=bool)
+    if isinstance(reason, pd.Series):
+        reason = reason[m].to_numpy()
     return pd.DataFrame(
         {
             "source_sha256": sha256,
@@ -243,6 +247,7 @@ def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: 
             "check": check,
             "failure_value": df.loc[m, column].astype(str).str.slice(0, 200).to_numpy() if column in df else None,
             "reason": reason,
+            "row_key": row_key[m].to_numpy() if row_key is not None else None,
         }
     )
 

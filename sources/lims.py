@@ -14,6 +14,8 @@ _CENSORED = re.compile(r"^\s*[<>]\s*\d")
 
 
 def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    """Lab results, one row per sample and analyte (the site's analyte dictionary is applied at
+    ingest, to lab results from every source: `lake.ingest`)."""
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
     col = {k: profile.column(k) for k in ("sample_id", "batch_id", "analyte", "value", "unit", "sampled_at", "reported_at")}
     require_columns(df, list(col.values()), rel_path)
@@ -23,13 +25,13 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     censored = text.str.match(_CENSORED)
     sampled = parse_timestamps(df[col["sampled_at"]], profile.timestamp_format, profile.timezone)
     reported = parse_timestamps(df[col["reported_at"]], profile.timestamp_format, profile.timezone)
-    bad_value = value.isna() & ~censored
+    bad_value = (value.isna() & ~censored) | np.isinf(value)
     bad_sampled = sampled.isna()
     bad_reported = reported.isna() & (df[col["reported_at"]].str.strip() != "")
     # units go to pint later (contextualization, models): text pint cannot safely evaluate stops here
     bad_unit = ~df[col["unit"]].str.strip().map(plausible_unit).astype(bool)
     problems = [
-        rejects_where(bad_value, df, lines, col["value"], "value_parse", "result is neither a number nor a censored value like '<0.5'", sha256, rel_path),
+        rejects_where(bad_value, df, lines, col["value"], "value_parse", "result is neither a finite number nor a censored value like '<0.5'", sha256, rel_path),
         rejects_where(bad_sampled & ~bad_value, df, lines, col["sampled_at"], "timestamp", "unparseable sample time", sha256, rel_path),
         rejects_where(bad_reported & ~bad_sampled & ~bad_value, df, lines, col["reported_at"], "timestamp", "unparseable report time", sha256, rel_path),
         rejects_where(bad_unit & ~bad_reported & ~bad_sampled & ~bad_value, df, lines, col["unit"], "uom_syntax",
@@ -51,3 +53,4 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     )[ok]
     out = add_lineage(out.reset_index(drop=True), sha256, lines[ok], rel_path)
     return ReadResult({"samples": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))
+

@@ -1,18 +1,17 @@
 """Per-source profiles: how one site's exports look. Onboarding a site means writing a profile.
 
-Profiles come from `landing/sources.yaml` (optional). A profile there replaces the built-in
-profile of the same name or adds a new one; the built-ins describe the demo plant. Files are
-matched to the first profile whose glob matches their path relative to the landing zone.
+Profiles come from the site's `landing/sources.yaml` (`sources.site`); none is built in. Files
+are matched to the first profile whose glob matches their path relative to the landing zone
+(the most specific glob first).
 """
 from __future__ import annotations
 
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 # PI system digital states seen in historian exports (a subset of the 300+; profiles extend it)
 PI_DIGITAL_STATES = (
@@ -92,54 +91,18 @@ class SqlProfile:
         return os.path.expandvars(self.url)
 
 
-def default_file_profiles() -> list[FileProfile]:
-    """The demo plant's exports. Order matters: the first matching glob wins."""
-    return [
-        FileProfile("tag_dictionary", "tags", "tags/*.csv"),
-        FileProfile("mes_batchml", "mes_xml", "mes/*.xml"),
-        FileProfile("mes_journal", "mes_journal", "mes/*.csv", timestamp_format="%Y-%m-%d %H:%M:%S", timezone="Europe/Zurich",
-                    columns={"time": "Time", "batch_id": "BatchID", "recipe_path": "RecipePath", "unit": "Unit", "phase": "Phase",
-                             "event": "Event", "pvalue": "PValue", "descript": "Descript", "eng_units": "EngUnits"}),
-        FileProfile("historian_wide_br102", "historian_wide", "historian/*_wide.csv*", delimiter=";", decimal=",",
-                    timestamp_format="%d.%m.%Y %H:%M:%S", timezone="Europe/Zurich", columns={"ts": "Timestamp"}),
-        FileProfile("historian_long_pi", "historian_long", "historian/*.csv*",
-                    columns={"tag": "Tag", "ts": "Timestamp", "value": "Value", "status": "Status"}),
-        FileProfile("lims", "lims", "lims/*.csv"),
-    ]
-
-
-def default_sql_profiles(sql_url: str) -> list[SqlProfile]:
-    return [SqlProfile("ip21_br201", sql_url)]
-
-
-def load_profiles(landing: Path, sql_url: str) -> tuple[list[FileProfile], list[SqlProfile]]:
-    """Built-in profiles, overridden and extended by `landing/sources.yaml` when present."""
-    files = {p.name: p for p in default_file_profiles()}
-    sqls = {p.name: p for p in default_sql_profiles(sql_url)}
-    path = Path(landing) / "sources.yaml"
-    if path.exists():
-        doc = yaml.safe_load(path.read_text()) or {}
-        for name, spec in (doc.get("files") or {}).items():
-            files[name] = _build(FileProfile, name, spec, files.get(name))
-        for name, spec in (doc.get("sql") or {}).items():
-            sqls[name] = _build(SqlProfile, name, spec, sqls.get(name))
-    ordered = sorted(files.values(), key=lambda p: -len(p.glob.replace("*", "")))
-    for p in ordered:
-        if p.dataset not in DATASETS:
-            raise ValueError(f"sources.yaml: profile {p.name!r} has unknown dataset {p.dataset!r} (one of {', '.join(DATASETS)})")
-    return ordered, list(sqls.values())
-
-
-def _build(cls, name: str, spec: dict, base):
-    known = {f.name for f in fields(cls)}
+def build_profile(cls, name: str, spec: dict):
+    """A FileProfile or SqlProfile from its sources.yaml entry; unknown keys are an error."""
+    known = {f.name for f in fields(cls)} - {"name"}
     unknown = set(spec) - known
     if unknown:
-        raise ValueError(f"sources.yaml: profile {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"profile {name!r} has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                         f"(known: {', '.join(sorted(known))})")
     if "digital_states" in spec:
         spec = {**spec, "digital_states": tuple(spec["digital_states"])}
     if "quality" in spec:
         spec = {**spec, "quality": {str(k).lower(): v for k, v in spec["quality"].items()}}
-    return replace(base, **spec) if base is not None else cls(name=name, **spec)
+    return cls(name=name, **spec)
 
 
 def profile_for(rel_path: str, profiles: list[FileProfile]) -> FileProfile | None:

@@ -6,28 +6,35 @@ from pathlib import Path
 import pandas as pd
 
 from sources.base import ReadResult, add_lineage, plausible_unit, read_csv_text, rejects_where, require_columns
-from schemas.units import UnitError, canonical_unit, conversion
+from schemas.units import UnitError, conversion
 from sources.profiles import FileProfile
+from sources.site import Site
 
 
-def _conversion(parameter: str, uom: str) -> tuple[str, float, float, str | None]:
-    canonical = canonical_unit(parameter, uom)
+def _conversion(tag: str, parameter: str, uom: str, site: Site | None) -> tuple[str, float, float, str | None]:
+    """(canonical unit, scale, offset, reason the tag cannot be used or None)."""
+    canonical = site.canonical_unit(parameter, uom) if site is not None else uom
     if not plausible_unit(uom):
-        return canonical, float("nan"), float("nan"), f"{uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)"
+        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: {uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)"
     try:
         scale, offset = conversion(uom, canonical)
     except UnitError as err:
-        return canonical, float("nan"), float("nan"), str(err)
+        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: {err} (the site's unit of {parameter})"
     except Exception as err:  # noqa: BLE001 - pint's parser fails on garbage (e.g. '\x1b') with AssertionError,
         # TokenError, RecursionError…: that is an unconvertible unit (a quarantined row), not a crashed read
-        return canonical, float("nan"), float("nan"), f"cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})"
+        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})"
     return canonical, scale, offset, None
+
 
 REQUIRED = ("tag", "unit_id", "parameter", "uom", "role", "interpolation")
 OPTIONAL = ("low", "high", "max_gap_s", "description")
 
 
-def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile, site: Site | None = None) -> ReadResult:
+    """Tag dictionary rows; each tag's unit is converted to the site's unit of its parameter
+    (`site.parameters`; a parameter the site does not list keeps the tag's unit). A tag whose
+    unit cannot be converted is quarantined with the reason, keyed by the tag (`row_key`), so
+    that its points are quarantined with a reason that names it."""
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
     col = {k: profile.column(k) for k in (*REQUIRED, *OPTIONAL)}
     require_columns(df, [col[k] for k in REQUIRED], rel_path)
@@ -44,14 +51,13 @@ def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
         ok &= ~bad
         out[k] = num
     out["description"] = df[col["description"]] if col["description"] in df else None
-    conv = [_conversion(p, u) for p, u in zip(out["parameter"], out["uom"])]
+    conv = [_conversion(t, p, u, site) for t, p, u in zip(out["tag"], out["parameter"], out["uom"])]
     out["canonical_uom"] = [c[0] for c in conv]
     out["scale"] = [c[1] for c in conv]
     out["offset"] = [c[2] for c in conv]
     bad_unit = pd.Series([c[3] is not None for c in conv], index=df.index)
-    problems.append(pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(lines[(bad_unit & ok).to_numpy()], dtype="Int64"), "source_path": rel_path,
-                                  "column": col["uom"], "check": "uom_conversion", "failure_value": out.loc[bad_unit & ok, "uom"].to_numpy(),
-                                  "reason": [c[3] for c, b in zip(conv, (bad_unit & ok)) if b]}))
+    reasons = pd.Series([c[3] for c in conv], index=df.index)
+    problems.append(rejects_where(bad_unit & ok, df, lines, col["uom"], "uom_conversion", reasons, sha256, rel_path, row_key=out["tag"]))
     ok &= ~bad_unit
     out = add_lineage(out[ok.to_numpy()].reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path)
     return ReadResult({"tags": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))

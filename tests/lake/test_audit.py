@@ -5,9 +5,9 @@ import duckdb
 
 from lake import catalog, ingest
 from lake.layout import Lake
-from sources.profiles import default_file_profiles
+from demo.plant import demo_site
 
-PROFILES = default_file_profiles()
+PROFILES = demo_site().files
 
 
 def _ingest_all(lake, landing):

@@ -57,7 +57,7 @@ def small_lake(tmp_path) -> Lake:
     pts += [_point("Q", x / 4, 1.0) for x in range(17) if x != 10] + [_point("Q", 2.5, 1000.0, "bad")]
     pts += [_point("W", x, v) for x, v in ((-0.5, 0.0), (0.5, 0.0), (1.5, 10.0), (2.5, 10.0), (4.5, 10.0))]
     _write(lake, "historian_points", pts)
-    contextualize(lake, ["B1"], Settings(grid_minutes=60))
+    contextualize(lake, ["B1"], Settings(grid_minutes=60, limits=(("qual", "P2", 0.5, 1.5), ("lin", "P1", None, 5.0))))
     catalog.rebuild(lake)
     return lake
 
@@ -97,12 +97,25 @@ def test_a_gap_longer_than_allowed_is_not_interpolated(small):
     assert [r[1] for r in rows[2:]] == pytest.approx([2.0, 2.0]) and [r[2] for r in rows[2:]] == pytest.approx([1.0, 1.0])
 
 
-def test_bad_quality_points_are_excluded_and_break_interpolation(small):
+def test_bad_quality_points_are_excluded_and_end_a_segment(small):
+    """Q: a good point every 15 min, the one at 2.5 h bad. The value before it holds until it (the
+    archive stored it because the bad value arrived); nothing is known from 2.5 to 2.75 h."""
     rows = _traj(small, "qual")
-    assert rows[2][1] is None and rows[2][2] == pytest.approx(0.5)
+    assert rows[2][1] is None and rows[2][2] == pytest.approx(0.75)
     twa, mx, cov, pct = small.execute("select twa, max, coverage, pct_in_limits from phase_summary where parameter = 'qual' and phase = 'P2'").fetchone()
-    assert (twa, mx, cov, pct) == pytest.approx((1.0, 1.0, 0.75, 100.0))
+    assert (twa, mx, cov, pct) == pytest.approx((1.0, 1.0, 0.875, 100.0))
     assert small.execute("select count(*) from process_values where parameter = 'qual' and value > 2").fetchone()[0] == 0
+
+
+def test_pct_in_limits_uses_the_sites_phase_limits_never_the_instrument_range(small):
+    """Q's tag range is [0.5, 1.5] but only P2 has site limits; L has an upper limit of 5 in P1 only."""
+    rows = dict(small.execute("select parameter || ':' || phase, pct_in_limits from phase_summary "
+                              "where parameter in ('qual', 'lin')").fetchall())
+    assert rows["qual:P1"] is None and rows["qual:P2"] == pytest.approx(100.0) and rows["lin:P2"] is None
+    # L rises linearly 0 -> 10 over the first hour, then holds 10: inside [-inf, 5] for half an hour of two
+    assert rows["lin:P1"] == pytest.approx(25.0)
+    low, high = small.execute("select limit_low, limit_high from phase_summary where parameter = 'lin' and phase = 'P1'").fetchone()
+    assert (low, high) == (None, 5.0)
 
 
 def test_a_point_exactly_on_a_phase_boundary_goes_to_the_later_phase(small):
@@ -115,9 +128,9 @@ def test_a_point_exactly_on_a_phase_boundary_goes_to_the_later_phase(small):
 def test_pct_in_limits_is_exact_for_a_linear_segment(tmp_path):
     lake = Lake(tmp_path / "lake")
     _batch(lake, end_h=1.0, phases=(("P1", 0.0, 1.0),))
-    _write(lake, "tags", [_tag("L", "lin", "linear", low=None, high=7.5)])
+    _write(lake, "tags", [_tag("L", "lin", "linear")])
     _write(lake, "historian_points", [_point("L", 0, 0.0), _point("L", 1, 10.0)])
-    contextualize(lake, ["B1"], Settings(grid_minutes=60))
+    contextualize(lake, ["B1"], Settings(grid_minutes=60, limits=(("lin", "P1", None, 7.5),)))
     with duckdb.connect() as con:
         pct = con.execute("select pct_in_limits from read_parquet(?)", [str(lake.gold("phase_summary") / "*.parquet")]).fetchone()[0]
     assert pct == pytest.approx(75.0)

@@ -4,9 +4,10 @@ import pandas as pd
 
 from lake import catalog, ingest
 from lake.layout import Lake
-from sources.profiles import default_file_profiles, profile_for
+from demo.plant import demo_site
+from sources.profiles import profile_for
 
-PROFILES = default_file_profiles()
+PROFILES = demo_site().files
 
 
 def _ingest(lake, landing, rel):

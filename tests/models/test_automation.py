@@ -11,7 +11,7 @@ from models.registry import Registry
 from pipelines.contextualize_assets import batch_gold, batch_partitions, completed_batches_sensor
 from pipelines.definitions import ALL_ASSETS, landing_zone_sensor
 from pipelines.model_assets import MODEL_CHECKS
-from pipelines.resources import LakeResource, LandingResource, default_sql_url, resources_from_env
+from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from pipelines.runner import materialize_all
 
 
@@ -41,7 +41,7 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     assert list(reg.versions()["version"]) == [1]
     resources = resources_from_env(fresh_data)
     defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=MODEL_CHECKS, resources=resources)
-    landing = LandingResource(root=str(fresh_data / "landing"), sql_url=default_sql_url(fresh_data))
+    landing = LandingResource(root=str(fresh_data / "landing"))
     lake_res = LakeResource(root=str(lake.root))
 
     # the daemon's state before the drop: sensors and automation have seen the current lake

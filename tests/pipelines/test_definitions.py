@@ -5,7 +5,7 @@ import shutil
 import dagster as dg
 
 from pipelines.definitions import defs, landing_zone_sensor
-from pipelines.resources import LandingResource, default_sql_url
+from pipelines.resources import LandingResource
 
 
 def test_definitions_load_with_groups_checks_sensor_and_schedule():
@@ -21,7 +21,7 @@ def test_definitions_load_with_groups_checks_sensor_and_schedule():
 
 
 def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
-    landing = LandingResource(root=str(fresh_data / "landing"), sql_url=default_sql_url(fresh_data))
+    landing = LandingResource(root=str(fresh_data / "landing"))
     first = landing_zone_sensor(dg.build_sensor_context(resources={"landing": landing}))
     assets = [r.asset_selection[0].path[-1] for r in first.run_requests]
     assert assets == ["historian_files", "lims_samples", "mes_batch_records", "tag_dictionary"]

@@ -31,13 +31,13 @@ from lake.ingest import READERS, ingest_file
 from lake.layout import Lake
 from sources import historian_csv, lims, mes_journal, mes_xml, tags
 from sources.base import SourceRejected, sha256_of
-from sources.profiles import default_file_profiles
+from demo.plant import demo_site
 
 # pyarrow decodes a malformed line's text before calling the invalid-row handler; on invalid UTF-8 that
 # raises inside pyarrow, is reported as "unraisable" and the read fails (-> SourceRejected). Expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-PROFILES = {p.name: p for p in default_file_profiles()}
+PROFILES = {p.name: p for p in demo_site().files}
 EXAMPLES: Counter = Counter()  # generated inputs actually run, per test (reported by the summary test)
 
 # reader, profile, landing path, single table produced (None: several tables, no 1:1 conservation)

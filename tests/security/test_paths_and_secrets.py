@@ -29,9 +29,12 @@ from lake import catalog
 from lake.contextualize import contextualize
 from lake.ingest import ingest_file, ingest_sql
 from lake.layout import Lake, safe_name
-from sources.profiles import FileProfile, SqlProfile, default_file_profiles, load_profiles
+from demo.plant import demo_site
+from sources.profiles import FileProfile, SqlProfile
+from sources import sql_historian
+from sources.site import load_site
 
-PROFILES = {p.name: p for p in default_file_profiles()}
+PROFILES = {p.name: p for p in demo_site().files}
 HOSTILE = ["../../../../tmp/batchtwin-escape", "/tmp/batchtwin-abs", "..", ".", ".hidden", "a/../../b", "a\\..\\..\\b",
            "B1\x00.parquet", "x" * 90, "~" + "y" * 40, "%2e%2e%2f", "C:\\Windows\\x", "con", "nul:", " spaced ", "é/日本"]
 
@@ -100,15 +103,16 @@ def test_hostile_profile_names_are_refused(tmp_path, name):
 
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sql": {name: {"url": "sqlite://"}}}))
     with pytest.raises(ValueError, match="profile name"):
-        load_profiles(tmp_path, "sqlite://")
+        load_site(tmp_path)
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"files": {name: {"dataset": "lims", "glob": "x/*.csv"}}}))
     with pytest.raises(ValueError, match="profile name"):
-        load_profiles(tmp_path, "sqlite://")
+        load_site(tmp_path)
 
 
 def test_ordinary_profile_names_still_load(tmp_path):
     (tmp_path / "sources.yaml").write_text("sql:\n  ip21-br2.site_b:\n    url: sqlite://\nfiles:\n  site_b_lims:\n    dataset: lims\n    glob: 'lims/b_*.csv'\n")
-    files, sqls = load_profiles(tmp_path, "sqlite://")
+    site = load_site(tmp_path)
+    files, sqls = site.files, site.sqls
     assert "ip21-br2.site_b" in {p.name for p in sqls} and "site_b_lims" in {p.name for p in files}
 
 
@@ -125,7 +129,7 @@ def test_sql_injection_through_profile_identifiers_is_refused(tmp_path, field, v
 
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sql": {"src": {"url": "sqlite://", field: value}}}))
     with pytest.raises(ValueError, match="not a plain identifier"):
-        load_profiles(tmp_path, "sqlite://")
+        load_site(tmp_path)
 
 
 def test_injection_attempts_never_reach_the_database(tmp_path):
@@ -186,7 +190,7 @@ def test_hostile_batch_ids_tags_and_file_names_never_write_outside_the_lake(tmp_
     _hostile_landing(landing, ids)
     before = set(root.rglob("*"))
     logs = []
-    profiles = default_file_profiles()
+    profiles = demo_site().files
     for rel in ("tags/dict.csv", *sorted(p.relative_to(landing).as_posix() for p in (landing / "mes").iterdir()), "historian/pts.csv"):
         prof = next(p for p in profiles if p.matches(rel))
         logs.append(ingest_file(lake, landing, rel, prof, tags_known=None).log)
@@ -229,7 +233,7 @@ def test_a_symlink_out_of_the_landing_zone_is_neither_listed_nor_copied_into_the
     (landing / "lims" / "evil.csv").symlink_to(secret)
     (landing / "lims" / "real.csv").write_text(secret.read_text().replace("TOPSECRET", "B1"))
     (landing / "lims" / "alias.csv").symlink_to(landing / "lims" / "real.csv")  # a link inside the zone is fine
-    files = [rel for rel, _ in landing_files(landing, default_file_profiles())]
+    files = [rel for rel, _ in landing_files(landing, demo_site().files)]
     assert files == ["lims/alias.csv", "lims/real.csv"]
     lake = Lake(tmp_path / "lake")
     with pytest.raises(ValueError, match="outside the landing zone"):
@@ -287,10 +291,12 @@ def test_a_failing_sql_pull_never_shows_the_password(tmp_path, monkeypatch, capl
     lake = Lake(tmp_path / "lake")
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ConnectionError) as info:
-        ingest_sql(lake, profile)
-    assert "ip21_secret" in str(info.value) and "\n" not in str(info.value)
+        sql_historian.pull(profile, None)
+    outcome = ingest_sql(lake, profile)
+    assert outcome.status == "failed" and "ip21_secret" in outcome.log["error"] and "\n" not in outcome.log["error"]
     out, errs = capfd.readouterr()
-    _assert_secret_free(_exception_chain_text(info.value), caplog.text, out, errs, repr(profile), _files_text(tmp_path))
+    _assert_secret_free(_exception_chain_text(info.value), outcome.log["error"], caplog.text, out, errs, repr(profile),
+                        _files_text(tmp_path))
 
 
 def _sqlite_historian(path: Path, rows=()) -> None:
@@ -315,7 +321,7 @@ def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_pat
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize([historian_sql], instance=instance, raise_on_error=False, resources={
             "lake": LakeResource(root=str(tmp_path / "lake")),
-            "landing": LandingResource(root=str(landing), sql_url=f"sqlite:///{tmp_path / 'h.sqlite'}")})
+            "landing": LandingResource(root=str(landing))})
         assert not result.success
         records = instance.all_logs(result.run_id)
         text = "\n".join(repr(r) for r in records)

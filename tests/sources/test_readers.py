@@ -7,15 +7,18 @@ import pytest
 
 from sources import historian_csv, lims, mes_journal, mes_xml, tags
 from sources.base import SourceRejected, sha256_of
-from sources.profiles import default_file_profiles, load_profiles, profile_for
+from demo.plant import demo_site
+from sources.profiles import profile_for
+from sources.site import SiteConfigError, load_site
 
 REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "b2mml"
-PROFILES = default_file_profiles()
+SITE = demo_site()
+PROFILES = {p.name: p for p in SITE.files}
 
 
 def _read(reader, path: Path, landing: Path):
     rel = path.relative_to(landing).as_posix()
-    return reader(path, sha256_of(path), rel, profile_for(rel, PROFILES))
+    return reader(path, sha256_of(path), rel, profile_for(rel, SITE.files))
 
 
 def test_long_historian_quarantines_the_truncated_line_by_its_number(plant_dir, truth):
@@ -85,7 +88,7 @@ def test_batchml_reads_batch_phases_materials_and_version(plant_dir, truth):
 
 def test_the_real_rockwell_record_parses_into_batch_bx10():
     path = REFERENCE / "rockwell-pharmasuite-batch-production-record-v0401.xml"
-    res = mes_xml.read_batchml(path, sha256_of(path), path.name, profile_for("mes/x.xml", PROFILES))
+    res = mes_xml.read_batchml(path, sha256_of(path), path.name, profile_for("mes/x.xml", SITE.files))
     batch = res.tables["batch_records"].iloc[0]
     assert batch.batch_id == "BX10" and batch["product"] == "000399FG01"
     phases = res.tables["phase_records"]
@@ -98,7 +101,7 @@ def test_xml_with_an_entity_declaration_is_refused(tmp_path):
     evil = tmp_path / "evil.xml"
     evil.write_text('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><BatchList><BatchListEntry><ID>&x;</ID></BatchListEntry></BatchList>')
     with pytest.raises(SourceRejected, match="DTD or entities"):
-        mes_xml.read_batchml(evil, sha256_of(evil), "mes/evil.xml", PROFILES[1])
+        mes_xml.read_batchml(evil, sha256_of(evil), "mes/evil.xml", PROFILES["mes_batchml"])
 
 
 def test_lims_marks_censored_results_and_quarantines_the_decimal_comma_line(plant_dir, truth):
@@ -115,17 +118,18 @@ def test_tag_dictionary_without_a_required_column_is_rejected(tmp_path):
     path = tmp_path / "tags.csv"
     path.write_text("tag,unit_id,parameter\nX,BR-1,temperature\n")
     with pytest.raises(SourceRejected, match="missing column"):
-        tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES[0])
+        tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES["tag_dictionary"])
 
 
-def test_sources_yaml_overrides_a_profile_and_refuses_unknown_keys(tmp_path):
-    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    delimiter: ';'\n    timezone: America/New_York\n")
-    files, _ = load_profiles(tmp_path, "sqlite://")
+def test_sources_yaml_defines_the_profiles_and_refuses_unknown_keys(tmp_path):
+    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    dataset: lims\n    glob: 'lims/*.csv'\n    delimiter: ';'\n"
+                                           "    timezone: America/New_York\n")
+    files = load_site(tmp_path).files
     prof = profile_for("lims/x.csv", files)
     assert (prof.delimiter, prof.timezone, prof.dataset) == (";", "America/New_York", "lims")
-    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    delimeter: ';'\n")
-    with pytest.raises(ValueError, match="unknown key"):
-        load_profiles(tmp_path, "sqlite://")
+    (tmp_path / "sources.yaml").write_text("files:\n  lims:\n    dataset: lims\n    glob: 'lims/*.csv'\n    delimeter: ';'\n")
+    with pytest.raises(SiteConfigError, match=r"files\.lims|profile 'lims' has unknown key\(s\) delimeter"):
+        load_site(tmp_path)
 
 
 def test_batchml_samples_become_sample_rows(plant_dir, truth):
@@ -143,12 +147,13 @@ def test_tag_units_convert_to_canonical_and_an_unknown_unit_is_quarantined(tmp_p
     path = tmp_path / "tags.csv"
     path.write_text("tag,unit_id,parameter,uom,role,interpolation\n"
                     "T1,BR-1,temperature,degF,pv,linear\nF1,BR-1,feed_rate,mL/min,pv,step\nX1,BR-1,temperature,furlong,pv,linear\n")
-    res = tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES[0])
+    res = tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES["tag_dictionary"], SITE)
     t = res.tables["tags"].set_index("tag")
     assert t.loc["T1", "canonical_uom"] == "degC"
     assert 212.0 * t.loc["T1", "scale"] + t.loc["T1", "offset"] == pytest.approx(100.0)
     assert t.loc["F1", "scale"] == pytest.approx(0.06) and "X1" not in t.index
     assert res.rejects.iloc[0].check == "uom_conversion" and res.rejects.iloc[0].source_row == 4
+    assert res.rejects.iloc[0].row_key == "X1" and res.rejects.iloc[0].reason.startswith("tag 'X1': cannot convert 'furlong' to 'degC'")
 
 
 def test_a_record_re_exported_after_completion_is_newer_than_the_running_one(tmp_path):
@@ -159,8 +164,8 @@ def test_a_record_re_exported_after_completion_is_newer_than_the_running_one(tmp
     generate(tmp_path / "a", PlantSize(batches=5, seconds_per_sample=600.0))
     generate(tmp_path / "b", PlantSize(batches=6, seconds_per_sample=600.0))
     old, new = (tmp_path / x / "landing" / "mes" / "B26-004.xml" for x in ("a", "b"))
-    r_old = mes_xml.read_batchml(old, sha256_of(old), "mes/B26-004.xml", PROFILES[1]).tables["batch_records"].iloc[0]
-    r_new = mes_xml.read_batchml(new, sha256_of(new), "mes/B26-004.xml", PROFILES[1]).tables["batch_records"].iloc[0]
+    r_old = mes_xml.read_batchml(old, sha256_of(old), "mes/B26-004.xml", PROFILES["mes_batchml"]).tables["batch_records"].iloc[0]
+    r_new = mes_xml.read_batchml(new, sha256_of(new), "mes/B26-004.xml", PROFILES["mes_batchml"]).tables["batch_records"].iloc[0]
     assert (r_old.status, r_new.status) == ("running", "complete")
     assert r_new.record_ts > r_old.record_ts and r_old.record_ts > r_old.start_ts
 
@@ -171,7 +176,7 @@ def test_a_dst_fold_in_a_naive_local_export_maps_to_the_right_utc_instants(tmp_p
     stamps = ["25.10.2026 01:30:00", "25.10.2026 02:00:00", "25.10.2026 02:30:00", "25.10.2026 02:00:00",
               "25.10.2026 02:30:00", "25.10.2026 03:00:00"]
     path.write_text("Timestamp;BR102.PH01.PV\n" + "".join(f"{t};7,{i}\n" for i, t in enumerate(stamps)))
-    res = historian_csv.read_wide(path, sha256_of(path), "historian/BR102_fold_wide.csv", profile_for("historian/x_wide.csv", PROFILES))
+    res = historian_csv.read_wide(path, sha256_of(path), "historian/BR102_fold_wide.csv", profile_for("historian/x_wide.csv", SITE.files))
     ts = res.tables["historian_points"].sort_values("source_row")["ts"].dt.strftime("%H:%M").tolist()
     assert ts == ["23:30", "00:00", "00:30", "01:00", "01:30", "02:00"]  # UTC: 30 minutes apart, none lost
     assert res.tables["historian_points"]["value"].tolist() == pytest.approx([7.0, 7.1, 7.2, 7.3, 7.4, 7.5])
@@ -184,7 +189,7 @@ def test_a_decimal_comma_file_reads_the_same_numbers_as_a_decimal_point_file(tmp
     dot, comma = tmp_path / "dot.csv", tmp_path / "comma.csv"
     dot.write_text("Tag,Timestamp,Value,Status\n" + "".join(",".join(r) + "\n" for r in rows))
     comma.write_text("Tag;Timestamp;Value;Status\n" + "".join(";".join((t, ts, v.replace(".", ","), s)) + "\n" for t, ts, v, s in rows))
-    base = profile_for("historian/x.csv", PROFILES)
+    base = profile_for("historian/x.csv", SITE.files)
     a = historian_csv.read_long(dot, sha256_of(dot), "historian/dot.csv", base).tables["historian_points"]
     b = historian_csv.read_long(comma, sha256_of(comma), "historian/comma.csv", replace(base, delimiter=";", decimal=",")).tables["historian_points"]
     assert a["value"].tolist() == b["value"].tolist() == [7.012, 6.998]
@@ -201,7 +206,7 @@ def test_a_file_in_the_wrong_folder_is_rejected_or_quarantined_never_crashes(tmp
     (landing / "historian").mkdir(parents=True)
     shutil.copy(plant_dir / "landing" / "mes" / "B26-002.xml", landing / "historian" / "BR101_not_a_csv.csv")
     shutil.copy(plant_dir / "landing" / "lims" / "lims_2026-03-16.csv", landing / "historian" / "BR101_lims_by_mistake.csv")
-    outcomes = [ingest.ingest_file(Lake(tmp_path / "lake"), landing, rel, prof) for rel, prof in ingest.landing_files(landing, PROFILES)]
+    outcomes = [ingest.ingest_file(Lake(tmp_path / "lake"), landing, rel, prof) for rel, prof in ingest.landing_files(landing, SITE.files)]
     assert {o.status for o in outcomes} == {"rejected"}
     for o in outcomes:
         assert o.log["error"].startswith(o.log["path"] + ": ") and "\n" not in o.log["error"]
@@ -222,7 +227,7 @@ def test_lineage_names_the_line_an_editor_shows_despite_empty_lines(tmp_path, ne
     hist = tmp_path / "BR101_blank.csv"
     rows = [f"BR101.TT01.PV,2026-03-16T10:0{i}:00+01:00,{36.5 + i / 10:.1f},Good" for i in range(5)]
     where = _blank_lines_file(hist, "Tag,Timestamp,Value,Status", rows, "BR101.TT01.PV,2026-03-16T10:09:00+01:00", newline)
-    res = historian_csv.read_long(hist, sha256_of(hist), "historian/BR101_blank.csv", profile_for("historian/x.csv", PROFILES))
+    res = historian_csv.read_long(hist, sha256_of(hist), "historian/BR101_blank.csv", profile_for("historian/x.csv", SITE.files))
     points = res.tables["historian_points"]
     assert [where[r] for r in rows] == points["source_row"].tolist() == [2, 5, 8, 9, 13]
     assert res.rejects["source_row"].tolist() == [where["BR101.TT01.PV,2026-03-16T10:09:00+01:00"]] == [6]
@@ -230,7 +235,7 @@ def test_lineage_names_the_line_an_editor_shows_despite_empty_lines(tmp_path, ne
     lab = tmp_path / "lims_blank.csv"
     rows = [f"B1-D0{i},B1,glucose,{5 + i}.10,g/L,2026-03-16T13:16:00+01:00,2026-03-16T17:08:00+01:00" for i in range(5)]
     where = _blank_lines_file(lab, "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at", rows, "B1-D09,B1,glucose", newline)
-    res = lims.read_lims(lab, sha256_of(lab), "lims/lims_blank.csv", profile_for("lims/lims_blank.csv", PROFILES))
+    res = lims.read_lims(lab, sha256_of(lab), "lims/lims_blank.csv", profile_for("lims/lims_blank.csv", SITE.files))
     samples = res.tables["samples"].sort_values("source_row")
     assert samples["source_row"].tolist() == [where[r] for r in rows] == [2, 5, 8, 9, 13]
     assert samples["value"].tolist() == [5.1, 6.1, 7.1, 8.1, 9.1]
@@ -246,7 +251,7 @@ def test_many_skipped_lines_are_numbered_in_one_pass(tmp_path):
         lines.append(f"BR101.TT01.PV,{(pd.Timestamp('2026-03-16T09:00:00Z') + pd.Timedelta(seconds=i)).isoformat()},{i},Good")
         expect.append(len(lines))
     path.write_text("\n".join(lines) + "\n")
-    res = historian_csv.read_long(path, sha256_of(path), "historian/BR101_holes.csv", profile_for("historian/x.csv", PROFILES))
+    res = historian_csv.read_long(path, sha256_of(path), "historian/BR101_holes.csv", profile_for("historian/x.csv", SITE.files))
     points = res.tables["historian_points"].sort_values("value")
     assert points["source_row"].tolist() == expect
     assert points["value"].tolist() == list(range(3000))

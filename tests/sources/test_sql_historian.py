@@ -348,23 +348,24 @@ def _closed_port() -> int:
     "postgresql+psycopg://batchtwin:s3cret@127.0.0.1:notaport/ip21",  # malformed
     "sqlite:////nonexistent-dir/historian.sqlite",
 ], ids=["closed-port", "unknown-driver", "malformed-port", "sqlite-missing-dir"])
-def test_unreachable_source_raises_connection_error_naming_it_without_the_password(url, lake):
+def test_an_unreachable_source_is_logged_failed_naming_it_without_the_password(url, lake):
     profile = SqlProfile(name=SOURCE, url=url.format(port=_closed_port()))
 
-    with pytest.raises(ConnectionError) as err:
-        ingest_sql(lake, profile)
+    outcome = ingest_sql(lake, profile)
 
-    message = str(err.value)
-    assert SOURCE in message
-    assert "s3cret" not in message and "s3cret" not in repr(err.value)
+    message = outcome.log["error"]
+    assert outcome.status == "failed" and message.startswith(f"SQL historian {SOURCE!r}: ") and "\n" not in message
+    assert "s3cret" not in message
+    log = pd.read_parquet(lake.silver("ingest_log"))
+    assert log["status"].tolist() == ["failed"] and not log.astype(str).apply(lambda c: c.str.contains("s3cret")).any().any()
     assert not lake.state(f"watermarks/{SOURCE}.json").exists()
     assert not any(lake.silver("historian_points").glob("*.parquet"))
 
 
-def test_wrong_password_raises_connection_error_without_the_password(postgres_server, lake):
+def test_wrong_password_is_logged_failed_without_the_password(postgres_server, lake):
     profile = SqlProfile(name=SOURCE, url=postgres_server.url("postgres", password="s3cret"))
 
-    with pytest.raises(ConnectionError, match="password authentication failed") as err:
-        ingest_sql(lake, profile)
+    outcome = ingest_sql(lake, profile)
 
-    assert SOURCE in str(err.value) and "s3cret" not in str(err.value)
+    assert outcome.status == "failed" and "password authentication failed" in outcome.log["error"]
+    assert SOURCE in outcome.log["error"] and "s3cret" not in outcome.log["error"]

@@ -1,0 +1,268 @@
+"""A site's configuration: `landing/sources.yaml`, the only place a site's conventions live.
+
+Nothing about any plant is built into the code. A site describes its source profiles (how
+each export looks), the canonical unit of each process parameter, a dictionary of its lab
+analytes, its operating limits per ISA-88 phase, the longest gap its compressed historian
+leaves between archived values, and which models apply to which product. README
+"Onboarding a site" documents every key with its default.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+
+from schemas.units import UnitError, check_unit, conversion
+from sources.profiles import DATASETS, FileProfile, SqlProfile, build_profile
+
+SITE_FILE = "sources.yaml"
+# PI's CompMax default: a steady signal may have one archived value every 8 hours, and that
+# is data, not a gap. Linear tags interpolate across up to this (plus a margin for the
+# exception-report delay); step tags hold their value until the next archived one, however long.
+DEFAULT_MAX_GAP_S = 8 * 3600.0 + 600.0
+TOP_LEVEL_KEYS = ("site", "files", "sql", "historian", "parameters", "analytes", "limits", "models")
+
+
+class SiteConfigError(ValueError):
+    """sources.yaml is missing or wrong (message: one line naming the key)."""
+
+
+@dataclass(frozen=True)
+class Analyte:
+    """One lab analyte of the site: its canonical unit, accepted units and plausible range."""
+
+    name: str
+    unit: str
+    units: tuple[str, ...] | None = None  # accepted reported units; None: any unit pint converts
+    min: float | None = None  # plausible range, in `unit`: outside it a result is quarantined
+    max: float | None = None
+    spec_low: float | None = None  # specification limits, in `unit` (informative)
+    spec_high: float | None = None
+
+    def accepts(self, uom: str) -> str | None:
+        """None when a result reported in `uom` can be used, else the reason it cannot."""
+        if self.units is not None and uom not in self.units:
+            return f"unit {uom!r} is not a known unit of {self.name} ({', '.join(self.units)})"
+        try:
+            conversion(uom, self.unit)
+        except UnitError as err:
+            return f"{self.name}: {err}"
+        return None
+
+
+@dataclass(frozen=True)
+class Site:
+    """Everything a site's sources.yaml says, resolved against its landing zone."""
+
+    landing: Path
+    name: str | None = None
+    files: list[FileProfile] = field(default_factory=list)
+    sqls: list[SqlProfile] = field(default_factory=list)
+    parameters: dict[str, str] = field(default_factory=dict)  # parameter -> canonical unit
+    analytes: dict[str, Analyte] = field(default_factory=dict)
+    # (parameter, phase) -> (low, high) in the parameter's canonical unit
+    limits: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
+    max_gap_s: float = DEFAULT_MAX_GAP_S
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # product -> model names
+
+    def canonical_unit(self, parameter: str, uom: str) -> str:
+        """The site's unit of `parameter`; a parameter the site does not list keeps `uom`."""
+        return self.parameters.get(parameter, uom)
+
+    def limit_rows(self) -> list[dict]:
+        return [{"parameter": p, "phase": ph, "low": lo, "high": hi}
+                for (p, ph), (lo, hi) in sorted(self.limits.items())]
+
+
+def load_site(landing: Path) -> Site:
+    """The site described by `landing/sources.yaml`; SiteConfigError (one line) when it is
+    missing or wrong."""
+    landing = Path(landing)
+    path = landing / SITE_FILE
+    if not path.is_file():
+        raise SiteConfigError(
+            f"{path} not found: describe the site there (at least `files:` with one profile per "
+            "export, e.g. `historian: {dataset: historian_long, glob: \"historian/*.csv\"}`); "
+            "see README 'Onboarding a site'")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise SiteConfigError(f"{path}: not valid YAML: {first}") from None
+    return parse_site(doc or {}, landing)
+
+
+def parse_site(doc: dict, landing: Path) -> Site:
+    """Build a Site from a parsed sources.yaml document."""
+    where = f"{Path(landing) / SITE_FILE}"
+    if not isinstance(doc, dict):
+        raise SiteConfigError(f"{where}: expected a mapping of {', '.join(TOP_LEVEL_KEYS)}")
+    unknown = set(doc) - set(TOP_LEVEL_KEYS)
+    if unknown:
+        raise SiteConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                              f"(known: {', '.join(TOP_LEVEL_KEYS)})")
+    try:
+        name = doc.get("site")
+        files = [p for p in _profiles(doc, "files", FileProfile, name) if p is not None]
+        sqls = [_resolve_sql(p, landing) for p in _profiles(doc, "sql", SqlProfile, None)
+                if p is not None]
+        return Site(
+            landing=Path(landing), name=None if name is None else str(name),
+            files=sorted(files, key=lambda p: -len(p.glob.replace("*", ""))),
+            sqls=sqls, parameters=_parameters(doc.get("parameters")),
+            analytes=_analytes(doc.get("analytes")), limits=_limits(doc.get("limits")),
+            max_gap_s=_max_gap(doc.get("historian")), models=_models(doc.get("models")),
+        )
+    except (TypeError, ValueError) as err:
+        raise SiteConfigError(f"{where}: {err}") from None
+
+
+def _section(doc: dict, key: str) -> dict:
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"`{key}` must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _profiles(doc: dict, key: str, cls, site_name):
+    for name, spec in _section(doc, key).items():
+        if spec is None:  # `name: null` switches a source off
+            continue
+        if not isinstance(spec, dict):
+            raise ValueError(f"{key}.{name} must be a mapping of profile keys")
+        spec = dict(spec)
+        if not spec.pop("enabled", True):
+            continue
+        if cls is FileProfile and site_name is not None:
+            spec.setdefault("site", str(site_name))
+        profile = build_profile(cls, str(name), spec)
+        if cls is FileProfile and profile.dataset not in DATASETS:
+            raise ValueError(f"files.{name}: unknown dataset {profile.dataset!r} "
+                             f"(one of {', '.join(DATASETS)})")
+        yield profile
+
+
+def _resolve_sql(profile: SqlProfile, landing: Path) -> SqlProfile:
+    """A relative SQLite path in a URL resolves against the landing zone, never the working
+    directory (a site run from another folder must read the same database)."""
+    from dataclasses import replace
+
+    if "${" in profile.url or "$" in profile.url.split("://", 1)[0]:
+        return profile  # from the environment: taken as it is at pull time
+    try:
+        url = sa.engine.make_url(profile.url)
+    except (sa.exc.ArgumentError, ValueError):
+        return profile  # the pull reports an unparseable URL, without quoting it
+    db = url.database
+    if url.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+        if not Path(db).is_absolute():
+            resolved = (Path(landing) / db).resolve()
+            return replace(profile, url=url.set(database=str(resolved)).render_as_string(
+                hide_password=False))
+    return profile
+
+
+def _parameters(section) -> dict[str, str]:
+    out = {}
+    for parameter, unit in (section or {}).items():
+        if isinstance(unit, dict):
+            unit = unit.get("unit")
+        if not isinstance(unit, str) or not unit.strip():
+            raise ValueError(f"parameters.{parameter}: give the canonical unit, e.g. `degC`")
+        _check_unit(unit, f"parameters.{parameter}")
+        out[str(parameter)] = unit.strip()
+    return out
+
+
+ANALYTE_KEYS = ("unit", "units", "min", "max", "spec_low", "spec_high")
+
+
+def _analytes(section) -> dict[str, Analyte]:
+    out = {}
+    for name, spec in (section or {}).items():
+        key = f"analytes.{name}"
+        if isinstance(spec, str):
+            spec = {"unit": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("unit"), str):
+            raise ValueError(f"{key}: give at least `unit`, e.g. {{unit: g/L, min: 0}}")
+        unknown = set(spec) - set(ANALYTE_KEYS)
+        if unknown:
+            raise ValueError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(ANALYTE_KEYS)})")
+        _check_unit(spec["unit"], f"{key}.unit")
+        units = spec.get("units")
+        if units is not None:
+            units = tuple(str(u).strip() for u in units)
+            for u in units:
+                try:
+                    conversion(u, spec["unit"])
+                except UnitError as err:
+                    raise ValueError(f"{key}.units: {err}") from None
+        analyte = Analyte(str(name).lower(), spec["unit"].strip(), units,
+                          *(_number(spec.get(k), f"{key}.{k}") for k in ANALYTE_KEYS[2:]))
+        if analyte.min is not None and analyte.max is not None and analyte.min > analyte.max:
+            raise ValueError(f"{key}: min {analyte.min} is above max {analyte.max}")
+        out[analyte.name] = analyte
+    return out
+
+
+def _limits(section) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    out = {}
+    for parameter, phases in (section or {}).items():
+        if not isinstance(phases, dict):
+            raise ValueError(f"limits.{parameter}: a mapping of phase -> [low, high]")
+        for phase, bounds in phases.items():
+            key = f"limits.{parameter}.{phase}"
+            if isinstance(bounds, dict):
+                bounds = [bounds.get("low"), bounds.get("high")]
+            if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+                raise ValueError(f"{key}: give [low, high] (null for an open side)")
+            low, high = (_number(b, key) for b in bounds)
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"{key}: low {low} is above high {high}")
+            out[(str(parameter), str(phase))] = (low, high)
+    return out
+
+
+def _max_gap(section) -> float:
+    section = section or {}
+    unknown = set(section) - {"max_gap_s"}
+    if unknown:
+        raise ValueError(f"historian: unknown key(s) {', '.join(sorted(unknown))} (known: max_gap_s)")
+    value = _number(section.get("max_gap_s"), "historian.max_gap_s")
+    if value is None:
+        return DEFAULT_MAX_GAP_S
+    if value <= 0:
+        raise ValueError(f"historian.max_gap_s must be positive, not {value}")
+    return value
+
+
+def _models(section) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for product, names in (section or {}).items():
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"models.{product}: a list of model names or import paths")
+        out[str(product)] = tuple(names)
+    return out
+
+
+def _number(value, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _check_unit(unit: str, key: str) -> None:
+    try:
+        check_unit(unit)
+    except UnitError as err:
+        raise ValueError(f"{key}: {err}") from None
