@@ -240,7 +240,7 @@ def _minutes(h: float) -> float:
 
 def _steps(steps: list[tuple[float, float]], h: np.ndarray) -> np.ndarray:
     """Value of a step profile at hours `h` (0 before its first step)."""
-    times = np.array([t for t, _ in steps])
+    times = np.round([t for t, _ in steps], 9)  # whole minutes, as `h` (float noise aside)
     idx = np.searchsorted(times, h, side="right") - 1
     return np.where(idx >= 0, np.array([v for _, v in steps])[np.clip(idx, 0, None)], 0.0)
 
@@ -339,13 +339,13 @@ def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dic
     sugar, oil, ph = np.zeros(n), np.zeros(n), np.full(n, 7.0)  # idle: probe in storage buffer
     run, harvest, pre = (np.zeros(n, dtype=bool) for _ in range(3))
     for b in own:
-        h = (t_s - b.s(0.0)) / 3600.0
-        m = (h >= 0) & (h < b.end_h)
+        h = np.round((t_s - b.s(0.0)) / 3600.0, 9)  # so a step at a whole minute lands on it
+        m = (h >= 0) & (h < round(b.end_h, 9))
         run |= m
         for phase, (a, z) in b.bounds().items():
-            inside = (h >= a) & (h < z)
+            inside = (h >= round(a, 9)) & (h < round(z, 9))
             sp["T"][inside], sp["bar"][inside] = SETPOINTS[phase][0], SETPOINTS[phase][2]
-        harvest |= (h >= b.harvest_h) & m
+        harvest |= (h >= round(b.harvest_h, 9)) & m
         before = (h >= -PREHEAT_H) & (h < 0)  # medium charged and brought to temperature
         pre |= before
         sp["T"][before] = SETPOINTS["BATCH"][0]
