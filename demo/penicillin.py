@@ -1,39 +1,37 @@
-"""Werk Süd (PEN-SUED): a second demo site, a penicillin fed-batch plant in the US Midwest.
+"""Werk Süd (PEN-SUED): the second demo site, a penicillin fed-batch plant in the US Midwest.
 
 Three 50 m³ fermenters (F-301…F-303) make penicillin G (PEN-G) in 200–230 h fed-batch runs,
-an IndPenSim-like process scaled down and simulated with a generic Monod model (`_rhs`). The
-site exists to prove that onboarding a second site is configuration, not code, so every
-convention differs from the first demo plant (`demo/plant.py`, CHO cells in Basel):
+an IndPenSim-like process scaled down and simulated with a generic Monod model (`_rhs`). It
+proves that onboarding a site is configuration, not code: every convention differs from the
+first demo plant (`demo/plant.py`, CHO cells in Basel).
 
-- historian: one PI "recorded values" export per fermenter (F-303's gzipped), long, `;` and
-  decimal comma, German headers, naive local time in America/Chicago (US DST change on
-  2026-03-08 inside the first batches), month-first timestamps, OPC quality numbers, digital
-  states in the value column. Exception reporting (ExcDev, ExcMax 600 s) then swinging door
-  (CompDev, CompMax 8 h): set-points and feeds keep one archived value every few hours.
-  Temperature in K, dissolved oxygen in mg/L, aeration in m^3/min, volume in m^3.
-- tag dictionary: its own column names, latin-1, decimal comma, no max_gap_s column (the site
-  states one `historian.max_gap_s` in sources.yaml).
-- MES: BatchML V0700, one file per batch, UTC times, pipe-separated paths, no operation level,
-  phases BATCH / FED_BATCH / HARVEST without an inoculation phase (BATCH start is t = 0);
-  material actuals (seed, phenylacetic acid boluses, broth draw-offs) under WorkPerformance.
-- LIMS: German headers, `;` and decimal comma, `dd-Mon-yyyy HH:MM` local times, samples every
-  12 h, viscosity in cP, substrate censored below 0.05 g/L ("<0,05"), a re-send in a 2nd file.
-- no SQL historian; `landing/sources.yaml` describes every source, unit, analyte and limit.
+- historian: a PI "recorded values" export per fermenter (F-303's gzipped): long, `;`, decimal
+  comma, German headers, month-first naive local time in America/Chicago (the US DST change of
+  2026-03-08 falls inside the first batches), OPC quality numbers, digital states as values.
+  Exception reporting (ExcDev, ExcMax 600 s) then swinging door (CompDev, CompMax 8 h): step
+  tags keep one value every few hours. Temperature in K, dissolved oxygen in mg/L.
+- tag dictionary: its own column names, latin-1, decimal comma, no max_gap_s column.
+- MES: BatchML V0700, a file per batch, UTC times, pipe-separated paths, phases BATCH /
+  FED_BATCH / HARVEST and no inoculation phase (BATCH start is t = 0); seed, precursor
+  boluses and broth draw-offs as material actuals of WorkPerformance job responses.
+- LIMS: German headers, `;`, decimal comma, `dd-Mon-yyyy HH:MM` local times, samples every
+  12 h, viscosity in cP, substrate censored below 0.05 g/L, and a conflicting re-send.
+- no SQL historian; `landing/sources.yaml` describes sources, units, analytes and limits.
 
-Faults are injected at recorded places and listed in `truth.json` with the true parameters,
-each batch's phases and inputs, the compression settings, each tag's point counts before and
-after compression, and the time-weighted phase averages of the uncompressed signals (what a
-reader of the compressed archive must reproduce). Same seed, same bytes.
+`truth.json` holds the true parameters, each batch's phases, inputs and final state, every
+injected fault, the compression settings with each tag's point counts, and the time-weighted
+phase averages of the uncompressed signals (what a reader of the archive must reproduce).
+Same seed, same bytes.
 """
 from __future__ import annotations
 
 import gzip
 import io
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from string import Template
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -50,33 +48,32 @@ DEFAULT_SEED = 20260302
 # F-301's and F-302's first batches run across the US spring DST change (2026-03-08 02:00 CST)
 FIRST_START = datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)
 EPOCH = FIRST_START - timedelta(hours=12)  # the historian export starts here
+DST = datetime(2026, 3, 8, 8, 0, tzinfo=timezone.utc)
 STREAMS = {"plan": 0, "sensors": 1, "lims": 2}
-PHASES = ("BATCH", "FED_BATCH", "HARVEST")
 NS = "http://www.mesa.org/xml/B2MML"  # BatchML V0700
 TRUE_PARAMETERS = {  # name: (value, unit); the same every batch, only initial states vary
     "mu_max": (0.095, "1/h"), "K_S": (0.15, "g/L"), "Y_XS": (0.47, "g/g"),
     "m_S": (0.018, "g/(g*h)"), "alpha": (0.004, "g/g"), "beta": (0.005, "g/(g*h)"),
-    # feed properties, known from the recipe: sugar feed and the oil's sugar equivalent
-    "S_f": (500.0, "g/L"), "S_oil": (1500.0, "g/L"),
+    "S_f": (500.0, "g/L"), "S_oil": (1500.0, "g/L"),  # sugar feed; oil as sugar equivalent
 }
+P = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}
 STATE_UNITS = {"X": "g/L", "S": "g/L", "P": "g/L", "V": "L"}
 SEED_L, PREHEAT_H, TEMP_TAU_S = 2500.0, 6.0, 1800.0
 SUGAR_RECIPE = ((0.0, 40.0), (12.0, 55.0), (30.0, 65.0), (60.0, 75.0), (110.0, 70.0), (150.0, 65.0))
 OIL_RECIPE = ((0.0, 4.0), (48.0, 6.0))  # both: (h after feed start, L/h)
 PRECURSOR = ((0.5, 120.0), (72.0, 80.0))  # (h after feed start, kg phenylacetic acid)
-DRAW_ABOVE_L, DRAW_TO_L = 43000.0, 39000.0  # daily check from 48 h after feed start
-# per phase: temperature set-point K, aeration m^3/min, head pressure bar(g); then idle vessel
+DRAW_ABOVE_L, DRAW_TO_L = 43000.0, 39000.0  # checked daily from 48 h after feed start
+# per phase: temperature set-point K, aeration m^3/min, head pressure bar(g)
 SETPOINTS = {"BATCH": (298.15, 25.0, 0.5), "FED_BATCH": (297.15, 35.0, 0.8),
              "HARVEST": (283.15, 8.0, 0.2)}
-IDLE = (293.15, 0.0, 0.0)
+IDLE = (293.15, 0.0, 0.0)  # an empty vessel between batches
 EXC_MAX_S, COMP_MAX_S = 600.0, 28800.0  # PI defaults: ExcMax 10 min, CompMax 8 h
 ODE = {"method": "LSODA", "rtol": 1e-7, "atol": 1e-9}
-ASSAYS = {  # LIMS test: (unit, CV, decimals, report delay range h, model state or derived)
-    "BIOMASS": ("g/L", 0.06, 1, (2.0, 3.0)), "PENICILLIN": ("g/L", 0.04, 2, (4.0, 6.0)),
-    "VISCOSITY": ("cP", 0.08, 0, (0.5, 1.0)), "SUBSTRATE": ("g/L", 0.05, 2, (1.5, 2.5)),
-}
+# LIMS test: unit, assay CV, decimals, report delay (h, range)
+ASSAYS = {"BIOMASS": ("g/L", 0.06, 1, (2.0, 3.0)), "PENICILLIN": ("g/L", 0.04, 2, (4.0, 6.0)),
+          "VISCOSITY": ("cP", 0.08, 0, (0.5, 1.0)), "SUBSTRATE": ("g/L", 0.05, 2, (1.5, 2.5))}
 SUBSTRATE_LOD = 0.05
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 HEADER = f"# {SITE_NAME} ({SITE}) penicillin demo site, written by demo/penicillin.py"
 
 
@@ -84,39 +81,32 @@ class Tag(NamedTuple):
     code: str  # ISA loop code; {n} is the fermenter number
     parameter: str
     uom: str
-    role: str  # written as the site writes it; the reader lower-cases it
+    role: str  # as the site writes it (upper case); the reader lower-cases it
     interp: str
-    noise: float
+    noise: float  # instrument noise, engineering units
     decimals: int
-    exc_dev: float  # exception deviation (PI ExcDev), engineering units
-    comp_dev: float  # compression deviation (PI CompDev), ~ instrument precision
-    low: float | None  # instrument range (PI Zero / Zero + Span)
+    exc_dev: float  # PI ExcDev
+    comp_dev: float  # PI CompDev, about the instrument's precision
+    low: float | None  # instrument range
     high: float | None
     descriptor: str
 
 
 TAGS = (
-    Tag("TI{n}1.PV", "temperature", "K", "PV", "LINEAR", 0.02, 2, 0.05, 0.1, 263.15, 373.15,
-        "Temperatur Brühe"),
-    Tag("TIC{n}1.SP", "temperature_sp", "K", "SP", "STEP", 0.0, 2, 0.01, 0.01, None, None,
-        "Temperatur Sollwert"),
-    Tag("AI{n}2.PV", "ph", "pH", "PV", "LINEAR", 0.004, 3, 0.01, 0.02, 2.0, 12.0, "pH Brühe"),
-    Tag("AI{n}3.PV", "dissolved_oxygen", "mg/L", "PV", "LINEAR", 0.03, 2, 0.05, 0.1, 0.0, 25.0,
-        "Gelöstsauerstoff"),
-    Tag("FIC{n}4.SP", "sugar_feed_rate", "L/h", "SP", "STEP", 0.0, 1, 0.5, 0.5, 0.0, 150.0,
-        "Zuckerfeed Sollwert"),
-    Tag("FIC{n}5.SP", "oil_feed_rate", "L/h", "SP", "STEP", 0.0, 1, 0.2, 0.2, 0.0, 15.0,
-        "Ölfeed Sollwert"),
-    Tag("FIC{n}6.SP", "aeration_rate", "m^3/min", "SP", "STEP", 0.0, 1, 0.5, 0.5, 0.0, 75.0,
-        "Begasung Luft Sollwert"),
-    Tag("PIC{n}7.PV", "pressure", "bar", "PV", "STEP", 0.002, 2, 0.02, 0.02, -1.0, 2.5,
-        "Kopfdruck (Überdruck)"),
-    Tag("JI{n}8.PV", "agitator_power", "kW", "PV", "LINEAR", 0.4, 1, 1.0, 2.0, 0.0, 110.0,
-        "Rührerleistung"),
-    Tag("AI{n}9.PV", "offgas_co2", "%", "PV", "LINEAR", 0.01, 3, 0.02, 0.04, 0.0, 10.0, "Abgas CO2"),
-    Tag("LI{n}0.PV", "volume", "m^3", "PV", "LINEAR", 0.03, 2, 0.1, 0.2, 0.0, 55.0, "Füllvolumen"),
+    Tag("TI{n}1.PV", "temperature", "K", "PV", "LINEAR", .02, 2, .05, .1, 263.15, 373.15, "Temp."),
+    Tag("TIC{n}1.SP", "temperature_sp", "K", "SP", "STEP", 0, 2, .01, .01, None, None, "Temp. SW"),
+    Tag("AI{n}2.PV", "ph", "pH", "PV", "LINEAR", .004, 3, .01, .02, 2.0, 12.0, "pH Brühe"),
+    Tag("AI{n}3.PV", "dissolved_oxygen", "mg/L", "PV", "LINEAR", .03, 2, .05, .1, 0, 25, "O2 gel."),
+    Tag("FIC{n}4.SP", "sugar_feed_rate", "L/h", "SP", "STEP", 0, 1, .5, .5, 0, 150, "Zuckerfeed"),
+    Tag("FIC{n}5.SP", "oil_feed_rate", "L/h", "SP", "STEP", 0, 1, .2, .2, 0, 15, "Ölfeed"),
+    Tag("FIC{n}6.SP", "aeration_rate", "m^3/min", "SP", "STEP", 0, 1, .5, .5, 0, 75, "Begasung"),
+    Tag("PIC{n}7.PV", "pressure", "bar", "PV", "STEP", .002, 2, .02, .02, -1.0, 2.5, "Kopfdruck"),
+    Tag("JI{n}8.PV", "agitator_power", "kW", "PV", "LINEAR", .4, 1, 1., 2., 0, 110, "Rührer kW"),
+    Tag("AI{n}9.PV", "offgas_co2", "%", "PV", "LINEAR", .01, 3, .02, .04, 0, 10, "Abgas CO2"),
+    Tag("LI{n}0.PV", "volume", "m^3", "PV", "LINEAR", .03, 2, .1, .2, 0, 55, "Füllvolumen"),
 )
-# canonical unit of each parameter at this site: temperatures are converted, the rest kept
+BY_PARAMETER = {t.parameter: t for t in TAGS}
+# the site's canonical unit of each parameter: temperatures are converted, the rest kept
 SITE_UNITS = {t.parameter: ("degC" if t.uom == "K" else t.uom) for t in TAGS}
 
 
@@ -142,10 +132,10 @@ class Batch:
     harvest_h: float
     end_h: float
     feed_h: float = 0.0
-    sugar: list[tuple[float, float]] = field(default_factory=list)  # (t_h, L/h) steps
-    oil: list[tuple[float, float]] = field(default_factory=list)
-    aeration: list[tuple[float, float]] = field(default_factory=list)
-    draw_offs: list[tuple[float, float]] = field(default_factory=list)  # (t_h, L removed)
+    sugar: list = field(default_factory=list)  # (t_h, value) steps: L/h, L/h, m^3/min
+    oil: list = field(default_factory=list)
+    aeration: list = field(default_factory=list)
+    draw_offs: list = field(default_factory=list)  # (t_h, L removed)
     grid_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
     states: np.ndarray = field(default_factory=lambda: np.zeros((4, 0)))
     status: str = "complete"
@@ -170,16 +160,15 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
              progress: Callable[[str], None] = lambda _: None) -> dict:
     """Write `root/landing/…` (with sources.yaml) and `root/truth.json`; return the truth.
 
-    Only the files this generator writes are touched: those of an earlier run (listed in
+    Only this generator's files are touched: an earlier run's (listed in
     `landing/.penicillin-files.json`) are replaced, nothing else in the landing zone is.
     """
     if size.batches < 4 or size.seconds_per_sample < 1.0:
         raise ValueError("Werk Süd needs at least 4 batches and seconds_per_sample >= 1")
     root, landing = Path(root), Path(root) / "landing"
-    yaml_path = landing / "sources.yaml"
+    yaml_path, manifest = landing / "sources.yaml", landing / ".penicillin-files.json"
     if yaml_path.exists() and not yaml_path.read_text(encoding="utf-8").startswith(HEADER):
         raise FileExistsError(f"{yaml_path} was not written by this demo; it is never replaced")
-    manifest = landing / ".penicillin-files.json"
     for rel in json.loads(manifest.read_text()) if manifest.exists() else []:
         (landing / rel).unlink(missing_ok=True)
     for sub in ("tags", "historian", "mes", "lims"):
@@ -197,7 +186,7 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
         written.append(rel)
 
     batches = _plan(size.batches, _stream(size.seed, "plan"))
-    as_of = batches[-1].at(100.0).replace(minute=0)
+    as_of = batches[-1].at(100.0).replace(minute=0)  # the newest batch is 4 days in
     for b in batches:
         b.status = "complete" if b.at(b.end_h) <= as_of else "running"
     progress(f"simulated {len(batches)} batches")
@@ -205,26 +194,26 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
     write("tags/PEN_Tagliste.csv", _tag_dictionary(), "latin-1")
     for b in batches:
         write(f"mes/PEN_{b.batch_id}.xml", _batch_xml(b, as_of))
-    main, resend = _lims(batches, as_of, size.seed, faults)
-    write("lims/PEN_LIMS_export.csv", main)
+    export, resend = _lims(batches, as_of, size.seed, faults)
+    write("lims/PEN_LIMS_export.csv", export)
     write("lims/PEN_LIMS_resend.csv", resend)
-    progress("wrote tag dictionary, MES records and LIMS results")
+    progress("wrote the tag dictionary, MES records and LIMS results")
     t_s = np.unique(np.round(np.arange(0.0, (as_of - EPOCH).total_seconds() + 1e-6,
                                        size.seconds_per_sample)))
     tag_truth: dict[str, dict] = {}
     for i, unit in enumerate(UNITS):
         own = [b for b in batches if b.unit == unit]
         raw = _signals(own, t_s, size.seed, i)
-        arc = _archive(unit, raw, t_s, tag_truth)
         rel = f"historian/PEN_{unit.replace('-', '')}_recorded.csv" + (".gz" if i == 2 else "")
-        arc = _historian_faults(unit, own, arc, raw, t_s, rel, faults)
+        arc = _faults(unit, own, _archive(unit, raw, t_s, tag_truth), raw, t_s, rel, faults)
         write(rel, _historian_csv(arc))
         _phase_twa(own, raw, t_s)
         progress(f"{unit}: {len(t_s):,} raw samples per tag, {len(arc):,} archived rows")
-    write("sources.yaml", _sources_yaml())
+    write("sources.yaml", SOURCES_YAML.substitute(header=HEADER, site=SITE, tz=SITE_TZ,
+                                                  max_gap=int(COMP_MAX_S)))
     truth = _truth(batches, as_of, size, faults, tag_truth)
-    (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True,
-                                                ensure_ascii=False) + "\n", encoding="utf-8")
+    (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True, ensure_ascii=False)
+                                     + "\n", encoding="utf-8")
     manifest.write_text(json.dumps(sorted(written), indent=0) + "\n")
     return truth
 
@@ -238,30 +227,32 @@ def _minutes(h: float) -> float:
     return round(float(h) * 60.0) / 60.0
 
 
-def _steps(steps: list[tuple[float, float]], h: np.ndarray) -> np.ndarray:
+def _steps(steps: list, h: np.ndarray) -> np.ndarray:
     """Value of a step profile at hours `h` (0 before its first step)."""
     times = np.round([t for t, _ in steps], 9)  # whole minutes, as `h` (float noise aside)
     idx = np.searchsorted(times, h, side="right") - 1
     return np.where(idx >= 0, np.array([v for _, v in steps])[np.clip(idx, 0, None)], 0.0)
 
 
+def _z(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
 # ------------------------------------------------------------------ kinetics
 
-def _rhs(t, y, fs, fo, p):
-    """Monod growth on sugar, Luedeking–Piret product; the soy-oil feed enters S as its sugar
+def _rhs(t, y, fs, fo):
+    """Monod growth on sugar, Luedeking–Piret product. The soy-oil feed enters S as its sugar
     equivalent S_oil (one carbon pool) and adds its own volume."""
     x, s, prod, v = y
-    s = max(s, 0.0)
-    mu = p["mu_max"] * s / (p["K_S"] + s)
+    mu = P["mu_max"] * max(s, 0.0) / (P["K_S"] + max(s, 0.0))
     d = (fs + fo) / v
     return [mu * x - d * x,
-            -(mu / p["Y_XS"] + p["m_S"]) * x + (fs * p["S_f"] + fo * p["S_oil"]) / v - d * y[1],
-            (p["alpha"] * mu + p["beta"]) * x - d * prod,
-            fs + fo]
+            -(mu / P["Y_XS"] + P["m_S"]) * x + (fs * P["S_f"] + fo * P["S_oil"]) / v - d * s,
+            (P["alpha"] * mu + P["beta"]) * x - d * prod, fs + fo]
 
 
 def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
-    """Lay `n` batches on the fermenters, staggered three days apart, and simulate each."""
+    """Lay `n` batches on the fermenters, started three days apart, and simulate each."""
     free = {u: FIRST_START + timedelta(hours=72.0 * i) for i, u in enumerate(UNITS)}
     out = []
     for seq in range(n):
@@ -278,43 +269,34 @@ def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
 
 
 def _simulate(b: Batch) -> None:
-    """Integrate the batch segment by segment between input changes; fill its inputs."""
-    p = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}
-
-    def spent(t, y, *_):  # the batch sugar is used up (the DO rises)
+    """Integrate segment by segment between input changes; the feed start comes from the
+    kinetics (an hour after the batch sugar is spent, when operators see the DO rise)."""
+    def spent(t, y, *_):
         return y[1] - 0.5
     spent.terminal, spent.direction = True, -1
-    sol = solve_ivp(_rhs, (0.0, 80.0), b.y0, args=(0.0, 0.0, p), events=spent, **ODE)
-    b.feed_h = f = _minutes(sol.t_events[0][0] + 1.0)  # operators start the feed an hour later
+    sol = solve_ivp(_rhs, (0.0, 80.0), b.y0, args=(0.0, 0.0), events=spent, **ODE)
+    b.feed_h = f = _minutes(sol.t_events[0][0] + 1.0)
     b.sugar = [(f + a, r) for a, r in SUGAR_RECIPE] + [(b.harvest_h, 0.0)]
     b.oil = [(f + a, r) for a, r in OIL_RECIPE] + [(b.harvest_h, 0.0)]
-    b.aeration = [(0.0, SETPOINTS["BATCH"][1]), (f, SETPOINTS["FED_BATCH"][1]),
-                  (f + 60.0, 45.0), (b.harvest_h, SETPOINTS["HARVEST"][1])]
-    checks = set(f + 48.0 + 24.0 * np.arange(8))
-    cuts = sorted({0.0, *(t for t, _ in b.sugar + b.oil), *checks, b.harvest_h})
-    cuts = [c for c in cuts if c <= b.harvest_h]
+    b.aeration = [(0.0, SETPOINTS["BATCH"][1]), (f, SETPOINTS["FED_BATCH"][1]), (f + 60.0, 45.0),
+                  (b.harvest_h, SETPOINTS["HARVEST"][1])]
+    checks = {f + 48.0 + 24.0 * k for k in range(8)}
+    cuts = [c for c in sorted({0.0, *(t for t, _ in b.sugar + b.oil), *checks}) if c < b.harvest_h]
     grid = np.arange(0.0, b.harvest_h, 0.05)
     ts, ys, y = [], [], np.array(b.y0)
-    for a, z in zip(cuts, cuts[1:]):
+    for a, z in zip(cuts, [*cuts[1:], b.harvest_h]):
         if a in checks and y[3] > DRAW_ABOVE_L:  # broth drawn off before the vessel is too full
-            b.draw_offs.append((a, round(y[3] - DRAW_TO_L, -1)))
+            b.draw_offs.append((a, round(float(y[3]) - DRAW_TO_L, -1)))
             y[3] -= b.draw_offs[-1][1]
-        t_eval = np.r_[a, grid[(grid > a) & (grid < z)], z]
         rates = (_steps(b.sugar, np.array([a]))[0], _steps(b.oil, np.array([a]))[0])
-        sol = solve_ivp(_rhs, (a, z), y, t_eval=t_eval, args=(*rates, p), **ODE)
+        sol = solve_ivp(_rhs, (a, z), y, t_eval=np.r_[a, grid[(grid > a) & (grid < z)], z],
+                        args=rates, **ODE)
         ts.append(sol.t)
         ys.append(sol.y)
         y = sol.y[:, -1].copy()
-    # HARVEST: feeds off and the broth cooled; the model holds the state until the vessel empties
+    # HARVEST: feeds off, broth cooled; the model holds the state until the vessel is empty
     b.grid_h = np.concatenate([*ts, [b.end_h]])
     b.states = np.concatenate([*ys, y[:, None]], axis=1)
-
-
-def _uptake(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Sugar uptake rate, g/L/h (drives oxygen demand and CO2)."""
-    p = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}
-    s = np.maximum(s, 0.0)
-    return (p["mu_max"] * s / (p["K_S"] + s) / p["Y_XS"] + p["m_S"]) * x
 
 
 # ------------------------------------------------------------------ historian
@@ -332,11 +314,11 @@ def _lag(t: np.ndarray, target: np.ndarray, tau: float) -> np.ndarray:
 
 
 def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dict[str, np.ndarray]:
-    """Uncompressed signals of one fermenter (tag units, rounded as the instrument sends them)."""
+    """Uncompressed signals of one fermenter by parameter, in tag units, rounded as sent."""
     n = len(t_s)
-    sp = {k: np.full(n, v) for k, v in zip(("T", "air", "bar"), IDLE)}
-    x, s, v = np.zeros(n), np.zeros(n), np.zeros(n)
-    sugar, oil, ph = np.zeros(n), np.zeros(n), np.full(n, 7.0)  # idle: probe in storage buffer
+    temp_sp, air, bar = (np.full(n, v) for v in IDLE)
+    x, s, v, sugar, oil = (np.zeros(n) for _ in range(5))
+    ph = np.full(n, 7.0)  # idle: the probe sits in storage buffer
     run, harvest, pre = (np.zeros(n, dtype=bool) for _ in range(3))
     for b in own:
         h = np.round((t_s - b.s(0.0)) / 3600.0, 9)  # so a step at a whole minute lands on it
@@ -344,35 +326,35 @@ def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dic
         run |= m
         for phase, (a, z) in b.bounds().items():
             inside = (h >= round(a, 9)) & (h < round(z, 9))
-            sp["T"][inside], sp["bar"][inside] = SETPOINTS[phase][0], SETPOINTS[phase][2]
-        harvest |= (h >= round(b.harvest_h, 9)) & m
+            temp_sp[inside], bar[inside] = SETPOINTS[phase][0], SETPOINTS[phase][2]
+        harvest |= m & (h >= round(b.harvest_h, 9))
         before = (h >= -PREHEAT_H) & (h < 0)  # medium charged and brought to temperature
         pre |= before
-        sp["T"][before] = SETPOINTS["BATCH"][0]
-        v[before] = b.y0[3] - SEED_L
-        sp["air"][m], sugar[m], oil[m] = (_steps(q, h[m]) for q in (b.aeration, b.sugar, b.oil))
+        temp_sp[before], v[before] = SETPOINTS["BATCH"][0], b.y0[3] - SEED_L
+        air[m], sugar[m], oil[m] = (_steps(q, h[m]) for q in (b.aeration, b.sugar, b.oil))
         x[m], s[m], _, v[m] = b.state(h[m])
         cycle = 0.02 * np.sin(2 * np.pi * t_s[m] / 10800.0)  # the acid/base loop's limit cycle
-        ph[m] = 6.5 + cycle + np.where(h[m] >= b.harvest_h, 0.05 * (h[m] - b.harvest_h), 0.0)
-    q = _uptake(x, s) * np.where(harvest, 0.2, 1.0)  # cooled broth: metabolism slows
-    cstar = 8.26 * (1.0 + sp["bar"] / 1.013)  # saturation rises with head pressure
-    demand = q / (q + 0.35 * np.maximum(sp["air"], 1.0) / 35.0)
-    air_mol_h = np.maximum(sp["air"], 1e-9) * 60.0 * 1000.0 / 22.4
-    power = np.where(run, 48.0 * np.sqrt(v / 40000.0) * (1.0 - sp["air"] / 200.0), 0.0)
+        ph[m] = 6.5 + cycle + 0.05 * np.clip(h[m] - b.harvest_h, 0.0, None)
+    mu = P["mu_max"] * np.maximum(s, 0) / (P["K_S"] + np.maximum(s, 0))
+    q = (mu / P["Y_XS"] + P["m_S"]) * x * np.where(harvest, 0.2, 1.0)  # sugar uptake, g/L/h
+    demand = q / (q + 0.35 * np.maximum(air, 1.0) / 35.0)  # share of the O2 transfer used
+    cstar = 8.26 * (1.0 + bar / 1.013)  # saturation rises with head pressure
+    power = np.where(run, 48.0 * np.sqrt(v / 40000.0) * (1.0 - air / 200.0), 0.0)
     clean = {
-        "temperature": _lag(t_s, sp["T"], TEMP_TAU_S), "temperature_sp": sp["T"], "ph": ph,
+        "temperature": _lag(t_s, temp_sp, TEMP_TAU_S), "temperature_sp": temp_sp, "ph": ph,
         "dissolved_oxygen": np.where(run, cstar * (1.0 - 0.9 * demand), cstar),
-        "sugar_feed_rate": sugar, "oil_feed_rate": oil, "aeration_rate": sp["air"],
-        "pressure": sp["bar"],
+        "sugar_feed_rate": sugar, "oil_feed_rate": oil, "aeration_rate": air, "pressure": bar,
         "agitator_power": np.where(harvest, 0.4, 1.0) * power + np.where(pre, 15.0, 0.0),
-        "offgas_co2": 0.04 + np.where(sp["air"] > 0, 100.0 * q * v / 30.0 / air_mol_h, 0.0),
+        # CO2 from the sugar burnt (1/30 mol per g) in the air flow (22.4 L/mol)
+        "offgas_co2": 0.04 + np.where(air > 0, 100 * q * v / 30 / (np.maximum(air, 1e-9) * 60e3 / 22.4),
+                                      0.0),
         "volume": v / 1000.0,
     }
     out = {}
     for k, tag in enumerate(TAGS):
         noise = _stream(seed, "sensors", unit_idx, k).normal(0.0, tag.noise, n) if tag.noise else 0
         value = clean[tag.parameter] + noise
-        if tag.parameter not in ("temperature", "temperature_sp", "ph"):
+        if tag.parameter not in ("temperature", "temperature_sp", "ph", "pressure"):
             value = np.maximum(value, 0.0)
         out[tag.parameter] = np.round(value, tag.decimals) + 0.0  # + 0.0: no "-0,00"
     return out
@@ -391,19 +373,17 @@ def _archive(unit: str, raw: dict, t_s: np.ndarray, tag_truth: dict) -> pd.DataF
                            "comp_dev": tag.comp_dev, "raw_points": int(len(t_s)),
                            "exception_points": int(len(exc)), "archived_points": int(len(kept)),
                            "max_archive_interval_s": float(np.diff(t_s[kept]).max())}
-        frames.append(pd.DataFrame({"tag": name, "t": t_s[kept], "value": v[kept],
-                                    "state": "", "quality": 192, "decimals": tag.decimals}))
+        frames.append(pd.DataFrame({"tag": name, "t": t_s[kept], "value": v[kept], "state": "",
+                                    "quality": 192, "decimals": tag.decimals}))
     return pd.concat(frames, ignore_index=True)
 
 
-def _historian_faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict, t_s: np.ndarray,
-                      rel: str, faults: list[dict]) -> pd.DataFrame:
+def _faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict, t_s: np.ndarray, rel: str,
+            faults: list[dict]) -> pd.DataFrame:
     """Digital states and flagged values at recorded places of the fermenter's first batch."""
     b = own[0]
-    by_param = {t.parameter: t for t in TAGS}
 
-    def cut(tags: tuple[Tag, ...], h0: float, h1: float, state: str | None, quality: int = 0,
-            offset: float = 0.0) -> None:
+    def cut(tags, h0: float, h1: float, state: str | None, quality: int = 0, offset: float = 0.0):
         nonlocal arc
         i0, i1 = np.searchsorted(t_s, [b.s(h0), b.s(h1)])
         for tag in tags:
@@ -424,35 +404,31 @@ def _historian_faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict,
                        "end_ts": _z(EPOCH + timedelta(seconds=float(t_s[i1]))),
                        "detail": f"{state or f'quality {quality}'} for t_batch_h {h0}-{h1}"})
 
-    if unit == "F-301":  # DO transmitter lost its I/O card; the CO2 analyzer was calibrated
-        cut((by_param["dissolved_oxygen"],), 70.0, 71.5, "I/O Timeout")
-        cut((by_param["offgas_co2"],), 90.0, 96.0, "No Data")
+    do, temp = BY_PARAMETER["dissolved_oxygen"], BY_PARAMETER["temperature"]
+    if unit == "F-301":  # the DO transmitter lost its I/O card; the CO2 analyzer was calibrated
+        cut([do], 70.0, 71.5, "I/O Timeout")
+        cut([BY_PARAMETER["offgas_co2"]], 90.0, 96.0, "No Data")
     elif unit == "F-302":  # pH scanning switched off; a loose temperature wire read 5 K high
-        cut((by_param["ph"],), 60.0, 64.0, "Scan Off")
-        cut((by_param["temperature"],), 80.0, 80.5, None, quality=0, offset=5.0)
-    else:  # the interface node restarted: every tag shows Shutdown; the DO probe drifted
+        cut([BY_PARAMETER["ph"]], 60.0, 64.0, "Scan Off")
+        cut([temp], 80.0, 80.5, None, quality=0, offset=5.0)
+    else:  # the interface node restarted: every tag shows Shutdown; later the DO probe drifted
         cut(TAGS, 50.0, 50.25, "Shutdown")
-        cut((by_param["dissolved_oxygen"],), 80.0, 82.0, None, quality=64, offset=-0.4)
-    dst = datetime(2026, 3, 8, 8, 0, tzinfo=timezone.utc)
-    for x in (x for x in own if x.at(0.0) < dst < x.at(x.end_h)):
+        cut([do], 80.0, 82.0, None, quality=64, offset=-0.4)
+    for x in (x for x in own if x.start < DST < x.at(x.end_h)):
         faults.append({"fault": "dst_change", "file": rel, "batch_id": x.batch_id,
-                       "detail": "naive local times jump from 03/08/2026 01:59:59 to 03:00:00 "
-                                 f"(CST -> CDT) at t_batch_h {(dst - x.start) / timedelta(hours=1):.2f}"})
+                       "detail": "local time jumps from 03/08/2026 01:59:59 to 03:00:00 (CST -> "
+                                 f"CDT) at t_batch_h {(DST - x.start) / timedelta(hours=1):.2f}"})
     return arc.sort_values(["tag", "t"], kind="stable").reset_index(drop=True)
 
 
-def _local(t_s: np.ndarray, fmt: str) -> list[str]:
-    ts = pd.to_datetime(EPOCH.timestamp() + np.asarray(t_s, dtype=float), unit="s", utc=True)
-    return list(ts.tz_convert(SITE_TZ).strftime(fmt))
-
-
 def _historian_csv(arc: pd.DataFrame) -> str:
-    """PI recorded values, per tag in time order, as the site's export tool writes them."""
-    stamps = _local(arc["t"].to_numpy(), "%m/%d/%Y %H:%M:%S")
+    """PI recorded values, tag by tag in time order, as the site's export tool writes them."""
+    ts = pd.to_datetime(EPOCH.timestamp() + arc["t"].to_numpy(), unit="s", utc=True)
+    stamps = ts.tz_convert(SITE_TZ).strftime("%m/%d/%Y %H:%M:%S")
     lines = ["Tagname;Zeitstempel;Wert;Qualitaet\n"]
-    for r, ts in zip(arc.itertuples(index=False), stamps):
+    for r, stamp in zip(arc.itertuples(index=False), stamps):
         value = r.state or f"{r.value:.{r.decimals}f}".replace(".", ",")
-        lines.append(f"{r.tag};{ts};{value};{r.quality}\n")
+        lines.append(f"{r.tag};{stamp};{value};{r.quality}\n")
     return "".join(lines)
 
 
@@ -462,33 +438,24 @@ def _phase_twa(own: list[Batch], raw: dict, t_s: np.ndarray) -> None:
         b.twa = {}
         for phase, (h0, h1) in b.bounds().items():
             m = (t_s >= b.s(h0)) & (t_s <= b.s(h1))
-            t, avg = t_s[m], {}
+            t, b.twa[phase] = t_s[m], {}
             for tag in TAGS:
                 scale, offset = conversion(tag.uom, SITE_UNITS[tag.parameter])
                 v = raw[tag.parameter][m] * scale + offset
                 area = (np.trapezoid(v, t) if tag.interp == "LINEAR"
-                        else float(np.sum(v[:-1] * np.diff(t))))  # a step tag holds its value
-                avg[tag.parameter] = round(float(area / (t[-1] - t[0])), 6)
-            b.twa[phase] = avg
+                        else np.sum(v[:-1] * np.diff(t)))  # a step tag holds its value
+                b.twa[phase][tag.parameter] = round(float(area / (t[-1] - t[0])), 6)
 
 
-# ------------------------------------------------------------------ tag dictionary, MES
-
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{x:g}".replace(".", ",")
-
+# ------------------------------------------------------------------ tag dictionary, MES, LIMS
 
 def _tag_dictionary() -> str:
+    def num(x):
+        return "" if x is None else f"{x:g}".replace(".", ",")
     lines = ["Point;Equipment;Measurement;EngUnit;Type;Stepped;LoLimit;HiLimit;Descriptor\n"]
-    for unit in UNITS:
-        for t in TAGS:
-            lines.append(f"{tag_name(unit, t)};{unit};{t.parameter};{t.uom};{t.role};{t.interp};"
-                         f"{_num(t.low)};{_num(t.high)};Fermenter {unit} {t.descriptor}\n")
+    lines += [f"{tag_name(u, t)};{u};{t.parameter};{t.uom};{t.role};{t.interp};{num(t.low)};"
+              f"{num(t.high)};Fermenter {u} {t.descriptor}\n" for u in UNITS for t in TAGS]
     return "".join(lines)
-
-
-def _z(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def _batch_xml(b: Batch, as_of: datetime) -> str:
@@ -496,68 +463,56 @@ def _batch_xml(b: Batch, as_of: datetime) -> str:
     record whose job responses (one per phase) carry the material actuals."""
     from lxml import etree
 
-    def E(tag: str, text: str | None = None, parent=None):
-        el = (etree.Element(f"{{{NS}}}{tag}", nsmap={None: NS}) if parent is None
-              else etree.SubElement(parent, f"{{{NS}}}{tag}"))
+    def E(parent, tag: str, text: str | None = None):
+        el = etree.SubElement(parent, f"{{{NS}}}{tag}")
         el.text = text
         return el
 
     def entry(parent, ident, kind, status, start, end, extra=()):
-        el = E("BatchListEntry", parent=parent)
-        E("ID", ident, el)
-        E("BatchListEntryType", kind, el)
-        E("Status", status, el)
-        for k, v in extra:
-            E(k, v, el)
-        E("ActualStartTime", _z(start), el)
-        if end is not None:
-            E("ActualEndTime", _z(end), el)
-        E("ActualEquipmentID", b.unit, el)
+        el = E(parent, "BatchListEntry")
+        for k, v in (("ID", ident), ("BatchListEntryType", kind), ("Status", status), *extra,
+                     ("ActualStartTime", _z(start)), ("ActualEndTime", end and _z(end)),
+                     ("ActualEquipmentID", b.unit)):
+            if v is not None:
+                E(el, k, v)
         return el
 
     done = b.status == "complete"
     status, end = ("Complete", b.at(b.end_h)) if done else ("Running", None)
-    root = E("BatchInformation")
-    E("ID", f"{b.batch_id}-BI", E("ListHeader", parent=root))
-    top = entry(E("BatchList", parent=root), b.batch_id, "Batch", status, b.start, end,
+    root = etree.Element(f"{{{NS}}}BatchInformation", nsmap={None: NS})
+    top = entry(E(root, "BatchList"), b.batch_id, "Batch", status, b.start, end,
                 (("RecipeID", RECIPE), ("RecipeVersion", RECIPE_VERSION), ("BatchID", b.batch_id),
                  ("ProductID", PRODUCT)))
     up = entry(top, f"{b.batch_id}|FERMENTATION", "UnitProcedure", status, b.start, end)
-    bpr = E("BatchProductionRecord", parent=root)
-    E("ID", f"{b.batch_id}-BPR", bpr)
-    E("PublishedDate", _z(end + timedelta(hours=1) if done else as_of), bpr)
-    E("BatchID", b.batch_id, bpr)
-    E("RecordStatus", status, bpr)
-    E("Version", "1", bpr)
-    perf = E("WorkPerformance", parent=E("WorkPerformances", parent=bpr))
-    E("ID", f"{b.batch_id}-WP", perf)
-    resp = E("WorkResponse", parent=perf)
-    E("ID", f"{b.batch_id}-WR", resp)
+    bpr = E(root, "BatchProductionRecord")
+    for k, v in (("ID", f"{b.batch_id}-BPR"), ("PublishedDate", _z(end + timedelta(hours=1) if done
+                 else as_of)), ("BatchID", b.batch_id), ("RecordStatus", status), ("Version", "1")):
+        E(bpr, k, v)
+    resp = E(E(E(bpr, "WorkPerformances"), "WorkPerformance"), "WorkResponse")
     for phase, (h0, h1) in b.bounds().items():
         if b.at(h0) > as_of:
             break
         closed = b.at(h1) <= as_of
-        entry(up, f"{b.batch_id}|FERMENTATION|{phase}", "Phase", "Complete" if closed else "Running",
-              b.at(h0), b.at(h1) if closed else None)
-        job = E("JobResponse", parent=resp)
-        E("ID", f"{b.batch_id}|{phase}", job)
+        entry(up, f"{b.batch_id}|FERMENTATION|{phase}", "Phase",
+              "Complete" if closed else "Running", b.at(h0), b.at(h1) if closed else None)
+        job = E(resp, "JobResponse")
+        E(job, "ID", f"{b.batch_id}|{phase}")
         for h, material, use, kind, qty, uom in _materials(b, phase):
             if b.at(h) > as_of or (kind == "feed_total" and not closed):
                 continue
-            ma = E("MaterialActual", parent=job)
-            E("Description", kind, ma)
-            E("MaterialDefinitionID", material, ma)
-            E("MaterialLotID", f"{material}-{b.batch_id}", ma)
-            E("MaterialUse", use, ma)
-            quantity = E("Quantity", parent=ma)
-            E("QuantityString", f"{qty:.1f}", quantity)
-            E("DataType", "double", quantity)
-            E("UnitOfMeasure", uom, quantity)
-            prop = E("MaterialActualProperty", parent=ma)
-            E("ID", "TimeStamp", prop)
-            value = E("Value", parent=prop)
-            E("ValueString", _z(b.at(h)), value)
-            E("DataType", "dateTime", value)
+            ma = E(job, "MaterialActual")
+            for k, v in (("Description", kind), ("MaterialDefinitionID", material),
+                         ("MaterialLotID", f"{material}-{b.batch_id}"), ("MaterialUse", use)):
+                E(ma, k, v)
+            quantity = E(ma, "Quantity")
+            for k, v in (("QuantityString", f"{qty:.1f}"), ("DataType", "double"),
+                         ("UnitOfMeasure", uom)):
+                E(quantity, k, v)
+            prop = E(ma, "MaterialActualProperty")
+            E(prop, "ID", "TimeStamp")
+            value = E(prop, "Value")
+            E(value, "ValueString", _z(b.at(h)))
+            E(value, "DataType", "dateTime")
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True).decode()
 
 
@@ -575,21 +530,19 @@ def _materials(b: Batch, phase: str) -> list[tuple]:
     return out
 
 
-# ------------------------------------------------------------------ LIMS
-
 def _lims(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) -> tuple[str, str]:
-    """Twelve-hourly offline samples; results leave the lab hours later. Returns two files:
-    the export, and a re-send the lab's interface produced with one value changed."""
+    """Twelve-hourly offline samples, released hours later. Returns the export and a re-send
+    the lab's interface produced with one value changed."""
     rows = []
     for b in batches:
         rng = _stream(seed, "lims", b.seq)
-        times = [0.25] + [12.0 * k + rng.uniform(-0.25, 0.25)
-                          for k in range(1, int(b.harvest_h // 12.0) + 1)] + [b.harvest_h + 0.5]
+        times = [0.25, *(12.0 * k + rng.uniform(-0.25, 0.25)
+                         for k in range(1, int(b.harvest_h // 12.0) + 1)), b.harvest_h + 0.5]
         for k, h in enumerate(_minutes(t) for t in times):
             x, s, p, _ = b.state(min(h, b.grid_h[-1]))
             true = {"BIOMASS": x, "PENICILLIN": p, "VISCOSITY": 1.0 + 0.045 * x * x, "SUBSTRATE": s}
             for analyte, (uom, cv, digits, delay) in ASSAYS.items():
-                value = true[analyte] * rng.normal(1.0, cv)  # drawn always: streams stay aligned
+                value = true[analyte] * rng.normal(1.0, cv)  # always drawn: streams stay aligned
                 reported = b.at(h + _minutes(rng.uniform(*delay)))
                 if reported > as_of:
                     continue
@@ -600,35 +553,28 @@ def _lims(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) 
                              "Pruefung": analyte, "Ergebnis": text.replace(".", ","),
                              "Einheit": uom, "Entnahme": b.at(h), "Freigabe": reported})
     df = pd.DataFrame(rows)
-    first, second = batches[0].batch_id, batches[1].batch_id
 
-    def pick(batch_id: str, k: int, analyte: str) -> int:
-        m = (df.Charge == batch_id) & (df.Probe == f"{batch_id}-P{k:02d}") & (df.Pruefung == analyte)
-        return int(np.flatnonzero(m.to_numpy())[0])
+    def fault(kind: str, b: Batch, k: int, analyte: str, column: str, new, file: str) -> int:
+        i = df.index[(df.Probe == f"{b.batch_id}-P{k:02d}") & (df.Pruefung == analyte)][0]
+        new = new(df.loc[i, column]) if callable(new) else new
+        faults.append({"fault": kind, "file": f"lims/{file}", "batch_id": b.batch_id,
+                       "sample_id": df.Probe[i], "analyte": analyte.lower(),
+                       "detail": f"{column} {df.loc[i, column]!r} -> {new!r}"})
+        df.loc[i, column] = new
+        return i
 
-    i = pick(first, 4, "BIOMASS")
-    df.loc[i, "Ergebnis"] = "-3,2"
-    faults.append({"fault": "negative_result", "file": "lims/PEN_LIMS_export.csv",
-                   "batch_id": first, "sample_id": df.Probe[i], "analyte": "biomass",
-                   "detail": "biomass reported as -3,2 g/L"})
-    i = pick(second, 3, "VISCOSITY")
-    df.loc[i, "Einheit"] = "furlongs"
-    faults.append({"fault": "unknown_unit", "file": "lims/PEN_LIMS_export.csv",
-                   "batch_id": second, "sample_id": df.Probe[i], "analyte": "viscosity",
-                   "detail": f"viscosity {df.Ergebnis[i]} in 'furlongs'"})
-    resend = df.loc[[pick(first, 6, "PENICILLIN")]].copy()
-    old = resend.Ergebnis.iloc[0]
-    resend["Ergebnis"] = f"{float(old.replace(',', '.')) * 1.07:.2f}".replace(".", ",")
-    faults.append({"fault": "conflicting_resend", "file": "lims/PEN_LIMS_resend.csv",
-                   "batch_id": first, "sample_id": resend.Probe.iloc[0], "analyte": "penicillin",
-                   "detail": f"re-sent with the same report time: {resend.Ergebnis.iloc[0]} "
-                             f"instead of {old} g/L (lims/PEN_LIMS_export.csv)"})
-    df = df.sort_values(["Freigabe", "Probe", "Pruefung"], kind="stable")
-    return _lims_csv(df), _lims_csv(resend)
+    fault("negative_result", batches[0], 4, "BIOMASS", "Ergebnis", "-3,2", "PEN_LIMS_export.csv")
+    fault("unknown_unit", batches[1], 3, "VISCOSITY", "Einheit", "furlongs", "PEN_LIMS_export.csv")
+    export = df.copy()  # the re-send: same sample, analyte and release time, another value
+    i = fault("conflicting_resend", batches[0], 6, "PENICILLIN", "Ergebnis",
+              lambda old: f"{float(old.replace(',', '.')) * 1.07:.2f}".replace(".", ","),
+              "PEN_LIMS_resend.csv")
+    export = export.sort_values(["Freigabe", "Probe", "Pruefung"], kind="stable")
+    return _lims_csv(export), _lims_csv(df.loc[[i]])
 
 
 def _lims_csv(df: pd.DataFrame) -> str:
-    def local(ts: datetime) -> str:
+    def local(ts: datetime) -> str:  # month names spelled here: strftime's %b follows the locale
         t = pd.Timestamp(ts).tz_convert(SITE_TZ)
         return f"{t.day:02d}-{MONTHS[t.month - 1]}-{t.year} {t.hour:02d}:{t.minute:02d}"
     out = df.assign(Entnahme=df.Entnahme.map(local), Freigabe=df.Freigabe.map(local))
@@ -637,87 +583,52 @@ def _lims_csv(df: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------ sources.yaml, truth
 
-def _flow(v) -> str:
-    """A YAML flow value (a plain scalar where that is unambiguous, else a JSON string)."""
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_flow(k)}: {_flow(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_flow(x) for x in v) + "]"
-    if not isinstance(v, str):
-        return json.dumps(v)
-    reserved = v.lower() in ("y", "n", "yes", "no", "on", "off", "true", "false", "null")
-    return v if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", v) and not reserved else json.dumps(v)
-
-
-def site_config() -> dict:
-    """Werk Süd's sources.yaml as a mapping (written with comments by `_sources_yaml`)."""
-    local = {"delimiter": ";", "decimal": ",", "timezone": SITE_TZ}
-    t = {ph: [round(sp[0] - 273.15 - 0.5, 2), round(sp[0] - 273.15 + 0.5, 2)]
-         for ph, sp in SETPOINTS.items() if ph != "HARVEST"}
-    return {
-        "site": SITE,
-        "files": {
-            "pen_tags": {"dataset": "tags", "glob": "tags/PEN_*.csv", "delimiter": ";",
-                         "decimal": ",", "encoding": "latin-1", "columns": {
-                             "tag": "Point", "unit_id": "Equipment", "parameter": "Measurement",
-                             "uom": "EngUnit", "role": "Type", "interpolation": "Stepped",
-                             "low": "LoLimit", "high": "HiLimit", "description": "Descriptor"}},
-            "pen_historian": {"dataset": "historian_long", "glob": "historian/PEN_*.csv*", **local,
-                              "timestamp_format": "%m/%d/%Y %H:%M:%S",
-                              "columns": {"tag": "Tagname", "ts": "Zeitstempel", "value": "Wert",
-                                          "status": "Qualitaet"},
-                              "quality": {"192": "good", "0": "bad", "64": "uncertain"},
-                              "digital_states": ["No Data", "Shutdown", "I/O Timeout", "Scan Off",
-                                                 "Pt Created", "Bad Input"]},
-            "pen_mes": {"dataset": "mes_xml", "glob": "mes/PEN_*.xml", "inoculation_phase": "BATCH",
-                        "site": SITE},
-            "pen_lims": {"dataset": "lims", "glob": "lims/PEN_*.csv", **local,
-                         "timestamp_format": "%d-%b-%Y %H:%M", "columns": {
-                             "sample_id": "Probe", "batch_id": "Charge", "analyte": "Pruefung",
-                             "value": "Ergebnis", "unit": "Einheit", "sampled_at": "Entnahme",
-                             "reported_at": "Freigabe"}},
-        },
-        "historian": {"max_gap_s": int(COMP_MAX_S)},
-        "parameters": dict(SITE_UNITS),
-        "analytes": {
-            "biomass": {"unit": "g/L", "units": ["g/L", "mg/mL"], "min": 0, "max": 120},
-            "penicillin": {"unit": "g/L", "min": 0, "max": 60, "spec_low": 15.0},
-            "viscosity": {"unit": "cP", "units": ["cP", "mPa*s"], "min": 0, "max": 5000},
-            "substrate": {"unit": "g/L", "min": 0, "max": 500},
-        },
-        "limits": {"temperature": t, "ph": {"BATCH": [6.4, 6.6], "FED_BATCH": [6.4, 6.6]},
-                   "dissolved_oxygen": {"BATCH": [2.0, 16.0], "FED_BATCH": [2.0, 16.0]},
-                   "pressure": {ph: [round(sp[2] - 0.1, 2), round(sp[2] + 0.1, 2)]
-                                for ph, sp in SETPOINTS.items()}},
-        "models": {},
-    }
-
-
-COMMENTS = {  # (section, key) or section: the comment sources.yaml carries there
-    ("historian", "max_gap_s"): "longest gap between archived values linear tags interpolate across",
-    "parameters": "canonical unit of each parameter at this site (pint syntax)",
-    ("parameters", "temperature"): "tags are in K: converted",
-    ("parameters", "temperature_sp"): "tags are in K: converted",
-    ("parameters", "dissolved_oxygen"): "kept in the site's unit (site 1 uses % saturation)",
-    ("parameters", "aeration_rate"): "m^3, not m3: pint does not know 'm3'",
-    "analytes": "lab dictionary: canonical unit, accepted units, plausible range, spec limits",
-    "limits": "normal operating limits per parameter and ISA-88 phase, in the site unit",
-    "models": "no model applies to PEN-G yet",
-}
-
-
-def _sources_yaml() -> str:
-    lines = [HEADER]
-    for key, value in site_config().items():
-        note = f"  # {COMMENTS[key]}" if key in COMMENTS else ""
-        if not isinstance(value, dict) or not value:
-            lines.append(f"{key}: {_flow(value)}{note}")
-            continue
-        lines.append(f"{key}:{note}")
-        for k, v in value.items():
-            note = f"  # {COMMENTS[key, k]}" if (key, k) in COMMENTS else ""
-            lines.append(f"  {k}: {_flow(v)}{note}")
-    return "\n".join(lines) + "\n"
+SOURCES_YAML = Template("""$header
+site: $site
+files:
+  pen_tags:        # PI AF tag list, exported from Excel
+    {dataset: tags, glob: "tags/PEN_*.csv", delimiter: ";", decimal: ",", encoding: latin-1,
+     columns: {tag: Point, unit_id: Equipment, parameter: Measurement, uom: EngUnit, role: Type,
+               interpolation: Stepped, low: LoLimit, high: HiLimit, description: Descriptor}}
+  pen_historian:   # PI recorded values, one file per fermenter
+    {dataset: historian_long, glob: "historian/PEN_*.csv*", delimiter: ";", decimal: ",",
+     timezone: $tz, timestamp_format: "%m/%d/%Y %H:%M:%S",
+     columns: {tag: Tagname, ts: Zeitstempel, value: Wert, status: Qualitaet},
+     quality: {"192": good, "0": bad, "64": uncertain},
+     digital_states: ["No Data", Shutdown, "I/O Timeout", "Scan Off", "Pt Created", "Bad Input"]}
+  pen_mes:         # BatchML V0700; the BATCH phase starts the clock
+    {dataset: mes_xml, glob: "mes/PEN_*.xml", inoculation_phase: BATCH, site: $site}
+  pen_lims:
+    {dataset: lims, glob: "lims/PEN_*.csv", delimiter: ";", decimal: ",", timezone: $tz,
+     timestamp_format: "%d-%b-%Y %H:%M",
+     columns: {sample_id: Probe, batch_id: Charge, analyte: Pruefung, value: Ergebnis,
+               unit: Einheit, sampled_at: Entnahme, reported_at: Freigabe}}
+historian:
+  max_gap_s: $max_gap       # longest gap between archived values linear tags interpolate across
+parameters:                 # canonical unit of each parameter at this site (pint syntax)
+  temperature: degC         # tags are in K: converted
+  temperature_sp: degC
+  ph: pH
+  dissolved_oxygen: mg/L    # kept in the site's unit (the first demo plant uses % saturation)
+  sugar_feed_rate: L/h
+  oil_feed_rate: L/h
+  aeration_rate: "m^3/min"  # pint reads m^3, not the m3 some systems write
+  pressure: bar             # gauge
+  agitator_power: kW
+  offgas_co2: "%"
+  volume: "m^3"
+analytes:                   # lab dictionary: canonical unit, accepted units, plausible range, spec
+  biomass: {unit: g/L, units: [g/L, mg/mL], min: 0, max: 120}
+  penicillin: {unit: g/L, min: 0, max: 60, spec_low: 15}
+  viscosity: {unit: cP, units: [cP, "mPa*s"], min: 0, max: 5000}
+  substrate: {unit: g/L, min: 0, max: 500}
+limits:                     # normal operating limits per parameter and ISA-88 phase, site units
+  temperature: {BATCH: [24.5, 25.5], FED_BATCH: [23.5, 24.5]}
+  ph: {BATCH: [6.4, 6.6], FED_BATCH: [6.4, 6.6]}
+  dissolved_oxygen: {BATCH: [2.0, 16.0], FED_BATCH: [2.0, 16.0]}
+  pressure: {BATCH: [0.4, 0.6], FED_BATCH: [0.7, 0.9]}
+models: {}                  # no model applies to PEN-G yet
+""")
 
 
 def _truth(batches: list[Batch], as_of: datetime, size: PenicillinSize, faults: list[dict],
@@ -727,36 +638,30 @@ def _truth(batches: list[Batch], as_of: datetime, size: PenicillinSize, faults: 
         final = dict(zip(STATE_UNITS, map(float, b.states[:, -1])))
         out.append({
             "batch_id": b.batch_id, "unit_id": b.unit, "product": PRODUCT, "status": b.status,
-            "start_ts": _z(b.start), "end_ts": _z(b.at(b.end_h)) if b.status == "complete" else None,
-            "planned_end_ts": _z(b.at(b.end_h)),
+            "start_ts": _z(b.start),
+            "end_ts": _z(b.at(b.end_h)) if b.status == "complete" else None,
+            "planned_end_ts": _z(b.at(b.end_h)), "initial_state": dict(zip(STATE_UNITS, b.y0)),
             "phases": {k: {"start_ts": _z(b.at(a)), "end_ts": _z(b.at(z)), "start_h": a, "end_h": z}
                        for k, (a, z) in b.bounds().items()},
-            "initial_state": dict(zip(STATE_UNITS, b.y0)),
             "sugar_feed_l_h": b.sugar, "oil_feed_l_h": b.oil, "aeration_m3_min": b.aeration,
             "draw_offs_l": b.draw_offs, "precursor_kg": [(b.feed_h + h, kg) for h, kg in PRECURSOR],
-            "final_state": final, "final_titer_g_l": final["P"],
-            "phase_twa": b.twa,
-        })
+            "final_state": final, "final_titer_g_l": final["P"], "phase_twa": b.twa})
+    lab = {"assay_cv": 1, "unit": 0, "report_delay_h": 3}
     return {
         "site": SITE, "site_name": SITE_NAME, "site_tz": SITE_TZ, "product": PRODUCT,
-        "as_of": _z(as_of), "export_start": _z(EPOCH),
-        "size": {"batches": size.batches, "seconds_per_sample": size.seconds_per_sample,
-                 "seed": size.seed},
-        "model": {"name": "monod_fedbatch_luedeking_piret", "states": STATE_UNITS,
-                  "notes": "dX/dt = mu X - D X; dS/dt = -(mu/Y_XS + m_S) X + (F_s S_f + F_oil S_oil)/V"
-                           " - D S; dP/dt = (alpha mu + beta) X - D P; dV/dt = F_s + F_oil; "
-                           "mu = mu_max S/(K_S + S); D = (F_s + F_oil)/V; draw-offs remove volume "
-                           "only; the state is held through HARVEST; PAA boluses have no effect"},
+        "as_of": _z(as_of), "export_start": _z(EPOCH), "size": asdict(size),
+        "model": {"name": "monod_fedbatch_luedeking_piret", "states": STATE_UNITS, "equations": (
+            "dX/dt = mu X - D X; dS/dt = -(mu/Y_XS + m_S) X + (F_s S_f + F_oil S_oil)/V - D S; "
+            "dP/dt = (alpha mu + beta) X - D P; dV/dt = F_s + F_oil; mu = mu_max S/(K_S + S); "
+            "D = (F_s + F_oil)/V; draw-offs remove volume only; the state holds through HARVEST; "
+            "the precursor (PAA) is not modelled")},
         "true_parameters": {k: {"value": v, "unit": u} for k, (v, u) in TRUE_PARAMETERS.items()},
         "site_units": SITE_UNITS,
         "phase_twa_note": "time-weighted average of the uncompressed signal over [phase start, "
                           "end], in site_units; step tags held, linear tags trapezoidal",
         "historian": {"exc_max_s": EXC_MAX_S, "comp_max_s": COMP_MAX_S, "tags": tag_truth},
-        "lims": {"assay_cv": {a.lower(): spec[1] for a, spec in ASSAYS.items()},
-                 "units": {a.lower(): spec[0] for a, spec in ASSAYS.items()},
-                 "report_delay_h": {a.lower(): list(spec[3]) for a, spec in ASSAYS.items()},
+        "lims": {**{k: {a.lower(): spec[i] for a, spec in ASSAYS.items()} for k, i in lab.items()},
                  "detection_limit": {"substrate": SUBSTRATE_LOD}, "sample_interval_h": 12.0,
-                 "viscosity_cp": "1 + 0.045 * X^2 (X in g/L)"},
-        "batches": out,
-        "faults": faults,
+                 "viscosity_cp": "1 + 0.045 X^2 (X biomass in g/L)"},
+        "batches": out, "faults": faults,
     }

@@ -64,7 +64,7 @@ def run(data_dir: Path = DATA_OPTION) -> None:
     try:
         load_site(Path(os.environ.get("BATCHTWIN_LANDING", data_dir / "landing")))
     except SiteConfigError as e:
-        _fail(escape(str(e)))
+        _fail_plain(str(e))
     started = time.perf_counter()
     with console.status("running the pipeline through Dagster…"):
         result = materialize_all(data_dir)

@@ -1,0 +1,59 @@
+"""Whole runs on sites that differ from the demo: a failing source fails its own asset only,
+a site without a SQL historian or a model runs clean."""
+import yaml
+from typer.testing import CliRunner
+
+from lake.layout import Lake
+from lake.query import query
+from pipelines.cli import app
+from pipelines.runner import materialize_all
+
+
+def _edit_site(data, change) -> None:
+    path = data / "landing" / "sources.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_an_unreachable_sql_historian_fails_its_asset_only_and_the_run_says_so(fresh_data):
+    _edit_site(fresh_data, lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"))
+    result = CliRunner().invoke(app, ["run", "--data-dir", str(fresh_data)])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "failed: historian_sql: SQL historian 'ip21_br201': OperationalError: unable to open database file" in out
+    assert "with 1 failed step(s); everything else was ingested and curated" in out
+    assert "sources failing" in out
+    lake = Lake(fresh_data / "lake")
+    log = query(lake, "SELECT status, error FROM ingest_log WHERE source = 'ip21_br201'")
+    assert log["status"].tolist() == ["failed"] and log["error"].iloc[0].startswith("SQL historian 'ip21_br201': ")
+    # the other units' batches were contextualized, and the model was fitted on them
+    kpis = query(lake, "SELECT unit_id, count(*) AS n FROM batch_kpis GROUP BY 1 ORDER BY 1")
+    assert set(kpis["unit_id"]) == {"BR-101", "BR-102", "BR-201"}
+    assert query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-201'")["n"].iloc[0] == 0
+    assert query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-101'")["n"].iloc[0] > 1000
+    assert len(query(lake, "SELECT * FROM model_versions")) == 1
+
+
+def test_a_site_without_sql_historian_or_models_runs_clean(fresh_data):
+    def change(doc):
+        doc.pop("sql")
+        doc["models"] = {}
+
+    _edit_site(fresh_data, change)
+    run = materialize_all(fresh_data)
+    assert run.success, run.failures()
+    lake = Lake(fresh_data / "lake")
+    assert query(lake, "SELECT count(*) AS n FROM ingest_log WHERE dataset = 'historian_sql'")["n"].iloc[0] == 0
+    assert len(query(lake, "SELECT * FROM model_versions")) == 0
+    fit = next(e for e in run.all_events if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.path == ["model_fit"])
+    reason = fit.event_specific_data.materialization.metadata["reason"].value
+    assert reason == "cho_fedbatch: no product of this site uses it (sources.yaml `models:`); nothing to fit"
+
+
+def test_a_landing_zone_without_sources_yaml_stops_with_one_line(tmp_path):
+    (tmp_path / "landing").mkdir()
+    result = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "sources.yaml not found" in " ".join(result.output.split())
+    assert not (tmp_path / "lake").exists() or not any((tmp_path / "lake").rglob("*.parquet"))
