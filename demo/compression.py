@@ -45,7 +45,8 @@ def swinging_door(t: np.ndarray, v: np.ndarray, dev: float, max_interval: float)
 
 
 def deadband(t: np.ndarray, v: np.ndarray, dev: float, max_interval: float) -> np.ndarray:
-    """Indices an exception-reporting interface sends on (PI's ExcDev / ExcMax), first and last kept.
+    """Indices an exception-reporting interface passes on (PI's ExcDev / ExcMax); first and last
+    are always kept.
 
     A value is sent when it differs from the last sent value by more than `dev`, or when
     `max_interval` has passed since the last one; with it goes the value just before it (if not

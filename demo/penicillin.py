@@ -56,7 +56,7 @@ TRUE_PARAMETERS = {  # name: (value, unit); the same every batch, only initial s
     "m_S": (0.018, "g/(g*h)"), "alpha": (0.004, "g/g"), "beta": (0.005, "g/(g*h)"),
     "S_f": (500.0, "g/L"), "S_oil": (1500.0, "g/L"),  # sugar feed; oil as sugar equivalent
 }
-P = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}
+KIN = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}  # the values, for the kinetics
 STATE_UNITS = {"X": "g/L", "S": "g/L", "P": "g/L", "V": "L"}
 SEED_L, PREHEAT_H, TEMP_TAU_S = 2500.0, 6.0, 1800.0
 SUGAR_RECIPE = ((0.0, 40.0), (12.0, 55.0), (30.0, 65.0), (60.0, 75.0), (110.0, 70.0), (150.0, 65.0))
@@ -78,6 +78,8 @@ HEADER = f"# {SITE_NAME} ({SITE}) penicillin demo site, written by demo/penicill
 
 
 class Tag(NamedTuple):
+    """One measurement of every fermenter, as the historian and its tag list know it."""
+
     code: str  # ISA loop code; {n} is the fermenter number
     parameter: str
     uom: str
@@ -93,15 +95,19 @@ class Tag(NamedTuple):
 
 
 TAGS = (
-    Tag("TI{n}1.PV", "temperature", "K", "PV", "LINEAR", .02, 2, .05, .1, 263.15, 373.15, "Temp."),
-    Tag("TIC{n}1.SP", "temperature_sp", "K", "SP", "STEP", 0, 2, .01, .01, None, None, "Temp. SW"),
+    Tag("TI{n}1.PV", "temperature", "K", "PV", "LINEAR", .02, 2, .05, .1, 263.15, 373.15,
+        "Temperatur Brühe"),
+    Tag("TIC{n}1.SP", "temperature_sp", "K", "SP", "STEP", 0, 2, .01, .01, None, None,
+        "Temperatur Sollwert"),
     Tag("AI{n}2.PV", "ph", "pH", "PV", "LINEAR", .004, 3, .01, .02, 2.0, 12.0, "pH Brühe"),
-    Tag("AI{n}3.PV", "dissolved_oxygen", "mg/L", "PV", "LINEAR", .03, 2, .05, .1, 0, 25, "O2 gel."),
+    Tag("AI{n}3.PV", "dissolved_oxygen", "mg/L", "PV", "LINEAR", .03, 2, .05, .1, 0, 25,
+        "Gelöstsauerstoff"),
     Tag("FIC{n}4.SP", "sugar_feed_rate", "L/h", "SP", "STEP", 0, 1, .5, .5, 0, 150, "Zuckerfeed"),
     Tag("FIC{n}5.SP", "oil_feed_rate", "L/h", "SP", "STEP", 0, 1, .2, .2, 0, 15, "Ölfeed"),
     Tag("FIC{n}6.SP", "aeration_rate", "m^3/min", "SP", "STEP", 0, 1, .5, .5, 0, 75, "Begasung"),
     Tag("PIC{n}7.PV", "pressure", "bar", "PV", "STEP", .002, 2, .02, .02, -1.0, 2.5, "Kopfdruck"),
-    Tag("JI{n}8.PV", "agitator_power", "kW", "PV", "LINEAR", .4, 1, 1., 2., 0, 110, "Rührer kW"),
+    Tag("JI{n}8.PV", "agitator_power", "kW", "PV", "LINEAR", .4, 1, 1., 2., 0, 110,
+        "Rührerleistung"),
     Tag("AI{n}9.PV", "offgas_co2", "%", "PV", "LINEAR", .01, 3, .02, .04, 0, 10, "Abgas CO2"),
     Tag("LI{n}0.PV", "volume", "m^3", "PV", "LINEAR", .03, 2, .1, .2, 0, 55, "Füllvolumen"),
 )
@@ -117,6 +123,8 @@ def tag_name(unit: str, tag: Tag) -> str:
 
 @dataclass(frozen=True)
 class PenicillinSize:
+    """How much to simulate: batches, the instruments' sampling interval, the seed."""
+
     batches: int = 8
     seconds_per_sample: float = 60.0
     seed: int = DEFAULT_SEED
@@ -124,6 +132,8 @@ class PenicillinSize:
 
 @dataclass
 class Batch:
+    """One batch's plan, inputs and simulated states (hours from the start of BATCH)."""
+
     batch_id: str
     unit: str
     seq: int
@@ -170,7 +180,8 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
     if yaml_path.exists() and not yaml_path.read_text(encoding="utf-8").startswith(HEADER):
         raise FileExistsError(f"{yaml_path} was not written by this demo; it is never replaced")
     for rel in json.loads(manifest.read_text()) if manifest.exists() else []:
-        (landing / rel).unlink(missing_ok=True)
+        if ".." not in Path(rel).parts:
+            (landing / rel).unlink(missing_ok=True)
     for sub in ("tags", "historian", "mes", "lims"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -229,8 +240,8 @@ def _minutes(h: float) -> float:
 
 def _steps(steps: list, h: np.ndarray) -> np.ndarray:
     """Value of a step profile at hours `h` (0 before its first step)."""
-    times = np.round([t for t, _ in steps], 9)  # whole minutes, as `h` (float noise aside)
-    idx = np.searchsorted(times, h, side="right") - 1
+    # rounded alike, so a step at a whole minute takes effect at that minute, not one sample on
+    idx = np.searchsorted(np.round([t for t, _ in steps], 9), np.round(h, 9), side="right") - 1
     return np.where(idx >= 0, np.array([v for _, v in steps])[np.clip(idx, 0, None)], 0.0)
 
 
@@ -244,11 +255,11 @@ def _rhs(t, y, fs, fo):
     """Monod growth on sugar, Luedeking–Piret product. The soy-oil feed enters S as its sugar
     equivalent S_oil (one carbon pool) and adds its own volume."""
     x, s, prod, v = y
-    mu = P["mu_max"] * max(s, 0.0) / (P["K_S"] + max(s, 0.0))
+    mu = KIN["mu_max"] * max(s, 0.0) / (KIN["K_S"] + max(s, 0.0))
     d = (fs + fo) / v
-    return [mu * x - d * x,
-            -(mu / P["Y_XS"] + P["m_S"]) * x + (fs * P["S_f"] + fo * P["S_oil"]) / v - d * s,
-            (P["alpha"] * mu + P["beta"]) * x - d * prod, fs + fo]
+    fed = (fs * KIN["S_f"] + fo * KIN["S_oil"]) / v
+    return [mu * x - d * x, -(mu / KIN["Y_XS"] + KIN["m_S"]) * x + fed - d * s,
+            (KIN["alpha"] * mu + KIN["beta"]) * x - d * prod, fs + fo]
 
 
 def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
@@ -321,7 +332,7 @@ def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dic
     ph = np.full(n, 7.0)  # idle: the probe sits in storage buffer
     run, harvest, pre = (np.zeros(n, dtype=bool) for _ in range(3))
     for b in own:
-        h = np.round((t_s - b.s(0.0)) / 3600.0, 9)  # so a step at a whole minute lands on it
+        h = np.round((t_s - b.s(0.0)) / 3600.0, 9)  # a phase starting at a minute starts there
         m = (h >= 0) & (h < round(b.end_h, 9))
         run |= m
         for phase, (a, z) in b.bounds().items():
@@ -335,19 +346,19 @@ def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dic
         x[m], s[m], _, v[m] = b.state(h[m])
         cycle = 0.02 * np.sin(2 * np.pi * t_s[m] / 10800.0)  # the acid/base loop's limit cycle
         ph[m] = 6.5 + cycle + 0.05 * np.clip(h[m] - b.harvest_h, 0.0, None)
-    mu = P["mu_max"] * np.maximum(s, 0) / (P["K_S"] + np.maximum(s, 0))
-    q = (mu / P["Y_XS"] + P["m_S"]) * x * np.where(harvest, 0.2, 1.0)  # sugar uptake, g/L/h
+    mu = KIN["mu_max"] * np.maximum(s, 0) / (KIN["K_S"] + np.maximum(s, 0))
+    q = (mu / KIN["Y_XS"] + KIN["m_S"]) * x * np.where(harvest, 0.2, 1.0)  # sugar uptake, g/L/h
     demand = q / (q + 0.35 * np.maximum(air, 1.0) / 35.0)  # share of the O2 transfer used
     cstar = 8.26 * (1.0 + bar / 1.013)  # saturation rises with head pressure
+    # CO2: the sugar burnt (1/30 mol C per g) over the moles of air blown (22.4 L/mol), in %
+    co2 = 100.0 * q * v / 30.0 / (np.maximum(air, 1e-9) * 60e3 / 22.4)
     power = np.where(run, 48.0 * np.sqrt(v / 40000.0) * (1.0 - air / 200.0), 0.0)
     clean = {
         "temperature": _lag(t_s, temp_sp, TEMP_TAU_S), "temperature_sp": temp_sp, "ph": ph,
         "dissolved_oxygen": np.where(run, cstar * (1.0 - 0.9 * demand), cstar),
         "sugar_feed_rate": sugar, "oil_feed_rate": oil, "aeration_rate": air, "pressure": bar,
         "agitator_power": np.where(harvest, 0.4, 1.0) * power + np.where(pre, 15.0, 0.0),
-        # CO2 from the sugar burnt (1/30 mol per g) in the air flow (22.4 L/mol)
-        "offgas_co2": 0.04 + np.where(air > 0, 100 * q * v / 30 / (np.maximum(air, 1e-9) * 60e3 / 22.4),
-                                      0.0),
+        "offgas_co2": 0.04 + np.where(air > 0, co2, 0.0),
         "volume": v / 1000.0,
     }
     out = {}
@@ -604,7 +615,7 @@ files:
      columns: {sample_id: Probe, batch_id: Charge, analyte: Pruefung, value: Ergebnis,
                unit: Einheit, sampled_at: Entnahme, reported_at: Freigabe}}
 historian:
-  max_gap_s: $max_gap       # longest gap between archived values linear tags interpolate across
+  max_gap_s: $max_gap          # longest gap between archived values linear tags interpolate across
 parameters:                 # canonical unit of each parameter at this site (pint syntax)
   temperature: degC         # tags are in K: converted
   temperature_sp: degC
