@@ -19,8 +19,10 @@ $(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp pipelines/dagster.yaml $@
 
-demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write the demo plant and run the whole pipeline
+demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write both demo sites and run the whole pipeline on each
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/batchtwin demo --data-dir $(DATA)
+	mkdir -p $(DATA)/penicillin/dagster_home && cp pipelines/dagster.yaml $(DATA)/penicillin/dagster_home/
+	DAGSTER_HOME=$(abspath $(DATA)/penicillin/dagster_home) $(BIN)/batchtwin demo --site penicillin --data-dir $(DATA)/penicillin
 
 test: $(BIN)/.installed  ## run the test suite
 	$(BIN)/python -m pytest -q

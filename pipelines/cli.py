@@ -32,22 +32,38 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+DEMO_SITES = ("cho", "penicillin")
+
+
 @app.command()
 def demo(
     data_dir: Path = DATA_OPTION,
-    batches: int = typer.Option(15, help="batches to simulate (the last ones are still running)"),
-    seconds_per_sample: float = typer.Option(5.0, help="historian scan interval before archive compression"),
-    seed: int = typer.Option(20260316, help="random seed: the same seed writes byte-identical files"),
-    generate_only: bool = typer.Option(False, "--generate-only", help="write the demo plant without running the pipeline"),
+    site: str = typer.Option("cho", help="which demo site: cho (Basel, CHO fed-batch) or penicillin (Werk Süd, microbial fed-batch)"),
+    batches: Optional[int] = typer.Option(None, help="batches to simulate (the last ones are still running); default 15 (cho) or 8 (penicillin)"),
+    seconds_per_sample: Optional[float] = typer.Option(None, help="historian scan interval before archive compression; default 5 (cho) or 60 s"),
+    seed: Optional[int] = typer.Option(None, help="random seed: the same seed writes byte-identical files"),
+    generate_only: bool = typer.Option(False, "--generate-only", help="write the demo site without running the pipeline"),
 ) -> None:
-    """Write the demo plant's landing zone and run the whole pipeline once."""
-    from demo.plant import PlantSize, generate
+    """Write a demo site's landing zone (with its sources.yaml) and run the whole pipeline once.
 
+    The demo writes only its own files: a file you dropped into the landing zone stays."""
+    if site not in DEMO_SITES:
+        _fail_plain(f"--site must be one of {', '.join(DEMO_SITES)}, not {site!r}")
+    if site == "cho":
+        from demo.plant import PlantSize as Size
+        from demo.plant import generate
+    else:
+        from demo.penicillin import PenicillinSize as Size
+        from demo.penicillin import generate
+    given = {k: v for k, v in (("batches", batches), ("seconds_per_sample", seconds_per_sample), ("seed", seed)) if v is not None}
     started = time.perf_counter()
-    with console.status("simulating the demo plant…") as status:
-        truth = generate(data_dir, PlantSize(batches, seconds_per_sample, seed), progress=lambda m: status.update(f"demo plant: {m}"))
+    try:
+        with console.status(f"simulating the {site} demo site…") as status:
+            truth = generate(data_dir, Size(**given), progress=lambda m: status.update(f"demo site: {m}"))
+    except (FileExistsError, ValueError) as e:
+        _fail_plain(str(e))
     running = sum(b["status"] == "running" for b in truth["batches"])
-    console.print(f"demo plant: {len(truth['batches'])} batches ({running} running), {len(truth['faults'])} injected faults, "
+    console.print(f"demo site {site}: {len(truth['batches'])} batches ({running} running), {len(truth['faults'])} injected faults, "
                   f"written to {data_dir}/ in {time.perf_counter() - started:.1f} s")
     if not generate_only:
         run(data_dir)

@@ -12,6 +12,7 @@ import pytest
 from demo.penicillin import BY_PARAMETER, PenicillinSize, generate, tag_name
 from lake import ingest
 from lake.layout import Lake
+from sources.site import load_site
 
 SMALL = PenicillinSize(batches=4, seconds_per_sample=60.0)
 DST = pd.Timestamp("2026-03-08T08:00:00Z")  # 02:00 CST became 03:00 CDT
@@ -19,21 +20,13 @@ SUGAR = BY_PARAMETER["sugar_feed_rate"]
 
 
 def load_site_profiles(landing: Path):
-    """(file profiles, site or None) from landing/sources.yaml — the one place that knows the
-    loader: `sources.site.load_site` where it exists, `sources.profiles.load_profiles` before."""
-    try:
-        from sources.site import load_site
-    except ImportError:
-        from sources.profiles import load_profiles
-
-        return load_profiles(landing, "sqlite://")[0], None
+    """(file profiles, site) from landing/sources.yaml."""
     site = load_site(landing)
     return site.files, site
 
 
 def _ingest(lake: Lake, landing: Path, rel: str, profile, tags_known, site):
-    extra = {"site": site} if site is not None else {}
-    return ingest.ingest_file(lake, landing, rel, profile, tags_known=tags_known, **extra)
+    return ingest.ingest_file(lake, landing, rel, profile, tags_known=tags_known, site=site)
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +148,6 @@ def test_every_file_is_read_and_only_the_injected_lab_faults_are_quarantined(ing
     export = by_dataset["lims"]["lims/PEN_LIMS_export.csv"]
     resend = by_dataset["lims"]["lims/PEN_LIMS_resend.csv"]
     samples = _silver(lake, "samples")
-    if site is None:  # a loader without an analyte dictionary: the faults reach silver unchanged
-        assert export["rows_quarantined"] == resend["rows_quarantined"] == 0
-        assert (samples.value == -3.2).sum() == 1 and (samples.uom == "furlongs").sum() == 1
-        return
     assert (export["rows_quarantined"], resend["rows_quarantined"]) == (2, 1)
     quarantine = _silver(lake, "quarantine")
     lab = quarantine[quarantine.source_path.str.startswith("lims/")].set_index("row_key")
