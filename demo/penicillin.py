@@ -39,6 +39,7 @@ import pandas as pd
 from scipy.integrate import solve_ivp
 
 from demo.compression import deadband, swinging_door
+from demo.landing import DemoFiles
 from schemas.units import conversion
 
 SITE, SITE_NAME, SITE_TZ = "PEN-SUED", "Werk Süd", "America/Chicago"
@@ -170,21 +171,18 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
              progress: Callable[[str], None] = lambda _: None) -> dict:
     """Write `root/landing/…` (with sources.yaml) and `root/truth.json`; return the truth.
 
-    Only this generator's files are touched: an earlier run's (listed in
-    `landing/.penicillin-files.json`) are replaced, nothing else in the landing zone is.
+    Only this generator's files are touched (`demo.landing.DemoFiles`).
     """
     if size.batches < 4 or size.seconds_per_sample < 1.0:
         raise ValueError("Werk Süd needs at least 4 batches and seconds_per_sample >= 1")
-    root, landing = Path(root), Path(root) / "landing"
-    yaml_path, manifest = landing / "sources.yaml", landing / ".penicillin-files.json"
-    if yaml_path.exists() and not yaml_path.read_text(encoding="utf-8").startswith(HEADER):
-        raise FileExistsError(f"{yaml_path} was not written by this demo; it is never replaced")
-    for rel in json.loads(manifest.read_text()) if manifest.exists() else []:
-        if ".." not in Path(rel).parts:
-            (landing / rel).unlink(missing_ok=True)
+    with DemoFiles(root, HEADER):
+        return _generate(Path(root), size, progress)
+
+
+def _generate(root: Path, size: PenicillinSize, progress: Callable[[str], None]) -> dict:
+    landing = root / "landing"
     for sub in ("tags", "historian", "mes", "lims"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
 
     def write(rel: str, text: str, encoding: str = "utf-8") -> None:
         data = text.encode(encoding)
@@ -194,7 +192,6 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
                 f.write(data)
             data = buf.getvalue()
         (landing / rel).write_bytes(data)
-        written.append(rel)
 
     batches = _plan(size.batches, _stream(size.seed, "plan"))
     as_of = batches[-1].at(100.0).replace(minute=0)  # the newest batch is 4 days in
@@ -225,7 +222,6 @@ def generate(root: Path, size: PenicillinSize = PenicillinSize(),
     truth = _truth(batches, as_of, size, faults, tag_truth)
     (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True, ensure_ascii=False)
                                      + "\n", encoding="utf-8")
-    manifest.write_text(json.dumps(sorted(written), indent=0) + "\n")
     return truth
 
 

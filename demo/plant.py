@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import time
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -35,6 +34,7 @@ import yaml
 
 from demo import process
 from demo.compression import swinging_door
+from demo.landing import DemoFiles
 from sources.site import Site, parse_site
 from demo.process import MODEL, PHASES, TAG_SPECS, BatchPlan, BatchRun, tag_name
 
@@ -61,6 +61,7 @@ HISTORIAN_SOURCE = {"BR-101": "long_csv", "BR-102": "wide_csv", "BR-201": "sql"}
 XML_NAMESPACE = {"BR-101": "http://www.wbf.org/xml/B2MML-V0401", "BR-102": "http://www.wbf.org/xml/B2MML-V0600"}
 AMENDMENT_NAMESPACE = "http://www.mesa.org/xml/B2MML"  # the amended record came from the upgraded MES
 EXPORT_DAYS = 7
+SITE_HEADER = "# demo plant (batchtwin demo): CHO fed-batch site BASEL"
 
 
 @dataclass(frozen=True)
@@ -119,38 +120,10 @@ def demo_site(landing: Path = Path("landing")) -> Site:
     return parse_site(site_config(), landing)
 
 
-def write_site_config(landing: Path, config: dict, header: str) -> None:
-    """Write a demo site's sources.yaml (a user's file of the same name is never overwritten)."""
-    path = Path(landing) / "sources.yaml"
-    text = f"# {header}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
-    if path.exists() and not path.read_text(encoding="utf-8").startswith(f"# {header}"):
-        raise FileExistsError(f"{path} exists and was not written by the demo; the demo never replaces a file it did not write")
-    path.write_text(text, encoding="utf-8")
-
-
-class DemoFiles:
-    """The files a demo generator writes, remembered in `landing/.demo-files.json`, so that a
-    re-generation removes its own stale files (fewer batches, another seed) and nothing else:
-    a file a user dropped into the landing zone stays."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.manifest = self.root / "landing" / ".demo-files.json"
-        self.previous = json.loads(self.manifest.read_text()) if self.manifest.exists() else []
-
-    def __enter__(self) -> "DemoFiles":
-        for rel in self.previous:
-            if Path(rel).name != "sources.yaml":  # rewritten in place, and only if still the demo's
-                (self.root / rel).unlink(missing_ok=True)
-        self.started = time.time() - 1.0  # mtimes may be rounded down to the second
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is not None:
-            return
-        written = [p.relative_to(self.root).as_posix() for p in (self.root / "landing").rglob("*")
-                   if p.is_file() and p != self.manifest and p.stat().st_mtime >= self.started]
-        self.manifest.write_text(json.dumps(sorted(written), indent=0) + "\n")
+def write_site_config(landing: Path, config: dict) -> None:
+    """Write the plant's sources.yaml under its header line (`DemoFiles` checks it is the demo's)."""
+    text = f"{SITE_HEADER}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
+    (Path(landing) / "sources.yaml").write_text(text, encoding="utf-8")
 
 
 def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -158,7 +131,7 @@ def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str]
     if size.batches < 4:
         raise ValueError("the demo plant needs at least 4 batches to place every fault")
     root = Path(root)
-    with DemoFiles(root):
+    with DemoFiles(root, SITE_HEADER):
         return _generate(root, size, progress)
 
 
@@ -167,7 +140,7 @@ def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> d
     for sub in ("tags", "mes", "historian", "lims"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
     (root / "sql").mkdir(parents=True, exist_ok=True)
-    write_site_config(landing, site_config(), "demo plant (batchtwin demo): CHO fed-batch site BASEL")
+    write_site_config(landing, site_config())
 
     plans = process.plan_batches(size.batches, _stream(size.seed, "plan"))
     assay_rng = _stream(size.seed, "assay")
