@@ -634,6 +634,10 @@ limits:                     # normal operating limits per parameter and ISA-88 p
   ph: {BATCH: [6.4, 6.6], FED_BATCH: [6.4, 6.6]}
   dissolved_oxygen: {BATCH: [2.0, 16.0], FED_BATCH: [2.0, 16.0]}
   pressure: {BATCH: [0.4, 0.6], FED_BATCH: [0.7, 0.9]}
+kpis:                       # batch KPIs from these analytes and feed-rate parameters
+  cell_density: biomass     # peak and integral biomass (no qP: biomass is not a cell count)
+  product: penicillin
+  feed_rates: [sugar_feed_rate, oil_feed_rate]
 models: {}                  # no model applies to PEN-G yet
 """)
 

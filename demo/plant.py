@@ -111,6 +111,7 @@ def site_config() -> dict:
             "osmolality": {"unit": "mOsm/kg", "min": 150, "max": 600, "spec_low": 270, "spec_high": 450},
         },
         "limits": limits,
+        "kpis": {"cell_density": "vcd", "product": "titer", "viability": "viability", "feed_rates": ["feed_rate"]},
         "models": {process.PRODUCT: ["cho_fedbatch"]},
     }
 

@@ -29,7 +29,8 @@ from lake.duck import connect, copy_per_key
 from lake.layout import Lake, atomic_write_parquet, safe_name
 from schemas.sql_checks import column_checks
 from schemas.tables import GOLD_MODELS
-from sources.site import DEFAULT_MAX_GAP_S, Site
+from schemas.units import UnitError, conversion
+from sources.site import DEFAULT_MAX_GAP_S, KpiInputs, Site
 
 GOOD_QUALITIES = ("good", "substituted")
 POINT_OK = f"(p.quality IN {GOOD_QUALITIES} AND p.value IS NOT NULL AND isfinite(p.value))"
@@ -45,11 +46,30 @@ class Settings:
     max_gap_s: float = DEFAULT_MAX_GAP_S  # linear tags without a max_gap_s of their own
     # operating limits (parameter, phase, low, high) in canonical units: what pct_in_limits measures
     limits: tuple[tuple[str, str, float | None, float | None], ...] = ()
+    kpis: KpiInputs = KpiInputs()
+    feed_to_l_per_h: tuple[tuple[str, float], ...] = ()  # each feed-rate parameter's factor to L/h
+    # qP in pg/cell/day per (product unit / (cell-density unit · h)); None: not cells and a mass titer
+    qp_factor: float | None = None
 
     @classmethod
     def for_site(cls, site: Site, grid_minutes: float = 15.0, golden_k: float = 3.0) -> Settings:
         limits = tuple((r["parameter"], r["phase"], r["low"], r["high"]) for r in site.limit_rows())
-        return cls(grid_minutes, golden_k, site.max_gap_s, limits)
+        feeds = tuple((p, conversion(site.parameters[p], "L/h")[0]) for p in site.kpis.feed_rates)
+        return cls(grid_minutes, golden_k, site.max_gap_s, limits, site.kpis, feeds, _qp_factor(site))
+
+
+def _qp_factor(site: Site) -> float | None:
+    """qP = slope of product against integral cell density; 24000 turns g/L per (1e6 cells/mL·h)
+    into pg/cell/day. Only for a cell count and a mass concentration (a biomass in g/L has no qP)."""
+    density, product = (site.analytes.get(site.kpis.cell_density or ""), site.analytes.get(site.kpis.product or ""))
+    if density is None or product is None:
+        return None
+    try:
+        to_cells, _ = conversion(density.unit, "1e6 cells/mL")
+        to_g_l, _ = conversion(product.unit, "g/L")
+    except UnitError:
+        return None
+    return 24000.0 * to_g_l / to_cells
 
 
 def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime, settings: Settings) -> None:
@@ -71,6 +91,9 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
     con.execute("CREATE OR REPLACE TEMP TABLE lim (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)")
     if settings.limits:
         con.executemany("INSERT INTO lim VALUES (?, ?, ?, ?)", [list(r) for r in settings.limits])
+    con.execute("CREATE OR REPLACE TEMP TABLE kfeed (parameter VARCHAR, to_l_per_h DOUBLE)")
+    if settings.feed_to_l_per_h:
+        con.executemany("INSERT INTO kfeed VALUES (?, ?)", [list(r) for r in settings.feed_to_l_per_h])
 
 
 def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None, points: bool = True,
@@ -269,9 +292,11 @@ def phase_summary(con) -> None:
     )
 
 
-def batch_kpis(con) -> None:
-    """Per batch: duration, peak VCD, IVCD (trapezoid over VCD samples, 1e6 cells·h/mL), final
-    titer, qP (slope of titer against IVCD, in pg/cell/day), harvest viability, feed added."""
+def batch_kpis(con, settings: Settings) -> None:
+    """Per batch: duration, peak cell density, its integral (trapezoid over samples, canonical
+    unit · h), final titer, qP (slope of titer against the integral, in pg/cell/day), harvest
+    viability, feed added — from the analytes and parameters the site names (`kpis:`)."""
+    k = settings.kpis
     con.execute(
         """CREATE OR REPLACE TEMP TABLE gold_batch_kpis AS
            WITH s AS (
@@ -284,14 +309,14 @@ def batch_kpis(con) -> None:
                       coalesce(sum((value + prev_v) / 2 * (t_h - prev_t)) OVER (PARTITION BY batch_id ORDER BY t_h), 0) AS ivcd
                FROM (SELECT *, lag(value) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_v,
                                lag(t_h) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_t
-                     FROM s WHERE analyte = 'vcd')),
-           titer AS (SELECT batch_id, t_h, value FROM s WHERE analyte = 'titer'),
+                     FROM s WHERE analyte = $density)),
+           titer AS (SELECT batch_id, t_h, value FROM s WHERE analyte = $product),
            qp AS (SELECT t.batch_id, regr_slope(t.value, v.ivcd ORDER BY t.t_h, v.t_h) AS slope
                   FROM titer t JOIN vcd v ON v.batch_id = t.batch_id AND abs(v.t_h - t.t_h) < 0.5 GROUP BY ALL),
-           feed AS (SELECT s.batch_id, exact_sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2
+           feed AS (SELECT s.batch_id, exact_sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2 * f.to_l_per_h
                                             * (epoch_us(least(s.t1, b.end_eff)) - epoch_us(greatest(s.t0, b.t0))) / 3.6e9) AS feed_l
-                    FROM seg s JOIN b USING (batch_id)
-                    WHERE s.parameter = 'feed_rate' AND s.t1 > b.t0 AND s.t0 < b.end_eff GROUP BY ALL),
+                    FROM seg s JOIN b USING (batch_id) JOIN kfeed f USING (parameter)
+                    WHERE s.t1 > b.t0 AND s.t0 < b.end_eff GROUP BY ALL),
            bolus AS (SELECT batch_id, exact_sum(quantity) AS bolus_l FROM material_events JOIN b USING (batch_id)
                      WHERE kind = 'bolus' AND lower(uom) IN ('l', 'liter', 'litre') GROUP BY ALL)
            SELECT b.batch_id, b.product, b.unit_id, b.status,
@@ -300,13 +325,14 @@ def batch_kpis(con) -> None:
                   (SELECT max(value) FROM vcd WHERE vcd.batch_id = b.batch_id) AS peak_vcd,
                   (SELECT max(ivcd) FROM vcd WHERE vcd.batch_id = b.batch_id) AS ivcd,
                   (SELECT arg_max(value, t_h) FROM titer WHERE titer.batch_id = b.batch_id) AS final_titer,
-                  (SELECT slope FROM qp WHERE qp.batch_id = b.batch_id) * 24000.0 AS qp,
-                  (SELECT arg_max(value, t_h) FROM s WHERE s.batch_id = b.batch_id AND s.analyte = 'viability') AS harvest_viability,
+                  (SELECT slope FROM qp WHERE qp.batch_id = b.batch_id) * $qp_factor AS qp,
+                  (SELECT arg_max(value, t_h) FROM s WHERE s.batch_id = b.batch_id AND s.analyte = $viability) AS harvest_viability,
                   coalesce(feed.feed_l, 0) AS feed_added_l,
                   coalesce(bolus.bolus_l, 0) AS bolus_added_l,
                   coalesce(feed.feed_l, 0) + coalesce(bolus.bolus_l, 0) AS total_feed_added_l
            FROM b LEFT JOIN feed USING (batch_id) LEFT JOIN bolus USING (batch_id)
-           ORDER BY b.batch_id"""
+           ORDER BY b.batch_id""",
+        {"density": k.cell_density, "product": k.product, "viability": k.viability, "qp_factor": settings.qp_factor},
     )
 
 
@@ -320,7 +346,7 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
         _setup(con, lake, batch_ids, as_of, settings)
         batch_trajectories(con, settings.grid_minutes)
         phase_summary(con)
-        batch_kpis(con)
+        batch_kpis(con, settings)
         for table in GOLD_TABLES:
             select = PROCESS_VALUES_SQL if table == "process_values" else f"SELECT * FROM gold_{table}"
             targets = {b: lake.gold(table) / f"{safe_name(b)}.parquet" for b in batch_ids}

@@ -23,7 +23,8 @@ SITE_FILE = "sources.yaml"
 # is data, not a gap. Linear tags interpolate across up to this (plus a margin for the
 # exception-report delay); step tags hold their value until the next archived one, however long.
 DEFAULT_MAX_GAP_S = 8 * 3600.0 + 600.0
-TOP_LEVEL_KEYS = ("site", "files", "sql", "historian", "parameters", "analytes", "limits", "models")
+TOP_LEVEL_KEYS = ("site", "files", "sql", "historian", "parameters", "analytes", "limits", "kpis", "models")
+KPI_KEYS = ("cell_density", "product", "viability", "feed_rates")
 
 
 class SiteConfigError(ValueError):
@@ -54,6 +55,16 @@ class Analyte:
 
 
 @dataclass(frozen=True)
+class KpiInputs:
+    """Which of the site's analytes and parameters the batch KPIs are computed from."""
+
+    cell_density: str | None = None  # analyte: peak_vcd, ivcd, and with `product` qp
+    product: str | None = None  # analyte: final_titer
+    viability: str | None = None  # analyte: harvest_viability
+    feed_rates: tuple[str, ...] = ()  # parameters (a volume per time) integrated into feed_added_l
+
+
+@dataclass(frozen=True)
 class Site:
     """Everything a site's sources.yaml says, resolved against its landing zone."""
 
@@ -67,6 +78,7 @@ class Site:
     limits: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
     max_gap_s: float = DEFAULT_MAX_GAP_S
     models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # product -> model names
+    kpis: KpiInputs = KpiInputs()
 
     def canonical_unit(self, parameter: str, uom: str) -> str:
         """The site's unit of `parameter`; a parameter the site does not list keeps `uom`."""
@@ -115,6 +127,7 @@ def parse_site(doc: dict, landing: Path) -> Site:
             sqls=sqls, parameters=_parameters(doc.get("parameters")),
             analytes=_analytes(doc.get("analytes")), limits=_limits(doc.get("limits")),
             max_gap_s=_max_gap(doc.get("historian")), models=_models(doc.get("models")),
+            kpis=_kpis(doc.get("kpis"), _parameters(doc.get("parameters"))),
         )
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"{where}: {err}") from None
@@ -251,6 +264,27 @@ def _models(section) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"models.{product}: a list of model names or import paths")
         out[str(product)] = tuple(names)
     return out
+
+
+def _kpis(section, parameters: dict[str, str]) -> KpiInputs:
+    section = section or {}
+    unknown = set(section) - set(KPI_KEYS)
+    if unknown:
+        raise ValueError(f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(KPI_KEYS)})")
+    feeds = section.get("feed_rates") or []
+    feeds = [feeds] if isinstance(feeds, str) else feeds
+    for p in feeds:
+        if p not in parameters:
+            raise ValueError(f"kpis.feed_rates: give {p!r} its unit under `parameters` (a volume per time, e.g. L/h)")
+        try:
+            conversion(parameters[p], "L/h")
+        except UnitError as err:
+            raise ValueError(f"kpis.feed_rates: {p}: {err}") from None
+    names = {k: section.get(k) for k in KPI_KEYS[:3]}
+    for k, v in names.items():
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"kpis.{k}: an analyte name, not {v!r}")
+    return KpiInputs(**{k: v.lower() if v else None for k, v in names.items()}, feed_rates=tuple(map(str, feeds)))
 
 
 def _number(value, key: str) -> float | None:

@@ -91,3 +91,23 @@ def test_lab_faults_are_quarantined_with_their_reasons(site):
     assert reasons[f"{faults['negative_result']['sample_id']}/biomass"] == "biomass -3.2 g/L is below the plausible minimum 0 g/L"
     assert reasons[f"{faults['unknown_unit']['sample_id']}/viscosity"] == "unit 'furlongs' is not a known unit of viscosity (cP, mPa*s)"
     assert reasons[f"{faults['conflicting_resend']['sample_id']}/penicillin"].startswith("conflicting re-send for sample")
+
+
+def _steps_integral(steps: list[list[float]], end_h: float) -> float:
+    """Litres from a step profile [[t_h, rate L/h], …] held until the next step, up to end_h."""
+    edges = [t for t, _ in steps] + [end_h]
+    return sum(rate * (max(min(b, end_h), a) - a) for (a, rate), b in zip(steps, edges[1:]))
+
+
+def test_batch_kpis_come_from_the_analytes_and_feeds_the_site_names(site):
+    _, truth, _, lake = site
+    kpis = query(lake, "SELECT * FROM batch_kpis").set_index("batch_id")
+    for b in (b for b in truth["batches"] if b["status"] == "complete"):
+        k = kpis.loc[b["batch_id"]]
+        end_h = b["phases"]["HARVEST"]["end_h"]
+        feed = _steps_integral(b["sugar_feed_l_h"], end_h) + _steps_integral(b["oil_feed_l_h"], end_h)
+        assert k["feed_added_l"] == pytest.approx(feed, rel=0.01)  # two step tags, compressed, integrated
+        # the harvest sample, with the assay's 4 % CV: four sigma
+        assert k["final_titer"] == pytest.approx(b["final_titer_g_l"], rel=0.16)
+        assert k["peak_vcd"] == pytest.approx(b["final_state"]["X"], rel=0.15)  # biomass peaks at harvest here
+        assert pd.isna(k["qp"]) and pd.isna(k["harvest_viability"])  # no cell count, no viability assay
