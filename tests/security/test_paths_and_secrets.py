@@ -366,7 +366,7 @@ def test_a_successful_pull_keeps_the_password_out_of_lake_logs_and_metadata(tmp_
     assert real_password not in caplog.text and real_password not in repr(outcome.log) + repr(outcome.reasons)
 
 
-def test_a_password_in_BATCHTWIN_SQL_URL_is_not_stored_by_dagster(tmp_path, monkeypatch):
+def test_a_password_in_an_environment_variable_of_sources_yaml_is_not_stored_by_dagster(tmp_path, monkeypatch):
     import dagster as dg
 
     from pipelines.ingest_assets import historian_sql
@@ -374,12 +374,14 @@ def test_a_password_in_BATCHTWIN_SQL_URL_is_not_stored_by_dagster(tmp_path, monk
 
     _sqlite_historian(tmp_path / "h.sqlite")
     (tmp_path / "landing").mkdir()
-    monkeypatch.setenv("BATCHTWIN_SQL_URL", f"sqlite:///{tmp_path / 'h.sqlite'}?pw={PASSWORD.replace('#', '').replace('%', '')}")
+    (tmp_path / "landing" / "sources.yaml").write_text("sql:\n  ip21:\n    url: ${BT_TEST_SQL_URL}\n")
+    monkeypatch.setenv("BT_TEST_SQL_URL", f"sqlite:///{tmp_path / 'h.sqlite'}?pw={PASSWORD.replace('#', '').replace('%', '')}")
     resources = resources_from_env(tmp_path)
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize([historian_sql], instance=instance, raise_on_error=False,
                                 resources={k: resources[k] for k in ("lake", "landing")})
         assert result.success
+        assert len(pd.read_parquet(tmp_path / "lake" / "silver" / "ingest_log")) == 1  # the pull ran
         run = instance.get_run_by_id(result.run_id)
         stored = dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id)) + repr(run.run_config)
         stored += "".join(repr(r) for r in instance.all_logs(result.run_id))
