@@ -6,7 +6,7 @@ DATA ?= data
 DAGSTER_HOME ?= $(abspath $(DATA)/dagster_home)
 UI_PORT ?= 3000
 
-.PHONY: demo test ui bench calibration lock clean
+.PHONY: demo readme test ui bench calibration lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write both demo sites a
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/batchtwin demo --data-dir $(DATA)
 	mkdir -p $(DATA)/penicillin/dagster_home && cp pipelines/dagster.yaml $(DATA)/penicillin/dagster_home/
 	DAGSTER_HOME=$(abspath $(DATA)/penicillin/dagster_home) $(BIN)/batchtwin demo --site penicillin --data-dir $(DATA)/penicillin
+
+readme: $(BIN)/.installed  ## regenerate the README's demo outputs from the lakes of `make demo`
+	$(BIN)/python -m demo.readme $(DATA)
 
 test: $(BIN)/.installed  ## run the test suite
 	$(BIN)/python -m pytest -q
