@@ -252,6 +252,23 @@ def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: 
     )
 
 
+VALUE_PARSE_REASON = "value is neither a finite number nor a known digital state"
+
+
+def historian_values(text: pd.Series, decimal: str, digital_states) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(numeric value, digital state, unparseable mask) of a historian value column. A value
+    that is not finite (inf, 1e309, NaN) is unparseable: no curated number may be infinite.
+    The streamed long-CSV path applies the same rule in SQL (`sources.historian_stream`)."""
+    cleaned = text.astype("string").fillna("").str.strip()
+    numeric_text = cleaned.str.replace(decimal, ".", regex=False) if decimal != "." else cleaned
+    value = pd.to_numeric(numeric_text, errors="coerce").astype("float64")
+    value = value.where(np.isfinite(value))
+    states = {s.lower(): s for s in digital_states}
+    is_state = value.isna() & cleaned.str.lower().isin(states).fillna(False).astype(bool)
+    state = cleaned.where(is_state).astype("str").where(is_state, None)  # typed text even when all empty
+    return value, state, value.isna() & ~is_state
+
+
 def finish_records(rows: list[dict], sha256: str, rel_path: str) -> pd.DataFrame:
     """Records built row by row (MES readers) -> typed frame; each record's `line` becomes lineage."""
     df = pd.DataFrame(rows)

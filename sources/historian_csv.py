@@ -7,22 +7,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from sources.base import ReadResult, SourceRejected, add_lineage, parse_timestamps, read_csv_text, rejects_where, require_columns
+from sources.base import (VALUE_PARSE_REASON, ReadResult, SourceRejected, add_lineage, historian_values, parse_timestamps, read_csv_text,
+                          rejects_where, require_columns)
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
 POINT_COLUMNS = ["tag", "ts", "value", "state", "quality", "ts_text"]
-
-
-def _values(text: pd.Series, profile: FileProfile) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """(numeric value, digital state, unparseable mask) from a historian value column."""
-    cleaned = text.str.strip()
-    numeric_text = cleaned.str.replace(profile.decimal, ".", regex=False) if profile.decimal != "." else cleaned
-    value = pd.to_numeric(numeric_text, errors="coerce").astype("float64")
-    states = {s.lower(): s for s in profile.digital_states}
-    is_state = value.isna() & cleaned.str.lower().isin(states)
-    state = cleaned.where(is_state).astype("str").where(is_state, None)
-    return value, state, value.isna() & ~is_state
 
 
 def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
@@ -55,12 +45,12 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     long["line"] = np.tile(lines, len(tags))
     long["ts"] = np.tile(ts.to_numpy(), len(tags))
     long = long[long["text"].str.strip() != ""].reset_index(drop=True)
-    value, state, unparseable = _values(long["text"], profile)
+    value, state, unparseable = historian_values(long["text"], profile.decimal, profile.digital_states)
     bad_ts = long["ts"].isna()
     row_lines = long["line"].to_numpy()
     problems = [
         rejects_where(bad_ts, long, row_lines, ts_col, "timestamp", f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})", sha256, rel_path),
-        rejects_where(unparseable & ~bad_ts, long, row_lines, "text", "value_parse", "value is neither a number nor a known digital state", sha256, rel_path),
+        rejects_where(unparseable & ~bad_ts, long, row_lines, "text", "value_parse", VALUE_PARSE_REASON, sha256, rel_path),
     ]
     ok = (~(bad_ts | unparseable)).to_numpy()
     # wide exports are the historian's sampled/interpolated values: quality is not exported

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 
 from schemas.sql_checks import SqlCheck, first_failure_sql
-from sources.base import SourceRejected, csv_header, empty_lines, require_columns
+from sources.base import VALUE_PARSE_REASON, SourceRejected, csv_header, empty_lines, require_columns
 from sources.profiles import FileProfile
 
 ENCODINGS = {"utf8": "utf-8", "utf-8": "utf-8", "latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1", "utf-16": "utf-16"}
@@ -128,7 +128,9 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
                 p0 AS (SELECT *, {local_sql} AS local_ts FROM raw),
                 p1 AS (
                     SELECT *, {ts_sql} AS ts,
-                           try_cast(CASE WHEN $decimal = '.' THEN value_text ELSE replace(value_text, $decimal, '.') END AS DOUBLE) AS num,
+                           try_cast(CASE WHEN $decimal = '.' THEN value_text ELSE replace(value_text, $decimal, '.') END AS DOUBLE) AS n,
+                           -- not finite (inf, 1e309, NaN) is not a value (as sources.base.historian_values)
+                           CASE WHEN isfinite(n) THEN n END AS num,
                            CASE WHEN status_text IS NULL THEN 'good' ELSE {quality_case} END AS q
                     FROM p0),
                 p2 AS (
@@ -174,6 +176,6 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
 
 PARSE_REASON_PARAMS = {
     "why_timestamp": "unparseable, ambiguous or non-existent local timestamp",
-    "why_value_parse": "value is neither a number nor a known digital state",
+    "why_value_parse": VALUE_PARSE_REASON,
     "why_quality_code": "status is not in the profile's quality mapping",
 }

@@ -77,6 +77,7 @@ class SqlProfile:
     columns: dict[str, str] = field(default_factory=lambda: {"tag": "name", "ts": "ts", "value": "value", "status": "status"})
     timezone: str = "UTC"
     quality: dict[str, str] = field(default_factory=lambda: dict(IP21_QUALITY))
+    digital_states: tuple[str, ...] = PI_DIGITAL_STATES  # value texts that are system states
     lookback_s: float = 3600.0  # re-read this far behind the watermark so late rows are picked up
 
     def __post_init__(self) -> None:

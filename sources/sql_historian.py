@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from sources.base import ReadResult, add_lineage, rejects_where
+from sources.base import VALUE_PARSE_REASON, ReadResult, add_lineage, historian_values, rejects_where
 from sources.profiles import SqlProfile
 
 
@@ -102,13 +102,17 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
     ts = (ts.dt.tz_localize(profile.timezone, ambiguous="NaT", nonexistent="NaT") if ts.dt.tz is None else ts).dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     status = raw["status"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
     quality = status.map(profile.quality)
-    value = pd.to_numeric(raw["value"], errors="coerce").astype("float64")
+    # a number column arrives as floats, a text column as text: the same rule as the CSV readers
+    text = raw["value"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else repr(v) if isinstance(v, float) else str(v))
+    value, state, unparseable = historian_values(text, ".", profile.digital_states)
     problems = [
         rejects_where(ts.isna(), raw, lines, "ts", "timestamp", f"unparseable, ambiguous or non-existent local timestamp (zone {profile.timezone})", sha, rel),
         rejects_where(quality.isna() & ts.notna(), raw, lines, "status", "quality_code", "status is not in the profile's quality mapping", sha, rel),
+        rejects_where(unparseable & quality.notna() & ts.notna(), raw, lines, "value", "value_parse", VALUE_PARSE_REASON, sha, rel),
     ]
-    ok = (ts.notna() & quality.notna()).to_numpy()
-    out = pd.DataFrame({"tag": raw["tag"].astype(str).str.strip(), "ts": ts, "value": value, "state": pd.Series(None, index=raw.index, dtype="str"),
+    ok = (ts.notna() & quality.notna() & ~unparseable).to_numpy()
+    quality = quality.where(state.isna(), "bad")  # a digital state is never a good value
+    out = pd.DataFrame({"tag": raw["tag"].astype(str).str.strip(), "ts": ts, "value": value, "state": state,
                         "quality": quality, "ts_text": raw["ts"].astype(str)})[ok]
     out = add_lineage(out.reset_index(drop=True), sha, lines[ok], rel)
     return ReadResult({"historian_points": out}, pd.concat(problems, ignore_index=True), rows_read=len(raw))

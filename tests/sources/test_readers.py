@@ -2,6 +2,7 @@
 import gzip
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -256,3 +257,41 @@ def test_many_skipped_lines_are_numbered_in_one_pass(tmp_path):
     assert points["source_row"].tolist() == expect
     assert points["value"].tolist() == list(range(3000))
     assert len(res.rejects) == 1000
+
+
+NON_FINITE = ["inf", "-inf", "Infinity", "1e309", "NaN"]
+
+
+def test_non_finite_numbers_are_quarantined_by_every_reader(tmp_path):
+    """One rule in every path: a value that is not finite is no value (it would poison every mean)."""
+    import sqlite3
+
+    from lake import ingest
+    from lake.layout import Lake
+    from sources.base import VALUE_PARSE_REASON
+    from sources.profiles import SqlProfile
+
+    landing, lake = tmp_path / "landing", Lake(tmp_path / "lake")
+    (landing / "historian").mkdir(parents=True)
+    rows = [("BR101.TT01.PV", f"2026-03-16T06:0{i}:00Z", v, "Good") for i, v in enumerate([*NON_FINITE, "36.8"])]
+    (landing / "historian" / "BR101_x.csv").write_text("Tag,Timestamp,Value,Status\n" + "".join(",".join(r) + "\n" for r in rows))
+    long = ingest.ingest_file(lake, landing, "historian/BR101_x.csv", PROFILES["historian_long_pi"])
+    (landing / "historian" / "BR102_x_wide.csv").write_text(
+        "Timestamp;BR102.TT01.PV\n" + "".join(f"16.03.2026 07:0{i}:00;{v}\n" for i, v in enumerate([*NON_FINITE, "36,8"])))
+    wide = ingest.ingest_file(lake, landing, "historian/BR102_x_wide.csv", PROFILES["historian_wide_br102"])
+    with sqlite3.connect(tmp_path / "h.sqlite") as con:
+        con.execute("CREATE TABLE history (name TEXT, ts TEXT, value, status INTEGER)")
+        con.executemany("INSERT INTO history VALUES ('BR201.TT01.PV', ?, ?, 0)",
+                        [(f"2026-03-16 08:0{i}:00", v) for i, v in enumerate([float("inf"), float("-inf"), "Infinity", "1e309", None, 36.8])])
+    pull = ingest.ingest_sql(lake, SqlProfile("ip21", f"sqlite:///{tmp_path / 'h.sqlite'}"))
+    (landing / "lims").mkdir()
+    (landing / "lims" / "l.csv").write_text("sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n" + "".join(
+        f"S{i},B1,glucose,{v},g/L,2026-03-16T06:00:00Z,2026-03-16T08:00:00Z\n" for i, v in enumerate([*NON_FINITE, "4.2"])))
+    lab = ingest.ingest_file(lake, landing, "lims/l.csv", PROFILES["lims"])
+    for outcome in (long, wide, pull, lab):
+        assert (outcome.log["rows_read"], outcome.log["rows_accepted"], outcome.log["rows_quarantined"]) == (6, 1, 5), outcome.log
+    q = duckdb.sql(f"SELECT * FROM read_parquet('{lake.silver('quarantine')}/*.parquet', union_by_name = true)").df()
+    points = q[q["dataset"] != "lims"]
+    assert (points["reason"] == VALUE_PARSE_REASON).all() and len(points) == 15
+    assert (q.loc[q["dataset"] == "lims", "reason"] == "result is neither a finite number nor a censored value like '<0.5'").all()
+    assert sorted(pd.read_parquet(lake.silver("historian_points"))["value"]) == [36.8, 36.8, 36.8]
