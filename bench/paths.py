@@ -51,16 +51,17 @@ def pandas_pandera(csv: str, out: str) -> None:
 
 def batchtwin_ingest(csv: str, lake_dir: str, tags_csv: str) -> None:
     """batchtwin: reader, validation, duplicate rules, quarantine and silver write of one file."""
+    from demo.plant import demo_site
     from lake import ingest
     from lake.layout import Lake
-    from demo.plant import demo_site
-from sources.profiles import profile_for
+    from sources.profiles import profile_for
 
-    profiles = demo_site().files
+    site = demo_site()
+    profiles = site.files
     lake = Lake(Path(lake_dir))
     shutil.rmtree(lake.root, ignore_errors=True)
     tags = Path(tags_csv)
-    ingest.ingest_file(lake, tags.parent.parent, "tags/" + tags.name, profile_for("tags/x.csv", profiles))
+    ingest.ingest_file(lake, tags.parent.parent, "tags/" + tags.name, profile_for("tags/x.csv", profiles), site=site)
     known = ingest.known_tags(lake)
     csv_path = Path(csv)
     t = time.perf_counter()

@@ -64,6 +64,10 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     root = tree.getroot()
     if tree.docinfo.internalDTD is not None or any(isinstance(n, etree._Entity) for n in root.iter()):
         raise SourceRejected("XML declares a DTD or entities; batch records must not (entity expansion is refused)")
+    namespace = etree.QName(root).namespace
+    if namespace not in profile.namespaces:
+        raise SourceRejected(f"root <{local(root)}> is in namespace {str(namespace)[:120]!r}, not a known B2MML/BatchML one "
+                             "(V0401…V0700; a profile's `namespaces` may add a vendor's)")
     version, record_ts = _record_version(root)
     ordinal = iter(range(1, 10**9))
     batches, phases, materials, samples, notes = [], [], [], [], []
@@ -81,6 +85,9 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (
         ("batch_records", batches), ("phase_records", phases), ("material_event_records", materials), ("samples", samples))}
     rows_read = sum(len(t) for t in tables.values())
+    if rows_read == 0:
+        raise SourceRejected(f"<{local(root)}> holds no batch record: no BatchListEntry of type Batch, ExecutedControlRecipe, "
+                             "material actual or sample (other B2MML documents are not read yet)")
     return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
 
 

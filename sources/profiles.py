@@ -25,6 +25,15 @@ QUALITY_WORDS = {
     # OPC DA quality codes, as numbers in the status column
     "192": "good", "216": "substituted", "64": "uncertain", "0": "bad",
 }
+# B2MML / BatchML namespaces of the versions the MES reader understands (V0401…V0700; MESA dropped
+# the version from the namespace with V0700). A document in any other namespace is rejected, not
+# read by element names that may mean something else there; a profile can name a vendor's own.
+B2MML_NAMESPACES = (
+    "http://www.wbf.org/xml/B2MML-V0401", "http://www.wbf.org/xml/B2MML-V04", "http://www.wbf.org/xml/B2MML-V0500",
+    "http://www.wbf.org/xml/B2MML-V0600", "http://www.mesa.org/xml/B2MML-V0600", "http://www.mesa.org/xml/B2MML",
+    "http://www.wbf.org/xml/BatchML-V0401", "http://www.wbf.org/xml/BatchML-V0500", "http://www.wbf.org/xml/BatchML-V0600",
+    "http://www.mesa.org/xml/BatchML",
+)
 IP21_QUALITY = {"0": "good", "1": "uncertain", "2": "bad", "4": "substituted", "5": "uncertain", "6": "bad"}
 DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -55,6 +64,7 @@ class FileProfile:
     quality: dict[str, str] = field(default_factory=lambda: dict(QUALITY_WORDS))
     digital_states: tuple[str, ...] = PI_DIGITAL_STATES
     inoculation_phase: str = "INOCULATION"  # MES phase whose start is t_batch_h = 0
+    namespaces: tuple[str, ...] = B2MML_NAMESPACES  # XML namespaces an MES document may use
     site: str | None = None
 
     def __post_init__(self) -> None:
@@ -99,8 +109,9 @@ def build_profile(cls, name: str, spec: dict):
     if unknown:
         raise ValueError(f"profile {name!r} has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
                          f"(known: {', '.join(sorted(known))})")
-    if "digital_states" in spec:
-        spec = {**spec, "digital_states": tuple(spec["digital_states"])}
+    for key in ("digital_states", "namespaces"):
+        if key in spec:
+            spec = {**spec, key: tuple(spec[key])}
     if "quality" in spec:
         spec = {**spec, "quality": {str(k).lower(): v for k, v in spec["quality"].items()}}
     return cls(name=name, **spec)

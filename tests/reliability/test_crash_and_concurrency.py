@@ -122,8 +122,7 @@ def test_two_dagster_jobs_on_the_multiprocess_executor(tiny_plant, tmp_path):
     data = _fresh(tiny_plant, tmp_path / "mp")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    env = {**_env(), "DAGSTER_HOME": str(home), "BATCHTWIN_LAKE": str(data / "lake"), "BATCHTWIN_LANDING": str(data / "landing"),
-           "BATCHTWIN_SQL_URL": f"sqlite:///{data / 'sql' / 'historian.sqlite'}"}
+    env = {**_env(), "DAGSTER_HOME": str(home), "BATCHTWIN_LAKE": str(data / "lake"), "BATCHTWIN_LANDING": str(data / "landing")}
     # the instance's own SQLite storage is created once, as `make ui` does; two processes creating it at the
     # same moment race inside Dagster's schema migration (not in batchtwin)
     subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"], env=env, check=True)

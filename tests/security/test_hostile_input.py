@@ -397,7 +397,7 @@ def _attacks(url: str, secret_file: Path, secret_dtd: Path) -> dict[str, str]:
         "billion_laughs": f'<?xml version="1.0"?><!DOCTYPE r [{laughs}]>' + entry.format("&lol9;"),
         "quadratic_blowup": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "' + "a" * 50_000 + '">]>' + entry.format("&a;" * 5000),
         "internal_entity": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY b "B26-001">]>' + entry.format("&b;"),
-        "xinclude": f'<BatchList xmlns:xi="http://www.w3.org/2001/XInclude"><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>'
+        "xinclude": f'<BatchList xmlns="http://www.wbf.org/xml/B2MML-V0401" xmlns:xi="http://www.w3.org/2001/XInclude"><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>'
                     f'<BatchID><xi:include href="file://{secret_file}" parse="text"/></BatchID></BatchListEntry></BatchList>',
     }
 

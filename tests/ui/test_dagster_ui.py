@@ -53,8 +53,7 @@ def dagster_dev(tmp_path_factory):
         + "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHTWIN_LAKE": str(data / "lake"), "BATCHTWIN_LANDING": str(data / "landing"),
-           "BATCHTWIN_SQL_URL": f"sqlite:///{data / 'sql' / 'historian.sqlite'}"}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHTWIN_LAKE": str(data / "lake"), "BATCHTWIN_LANDING": str(data / "landing")}
     log = open(data / "webserver.log", "wb")
     # its own session, so that the whole process group (webserver, code server) can be stopped
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
