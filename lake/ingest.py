@@ -323,42 +323,54 @@ def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
     return {"tag": checks}
 
 
+def result_identity(frame: pd.DataFrame) -> pd.Series:
+    """What makes two lab results the same result: the value in the site's unit (10 significant
+    digits: '4.1' and '4.10', or 4.1 g/L and 410 mg/dL, agree), or the reported text and unit of
+    a censored one ('<0.5 mM')."""
+    numeric = frame["canonical_value"].map(lambda v: f"{v:.10g}", na_action="ignore") + " " + frame["canonical_uom"].astype(str)
+    return numeric.where(frame["canonical_value"].notna(), frame["value_text"].astype(str) + " " + frame["uom"].astype(str))
+
+
 def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quarantine results that contradict another result for the same sample, analyte and report
     time: within this file every copy (there is no telling which is right); against a result
     another file already brought, the incoming one (the first stays, silver is never rewritten).
-    A later report time is a retest and supersedes (the `samples` view); a same-value re-send
-    is harmless and resolved by the duplicate rule."""
+    A later report time is a retest and supersedes (the `samples` view); a re-send of the same
+    result (`result_identity`) is harmless and resolved by the duplicate rule."""
     key = ["sample_id", "analyte", "reported_ts"]
     if samples.empty:
         return samples, quarantine_frame([])
-    distinct = samples.groupby(key, dropna=False)["value_text"].transform("nunique")
-    inside = samples[distinct > 1]
+    samples = samples.assign(identity=result_identity(samples))
+    inside = samples[samples.groupby(key, dropna=False)["identity"].transform("nunique") > 1]
     earlier = [str(p) for p in lake.silver("samples").glob("*.parquet") if p.stem != sha256]
-    held = pd.DataFrame(columns=[*key, "value_text", "source_path", "source_row"])
+    held = pd.DataFrame(columns=[*key, "identity", "source_path", "source_row"])
     if earlier:
         with duckdb.connect() as con:
             con.register("incoming", samples[key])
             held = con.execute(
-                """SELECT h.sample_id, h.analyte, h.reported_ts, h.value_text, h.source_path, h.source_row
-                   FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
+                """SELECT h.* FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
                    ON i.sample_id = h.sample_id AND i.analyte = h.analyte AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
                 {"files": earlier}).df()
-    across = samples.merge(held, on=key, suffixes=("", "_held"), how="inner")
-    across = across[across["value_text"] != across["value_text_held"]]
+        if len(held):
+            for column, fallback in (("canonical_value", "value"), ("canonical_uom", "uom")):  # files ingested before the site's dictionary
+                held[column] = held[column].where(held[column].notna(), held[fallback]) if column in held else held[fallback]
+            held = held.assign(identity=result_identity(held))[[*key, "identity", "source_path", "source_row"]]
+    rest = samples[~samples.index.isin(inside.index)]  # a row conflicting inside its file is quarantined once, for that
+    across = rest.reset_index().merge(held, on=key, suffixes=("", "_held"), how="inner")
+    across = across[across["identity"] != across["identity_held"]].drop_duplicates("index")
     rows = []
     for _, group in inside.groupby(key, dropna=False):
-        values = ", ".join(f"{v} {u} (line {r})" for v, u, r in zip(group["value_text"], group["uom"], group["source_row"]))
+        values = ", ".join(f"{v} (line {r})" for v, r in zip(group["identity"], group["source_row"]))
         rows += [_conflict_row(r, f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: "
                                   f"{values}; none is used") for r in group.itertuples()]
-    for r in across.drop_duplicates(["source_row"]).itertuples():
-        rows.append(_conflict_row(r, f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.value_text} "
-                                     f"here, {r.value_text_held} already held from {r.source_path_held} line {r.source_row_held}; "
+    for r in across.itertuples():
+        rows.append(_conflict_row(r, f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.identity} "
+                                     f"here, {r.identity_held} already held from {r.source_path_held} line {r.source_row_held}; "
                                      "the first stays"))
     if not rows:
-        return samples, quarantine_frame([])
-    losers = set(inside["source_row"]) | set(across["source_row"])
-    return samples[~samples["source_row"].isin(losers)], quarantine_frame(rows)
+        return samples.drop(columns="identity"), quarantine_frame([])
+    losers = inside.index.union(pd.Index(across["index"]))
+    return samples.drop(index=losers).drop(columns="identity"), quarantine_frame(rows)
 
 
 def _conflict_row(r, reason: str) -> dict:

@@ -120,17 +120,27 @@ def test_a_conflicting_re_send_is_quarantined_with_both_values(tmp_path):
     landing = _write(tmp_path / "landing", site_config())
     site, lake = load_site(landing), Lake(tmp_path / "lake")
     t = "2026-03-20T08:00:00Z,2026-03-20T12:00:00Z"
-    first = _ingest(lake, landing, _lims(landing, "a.csv", [f"S1,B1,glucose,4.10,g/L,{t}", f"S2,B1,glucose,3.00,g/L,{t}"]), site)
-    again = _ingest(lake, landing, _lims(landing, "b.csv", [f"S1,B1,glucose,4.60,g/L,{t}", f"S2,B1,glucose,3.00,g/L,{t}",
-                                                            f"S3,B1,titer,1.1,g/L,{t}", f"S3,B1,titer,1.3,g/L,{t}"]), site)
-    assert first.log["rows_accepted"] == 2 and (again.log["rows_accepted"], again.log["rows_quarantined"]) == (1, 3)
+    first = _ingest(lake, landing, _lims(landing, "a.csv", [f"S1,B1,glucose,4.10,g/L,{t}", f"S2,B1,glucose,3.00,g/L,{t}",
+                                                            f"S4,B1,lactate,1.5,g/L,{t}", f"S5,B1,titer,2.0,g/L,{t}"]), site)
+    again = _ingest(lake, landing, _lims(landing, "b.csv", [
+        f"S1,B1,glucose,4.60,g/L,{t}",  # another value: conflicts with a.csv
+        f"S2,B1,glucose,300,mg/dL,{t}",  # the same result in another unit: harmless
+        f"S3,B1,titer,1.1,g/L,{t}", f"S3,B1,titer,1.3,g/L,{t}",  # two values in one file
+        f"S4,B1,lactate,1.5,mg/dL,{t}",  # the same number in another unit: 100 times less
+        f"S5,B1,titer,2.1,g/L,{t}", f"S5,B1,titer,2.2,g/L,{t}",  # conflicting inside and against a.csv: quarantined once each
+    ]), site)
+    assert first.log["rows_accepted"] == 4 and (again.log["rows_accepted"], again.log["rows_quarantined"]) == (1, 6)
     q = _quarantine(lake)
+    assert len(q) == again.log["rows_quarantined"]  # one quarantine row per quarantined line
     reasons = dict(zip(q["row_key"] + ":" + q["source_row"].astype(str), q["reason"]))
-    assert reasons["S1/glucose:2"] == ("conflicting re-send for sample S1, glucose, reported 2026-03-20 12:00:00+00:00: 4.60 here, "
-                                       "4.10 already held from lims/a.csv line 2; the first stays")
+    assert reasons["S1/glucose:2"] == ("conflicting re-send for sample S1, glucose, reported 2026-03-20 12:00:00+00:00: 4.6 g/L here, "
+                                       "4.1 g/L already held from lims/a.csv line 2; the first stays")
+    assert reasons["S4/lactate:6"].startswith("conflicting re-send") and "0.015 g/L here, 1.5 g/L already held" in reasons["S4/lactate:6"]
     assert "conflicting results in one file for sample S3, titer" in reasons["S3/titer:4"] and "1.1 g/L (line 4), 1.3 g/L (line 5)" in reasons["S3/titer:4"]
+    assert reasons["S5/titer:7"].startswith("conflicting results in one file") and reasons["S5/titer:8"].startswith("conflicting results in one file")
     kept = pd.read_parquet(lake.silver("samples"))
-    assert sorted(kept["value_text"]) == ["3.00", "3.00", "4.10"]  # the identical re-send is harmless and stays
+    assert sorted(kept["source_path"] + ":" + kept["value_text"]) == [
+        "lims/a.csv:1.5", "lims/a.csv:2.0", "lims/a.csv:3.00", "lims/a.csv:4.10", "lims/b.csv:300"]
 
 
 def test_a_tag_whose_unit_the_site_cannot_use_is_quarantined_and_its_points_name_it(tmp_path, plant_dir):
