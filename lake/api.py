@@ -22,7 +22,7 @@ import duckdb
 import pandas as pd
 
 from lake import catalog
-from lake.contextualize import good_points_sql, integrals_sql, points_and_segments
+from lake.contextualize import good_points_sql, integrals_sql, points_and_segments, site_gap_s
 from lake.duck import EXACT_SUM
 from lake.layout import Lake
 from lake.query import check_read_only, connect
@@ -64,7 +64,8 @@ class BatchLake:
             con.execute(EXACT_SUM)
             catalog.attach_views(con, self.lake)
             self._interval(con, batch, unit, start, end)
-            points_and_segments(con, params, points=mode != "raw")  # raw points come from silver, no segments needed
+            # raw points come from silver, no segments needed; segments by the same gap rule gold used
+            points_and_segments(con, params, points=mode != "raw", default_gap_s=site_gap_s(self.lake))
             if mode == "raw":
                 return con.execute(
                     f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, t.parameter,

@@ -17,6 +17,7 @@ on its own and a crash leaves every other batch intact.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from lake import catalog
 from lake.duck import connect, copy_per_key
-from lake.layout import Lake, atomic_write_parquet, safe_name
+from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, safe_name
 from schemas.sql_checks import column_checks
 from schemas.tables import GOLD_MODELS
 from schemas.units import UnitError, conversion
@@ -56,6 +57,15 @@ class Settings:
         limits = tuple((r["parameter"], r["phase"], r["low"], r["high"]) for r in site.limit_rows())
         feeds = tuple((p, conversion(site.parameters[p], "L/h")[0]) for p in site.kpis.feed_rates)
         return cls(grid_minutes, golden_k, site.max_gap_s, limits, site.kpis, feeds, _qp_factor(site))
+
+
+GAP_STATE = "historian_gap.json"  # the site's historian.max_gap_s that gold was computed with
+
+
+def site_gap_s(lake: Lake) -> float:
+    """The default gap the lake's gold tables were computed with (for reads that must agree)."""
+    path = lake.state(GAP_STATE)
+    return float(json.loads(path.read_text())["max_gap_s"]) if path.exists() else DEFAULT_MAX_GAP_S
 
 
 def _qp_factor(site: Site) -> float | None:
@@ -120,7 +130,6 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
     con.execute(
         """CREATE OR REPLACE TEMP TABLE tg AS
            SELECT tag, unit_id, parameter, canonical_uom, scale, "offset", interpolation,
-                  low * scale + "offset" AS low_c, high * scale + "offset" AS high_c,
                   -- NULL: no limit (a step tag holds its value until the next archived one)
                   CASE WHEN interpolation = 'linear' THEN coalesce(max_gap_s, $gap) END AS max_gap_s
            FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
@@ -133,21 +142,32 @@ def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str
     # join from `tg`, lineage is read from silver where it is needed): this table holds every
     # point, and each column more is tens of millions of values more to materialize
     con.execute(
+        """CREATE OR REPLACE TEMP TABLE bt AS
+           SELECT b.batch_id, b.start_ts, b.end_eff, t.tag, t.parameter, t.scale, t."offset"
+           FROM b JOIN tg t ON t.unit_id = b.unit_id"""
+    )
+    # the as-of joins see only these tags' points before the latest start and after the earliest
+    # end: sorting the whole historian for them cost O(lake) on every call
+    con.execute(
         f"""CREATE OR REPLACE TEMP TABLE pts AS
-            WITH bt AS (SELECT b.batch_id, b.start_ts, b.end_eff, t.tag, t.parameter, t.scale, t."offset"
-                        FROM b JOIN tg t ON t.unit_id = b.unit_id)
             SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset" AS v, {POINT_OK} AS ok
             FROM bt JOIN historian_points p ON p.tag = bt.tag AND p.ts >= bt.start_ts AND p.ts < bt.end_eff
             UNION ALL
             SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
-            FROM bt ASOF JOIN historian_points p ON p.tag = bt.tag AND bt.start_ts > p.ts
+            FROM bt ASOF JOIN (SELECT * FROM historian_points
+                               WHERE tag IN (SELECT tag FROM bt) AND ts < (SELECT max(start_ts) FROM bt)) p
+              ON p.tag = bt.tag AND bt.start_ts > p.ts
             UNION ALL
             SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
-            FROM bt ASOF JOIN historian_points p ON p.tag = bt.tag AND bt.end_eff <= p.ts"""
+            FROM bt ASOF JOIN (SELECT * FROM historian_points
+                               WHERE tag IN (SELECT tag FROM bt) AND ts >= (SELECT min(end_eff) FROM bt)) p
+              ON p.tag = bt.tag AND bt.end_eff <= p.ts"""
     )
+    # the end of each unit's data: the latest point of any of its tags (all of them, not only the
+    # parameters asked for, so the answer does not depend on the question)
     con.execute(
         """CREATE OR REPLACE TEMP TABLE data_end AS
-           SELECT t.unit_id, max(p.ts) AS last_ts FROM historian_points p JOIN tg t USING (tag)
+           SELECT t.unit_id, max(p.ts) AS last_ts FROM historian_points p JOIN tags t USING (tag)
            WHERE t.unit_id IN (SELECT unit_id FROM b) GROUP BY 1"""
     )
     con.execute(
@@ -183,8 +203,10 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
     """
     if grid:
         pairs = f"""
-            FROM (SELECT s.*, unnest(range(floor((epoch_us(s.t0) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT,
-                                           ceil((epoch_us(s.t1) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT)) AS k
+            -- windows of the segment's part inside its batch: a set-point archived months before
+            -- would otherwise list every window since
+            FROM (SELECT s.*, unnest(range(floor((epoch_us(greatest(s.t0, b.start_ts)) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT,
+                                           ceil((epoch_us(least(s.t1, b.end_eff)) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT)) AS k
                   FROM seg s JOIN b USING (batch_id)) s
             JOIN {intervals} i ON i.batch_id = s.batch_id AND i.k = s.k"""
     else:
@@ -342,6 +364,8 @@ def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Set
     counts = dict.fromkeys(GOLD_TABLES, 0)
     if not batch_ids:
         return counts
+    if site_gap_s(lake) != settings.max_gap_s:
+        atomic_write_bytes(lake.state(GAP_STATE), json.dumps({"max_gap_s": settings.max_gap_s}).encode())
     with connect(lake) as con:
         _setup(con, lake, batch_ids, as_of, settings)
         batch_trajectories(con, settings.grid_minutes)

@@ -351,10 +351,10 @@ def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tupl
                 """SELECT h.* FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
                    ON i.sample_id = h.sample_id AND i.analyte = h.analyte AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
                 {"files": earlier}).df()
-        if len(held):
-            for column, fallback in (("canonical_value", "value"), ("canonical_uom", "uom")):  # files ingested before the site's dictionary
-                held[column] = held[column].where(held[column].notna(), held[fallback]) if column in held else held[fallback]
-            held = held.assign(identity=result_identity(held))[[*key, "identity", "source_path", "source_row"]]
+        for column, fallback in (("canonical_value", "value"), ("canonical_uom", "uom")):  # files ingested before the site's dictionary
+            held[column] = held[column].where(held[column].notna(), held[fallback]) if column in held else held[fallback]
+        held = held.assign(identity=result_identity(held) if len(held) else pd.Series(dtype=str))[
+            [*key, "identity", "source_path", "source_row"]]
     rest = samples[~samples.index.isin(inside.index)]  # a row conflicting inside its file is quarantined once, for that
     across = rest.reset_index().merge(held, on=key, suffixes=("", "_held"), how="inner")
     across = across[across["identity"] != across["identity_held"]].drop_duplicates("index")

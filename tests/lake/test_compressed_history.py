@@ -178,3 +178,35 @@ def test_a_running_batch_holds_its_last_archived_values_to_the_end_of_the_data_o
                                [str(lake.gold("phase_summary") / "*.parquet")]).fetchone()[0]
     data_end = max(ts for _, ts in last)
     assert duration == pytest.approx((data_end - (T0 + timedelta(hours=60))).total_seconds() / 3600.0)
+
+
+def test_reads_agree_with_gold_and_an_old_set_point_holds_into_the_batch(tmp_path):
+    """`BatchLake.read` uses the gap gold was computed with and the unit's whole data end (not
+    only the parameters asked for); a set-point archived a year before the batch holds into it."""
+    from lake.api import BatchLake
+
+    lake, t_h, sig, _ = _lake(tmp_path)
+    # the feed pump's last archived value is its change at 50 h: it holds to the unit's data end (72 h)
+    path = lake.silver("historian_points") / f"{SHA}.parquet"
+    points = pd.read_parquet(path)
+    late = (points["tag"] == "U1.feed_rate") & (points["ts"] > pd.Timestamp(T0 + timedelta(hours=50, seconds=10)))
+    atomic_write_parquet(path, pa.Table.from_pandas(points[~late], preserve_index=False))
+    old = pd.DataFrame([{"tag": "U1.temperature_sp", "ts": T0 - timedelta(days=365), "value": 37.0, "state": None,
+                         "quality": "good", "ts_text": None}])
+    df = old.assign(source_sha256="d" * 64, source_row=2, source_path="historian/old.csv")
+    df["ts"] = pd.to_datetime(df["ts"], utc=True).astype("datetime64[us, UTC]")
+    atomic_write_parquet(lake.silver("historian_points") / f"{'d' * 64}.parquet", pa.Table.from_pandas(df, preserve_index=False))
+    contextualize(lake, ["B1"], Settings(grid_minutes=60, max_gap_s=900.0), as_of=T0 + timedelta(days=30))
+    with duckdb.connect() as con:
+        traj = con.execute("SELECT parameter, count(*), avg(coverage) FROM read_parquet(?) GROUP BY 1",
+                           [str(lake.gold("batch_trajectories") / "*.parquet")]).fetchall()
+    assert {p: n for p, n, _ in traj} == dict.fromkeys(TAGS, 72)  # the batch's 72 hourly windows, no more
+    assert {p: c for p, _, c in traj}["temperature_sp"] == pytest.approx(1.0)
+    bl = BatchLake(lake.root)
+    gold_ph = {p: c for p, _, c in traj}["ph"]
+    read_ph = bl.read("ph", batch="B1", interval="1h", mode="twa")["coverage"].mean()
+    assert read_ph == pytest.approx(gold_ph) and read_ph < 0.5  # the site's 900 s gap, as gold used
+    alone = bl.read("feed_rate", batch="B1", interval="1h", mode="twa")
+    together = bl.read(["feed_rate", "temperature"], batch="B1", interval="1h", mode="twa")
+    assert alone["coverage"].tolist() == together.loc[together["parameter"] == "feed_rate", "coverage"].tolist()
+    assert alone["coverage"].min() == pytest.approx(1.0) and alone["value"].iloc[-1] == pytest.approx(2.0)
