@@ -118,19 +118,20 @@ def parse_site(doc: dict, landing: Path) -> Site:
                               f"(known: {', '.join(TOP_LEVEL_KEYS)})")
     try:
         name = doc.get("site")
-        files = [p for p in _profiles(doc, "files", FileProfile, name) if p is not None]
-        sqls = [_resolve_sql(p, landing) for p in _profiles(doc, "sql", SqlProfile, None)
-                if p is not None]
+        files = list(_profiles(doc, "files", FileProfile, name))
+        sqls = [_resolve_sql(p, landing) for p in _profiles(doc, "sql", SqlProfile, None)]
+        parameters = _parameters(_section(doc, "parameters"))
+        analytes = _analytes(_section(doc, "analytes"))
         return Site(
             landing=Path(landing), name=None if name is None else str(name),
             files=sorted(files, key=lambda p: -len(p.glob.replace("*", ""))),
-            sqls=sqls, parameters=_parameters(doc.get("parameters")),
-            analytes=_analytes(doc.get("analytes")), limits=_limits(doc.get("limits")),
-            max_gap_s=_max_gap(doc.get("historian")), models=_models(doc.get("models")),
-            kpis=_kpis(doc.get("kpis"), _parameters(doc.get("parameters"))),
+            sqls=sqls, parameters=parameters, analytes=analytes,
+            limits=_limits(_section(doc, "limits"), parameters),
+            max_gap_s=_max_gap(_section(doc, "historian")), models=_models(_section(doc, "models")),
+            kpis=_kpis(_section(doc, "kpis"), parameters, analytes),
         )
-    except (TypeError, ValueError) as err:
-        raise SiteConfigError(f"{where}: {err}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise SiteConfigError(f"{where}: {' '.join(str(err).split())}") from None
 
 
 def _section(doc: dict, key: str) -> dict:
@@ -138,25 +139,45 @@ def _section(doc: dict, key: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"`{key}` must be a mapping, not {type(value).__name__}")
+        raise ValueError(f"`{key}` must be a mapping, not a {type(value).__name__}")
     return value
 
 
+REQUIRED_PROFILE_KEYS = {FileProfile: ("dataset", "glob"), SqlProfile: ("url",)}
+TEXT_PROFILE_KEYS = ("dataset", "glob", "url", "delimiter", "decimal", "encoding", "timestamp_format", "timezone",
+                     "inoculation_phase", "table", "site")
+LIST_PROFILE_KEYS = ("digital_states", "namespaces")
+
+
 def _profiles(doc: dict, key: str, cls, site_name):
+    """The enabled profiles of one section, each checked key by key."""
     for name, spec in _section(doc, key).items():
+        where = f"{key}.{name}"
         if spec is None:  # `name: null` switches a source off
             continue
         if not isinstance(spec, dict):
-            raise ValueError(f"{key}.{name} must be a mapping of profile keys")
+            raise ValueError(f"{where} must be a mapping of profile keys")
         spec = dict(spec)
         if not spec.pop("enabled", True):
             continue
+        missing = [k for k in REQUIRED_PROFILE_KEYS[cls] if k not in spec]
+        if missing:
+            raise ValueError(f"{where}: missing required key(s) {', '.join(missing)}")
+        for k, v in spec.items():
+            if k in TEXT_PROFILE_KEYS and v is not None and not isinstance(v, str):
+                raise ValueError(f"{where}.{k}: a text, not {v!r}")
+            if k in LIST_PROFILE_KEYS and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise ValueError(f"{where}.{k}: a list of texts, e.g. [\"No Data\", Shutdown]")
+            if k in ("columns", "quality") and not isinstance(v, dict):
+                raise ValueError(f"{where}.{k}: a mapping, e.g. {{canonical: header}}")
         if cls is FileProfile and site_name is not None:
             spec.setdefault("site", str(site_name))
-        profile = build_profile(cls, str(name), spec)
+        try:
+            profile = build_profile(cls, str(name), spec)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
         if cls is FileProfile and profile.dataset not in DATASETS:
-            raise ValueError(f"files.{name}: unknown dataset {profile.dataset!r} "
-                             f"(one of {', '.join(DATASETS)})")
+            raise ValueError(f"{where}: unknown dataset {profile.dataset!r} (one of {', '.join(DATASETS)})")
         yield profile
 
 
@@ -180,9 +201,9 @@ def _resolve_sql(profile: SqlProfile, landing: Path) -> SqlProfile:
     return profile
 
 
-def _parameters(section) -> dict[str, str]:
+def _parameters(section: dict) -> dict[str, str]:
     out = {}
-    for parameter, unit in (section or {}).items():
+    for parameter, unit in section.items():
         if isinstance(unit, dict):
             unit = unit.get("unit")
         if not isinstance(unit, str) or not unit.strip():
@@ -195,10 +216,12 @@ def _parameters(section) -> dict[str, str]:
 ANALYTE_KEYS = ("unit", "units", "min", "max", "spec_low", "spec_high")
 
 
-def _analytes(section) -> dict[str, Analyte]:
-    out = {}
-    for name, spec in (section or {}).items():
+def _analytes(section: dict) -> dict[str, Analyte]:
+    out: dict[str, Analyte] = {}
+    for name, spec in section.items():
         key = f"analytes.{name}"
+        if str(name).lower() in out:  # readers lower-case analyte names
+            raise ValueError(f"{key}: names the same analyte as {str(name).lower()!r} (analyte names ignore case)")
         if isinstance(spec, str):
             spec = {"unit": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("unit"), str):
@@ -209,7 +232,11 @@ def _analytes(section) -> dict[str, Analyte]:
                              f"(known: {', '.join(ANALYTE_KEYS)})")
         _check_unit(spec["unit"], f"{key}.unit")
         units = spec.get("units")
+        if isinstance(units, str):
+            units = [units]
         if units is not None:
+            if not isinstance(units, list):
+                raise ValueError(f"{key}.units: a list of units, e.g. [g/L, mg/mL]")
             units = tuple(str(u).strip() for u in units)
             for u in units:
                 try:
@@ -224,14 +251,20 @@ def _analytes(section) -> dict[str, Analyte]:
     return out
 
 
-def _limits(section) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+def _limits(section: dict, parameters: dict[str, str]) -> dict[tuple[str, str], tuple[float | None, float | None]]:
     out = {}
-    for parameter, phases in (section or {}).items():
+    for parameter, phases in section.items():
         if not isinstance(phases, dict):
             raise ValueError(f"limits.{parameter}: a mapping of phase -> [low, high]")
+        if parameter not in parameters:
+            # without a site unit each tag keeps its own, and °C limits would be applied to °F values
+            raise ValueError(f"limits.{parameter}: give {parameter} its unit under `parameters` (limits are in that unit)")
         for phase, bounds in phases.items():
             key = f"limits.{parameter}.{phase}"
             if isinstance(bounds, dict):
+                extra = set(bounds) - {"low", "high"}
+                if extra:
+                    raise ValueError(f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))} (known: low, high)")
                 bounds = [bounds.get("low"), bounds.get("high")]
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
                 raise ValueError(f"{key}: give [low, high] (null for an open side)")
@@ -242,8 +275,7 @@ def _limits(section) -> dict[tuple[str, str], tuple[float | None, float | None]]
     return out
 
 
-def _max_gap(section) -> float:
-    section = section or {}
+def _max_gap(section: dict) -> float:
     unknown = set(section) - {"max_gap_s"}
     if unknown:
         raise ValueError(f"historian: unknown key(s) {', '.join(sorted(unknown))} (known: max_gap_s)")
@@ -255,9 +287,9 @@ def _max_gap(section) -> float:
     return value
 
 
-def _models(section) -> dict[str, tuple[str, ...]]:
+def _models(section: dict) -> dict[str, tuple[str, ...]]:
     out = {}
-    for product, names in (section or {}).items():
+    for product, names in section.items():
         if isinstance(names, str):
             names = [names]
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
@@ -266,8 +298,7 @@ def _models(section) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _kpis(section, parameters: dict[str, str]) -> KpiInputs:
-    section = section or {}
+def _kpis(section: dict, parameters: dict[str, str], analytes: dict[str, Analyte]) -> KpiInputs:
     unknown = set(section) - set(KPI_KEYS)
     if unknown:
         raise ValueError(f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(KPI_KEYS)})")
@@ -284,6 +315,9 @@ def _kpis(section, parameters: dict[str, str]) -> KpiInputs:
     for k, v in names.items():
         if v is not None and not isinstance(v, str):
             raise ValueError(f"kpis.{k}: an analyte name, not {v!r}")
+        if v is not None and v.lower() not in analytes:
+            # a KPI mixes whatever units results came in unless the dictionary names one
+            raise ValueError(f"kpis.{k}: {v!r} is not in `analytes` (its unit and range come from there)")
     return KpiInputs(**{k: v.lower() if v else None for k, v in names.items()}, feed_rates=tuple(map(str, feeds)))
 
 

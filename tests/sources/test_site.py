@@ -52,8 +52,18 @@ def test_a_relative_sqlite_path_resolves_against_the_landing_zone_not_the_workin
     ({"parameters": {"temperature": "blorps"}}, "parameters.temperature"),
     ({"analytes": {"biomass": {"unit": "g/L", "units": ["g/L", "mM"]}}}, "analytes.biomass.units: cannot convert 'mM' to 'g/L'"),
     ({"analytes": {"biomass": {"unit": "g/L", "minimum": 0}}}, "analytes.biomass: unknown key(s) minimum"),
-    ({"limits": {"ph": {"BATCH": [7.2, 6.8]}}}, "limits.ph.BATCH: low 7.2 is above high 6.8"),
-    ({"limits": {"ph": {"BATCH": 7.0}}}, "limits.ph.BATCH: give [low, high]"),
+    ({"parameters": {"ph": "pH"}, "limits": {"ph": {"BATCH": [7.2, 6.8]}}}, "limits.ph.BATCH: low 7.2 is above high 6.8"),
+    ({"parameters": {"ph": "pH"}, "limits": {"ph": {"BATCH": 7.0}}}, "limits.ph.BATCH: give [low, high]"),
+    ({"parameters": {"ph": "pH"}, "limits": {"ph": {"BATCH": {"lo": 6.8, "hi": 7.2}}}}, "limits.ph.BATCH: unknown key(s) hi, lo"),
+    ({"limits": {"temperature": {"BATCH": [36, 38]}}}, "limits.temperature: give temperature its unit under `parameters`"),
+    ({"parameters": ["temperature"]}, "`parameters` must be a mapping, not a list"),
+    ({"historian": 900}, "`historian` must be a mapping, not a int"),
+    ({"files": {"h": {"dataset": "historian_long"}}}, "files.h: missing required key(s) glob"),
+    ({"files": {"h": {"dataset": "historian_long", "glob": "*.csv", "digital_states": "No Data"}}}, "files.h.digital_states: a list"),
+    ({"files": {"h": {"dataset": "historian_long", "glob": "*.csv", "quality": ["good"]}}}, "files.h.quality: a mapping"),
+    ({"sql": {"h": {"url": 5}}}, "sql.h.url: a text, not 5"),
+    ({"analytes": {"Glucose": "g/L", "glucose": "mM"}}, "analytes.glucose: names the same analyte as 'glucose'"),
+    ({"analytes": {"vcd": "1e6 cells/mL"}, "kpis": {"product": "titer"}}, "kpis.product: 'titer' is not in `analytes`"),
     ({"historian": {"max_gap_s": -5}}, "historian.max_gap_s must be positive"),
     ({"models": {"MAB-A": [1]}}, "models.MAB-A"),
 ])
@@ -61,6 +71,11 @@ def test_configuration_mistakes_are_one_line_naming_the_key(tmp_path, doc, needl
     with pytest.raises(SiteConfigError) as err:
         load_site(_write(tmp_path, doc))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_single_accepted_unit_may_be_written_without_a_list(tmp_path):
+    site = load_site(_write(tmp_path, {"analytes": {"glucose": {"unit": "g/L", "units": "mg/dL"}}}))
+    assert site.analytes["glucose"].units == ("mg/dL",)
 
 
 def test_defaults_and_a_complete_site(tmp_path):
