@@ -7,12 +7,22 @@ from pipelines.ingest_assets import INGEST_ASSETS
 from pipelines.resources import LakeResource
 
 
-@dg.asset(group_name="curate", kinds={"duckdb"}, deps=INGEST_ASSETS, pool="catalog_writer")
+# After any ingest asset updated, once none is running: a source that failed (and so skipped the
+# catalog in its run) must not keep what the other sources ingested out of the catalog.
+AFTER_ANY_INGEST = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+
+
+@dg.asset(group_name="curate", kinds={"duckdb"}, deps=INGEST_ASSETS, pool="catalog_writer", automation_condition=AFTER_ANY_INGEST)
 def lake_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """`catalog.duckdb`: one view per lake table (DESIGN §4), rebuilt whole and swapped in atomically.
 
     One writer at a time (a file lock, plus the `catalog_writer` pool): DuckDB allows a single
-    writing process per database file. Readers open it read-only.
+    writing process per database file. Readers open it read-only. Rebuilt after any ingest, even
+    when another source of the same run failed.
     """
     the_lake = lake.lake()
     views = catalog.rebuild(the_lake)

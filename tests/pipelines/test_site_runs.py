@@ -57,3 +57,25 @@ def test_a_landing_zone_without_sources_yaml_stops_with_one_line(tmp_path):
     assert result.exit_code == 1
     assert "sources.yaml not found" in " ".join(result.output.split())
     assert not (tmp_path / "lake").exists() or not any((tmp_path / "lake").rglob("*.parquet"))
+
+
+def test_under_the_daemon_a_failed_source_does_not_keep_the_others_out_of_the_catalog(fresh_data):
+    import dagster as dg
+
+    from pipelines.definitions import defs as project_defs
+    from pipelines.resources import resources_from_env
+
+    _edit_site(fresh_data, lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"))
+    resources = resources_from_env(fresh_data)
+    defs = dg.Definitions(assets=project_defs.assets, jobs=project_defs.jobs, resources=resources)
+    with dg.DagsterInstance.ephemeral() as instance:
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the daemon's tick before the run
+        ran = defs.resolve_job_def("ingest_everything").execute_in_process(instance=instance, raise_on_error=False)
+        assert not ran.success
+        assert [e.step_key for e in ran.get_step_failure_events()] == ["historian_sql"]
+        assert not (fresh_data / "lake" / "catalog.duckdb").exists()  # the run skipped it
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+        requested = {r.key for r in evaluation.results if r.true_subset.size and isinstance(r.key, dg.AssetKey)}
+        assert dg.AssetKey("lake_catalog") in requested
+        dg.materialize(project_defs.assets, selection=[dg.AssetKey("lake_catalog")], instance=instance, resources=resources)
+    assert query(Lake(fresh_data / "lake"), "SELECT count(*) AS n FROM batches")["n"].iloc[0] > 0
