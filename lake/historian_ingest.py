@@ -9,22 +9,21 @@ row is accepted or quarantined with its line and reason.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import duckdb
 import pandas as pd
+import pandera.pandas as pa
 
 from lake.duck import connect, copy_to_parquet
 from lake.layout import Lake
 from schemas import lineage
-from schemas.sql_checks import SqlCheck, column_checks
+from schemas.sql_checks import SqlCheck, check_sql, column_checks
 from schemas.tables import HistorianPoint
 from schemas.validate import quarantine_frame
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
-
-if TYPE_CHECKING:  # lake.ingest imports this module
-    from lake.ingest import TagDictionary
 
 QUALITY_RANK_SQL = "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
 # The documented duplicate rules for historian points, shared by the pandas path (lake.ingest: wide
@@ -33,16 +32,50 @@ WITHIN_FILE_RULE = "duplicate (tag, ts): the best-quality value wins, then the l
 ACROSS_SOURCES_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
 
 
+@dataclass(frozen=True)
+class TagDictionary:
+    """The tags points are checked against: those the dictionary defines, and those it listed
+    but that were quarantined (a unit the site cannot use), with the reason."""
+
+    known: frozenset[str]
+    unusable: dict[str, str] = field(default_factory=dict)
+
+
+def known_tags(lake: Lake) -> TagDictionary | None:
+    """The ingested tag dictionary (None when none was ingested yet: nothing to check against)."""
+    folder = lake.silver("tags")
+    if not any(folder.glob("*.parquet")):
+        return None
+    quarantine = [str(p) for p in lake.silver("quarantine").glob("*.parquet")]
+    with duckdb.connect() as con:
+        known = frozenset(r[0] for r in con.execute("SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]).fetchall())
+        unusable = dict(con.execute(
+            """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
+               WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL GROUP BY ALL""",
+            [quarantine]).fetchall()) if quarantine and _has_row_key(con, quarantine) else {}
+    return TagDictionary(known, {t: r for t, r in unusable.items() if t not in known})
+
+
+def _has_row_key(con, files: list[str]) -> bool:
+    return "row_key" in {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()}
+
+
+def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
+    """Checks of a point's tag against the dictionary: a tag the dictionary listed but quarantined
+    is named with its own reason, any other unknown tag is 'not in the tag dictionary'."""
+    if not tags:
+        return None
+    checks = [pa.Check.isin(sorted(tags.known | set(tags.unusable)), error="tag is not in the tag dictionary")]
+    checks += [pa.Check.ne(tag, error=f"the tag dictionary's entry for this tag was quarantined: {reason}")
+               for tag, reason in sorted(tags.unusable.items())]
+    return {"tag": checks}
+
+
 def point_checks(tags: TagDictionary | None) -> list[SqlCheck]:
-    """The model's column checks plus the tag dictionary's (as `lake.ingest.tag_checks`)."""
+    """The model's column checks plus the tag dictionary's (`tag_checks`, in SQL)."""
     checks = column_checks(HistorianPoint, skip=frozenset(lineage.COLUMNS) | {"ts_text"})
-    if tags:
-        checks.append(SqlCheck("tag", "isin(tag dictionary)", "tag IN (SELECT unnest($known_tags))",
-                               {"known_tags": sorted(tags.known | set(tags.unusable))}, "tag is not in the tag dictionary"))
-        for i, (tag, reason) in enumerate(sorted(tags.unusable.items())):
-            checks.append(SqlCheck("tag", f"not_equal_to({tag})", f"tag <> $unusable_{i}", {f"unusable_{i}": tag},
-                                   f"the tag dictionary's entry for this tag was quarantined: {reason}"))
-    return checks
+    extra = (tag_checks(tags) or {}).get("tag", [])
+    return checks + [check_sql("tag", check, f"tag_{i}") for i, check in enumerate(extra)]
 
 
 def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile: FileProfile, tags_known: TagDictionary | None) -> tuple[int, int, pd.DataFrame]:

@@ -21,6 +21,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from lake import audit, historian_ingest
+from lake.historian_ingest import TagDictionary, known_tags, tag_checks  # noqa: F401 - known_tags is this module's API too
 from lake.duck import connect
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
@@ -99,34 +100,6 @@ def landing_files(landing: Path, profiles: list[FileProfile], dataset: str | Non
 
 def _inside_landing(landing: Path, path: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(landing).resolve())
-
-
-@dataclass(frozen=True)
-class TagDictionary:
-    """The tags points are checked against: those the dictionary defines, and those it listed
-    but that were quarantined (a unit the site cannot use), with the reason."""
-
-    known: frozenset[str]
-    unusable: dict[str, str] = field(default_factory=dict)
-
-
-def known_tags(lake: Lake) -> TagDictionary | None:
-    """The ingested tag dictionary (None when none was ingested yet: nothing to check against)."""
-    folder = lake.silver("tags")
-    if not any(folder.glob("*.parquet")):
-        return None
-    quarantine = [str(p) for p in lake.silver("quarantine").glob("*.parquet")]
-    with duckdb.connect() as con:
-        known = frozenset(r[0] for r in con.execute("SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]).fetchall())
-        unusable = dict(con.execute(
-            """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
-               WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL GROUP BY ALL""",
-            [quarantine]).fetchall()) if quarantine and _has_row_key(con, quarantine) else {}
-    return TagDictionary(known, {t: r for t, r in unusable.items() if t not in known})
-
-
-def _has_row_key(con, files: list[str]) -> bool:
-    return "row_key" in {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()}
 
 
 def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, run_id: str | None = None,
@@ -310,17 +283,6 @@ def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFr
                                 "row_key": f"{r.sample_id}/{r.analyte}"}
                                for r, why in zip(bad.itertuples(), reason[reason.notna()]))
     return samples[reason.isna()], rejects
-
-
-def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
-    """Checks of a point's tag against the dictionary: a tag the dictionary listed but quarantined
-    is named with its own reason, any other unknown tag is 'not in the tag dictionary'."""
-    if not tags:
-        return None
-    checks = [pa.Check.isin(sorted(tags.known | set(tags.unusable)), error="tag is not in the tag dictionary")]
-    checks += [pa.Check.ne(tag, error=f"the tag dictionary's entry for this tag was quarantined: {reason}")
-               for tag, reason in sorted(tags.unusable.items())]
-    return {"tag": checks}
 
 
 def result_identity(frame: pd.DataFrame) -> pd.Series:

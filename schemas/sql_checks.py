@@ -39,40 +39,54 @@ def column_checks(model: type[pa.DataFrameModel], skip: frozenset[str] = frozens
     for name, col in model.to_schema().columns.items():
         if name in skip:
             continue
-        ref = _ident(name)
         if not col.nullable:
-            out.append(SqlCheck(name, "not_nullable", f"{ref} IS NOT NULL", {}))
+            out.append(SqlCheck(name, "not_nullable", f"{_ident(name)} IS NOT NULL", {}))
         if col.unique:
             raise UntranslatableCheck(f"{model.__name__}.{name}: unique is checked by the caller's duplicate rule")
-        for i, check in enumerate(col.checks):
-            key = f"p_{name}_{i}"
-            stats = check.statistics or {}
-            label = str(check)
-            if check.name == "isin":
-                out.append(SqlCheck(name, label, f"{ref} IN (SELECT unnest(${key}))", {key: list(stats["allowed_values"])}))
-            elif check.name == "notin":
-                out.append(SqlCheck(name, label, f"{ref} NOT IN (SELECT unnest(${key}))", {key: list(stats["forbidden_values"])}))
-            elif check.name in ("greater_than_or_equal_to", "greater_than", "less_than_or_equal_to", "less_than"):
-                op = {"greater_than_or_equal_to": ">=", "greater_than": ">", "less_than_or_equal_to": "<=", "less_than": "<"}[check.name]
-                value = stats.get("min_value", stats.get("max_value"))
-                out.append(SqlCheck(name, label, f"{ref} {op} ${key}", {key: value}))
-            elif check.name == "in_range":
-                lo_op = ">=" if stats.get("include_min", True) else ">"
-                hi_op = "<=" if stats.get("include_max", True) else "<"
-                out.append(SqlCheck(name, label, f"{ref} {lo_op} ${key}_lo AND {ref} {hi_op} ${key}_hi",
-                                    {f"{key}_lo": stats["min_value"], f"{key}_hi": stats["max_value"]}))
-            elif check.name == "str_length":
-                parts, params = [], {}
-                if stats.get("min_value") is not None:
-                    parts.append(f"length({ref}) >= ${key}_lo")
-                    params[f"{key}_lo"] = stats["min_value"]
-                if stats.get("max_value") is not None:
-                    parts.append(f"length({ref}) <= ${key}_hi")
-                    params[f"{key}_hi"] = stats["max_value"]
-                out.append(SqlCheck(name, label, " AND ".join(parts) or "true", params))
-            else:
-                raise UntranslatableCheck(f"{model.__name__}.{name}: no SQL translation for check {check.name!r}")
+        out.extend(check_sql(name, check, f"p_{name}_{i}", model.__name__) for i, check in enumerate(col.checks))
     return out
+
+
+COMPARISONS = {"greater_than_or_equal_to": ">=", "greater_than": ">", "less_than_or_equal_to": "<=", "less_than": "<",
+               "equal_to": "=", "not_equal_to": "<>"}
+
+
+def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlCheck:
+    """One pandera column check as a SQL predicate, with the reason the pandas path gives
+    (`schemas.validate.reason_of`); UntranslatableCheck for a check it cannot express."""
+    ref = _ident(column)
+    stats = check.statistics or {}
+    label = str(check.error)
+    reason = reason_text(column, check)
+    if check.name == "isin":
+        return SqlCheck(column, label, f"{ref} IN (SELECT unnest(${key}))", {key: list(stats["allowed_values"])}, reason)
+    if check.name == "notin":
+        return SqlCheck(column, label, f"{ref} NOT IN (SELECT unnest(${key}))", {key: list(stats["forbidden_values"])}, reason)
+    if check.name in COMPARISONS:
+        value = stats.get("min_value", stats.get("max_value", stats.get("value")))
+        return SqlCheck(column, label, f"{ref} {COMPARISONS[check.name]} ${key}", {key: value}, reason)
+    if check.name == "in_range":
+        lo_op = ">=" if stats.get("include_min", True) else ">"
+        hi_op = "<=" if stats.get("include_max", True) else "<"
+        return SqlCheck(column, label, f"{ref} {lo_op} ${key}_lo AND {ref} {hi_op} ${key}_hi",
+                        {f"{key}_lo": stats["min_value"], f"{key}_hi": stats["max_value"]}, reason)
+    if check.name == "str_length":
+        parts, params = [], {}
+        if stats.get("min_value") is not None:
+            parts.append(f"length({ref}) >= ${key}_lo")
+            params[f"{key}_lo"] = stats["min_value"]
+        if stats.get("max_value") is not None:
+            parts.append(f"length({ref}) <= ${key}_hi")
+            params[f"{key}_hi"] = stats["max_value"]
+        return SqlCheck(column, label, " AND ".join(parts) or "true", params, reason)
+    raise UntranslatableCheck(f"{owner or 'check'}.{column}: no SQL translation for check {check.name!r}")
+
+
+def reason_text(column: str, check: pa.Check) -> str:
+    """The quarantine reason of a failed check: its own error text where it was given one,
+    else '<column> failed <check>' (the same words on the pandas and the SQL path)."""
+    error = str(check.error)
+    return error if error and not error.startswith(f"{check.name}(") else f"{column} failed {error}"
 
 
 def first_failure_sql(checks: list[SqlCheck]) -> tuple[str, str, dict]:

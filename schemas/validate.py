@@ -13,6 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from schemas import lineage
+from schemas.sql_checks import reason_text
 
 QUARANTINE_COLUMNS = ("source_sha256", "source_row", "source_path", "column", "check", "failure_value", "reason", "row_key")
 
@@ -56,6 +57,7 @@ def split(
         return df, quarantine_frame([])
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases
+    reasons = {(col, str(check.error)): reason_text(col, check) for col, c in schema.columns.items() for check in c.checks}
     schema_level = cases[cases["index"].isna()]
     if len(schema_level):
         first = schema_level.iloc[0]
@@ -64,7 +66,8 @@ def split(
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
         idx = pd.Index(group["index"].astype(df.index.dtype))
         column_name = None if column == model.__name__ else column
-        rejects.append(_row_rejects(df, idx, column_name, str(check), group["failure_case"].tolist(), f"{column_name or 'row'} failed {check}"))
+        reason = reasons.get((column, str(check)), f"{column_name or 'row'} failed {check}")
+        rejects.append(_row_rejects(df, idx, column_name, str(check), group["failure_case"].tolist(), reason))
     quarantined = pd.concat(rejects, ignore_index=True)
     bad = pd.Index(cases["index"].dropna().unique()).astype(df.index.dtype)
     return df.drop(index=bad), quarantined
