@@ -7,7 +7,9 @@ leaves no marker and the rerun rewrites the same files.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -98,6 +100,21 @@ def landing_files(landing: Path, profiles: list[FileProfile], dataset: str | Non
     return out
 
 
+def profile_fingerprint(profile: FileProfile) -> str:
+    """A digest of every setting a file was read with (the profile as sources.yaml gave it)."""
+    settings = json.dumps(dataclasses.asdict(profile), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def _already_read(marker: Path, profile: FileProfile) -> bool:
+    """A file is read once; a rejected one again when its profile changed (the fix for the
+    rejection is a profile change: raw data are never altered)."""
+    if not marker.exists():
+        return False
+    held = json.loads(marker.read_text())
+    return held.get("status") != "rejected" or held.get("profile") == profile_fingerprint(profile)
+
+
 def _inside_landing(landing: Path, path: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(landing).resolve())
 
@@ -112,8 +129,9 @@ def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, 
     sha = sha256_of(path)
     size = path.stat().st_size
     base = {"source": profile.name, "path": rel_path, "sha256": sha, "bytes": size, "dataset": profile.dataset, "run_id": run_id, "started_at": started}
-    if lake.ingested_marker(profile.dataset, sha).exists():
+    if _already_read(lake.ingested_marker(profile.dataset, sha), profile):
         return _log(lake, base, "unchanged", 0, 0, 0, None)
+    base["profile"] = profile_fingerprint(profile)
     copy_write_once(path, lake.raw(sha, "".join(path.suffixes[-2:]) or ".bin"))
     try:
         if profile.dataset == "historian_long":  # the large files: streamed through DuckDB end to end
@@ -381,7 +399,7 @@ def _reject(lake: Lake, base: dict, error: str) -> IngestOutcome:
 
 
 def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quarantined: int, error: str | None, notes: str | None = None) -> IngestOutcome:
-    row = {**base, "rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "status": status, "error": error, "notes": notes,
+    row = {**{k: v for k, v in base.items() if k != "profile"}, "rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "status": status, "error": error, "notes": notes,
            "code_version": code_version(), "finished_at": _now()}
     stamp = row["started_at"].strftime("%Y%m%dT%H%M%S%f")
     table = pa_arrow.Table.from_pylist([row])
@@ -390,7 +408,8 @@ def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quaranti
     audit.record(lake, f"file_{status}", base["path"], new=base["sha256"], reason=summary, run_id=base.get("run_id"))
     if status != "unchanged" and base["dataset"] != "historian_sql":
         marker = lake.ingested_marker(base["dataset"], base["sha256"])
-        atomic_write_bytes(marker, json.dumps({"path": base["path"], "status": status}).encode())
+        held = {"path": base["path"], "status": status, "profile": base.get("profile")}
+        atomic_write_bytes(marker, json.dumps(held).encode())
     return IngestOutcome(row)
 
 

@@ -1,4 +1,6 @@
 """Ingestion bookkeeping: idempotence, overlapping exports, rejected files, row conservation."""
+import dataclasses
+
 import duckdb
 import pandas as pd
 
@@ -50,6 +52,25 @@ def test_a_file_without_required_columns_is_rejected_and_the_run_goes_on(fresh_d
     assert out.log["error"].startswith("lims/broken.csv: ") and "missing column" in out.log["error"] and "\n" not in out.log["error"]
     ok = _ingest(lake, landing, next(p.relative_to(landing).as_posix() for p in (landing / "lims").glob("lims_*.csv")))
     assert ok.status == "ingested"
+
+
+def test_a_rejected_file_is_read_again_once_its_profile_is_fixed(fresh_data):
+    """The fix for a rejection is a profile change (raw data are never altered): the same bytes
+    are skipped under the same profile and read under the fixed one."""
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    source = next((landing / "lims").glob("lims_*.csv"))
+    header, *rows = source.read_text().splitlines()
+    (landing / "lims" / "renamed.csv").write_text("\n".join([header.replace("analyte", "test_name"), *rows]) + "\n")
+    profile = profile_for("lims/renamed.csv", PROFILES)
+    first = ingest.ingest_file(lake, landing, "lims/renamed.csv", profile)
+    again = ingest.ingest_file(lake, landing, "lims/renamed.csv", profile)
+    assert first.status == "rejected" and "analyte" in first.log["error"]
+    assert again.status == "unchanged"
+    fixed = dataclasses.replace(profile, columns={**profile.columns, "analyte": "test_name"})
+    read = ingest.ingest_file(lake, landing, "lims/renamed.csv", fixed)
+    assert read.status == "ingested" and read.log["rows_accepted"] == len(rows) - read.log["rows_quarantined"]
+    assert read.log["rows_accepted"] > 0
+    assert ingest.ingest_file(lake, landing, "lims/renamed.csv", fixed).status == "unchanged"
 
 
 def test_every_quarantined_row_names_file_row_column_and_reason(fresh_data, truth):
