@@ -75,7 +75,13 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     versions = reg.versions()
     assert list(versions["version"]) == [1, 2]
     new = versions.iloc[-1]
-    assert "B26-004" in json.loads(new["training_batches"]) and new["status"] in ("champion", "rejected")
+    assert "B26-004" in json.loads(new["training_batches"])
+    # the refit's status follows the promotion rule: inside its bounds and a validation error
+    # within tolerance of the champion's
+    first, limit = versions.iloc[0], versions.iloc[0]["validation_error"] * (1 + reg.tolerance)
+    promoted = new["validation_error"] <= limit and not new["reason"].startswith("fitted parameter(s) at a bound")
+    assert new["status"] == ("champion" if promoted else "rejected")
+    assert first["status"] == ("retired" if promoted else "champion")
     assert new["data_fingerprint"] != versions.iloc[0]["data_fingerprint"]
     # the forecasts follow in the same automation tick, from whichever version is champion now
     assert dg.AssetKey("forecasts") in requested
