@@ -13,6 +13,7 @@ reported covariance C (χ² with 8 degrees of freedom when C is right): the shar
 inside the joint 95 % region and the p-value of the summed D². Plants run `--jobs` at a time.
 Results go to bench/calibration.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,9 @@ def one_plant(work: Path, seed: int, batches: int, workers: int) -> list[dict]:
     truth = json.loads((data / "truth.json").read_text())["parameters"]
     model = ChoFedBatch()
     t = time.perf_counter()
-    fit = Fitter(model, n_starts=3, folds=1, workers=workers).fit(load_batches(lake, model, completed_batches(lake)))
+    fit = Fitter(model, n_starts=3, folds=1, workers=workers).fit(
+        load_batches(lake, model, completed_batches(lake))
+    )
     seconds = time.perf_counter() - t
     shutil.rmtree(data, ignore_errors=True)
     err = np.log([fit.params[n] / truth[n] for n in fit.fitted])
@@ -58,14 +61,31 @@ def one_plant(work: Path, seed: int, batches: int, workers: int) -> list[dict]:
     rows = []
     for name, sd in fit.sd_log.items():
         z = float(np.log(fit.params[name] / truth[name]) / sd)
-        rows.append({"seed": seed, "name": name, "value": float(fit.params[name]), "true": float(truth[name]), "sd_log": float(sd),
-                     "z": z, "inside": abs(z) <= 1.959964, "fit_s": seconds, "n_batches": len(fit.training_batches), "d2": d2})
+        rows.append(
+            {
+                "seed": seed,
+                "name": name,
+                "value": float(fit.params[name]),
+                "true": float(truth[name]),
+                "sd_log": float(sd),
+                "z": z,
+                "inside": abs(z) <= 1.959964,
+                "fit_s": seconds,
+                "n_batches": len(fit.training_batches),
+                "d2": d2,
+            }
+        )
     return rows
 
 
 def summarize(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    table = df.groupby("name", sort=False).agg(mean_z=("z", "mean"), sd_z=("z", "std"), coverage=("inside", "mean"), plants=("seed", "nunique"))
+    table = df.groupby("name", sort=False).agg(
+        mean_z=("z", "mean"),
+        sd_z=("z", "std"),
+        coverage=("inside", "mean"),
+        plants=("seed", "nunique"),
+    )
     table.loc["all"] = [df["z"].mean(), df["z"].std(), df["inside"].mean(), df["seed"].nunique()]
     return table
 
@@ -74,17 +94,27 @@ def joint(rows: list[dict]) -> dict:
     """The joint test over plants: D² per plant is χ²(k) when the reported covariance is right."""
     per_plant = pd.DataFrame(rows).groupby("seed").agg(d2=("d2", "first"), k=("name", "size"))
     total, dof = float(per_plant["d2"].sum()), int(per_plant["k"].sum())
-    return {"plants": len(per_plant), "mean_d2": float(per_plant["d2"].mean()), "expected_mean_d2": float(per_plant["k"].mean()),
-            "inside_joint_95": float((per_plant["d2"] <= chi2.ppf(0.95, per_plant["k"])).mean()),
-            "summed_d2": total, "summed_dof": dof, "summed_d2_p": float(chi2.sf(total, dof))}
+    return {
+        "plants": len(per_plant),
+        "mean_d2": float(per_plant["d2"].mean()),
+        "expected_mean_d2": float(per_plant["k"].mean()),
+        "inside_joint_95": float((per_plant["d2"] <= chi2.ppf(0.95, per_plant["k"])).mean()),
+        "summed_d2": total,
+        "summed_dof": dof,
+        "summed_d2_p": float(chi2.sf(total, dof)),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("CALIBRATION_SEEDS", "12")))
     ap.add_argument("--first-seed", type=int, default=1)
-    ap.add_argument("--batches", type=int, default=8, help="batches per plant (two of them are still running)")
-    ap.add_argument("--jobs", type=int, default=1, help="plants fitted at once (each then fits in one process)")
+    ap.add_argument(
+        "--batches", type=int, default=8, help="batches per plant (two of them are still running)"
+    )
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="plants fitted at once (each then fits in one process)"
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "calibration")
     args = ap.parse_args()
     os.environ.pop("DAGSTER_HOME", None)  # ephemeral Dagster instances, never a developer's home
@@ -96,14 +126,37 @@ def main() -> None:
         for seed, plant in zip(seeds, (pool.map if pool else map)(one_plant, *zip(*tasks))):
             rows += plant
             zs = " ".join(f"{r['name']} {r['z']:+.2f}" for r in plant)
-            print(f"seed {seed}: {zs}  D² {plant[0]['d2']:.1f}  ({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"seed {seed}: {zs}  D² {plant[0]['d2']:.1f}  ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     table = summarize(rows)
     joint_test = joint(rows)
     print("\n" + table.to_string(float_format=lambda x: f"{x:.2f}"))
-    print("joint: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in joint_test.items()))
-    out = ROOT / "bench" / ("calibration.json" if args.batches == 8 else f"calibration_{args.batches}_batches.json")
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batches_per_plant": args.batches,
-                               "summary": table.reset_index(names="name").to_dict("records"), "joint": joint_test, "fits": rows}, indent=1) + "\n")
+    print(
+        "joint: "
+        + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in joint_test.items()
+        )
+    )
+    out = (
+        ROOT
+        / "bench"
+        / ("calibration.json" if args.batches == 8 else f"calibration_{args.batches}_batches.json")
+    )
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "batches_per_plant": args.batches,
+                "summary": table.reset_index(names="name").to_dict("records"),
+                "joint": joint_test,
+                "fits": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"\nwrote {out}")
 
 

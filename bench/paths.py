@@ -4,6 +4,7 @@
 
 Timing covers the operation only (imports excluded); the parent reads the child's peak RSS.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,23 @@ def batchtwin_ingest(csv: str, lake_dir: str, tags_csv: str) -> None:
     lake = Lake(Path(lake_dir))
     shutil.rmtree(lake.root, ignore_errors=True)
     tags = Path(tags_csv)
-    ingest.ingest_file(lake, tags.parent.parent, "tags/" + tags.name, profile_for("tags/x.csv", profiles), site=site)
+    ingest.ingest_file(
+        lake,
+        tags.parent.parent,
+        "tags/" + tags.name,
+        profile_for("tags/x.csv", profiles),
+        site=site,
+    )
     known = ingest.known_tags(lake)
     csv_path = Path(csv)
     t = time.perf_counter()
-    out = ingest.ingest_file(lake, csv_path.parent.parent, f"historian/{csv_path.name}", profile_for("historian/x.csv", profiles), tags_known=known)
+    out = ingest.ingest_file(
+        lake,
+        csv_path.parent.parent,
+        f"historian/{csv_path.name}",
+        profile_for("historian/x.csv", profiles),
+        tags_known=known,
+    )
     _done(t, rows_read=out.log["rows_read"], rows_accepted=out.log["rows_accepted"])
 
 
@@ -125,10 +138,16 @@ def _peak_rss_mb() -> float:
     child would report at least the parent's size."""
     import resource
 
-    own = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    own = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, workers) / 1024.0
 
 
-if __name__ == "__main__":  # the fitter's process pool re-imports this module: keep work under the guard
+if (
+    __name__ == "__main__"
+):  # the fitter's process pool re-imports this module: keep work under the guard
     globals()[sys.argv[1]](*sys.argv[2:])

@@ -5,6 +5,7 @@ point can no longer pass within `dev` of every point since; `max_interval` force
 archive value at least that often (PI's CompMax). The result is irregular data with flat
 stretches, which is what every reader and resampler downstream must handle.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ A user trying the demo may drop their own exports beside it. A generator runs in
 previous run listed in `landing/.demo-files.json` (fewer batches, another seed), and lists
 what it wrote this time.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ class DemoFiles:
     def __enter__(self) -> DemoFiles:
         site_file = self.landing / "sources.yaml"
         if site_file.exists() and not site_file.read_text(encoding="utf-8").startswith(self.header):
-            raise FileExistsError(f"{site_file} exists and was not written by this demo; "
-                                  "the demo never replaces a file it did not write")
+            raise FileExistsError(
+                f"{site_file} exists and was not written by this demo; "
+                "the demo never replaces a file it did not write"
+            )
         previous = json.loads(self.manifest.read_text()) if self.manifest.exists() else []
         for rel in previous:
             if ".." not in Path(rel).parts:
@@ -47,5 +50,9 @@ class DemoFiles:
         for p in self.landing.rglob("*"):
             if p.is_file() and p != self.manifest:
                 st = p.stat()
-                out[p.relative_to(self.landing).as_posix()] = (st.st_mtime_ns, st.st_size, st.st_ino)
+                out[p.relative_to(self.landing).as_posix()] = (
+                    st.st_mtime_ns,
+                    st.st_size,
+                    st.st_ino,
+                )
         return out

@@ -23,16 +23,18 @@ injected fault, the compression settings with each tag's point counts, and the t
 phase averages of the uncompressed signals (what a reader of the archive must reproduce).
 Same seed, same bytes.
 """
+
 from __future__ import annotations
 
 import gzip
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,15 +49,20 @@ PRODUCT, RECIPE, RECIPE_VERSION = "PEN-G", "PENG_FB_50M3", "7"
 UNITS = ("F-301", "F-302", "F-303")
 DEFAULT_SEED = 20260302
 # F-301's and F-302's first batches run across the US spring DST change (2026-03-08 02:00 CST)
-FIRST_START = datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)
+FIRST_START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 EPOCH = FIRST_START - timedelta(hours=12)  # the historian export starts here
-DST = datetime(2026, 3, 8, 8, 0, tzinfo=timezone.utc)
+DST = datetime(2026, 3, 8, 8, 0, tzinfo=UTC)
 STREAMS = {"plan": 0, "sensors": 1, "lims": 2}
 NS = "http://www.mesa.org/xml/B2MML"  # BatchML V0700
 TRUE_PARAMETERS = {  # name: (value, unit); the same every batch, only initial states vary
-    "mu_max": (0.095, "1/h"), "K_S": (0.15, "g/L"), "Y_XS": (0.47, "g/g"),
-    "m_S": (0.018, "g/(g*h)"), "alpha": (0.004, "g/g"), "beta": (0.005, "g/(g*h)"),
-    "S_f": (500.0, "g/L"), "S_oil": (1500.0, "g/L"),  # sugar feed; oil as sugar equivalent
+    "mu_max": (0.095, "1/h"),
+    "K_S": (0.15, "g/L"),
+    "Y_XS": (0.47, "g/g"),
+    "m_S": (0.018, "g/(g*h)"),
+    "alpha": (0.004, "g/g"),
+    "beta": (0.005, "g/(g*h)"),
+    "S_f": (500.0, "g/L"),
+    "S_oil": (1500.0, "g/L"),  # sugar feed; oil as sugar equivalent
 }
 KIN = {k: v for k, (v, _) in TRUE_PARAMETERS.items()}  # the values, for the kinetics
 STATE_UNITS = {"X": "g/L", "S": "g/L", "P": "g/L", "V": "L"}
@@ -65,14 +72,21 @@ OIL_RECIPE = ((0.0, 4.0), (48.0, 6.0))  # both: (h after feed start, L/h)
 PRECURSOR = ((0.5, 120.0), (72.0, 80.0))  # (h after feed start, kg phenylacetic acid)
 DRAW_ABOVE_L, DRAW_TO_L = 43000.0, 39000.0  # checked daily from 48 h after feed start
 # per phase: temperature set-point K, aeration m^3/min, head pressure bar(g)
-SETPOINTS = {"BATCH": (298.15, 25.0, 0.5), "FED_BATCH": (297.15, 35.0, 0.8),
-             "HARVEST": (283.15, 8.0, 0.2)}
+SETPOINTS = {
+    "BATCH": (298.15, 25.0, 0.5),
+    "FED_BATCH": (297.15, 35.0, 0.8),
+    "HARVEST": (283.15, 8.0, 0.2),
+}
 IDLE = (293.15, 0.0, 0.0)  # an empty vessel between batches
 EXC_MAX_S, COMP_MAX_S = 600.0, 28800.0  # PI defaults: ExcMax 10 min, CompMax 8 h
 ODE = {"method": "LSODA", "rtol": 1e-7, "atol": 1e-9}
 # LIMS test: unit, assay CV, decimals, report delay (h, range)
-ASSAYS = {"BIOMASS": ("g/L", 0.06, 1, (2.0, 3.0)), "PENICILLIN": ("g/L", 0.04, 2, (4.0, 6.0)),
-          "VISCOSITY": ("cP", 0.08, 0, (0.5, 1.0)), "SUBSTRATE": ("g/L", 0.05, 2, (1.5, 2.5))}
+ASSAYS = {
+    "BIOMASS": ("g/L", 0.06, 1, (2.0, 3.0)),
+    "PENICILLIN": ("g/L", 0.04, 2, (4.0, 6.0)),
+    "VISCOSITY": ("cP", 0.08, 0, (0.5, 1.0)),
+    "SUBSTRATE": ("g/L", 0.05, 2, (1.5, 2.5)),
+}
 SUBSTRATE_LOD = 0.05
 MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 HEADER = f"# {SITE_NAME} ({SITE}) penicillin demo site, written by demo/penicillin.py"
@@ -96,21 +110,71 @@ class Tag(NamedTuple):
 
 
 TAGS = (
-    Tag("TI{n}1.PV", "temperature", "K", "PV", "LINEAR", .02, 2, .05, .1, 263.15, 373.15,
-        "Temperatur Brühe"),
-    Tag("TIC{n}1.SP", "temperature_sp", "K", "SP", "STEP", 0, 2, .01, .01, None, None,
-        "Temperatur Sollwert"),
-    Tag("AI{n}2.PV", "ph", "pH", "PV", "LINEAR", .004, 3, .01, .02, 2.0, 12.0, "pH Brühe"),
-    Tag("AI{n}3.PV", "dissolved_oxygen", "mg/L", "PV", "LINEAR", .03, 2, .05, .1, 0, 25,
-        "Gelöstsauerstoff"),
-    Tag("FIC{n}4.SP", "sugar_feed_rate", "L/h", "SP", "STEP", 0, 1, .5, .5, 0, 150, "Zuckerfeed"),
-    Tag("FIC{n}5.SP", "oil_feed_rate", "L/h", "SP", "STEP", 0, 1, .2, .2, 0, 15, "Ölfeed"),
-    Tag("FIC{n}6.SP", "aeration_rate", "m^3/min", "SP", "STEP", 0, 1, .5, .5, 0, 75, "Begasung"),
-    Tag("PIC{n}7.PV", "pressure", "bar", "PV", "STEP", .002, 2, .02, .02, -1.0, 2.5, "Kopfdruck"),
-    Tag("JI{n}8.PV", "agitator_power", "kW", "PV", "LINEAR", .4, 1, 1., 2., 0, 110,
-        "Rührerleistung"),
-    Tag("AI{n}9.PV", "offgas_co2", "%", "PV", "LINEAR", .01, 3, .02, .04, 0, 10, "Abgas CO2"),
-    Tag("LI{n}0.PV", "volume", "m^3", "PV", "LINEAR", .03, 2, .1, .2, 0, 55, "Füllvolumen"),
+    Tag(
+        "TI{n}1.PV",
+        "temperature",
+        "K",
+        "PV",
+        "LINEAR",
+        0.02,
+        2,
+        0.05,
+        0.1,
+        263.15,
+        373.15,
+        "Temperatur Brühe",
+    ),
+    Tag(
+        "TIC{n}1.SP",
+        "temperature_sp",
+        "K",
+        "SP",
+        "STEP",
+        0,
+        2,
+        0.01,
+        0.01,
+        None,
+        None,
+        "Temperatur Sollwert",
+    ),
+    Tag("AI{n}2.PV", "ph", "pH", "PV", "LINEAR", 0.004, 3, 0.01, 0.02, 2.0, 12.0, "pH Brühe"),
+    Tag(
+        "AI{n}3.PV",
+        "dissolved_oxygen",
+        "mg/L",
+        "PV",
+        "LINEAR",
+        0.03,
+        2,
+        0.05,
+        0.1,
+        0,
+        25,
+        "Gelöstsauerstoff",
+    ),
+    Tag("FIC{n}4.SP", "sugar_feed_rate", "L/h", "SP", "STEP", 0, 1, 0.5, 0.5, 0, 150, "Zuckerfeed"),
+    Tag("FIC{n}5.SP", "oil_feed_rate", "L/h", "SP", "STEP", 0, 1, 0.2, 0.2, 0, 15, "Ölfeed"),
+    Tag("FIC{n}6.SP", "aeration_rate", "m^3/min", "SP", "STEP", 0, 1, 0.5, 0.5, 0, 75, "Begasung"),
+    Tag(
+        "PIC{n}7.PV", "pressure", "bar", "PV", "STEP", 0.002, 2, 0.02, 0.02, -1.0, 2.5, "Kopfdruck"
+    ),
+    Tag(
+        "JI{n}8.PV",
+        "agitator_power",
+        "kW",
+        "PV",
+        "LINEAR",
+        0.4,
+        1,
+        1.0,
+        2.0,
+        0,
+        110,
+        "Rührerleistung",
+    ),
+    Tag("AI{n}9.PV", "offgas_co2", "%", "PV", "LINEAR", 0.01, 3, 0.02, 0.04, 0, 10, "Abgas CO2"),
+    Tag("LI{n}0.PV", "volume", "m^3", "PV", "LINEAR", 0.03, 2, 0.1, 0.2, 0, 55, "Füllvolumen"),
 )
 BY_PARAMETER = {t.parameter: t for t in TAGS}
 # the site's canonical unit of each parameter: temperatures are converted, the rest kept
@@ -153,8 +217,11 @@ class Batch:
     twa: dict | None = None  # phase -> parameter -> time-weighted average (complete batches)
 
     def bounds(self) -> dict[str, tuple[float, float]]:
-        return {"BATCH": (0.0, self.feed_h), "FED_BATCH": (self.feed_h, self.harvest_h),
-                "HARVEST": (self.harvest_h, self.end_h)}
+        return {
+            "BATCH": (0.0, self.feed_h),
+            "FED_BATCH": (self.feed_h, self.harvest_h),
+            "HARVEST": (self.harvest_h, self.end_h),
+        }
 
     def at(self, h: float) -> datetime:
         return self.start + timedelta(hours=h)
@@ -167,8 +234,11 @@ class Batch:
         return np.array([np.interp(h, self.grid_h, row) for row in self.states])
 
 
-def generate(root: Path, size: PenicillinSize = PenicillinSize(),
-             progress: Callable[[str], None] = lambda _: None) -> dict:
+def generate(
+    root: Path,
+    size: PenicillinSize = PenicillinSize(),
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict:
     """Write `root/landing/…` (with sources.yaml) and `root/truth.json`; return the truth.
 
     Only this generator's files are touched (`demo.landing.DemoFiles`).
@@ -206,8 +276,9 @@ def _generate(root: Path, size: PenicillinSize, progress: Callable[[str], None])
     write("lims/PEN_LIMS_export.csv", export)
     write("lims/PEN_LIMS_resend.csv", resend)
     progress("wrote the tag dictionary, MES records and LIMS results")
-    t_s = np.unique(np.round(np.arange(0.0, (as_of - EPOCH).total_seconds() + 1e-6,
-                                       size.seconds_per_sample)))
+    t_s = np.unique(
+        np.round(np.arange(0.0, (as_of - EPOCH).total_seconds() + 1e-6, size.seconds_per_sample))
+    )
     tag_truth: dict[str, dict] = {}
     for i, unit in enumerate(UNITS):
         own = [b for b in batches if b.unit == unit]
@@ -217,11 +288,14 @@ def _generate(root: Path, size: PenicillinSize, progress: Callable[[str], None])
         write(rel, _historian_csv(arc))
         _phase_twa(own, raw, t_s)
         progress(f"{unit}: {len(t_s):,} raw samples per tag, {len(arc):,} archived rows")
-    write("sources.yaml", SOURCES_YAML.substitute(header=HEADER, site=SITE, tz=SITE_TZ,
-                                                  max_gap=int(COMP_MAX_S)))
+    write(
+        "sources.yaml",
+        SOURCES_YAML.substitute(header=HEADER, site=SITE, tz=SITE_TZ, max_gap=int(COMP_MAX_S)),
+    )
     truth = _truth(batches, as_of, size, faults, tag_truth)
-    (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True, ensure_ascii=False)
-                                     + "\n", encoding="utf-8")
+    (root / "truth.json").write_text(
+        json.dumps(truth, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return truth
 
 
@@ -242,10 +316,11 @@ def _steps(steps: list, h: np.ndarray) -> np.ndarray:
 
 
 def _z(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 # ------------------------------------------------------------------ kinetics
+
 
 def _rhs(t, y, fs, fo):
     """Monod growth on sugar, Luedeking–Piret product. The soy-oil feed enters S as its sugar
@@ -254,8 +329,12 @@ def _rhs(t, y, fs, fo):
     mu = KIN["mu_max"] * max(s, 0.0) / (KIN["K_S"] + max(s, 0.0))
     d = (fs + fo) / v
     fed = (fs * KIN["S_f"] + fo * KIN["S_oil"]) / v
-    return [mu * x - d * x, -(mu / KIN["Y_XS"] + KIN["m_S"]) * x + fed - d * s,
-            (KIN["alpha"] * mu + KIN["beta"]) * x - d * prod, fs + fo]
+    return [
+        mu * x - d * x,
+        -(mu / KIN["Y_XS"] + KIN["m_S"]) * x + fed - d * s,
+        (KIN["alpha"] * mu + KIN["beta"]) * x - d * prod,
+        fs + fo,
+    ]
 
 
 def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
@@ -264,11 +343,22 @@ def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
     out = []
     for seq in range(n):
         unit = min(UNITS, key=lambda u: (free[u], u))
-        y0 = [float(rng.uniform(0.45, 0.6)), float(rng.uniform(14.0, 16.0)), 0.0,
-              float(rng.uniform(36000.0, 38000.0))]
+        y0 = [
+            float(rng.uniform(0.45, 0.6)),
+            float(rng.uniform(14.0, 16.0)),
+            0.0,
+            float(rng.uniform(36000.0, 38000.0)),
+        ]
         harvest = _minutes(rng.uniform(196.0, 224.0))
-        b = Batch(f"PG26-{seq + 1:03d}", unit, seq, free[unit], y0, harvest,
-                  _minutes(harvest + rng.uniform(4.0, 6.0)))
+        b = Batch(
+            f"PG26-{seq + 1:03d}",
+            unit,
+            seq,
+            free[unit],
+            y0,
+            harvest,
+            _minutes(harvest + rng.uniform(4.0, 6.0)),
+        )
         _simulate(b)
         out.append(b)
         free[unit] = b.at(b.end_h + _minutes(rng.uniform(18.0, 30.0)))
@@ -278,15 +368,21 @@ def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
 def _simulate(b: Batch) -> None:
     """Integrate segment by segment between input changes; the feed start comes from the
     kinetics (an hour after the batch sugar is spent, when operators see the DO rise)."""
+
     def spent(t, y, *_):
         return y[1] - 0.5
+
     spent.terminal, spent.direction = True, -1
     sol = solve_ivp(_rhs, (0.0, 80.0), b.y0, args=(0.0, 0.0), events=spent, **ODE)
     b.feed_h = f = _minutes(sol.t_events[0][0] + 1.0)
     b.sugar = [(f + a, r) for a, r in SUGAR_RECIPE] + [(b.harvest_h, 0.0)]
     b.oil = [(f + a, r) for a, r in OIL_RECIPE] + [(b.harvest_h, 0.0)]
-    b.aeration = [(0.0, SETPOINTS["BATCH"][1]), (f, SETPOINTS["FED_BATCH"][1]), (f + 60.0, 45.0),
-                  (b.harvest_h, SETPOINTS["HARVEST"][1])]
+    b.aeration = [
+        (0.0, SETPOINTS["BATCH"][1]),
+        (f, SETPOINTS["FED_BATCH"][1]),
+        (f + 60.0, 45.0),
+        (b.harvest_h, SETPOINTS["HARVEST"][1]),
+    ]
     checks = {f + 48.0 + 24.0 * k for k in range(8)}
     cuts = [c for c in sorted({0.0, *(t for t, _ in b.sugar + b.oil), *checks}) if c < b.harvest_h]
     grid = np.arange(0.0, b.harvest_h, 0.05)
@@ -296,8 +392,9 @@ def _simulate(b: Batch) -> None:
             b.draw_offs.append((a, round(float(y[3]) - DRAW_TO_L, -1)))
             y[3] -= b.draw_offs[-1][1]
         rates = (_steps(b.sugar, np.array([a]))[0], _steps(b.oil, np.array([a]))[0])
-        sol = solve_ivp(_rhs, (a, z), y, t_eval=np.r_[a, grid[(grid > a) & (grid < z)], z],
-                        args=rates, **ODE)
+        sol = solve_ivp(
+            _rhs, (a, z), y, t_eval=np.r_[a, grid[(grid > a) & (grid < z)], z], args=rates, **ODE
+        )
         ts.append(sol.t)
         ys.append(sol.y)
         y = sol.y[:, -1].copy()
@@ -307,6 +404,7 @@ def _simulate(b: Batch) -> None:
 
 
 # ------------------------------------------------------------------ historian
+
 
 def _lag(t: np.ndarray, target: np.ndarray, tau: float) -> np.ndarray:
     """First-order response to a piecewise-constant target, exact segment by segment."""
@@ -350,9 +448,14 @@ def _signals(own: list[Batch], t_s: np.ndarray, seed: int, unit_idx: int) -> dic
     co2 = 100.0 * q * v / 30.0 / (np.maximum(air, 1e-9) * 60e3 / 22.4)
     power = np.where(run, 48.0 * np.sqrt(v / 40000.0) * (1.0 - air / 200.0), 0.0)
     clean = {
-        "temperature": _lag(t_s, temp_sp, TEMP_TAU_S), "temperature_sp": temp_sp, "ph": ph,
+        "temperature": _lag(t_s, temp_sp, TEMP_TAU_S),
+        "temperature_sp": temp_sp,
+        "ph": ph,
         "dissolved_oxygen": np.where(run, cstar * (1.0 - 0.9 * demand), cstar),
-        "sugar_feed_rate": sugar, "oil_feed_rate": oil, "aeration_rate": air, "pressure": bar,
+        "sugar_feed_rate": sugar,
+        "oil_feed_rate": oil,
+        "aeration_rate": air,
+        "pressure": bar,
         "agitator_power": np.where(harvest, 0.4, 1.0) * power + np.where(pre, 15.0, 0.0),
         "offgas_co2": 0.04 + np.where(air > 0, co2, 0.0),
         "volume": v / 1000.0,
@@ -375,18 +478,42 @@ def _archive(unit: str, raw: dict, t_s: np.ndarray, tag_truth: dict) -> pd.DataF
         exc = deadband(t_s, v, tag.exc_dev, EXC_MAX_S)
         kept = exc[swinging_door(t_s[exc], v[exc], tag.comp_dev, COMP_MAX_S)]
         name = tag_name(unit, tag)
-        tag_truth[name] = {"unit_id": unit, "parameter": tag.parameter, "uom": tag.uom,
-                           "interpolation": tag.interp.lower(), "exc_dev": tag.exc_dev,
-                           "comp_dev": tag.comp_dev, "raw_points": int(len(t_s)),
-                           "exception_points": int(len(exc)), "archived_points": int(len(kept)),
-                           "max_archive_interval_s": float(np.diff(t_s[kept]).max())}
-        frames.append(pd.DataFrame({"tag": name, "t": t_s[kept], "value": v[kept], "state": "",
-                                    "quality": 192, "decimals": tag.decimals}))
+        tag_truth[name] = {
+            "unit_id": unit,
+            "parameter": tag.parameter,
+            "uom": tag.uom,
+            "interpolation": tag.interp.lower(),
+            "exc_dev": tag.exc_dev,
+            "comp_dev": tag.comp_dev,
+            "raw_points": int(len(t_s)),
+            "exception_points": int(len(exc)),
+            "archived_points": int(len(kept)),
+            "max_archive_interval_s": float(np.diff(t_s[kept]).max()),
+        }
+        frames.append(
+            pd.DataFrame(
+                {
+                    "tag": name,
+                    "t": t_s[kept],
+                    "value": v[kept],
+                    "state": "",
+                    "quality": 192,
+                    "decimals": tag.decimals,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def _faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict, t_s: np.ndarray, rel: str,
-            faults: list[dict]) -> pd.DataFrame:
+def _faults(
+    unit: str,
+    own: list[Batch],
+    arc: pd.DataFrame,
+    raw: dict,
+    t_s: np.ndarray,
+    rel: str,
+    faults: list[dict],
+) -> pd.DataFrame:
     """Digital states and flagged values at recorded places of the fermenter's first batch."""
     b = own[0]
 
@@ -404,12 +531,21 @@ def _faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict, t_s: np.n
             new = pd.DataFrame(rows, columns=["tag", "t", "value", "state", "quality"])
             arc = pd.concat([arc, new.assign(decimals=tag.decimals)], ignore_index=True)
         names = [tag_name(unit, t) for t in tags]
-        faults.append({"fault": "digital_state" if state else "bad_quality" if quality == 0
-                       else "uncertain_quality", "file": rel, "batch_id": b.batch_id,
-                       **({"tag": names[0]} if len(names) == 1 else {"tags": names}),
-                       "start_ts": _z(EPOCH + timedelta(seconds=float(t_s[i0]))),
-                       "end_ts": _z(EPOCH + timedelta(seconds=float(t_s[i1]))),
-                       "detail": f"{state or f'quality {quality}'} for t_batch_h {h0}-{h1}"})
+        faults.append(
+            {
+                "fault": "digital_state"
+                if state
+                else "bad_quality"
+                if quality == 0
+                else "uncertain_quality",
+                "file": rel,
+                "batch_id": b.batch_id,
+                **({"tag": names[0]} if len(names) == 1 else {"tags": names}),
+                "start_ts": _z(EPOCH + timedelta(seconds=float(t_s[i0]))),
+                "end_ts": _z(EPOCH + timedelta(seconds=float(t_s[i1]))),
+                "detail": f"{state or f'quality {quality}'} for t_batch_h {h0}-{h1}",
+            }
+        )
 
     do, temp = BY_PARAMETER["dissolved_oxygen"], BY_PARAMETER["temperature"]
     if unit == "F-301":  # the DO transmitter lost its I/O card; the CO2 analyzer was calibrated
@@ -422,9 +558,15 @@ def _faults(unit: str, own: list[Batch], arc: pd.DataFrame, raw: dict, t_s: np.n
         cut(TAGS, 50.0, 50.25, "Shutdown")
         cut([do], 80.0, 82.0, None, quality=64, offset=-0.4)
     for x in (x for x in own if x.start < DST < x.at(x.end_h)):
-        faults.append({"fault": "dst_change", "file": rel, "batch_id": x.batch_id,
-                       "detail": "local time jumps from 03/08/2026 01:59:59 to 03:00:00 (CST -> "
-                                 f"CDT) at t_batch_h {(DST - x.start) / timedelta(hours=1):.2f}"})
+        faults.append(
+            {
+                "fault": "dst_change",
+                "file": rel,
+                "batch_id": x.batch_id,
+                "detail": "local time jumps from 03/08/2026 01:59:59 to 03:00:00 (CST -> "
+                f"CDT) at t_batch_h {(DST - x.start) / timedelta(hours=1):.2f}",
+            }
+        )
     return arc.sort_values(["tag", "t"], kind="stable").reset_index(drop=True)
 
 
@@ -449,19 +591,26 @@ def _phase_twa(own: list[Batch], raw: dict, t_s: np.ndarray) -> None:
             for tag in TAGS:
                 scale, offset = conversion(tag.uom, SITE_UNITS[tag.parameter])
                 v = raw[tag.parameter][m] * scale + offset
-                area = (np.trapezoid(v, t) if tag.interp == "LINEAR"
-                        else np.sum(v[:-1] * np.diff(t)))  # a step tag holds its value
+                area = (
+                    np.trapezoid(v, t) if tag.interp == "LINEAR" else np.sum(v[:-1] * np.diff(t))
+                )  # a step tag holds its value
                 b.twa[phase][tag.parameter] = round(float(area / (t[-1] - t[0])), 6)
 
 
 # ------------------------------------------------------------------ tag dictionary, MES, LIMS
 
+
 def _tag_dictionary() -> str:
     def num(x):
         return "" if x is None else f"{x:g}".replace(".", ",")
+
     lines = ["Point;Equipment;Measurement;EngUnit;Type;Stepped;LoLimit;HiLimit;Descriptor\n"]
-    lines += [f"{tag_name(u, t)};{u};{t.parameter};{t.uom};{t.role};{t.interp};{num(t.low)};"
-              f"{num(t.high)};Fermenter {u} {t.descriptor}\n" for u in UNITS for t in TAGS]
+    lines += [
+        f"{tag_name(u, t)};{u};{t.parameter};{t.uom};{t.role};{t.interp};{num(t.low)};"
+        f"{num(t.high)};Fermenter {u} {t.descriptor}\n"
+        for u in UNITS
+        for t in TAGS
+    ]
     return "".join(lines)
 
 
@@ -477,9 +626,15 @@ def _batch_xml(b: Batch, as_of: datetime) -> str:
 
     def entry(parent, ident, kind, status, start, end, extra=()):
         el = E(parent, "BatchListEntry")
-        for k, v in (("ID", ident), ("BatchListEntryType", kind), ("Status", status), *extra,
-                     ("ActualStartTime", _z(start)), ("ActualEndTime", end and _z(end)),
-                     ("ActualEquipmentID", b.unit)):
+        for k, v in (
+            ("ID", ident),
+            ("BatchListEntryType", kind),
+            ("Status", status),
+            *extra,
+            ("ActualStartTime", _z(start)),
+            ("ActualEndTime", end and _z(end)),
+            ("ActualEquipmentID", b.unit),
+        ):
             if v is not None:
                 E(el, k, v)
         return el
@@ -487,33 +642,62 @@ def _batch_xml(b: Batch, as_of: datetime) -> str:
     done = b.status == "complete"
     status, end = ("Complete", b.at(b.end_h)) if done else ("Running", None)
     root = etree.Element(f"{{{NS}}}BatchInformation", nsmap={None: NS})
-    top = entry(E(root, "BatchList"), b.batch_id, "Batch", status, b.start, end,
-                (("RecipeID", RECIPE), ("RecipeVersion", RECIPE_VERSION), ("BatchID", b.batch_id),
-                 ("ProductID", PRODUCT)))
+    top = entry(
+        E(root, "BatchList"),
+        b.batch_id,
+        "Batch",
+        status,
+        b.start,
+        end,
+        (
+            ("RecipeID", RECIPE),
+            ("RecipeVersion", RECIPE_VERSION),
+            ("BatchID", b.batch_id),
+            ("ProductID", PRODUCT),
+        ),
+    )
     up = entry(top, f"{b.batch_id}|FERMENTATION", "UnitProcedure", status, b.start, end)
     bpr = E(root, "BatchProductionRecord")
-    for k, v in (("ID", f"{b.batch_id}-BPR"), ("PublishedDate", _z(end + timedelta(hours=1) if done
-                 else as_of)), ("BatchID", b.batch_id), ("RecordStatus", status), ("Version", "1")):
+    for k, v in (
+        ("ID", f"{b.batch_id}-BPR"),
+        ("PublishedDate", _z(end + timedelta(hours=1) if done else as_of)),
+        ("BatchID", b.batch_id),
+        ("RecordStatus", status),
+        ("Version", "1"),
+    ):
         E(bpr, k, v)
     resp = E(E(E(bpr, "WorkPerformances"), "WorkPerformance"), "WorkResponse")
     for phase, (h0, h1) in b.bounds().items():
         if b.at(h0) > as_of:
             break
         closed = b.at(h1) <= as_of
-        entry(up, f"{b.batch_id}|FERMENTATION|{phase}", "Phase",
-              "Complete" if closed else "Running", b.at(h0), b.at(h1) if closed else None)
+        entry(
+            up,
+            f"{b.batch_id}|FERMENTATION|{phase}",
+            "Phase",
+            "Complete" if closed else "Running",
+            b.at(h0),
+            b.at(h1) if closed else None,
+        )
         job = E(resp, "JobResponse")
         E(job, "ID", f"{b.batch_id}|{phase}")
         for h, material, use, kind, qty, uom in _materials(b, phase):
             if b.at(h) > as_of or (kind == "feed_total" and not closed):
                 continue
             ma = E(job, "MaterialActual")
-            for k, v in (("Description", kind), ("MaterialDefinitionID", material),
-                         ("MaterialLotID", f"{material}-{b.batch_id}"), ("MaterialUse", use)):
+            for k, v in (
+                ("Description", kind),
+                ("MaterialDefinitionID", material),
+                ("MaterialLotID", f"{material}-{b.batch_id}"),
+                ("MaterialUse", use),
+            ):
                 E(ma, k, v)
             quantity = E(ma, "Quantity")
-            for k, v in (("QuantityString", f"{qty:.1f}"), ("DataType", "double"),
-                         ("UnitOfMeasure", uom)):
+            for k, v in (
+                ("QuantityString", f"{qty:.1f}"),
+                ("DataType", "double"),
+                ("UnitOfMeasure", uom),
+            ):
                 E(quantity, k, v)
             prop = E(ma, "MaterialActualProperty")
             E(prop, "ID", "TimeStamp")
@@ -543,8 +727,11 @@ def _lims(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) 
     rows = []
     for b in batches:
         rng = _stream(seed, "lims", b.seq)
-        times = [0.25, *(12.0 * k + rng.uniform(-0.25, 0.25)
-                         for k in range(1, int(b.harvest_h // 12.0) + 1)), b.harvest_h + 0.5]
+        times = [
+            0.25,
+            *(12.0 * k + rng.uniform(-0.25, 0.25) for k in range(1, int(b.harvest_h // 12.0) + 1)),
+            b.harvest_h + 0.5,
+        ]
         for k, h in enumerate(_minutes(t) for t in times):
             x, s, p, _ = b.state(min(h, b.grid_h[-1]))
             true = {"BIOMASS": x, "PENICILLIN": p, "VISCOSITY": 1.0 + 0.045 * x * x, "SUBSTRATE": s}
@@ -556,26 +743,47 @@ def _lims(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) 
                 text = f"{value:.{digits}f}"
                 if analyte == "SUBSTRATE" and value < SUBSTRATE_LOD:
                     text = f"<{SUBSTRATE_LOD}"
-                rows.append({"Probe": f"{b.batch_id}-P{k:02d}", "Charge": b.batch_id,
-                             "Pruefung": analyte, "Ergebnis": text.replace(".", ","),
-                             "Einheit": uom, "Entnahme": b.at(h), "Freigabe": reported})
+                rows.append(
+                    {
+                        "Probe": f"{b.batch_id}-P{k:02d}",
+                        "Charge": b.batch_id,
+                        "Pruefung": analyte,
+                        "Ergebnis": text.replace(".", ","),
+                        "Einheit": uom,
+                        "Entnahme": b.at(h),
+                        "Freigabe": reported,
+                    }
+                )
     df = pd.DataFrame(rows)
 
     def fault(kind: str, b: Batch, k: int, analyte: str, column: str, new, file: str) -> int:
         i = df.index[(df.Probe == f"{b.batch_id}-P{k:02d}") & (df.Pruefung == analyte)][0]
         new = new(df.loc[i, column]) if callable(new) else new
-        faults.append({"fault": kind, "file": f"lims/{file}", "batch_id": b.batch_id,
-                       "sample_id": df.Probe[i], "analyte": analyte.lower(),
-                       "detail": f"{column} {df.loc[i, column]!r} -> {new!r}"})
+        faults.append(
+            {
+                "fault": kind,
+                "file": f"lims/{file}",
+                "batch_id": b.batch_id,
+                "sample_id": df.Probe[i],
+                "analyte": analyte.lower(),
+                "detail": f"{column} {df.loc[i, column]!r} -> {new!r}",
+            }
+        )
         df.loc[i, column] = new
         return i
 
     fault("negative_result", batches[0], 4, "BIOMASS", "Ergebnis", "-3,2", "PEN_LIMS_export.csv")
     fault("unknown_unit", batches[1], 3, "VISCOSITY", "Einheit", "furlongs", "PEN_LIMS_export.csv")
     export = df.copy()  # the re-send: same sample, analyte and release time, another value
-    i = fault("conflicting_resend", batches[0], 6, "PENICILLIN", "Ergebnis",
-              lambda old: f"{float(old.replace(',', '.')) * 1.07:.2f}".replace(".", ","),
-              "PEN_LIMS_resend.csv")
+    i = fault(
+        "conflicting_resend",
+        batches[0],
+        6,
+        "PENICILLIN",
+        "Ergebnis",
+        lambda old: f"{float(old.replace(',', '.')) * 1.07:.2f}".replace(".", ","),
+        "PEN_LIMS_resend.csv",
+    )
     export = export.sort_values(["Freigabe", "Probe", "Pruefung"], kind="stable")
     return _lims_csv(export), _lims_csv(df.loc[[i]])
 
@@ -584,6 +792,7 @@ def _lims_csv(df: pd.DataFrame) -> str:
     def local(ts: datetime) -> str:  # month names spelled here: strftime's %b follows the locale
         t = pd.Timestamp(ts).tz_convert(SITE_TZ)
         return f"{t.day:02d}-{MONTHS[t.month - 1]}-{t.year} {t.hour:02d}:{t.minute:02d}"
+
     out = df.assign(Entnahme=df.Entnahme.map(local), Freigabe=df.Freigabe.map(local))
     return out.to_csv(sep=";", index=False, lineterminator="\n")
 
@@ -642,37 +851,66 @@ models: {}                  # no model applies to PEN-G yet
 """)
 
 
-def _truth(batches: list[Batch], as_of: datetime, size: PenicillinSize, faults: list[dict],
-           tag_truth: dict) -> dict:
+def _truth(
+    batches: list[Batch], as_of: datetime, size: PenicillinSize, faults: list[dict], tag_truth: dict
+) -> dict:
     out = []
     for b in batches:
         final = dict(zip(STATE_UNITS, map(float, b.states[:, -1])))
-        out.append({
-            "batch_id": b.batch_id, "unit_id": b.unit, "product": PRODUCT, "status": b.status,
-            "start_ts": _z(b.start),
-            "end_ts": _z(b.at(b.end_h)) if b.status == "complete" else None,
-            "planned_end_ts": _z(b.at(b.end_h)), "initial_state": dict(zip(STATE_UNITS, b.y0)),
-            "phases": {k: {"start_ts": _z(b.at(a)), "end_ts": _z(b.at(z)), "start_h": a, "end_h": z}
-                       for k, (a, z) in b.bounds().items()},
-            "sugar_feed_l_h": b.sugar, "oil_feed_l_h": b.oil, "aeration_m3_min": b.aeration,
-            "draw_offs_l": b.draw_offs, "precursor_kg": [(b.feed_h + h, kg) for h, kg in PRECURSOR],
-            "final_state": final, "final_titer_g_l": final["P"], "phase_twa": b.twa})
+        out.append(
+            {
+                "batch_id": b.batch_id,
+                "unit_id": b.unit,
+                "product": PRODUCT,
+                "status": b.status,
+                "start_ts": _z(b.start),
+                "end_ts": _z(b.at(b.end_h)) if b.status == "complete" else None,
+                "planned_end_ts": _z(b.at(b.end_h)),
+                "initial_state": dict(zip(STATE_UNITS, b.y0)),
+                "phases": {
+                    k: {"start_ts": _z(b.at(a)), "end_ts": _z(b.at(z)), "start_h": a, "end_h": z}
+                    for k, (a, z) in b.bounds().items()
+                },
+                "sugar_feed_l_h": b.sugar,
+                "oil_feed_l_h": b.oil,
+                "aeration_m3_min": b.aeration,
+                "draw_offs_l": b.draw_offs,
+                "precursor_kg": [(b.feed_h + h, kg) for h, kg in PRECURSOR],
+                "final_state": final,
+                "final_titer_g_l": final["P"],
+                "phase_twa": b.twa,
+            }
+        )
     lab = {"assay_cv": 1, "unit": 0, "report_delay_h": 3}
     return {
-        "site": SITE, "site_name": SITE_NAME, "site_tz": SITE_TZ, "product": PRODUCT,
-        "as_of": _z(as_of), "export_start": _z(EPOCH), "size": asdict(size),
-        "model": {"name": "monod_fedbatch_luedeking_piret", "states": STATE_UNITS, "equations": (
-            "dX/dt = mu X - D X; dS/dt = -(mu/Y_XS + m_S) X + (F_s S_f + F_oil S_oil)/V - D S; "
-            "dP/dt = (alpha mu + beta) X - D P; dV/dt = F_s + F_oil; mu = mu_max S/(K_S + S); "
-            "D = (F_s + F_oil)/V; draw-offs remove volume only; the state holds through HARVEST; "
-            "the precursor (PAA) is not modelled")},
+        "site": SITE,
+        "site_name": SITE_NAME,
+        "site_tz": SITE_TZ,
+        "product": PRODUCT,
+        "as_of": _z(as_of),
+        "export_start": _z(EPOCH),
+        "size": asdict(size),
+        "model": {
+            "name": "monod_fedbatch_luedeking_piret",
+            "states": STATE_UNITS,
+            "equations": (
+                "dX/dt = mu X - D X; dS/dt = -(mu/Y_XS + m_S) X + (F_s S_f + F_oil S_oil)/V - D S; "
+                "dP/dt = (alpha mu + beta) X - D P; dV/dt = F_s + F_oil; mu = mu_max S/(K_S + S); "
+                "D = (F_s + F_oil)/V; draw-offs remove volume only; the state holds through HARVEST; "
+                "the precursor (PAA) is not modelled"
+            ),
+        },
         "true_parameters": {k: {"value": v, "unit": u} for k, (v, u) in TRUE_PARAMETERS.items()},
         "site_units": SITE_UNITS,
         "phase_twa_note": "time-weighted average of the uncompressed signal over [phase start, "
-                          "end], in site_units; step tags held, linear tags trapezoidal",
+        "end], in site_units; step tags held, linear tags trapezoidal",
         "historian": {"exc_max_s": EXC_MAX_S, "comp_max_s": COMP_MAX_S, "tags": tag_truth},
-        "lims": {**{k: {a.lower(): spec[i] for a, spec in ASSAYS.items()} for k, i in lab.items()},
-                 "detection_limit": {"substrate": SUBSTRATE_LOD}, "sample_interval_h": 12.0,
-                 "viscosity_cp": "1 + 0.045 X^2 (X biomass in g/L)"},
-        "batches": out, "faults": faults,
+        "lims": {
+            **{k: {a.lower(): spec[i] for a, spec in ASSAYS.items()} for k, i in lab.items()},
+            "detection_limit": {"substrate": SUBSTRATE_LOD},
+            "sample_interval_h": 12.0,
+            "viscosity_cp": "1 + 0.045 X^2 (X biomass in g/L)",
+        },
+        "batches": out,
+        "faults": faults,
     }

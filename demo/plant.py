@@ -15,16 +15,17 @@ Every fault of DESIGN §9 is injected at a recorded place; `truth.json` lists th
 with the true kinetic parameters, each batch's initial state, inputs and phases, so tests
 can check the pipeline against what really happened. Same seed, same bytes.
 """
+
 from __future__ import annotations
 
 import gzip
 import io
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,16 +36,31 @@ import yaml
 from demo import process
 from demo.compression import swinging_door
 from demo.landing import DemoFiles
-from sources.site import Site, parse_site
 from demo.process import MODEL, PHASES, TAG_SPECS, BatchPlan, BatchRun, tag_name
+from sources.site import Site, parse_site
 
 DEFAULT_SEED = 20260316
 # Each purpose draws from its own stream keyed by (plant seed, purpose), so plants of different
 # seeds share no draws: calibration studies need independent plants, and with streams at
 # seed, seed+1, … a plant's plan stream was its neighbour's assay stream, and the at-line
 # inoculation counts and historian faults were the same on every plant.
-STREAMS = {"plan": 0, "assay": 1, "lims": 2, "sensors": 3, "wide_sensors": 4, "inoculation_count": 5, "historian_faults": 6}
-ASSAY_CV = {"vcd": 0.07, "glucose": 0.03, "lactate": 0.04, "glutamine": 0.06, "ammonia": 0.06, "titer": 0.05}
+STREAMS = {
+    "plan": 0,
+    "assay": 1,
+    "lims": 2,
+    "sensors": 3,
+    "wide_sensors": 4,
+    "inoculation_count": 5,
+    "historian_faults": 6,
+}
+ASSAY_CV = {
+    "vcd": 0.07,
+    "glucose": 0.03,
+    "lactate": 0.04,
+    "glutamine": 0.06,
+    "ammonia": 0.06,
+    "titer": 0.05,
+}
 VIABILITY_SD = 1.0  # percentage points
 LIMS_UNITS = {
     "vcd": "1e6 cells/mL",
@@ -58,8 +74,13 @@ LIMS_UNITS = {
 }
 COMPRESSION_MAX_S = {"pv": 600.0, "sp": 8 * 3600.0}
 HISTORIAN_SOURCE = {"BR-101": "long_csv", "BR-102": "wide_csv", "BR-201": "sql"}
-XML_NAMESPACE = {"BR-101": "http://www.wbf.org/xml/B2MML-V0401", "BR-102": "http://www.wbf.org/xml/B2MML-V0600"}
-AMENDMENT_NAMESPACE = "http://www.mesa.org/xml/B2MML"  # the amended record came from the upgraded MES
+XML_NAMESPACE = {
+    "BR-101": "http://www.wbf.org/xml/B2MML-V0401",
+    "BR-102": "http://www.wbf.org/xml/B2MML-V0600",
+}
+AMENDMENT_NAMESPACE = (
+    "http://www.mesa.org/xml/B2MML"  # the amended record came from the upgraded MES
+)
 EXPORT_DAYS = 7
 SITE_HEADER = "# demo plant (batchtwin demo): CHO fed-batch site BASEL"
 
@@ -76,30 +97,63 @@ def site_config() -> dict:
     operating limits per phase and which model fits its product. Nothing of it is in the code."""
     limits = {
         # none while the medium warms up (PREPARATION) or the broth is chilled (HARVEST)
-        "temperature": {ph: [sp[0] - 0.5, sp[0] + 0.5] for ph, sp in process.SETPOINTS.items() if ph not in ("PREPARATION", "HARVEST")},
-        "ph": {ph: [round(sp[1] - 0.1, 2), round(sp[1] + 0.1, 2)] for ph, sp in process.SETPOINTS.items() if ph not in ("PREPARATION", "HARVEST")},
-        "dissolved_oxygen": {ph: [30.0, 60.0] for ph in process.PHASES if ph not in ("PREPARATION", "HARVEST")},
+        "temperature": {
+            ph: [sp[0] - 0.5, sp[0] + 0.5]
+            for ph, sp in process.SETPOINTS.items()
+            if ph not in ("PREPARATION", "HARVEST")
+        },
+        "ph": {
+            ph: [round(sp[1] - 0.1, 2), round(sp[1] + 0.1, 2)]
+            for ph, sp in process.SETPOINTS.items()
+            if ph not in ("PREPARATION", "HARVEST")
+        },
+        "dissolved_oxygen": {
+            ph: [30.0, 60.0] for ph in process.PHASES if ph not in ("PREPARATION", "HARVEST")
+        },
     }
     return {
         "site": process.SITE,
         "files": {
             "tag_dictionary": {"dataset": "tags", "glob": "tags/*.csv"},
             "mes_batchml": {"dataset": "mes_xml", "glob": "mes/*.xml"},
-            "mes_journal": {"dataset": "mes_journal", "glob": "mes/*.csv", "timestamp_format": "%Y-%m-%d %H:%M:%S",
-                            "timezone": process.SITE_TZ,
-                            "columns": {"time": "Time", "batch_id": "BatchID", "recipe_path": "RecipePath", "unit": "Unit",
-                                        "phase": "Phase", "event": "Event", "pvalue": "PValue", "descript": "Descript",
-                                        "eng_units": "EngUnits"}},
-            "historian_wide_br102": {"dataset": "historian_wide", "glob": "historian/*_wide.csv*", "delimiter": ";", "decimal": ",",
-                                     "timestamp_format": "%d.%m.%Y %H:%M:%S", "timezone": process.SITE_TZ,
-                                     "columns": {"ts": "Timestamp"}},
-            "historian_long_pi": {"dataset": "historian_long", "glob": "historian/*.csv*",
-                                  "columns": {"tag": "Tag", "ts": "Timestamp", "value": "Value", "status": "Status"}},
+            "mes_journal": {
+                "dataset": "mes_journal",
+                "glob": "mes/*.csv",
+                "timestamp_format": "%Y-%m-%d %H:%M:%S",
+                "timezone": process.SITE_TZ,
+                "columns": {
+                    "time": "Time",
+                    "batch_id": "BatchID",
+                    "recipe_path": "RecipePath",
+                    "unit": "Unit",
+                    "phase": "Phase",
+                    "event": "Event",
+                    "pvalue": "PValue",
+                    "descript": "Descript",
+                    "eng_units": "EngUnits",
+                },
+            },
+            "historian_wide_br102": {
+                "dataset": "historian_wide",
+                "glob": "historian/*_wide.csv*",
+                "delimiter": ";",
+                "decimal": ",",
+                "timestamp_format": "%d.%m.%Y %H:%M:%S",
+                "timezone": process.SITE_TZ,
+                "columns": {"ts": "Timestamp"},
+            },
+            "historian_long_pi": {
+                "dataset": "historian_long",
+                "glob": "historian/*.csv*",
+                "columns": {"tag": "Tag", "ts": "Timestamp", "value": "Value", "status": "Status"},
+            },
             "lims": {"dataset": "lims", "glob": "lims/*.csv"},
         },
         # relative to the landing zone: the SQLite file stands in for the plant's IP.21 server
         "sql": {"ip21_br201": {"url": "sqlite:///../sql/historian.sqlite"}},
-        "parameters": {spec.parameter: spec.uom if spec.uom != "mL/min" else "L/h" for spec in TAG_SPECS},
+        "parameters": {
+            spec.parameter: spec.uom if spec.uom != "mL/min" else "L/h" for spec in TAG_SPECS
+        },
         "analytes": {
             "vcd": {"unit": "1e6 cells/mL", "min": 0, "max": 100},
             "viability": {"unit": "%", "min": 0, "max": 100},
@@ -108,10 +162,21 @@ def site_config() -> dict:
             "glutamine": {"unit": "mM", "units": ["mmol/L", "mM"], "min": 0, "max": 50},
             "ammonia": {"unit": "mM", "units": ["mmol/L", "mM"], "min": 0, "max": 50},
             "titer": {"unit": "g/L", "min": 0, "max": 20, "spec_low": 4.0},
-            "osmolality": {"unit": "mOsm/kg", "min": 150, "max": 600, "spec_low": 270, "spec_high": 450},
+            "osmolality": {
+                "unit": "mOsm/kg",
+                "min": 150,
+                "max": 600,
+                "spec_low": 270,
+                "spec_high": 450,
+            },
         },
         "limits": limits,
-        "kpis": {"cell_density": "vcd", "product": "titer", "viability": "viability", "feed_rates": ["feed_rate"]},
+        "kpis": {
+            "cell_density": "vcd",
+            "product": "titer",
+            "viability": "viability",
+            "feed_rates": ["feed_rate"],
+        },
         "models": {process.PRODUCT: ["cho_fedbatch"]},
     }
 
@@ -123,11 +188,15 @@ def demo_site(landing: Path = Path("landing")) -> Site:
 
 def write_site_config(landing: Path, config: dict) -> None:
     """Write the plant's sources.yaml under its header line (`DemoFiles` checks it is the demo's)."""
-    text = f"{SITE_HEADER}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
+    text = f"{SITE_HEADER}\n" + yaml.safe_dump(
+        config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
+    )
     (Path(landing) / "sources.yaml").write_text(text, encoding="utf-8")
 
 
-def generate(root: Path, size: PlantSize = PlantSize(), progress: Callable[[str], None] = lambda _: None) -> dict:
+def generate(
+    root: Path, size: PlantSize = PlantSize(), progress: Callable[[str], None] = lambda _: None
+) -> dict:
     """Write `root/landing` (with its sources.yaml), `root/sql/historian.sqlite` and `root/truth.json`; return the truth."""
     if size.batches < 4:
         raise ValueError("the demo plant needs at least 4 batches to place every fault")
@@ -145,7 +214,12 @@ def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> d
 
     plans = process.plan_batches(size.batches, _stream(size.seed, "plan"))
     assay_rng = _stream(size.seed, "assay")
-    runs = [process.run_batch(p, assay_rng, lambda a: float(assay_rng.normal(1.0, ASSAY_CV.get(a, 0.0)))) for p in plans]
+    runs = [
+        process.run_batch(
+            p, assay_rng, lambda a: float(assay_rng.normal(1.0, ASSAY_CV.get(a, 0.0)))
+        )
+        for p in plans
+    ]
     as_of = (plans[-1].inoculation + timedelta(hours=156)).replace(minute=0, second=0)
     for p in plans:
         p.status = "complete" if p.end <= as_of else "running"
@@ -166,11 +240,23 @@ def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> d
         points = _archive(unit, unit_runs, t_s, epoch, (size.seed, STREAMS["sensors"]))
         progress(f"{unit}: {len(points):,} archived historian points")
         if HISTORIAN_SOURCE[unit] == "long_csv":
-            _write_long_csv(landing / "historian", unit, points, unit_runs, epoch, faults, size.seed)
+            _write_long_csv(
+                landing / "historian", unit, points, unit_runs, epoch, faults, size.seed
+            )
         elif HISTORIAN_SOURCE[unit] == "wide_csv":
-            _write_wide_csv(landing / "historian", unit, unit_runs, t_s, epoch, (size.seed, STREAMS["wide_sensors"]), faults)
+            _write_wide_csv(
+                landing / "historian",
+                unit,
+                unit_runs,
+                t_s,
+                epoch,
+                (size.seed, STREAMS["wide_sensors"]),
+                faults,
+            )
         else:
-            _write_sql_historian(root / "sql" / "historian.sqlite", unit, points, unit_runs, epoch, faults)
+            _write_sql_historian(
+                root / "sql" / "historian.sqlite", unit, points, unit_runs, epoch, faults
+            )
 
     truth = _truth(runs, as_of, size, faults)
     (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
@@ -179,8 +265,9 @@ def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> d
 
 # ------------------------------------------------------------------ helpers
 
+
 def _iso(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _stream(seed: int, purpose: str, *sub: int) -> np.random.Generator:
@@ -217,6 +304,7 @@ def _write_text(path: Path, text: str, gz: bool = False) -> None:
 
 # ------------------------------------------------------------------ tag dictionary
 
+
 def _write_tags(path: Path) -> None:
     rows = []
     for unit in process.UNITS:
@@ -225,7 +313,11 @@ def _write_tags(path: Path) -> None:
             if unit == "BR-102" and spec.parameter in ("temperature", "temperature_sp"):
                 # BR-102's transmitter was configured in Fahrenheit by its skid vendor
                 uom = "degF"
-                low, high = (None, None) if low is None else (round(low * 9 / 5 + 32, 2), round(high * 9 / 5 + 32, 2))
+                low, high = (
+                    (None, None)
+                    if low is None
+                    else (round(low * 9 / 5 + 32, 2), round(high * 9 / 5 + 32, 2))
+                )
             rows.append(
                 {
                     "tag": tag_name(unit, spec),
@@ -245,6 +337,7 @@ def _write_tags(path: Path) -> None:
 
 # ------------------------------------------------------------------ MES records
 
+
 def _phase_events(plan: BatchPlan, as_of: datetime) -> list[tuple[datetime, str, str]]:
     """(time, phase, state) for every procedural-element state change seen by `as_of`."""
     events = []
@@ -260,22 +353,54 @@ def _phase_events(plan: BatchPlan, as_of: datetime) -> list[tuple[datetime, str,
 def _material_actuals(plan: BatchPlan, as_of: datetime) -> list[dict]:
     """Material additions recorded by the MES up to `as_of` (bolus, seed, medium, feed total)."""
     out = [
-        {"ts": plan.start + timedelta(hours=0.5), "material": process.BASE_MEDIUM, "quantity": round(plan.y0[7] - 40.0, 1), "uom": "L", "kind": "charge"},
-        {"ts": plan.inoculation, "material": process.SEED_MATERIAL, "quantity": 40.0, "uom": "L", "kind": "inoculum"},
+        {
+            "ts": plan.start + timedelta(hours=0.5),
+            "material": process.BASE_MEDIUM,
+            "quantity": round(plan.y0[7] - 40.0, 1),
+            "uom": "L",
+            "kind": "charge",
+        },
+        {
+            "ts": plan.inoculation,
+            "material": process.SEED_MATERIAL,
+            "quantity": 40.0,
+            "uom": "L",
+            "kind": "inoculum",
+        },
     ]
     for b in plan.boluses:
         if _hours(plan, b.t_h) <= as_of:
-            out.append({"ts": _hours(plan, b.t_h), "material": b.material, "quantity": b.volume_l, "uom": "L", "kind": "bolus"})
+            out.append(
+                {
+                    "ts": _hours(plan, b.t_h),
+                    "material": b.material,
+                    "quantity": b.volume_l,
+                    "uom": "L",
+                    "kind": "bolus",
+                }
+            )
     if plan.end <= as_of:
         total = sum(
             r * (min(nxt, plan.harvest_h) - t)
-            for t, r, nxt in zip(plan.feed_times_h, plan.feed_rates_l_h, [*plan.feed_times_h[1:], plan.harvest_h])
+            for t, r, nxt in zip(
+                plan.feed_times_h, plan.feed_rates_l_h, [*plan.feed_times_h[1:], plan.harvest_h]
+            )
         )
-        out.append({"ts": _hours(plan, plan.harvest_h), "material": process.FEED_MATERIAL, "quantity": round(total, 1), "uom": "L", "kind": "feed_total"})
+        out.append(
+            {
+                "ts": _hours(plan, plan.harvest_h),
+                "material": process.FEED_MATERIAL,
+                "quantity": round(total, 1),
+                "uom": "L",
+                "kind": "feed_total",
+            }
+        )
     return out
 
 
-def _write_batch_record(mes: Path, plan: BatchPlan, as_of: datetime, faults: list[dict], seed: int) -> None:
+def _write_batch_record(
+    mes: Path, plan: BatchPlan, as_of: datetime, faults: list[dict], seed: int
+) -> None:
     if plan.record_format == "csv":
         _write_event_journal(mes / f"{plan.batch_id}_journal.csv", plan, as_of, faults)
         return
@@ -289,19 +414,50 @@ def _write_batch_record(mes: Path, plan: BatchPlan, as_of: datetime, faults: lis
         plan.phase_bounds_h["HARVEST"] = (a, b - 1.5)
         if plan.boluses:
             bol = plan.boluses[0]
-            plan.boluses[0] = type(bol)(bol.t_h, round(bol.volume_l * 10, 1), bol.material, bol.concentrations)
-        _write_xml(mes / f"{plan.batch_id}_v1.xml", plan, as_of, seed, version=1, changed=plan.end + timedelta(hours=2))
+            plan.boluses[0] = type(bol)(
+                bol.t_h, round(bol.volume_l * 10, 1), bol.material, bol.concentrations
+            )
+        _write_xml(
+            mes / f"{plan.batch_id}_v1.xml",
+            plan,
+            as_of,
+            seed,
+            version=1,
+            changed=plan.end + timedelta(hours=2),
+        )
         plan.phase_bounds_h = true_bounds
         plan.boluses = true_boluses
-        _write_xml(mes / f"{plan.batch_id}_v2.xml", plan, as_of, seed, version=2, changed=plan.end + timedelta(days=3), namespace=AMENDMENT_NAMESPACE)
-        faults.append({"fault": "amended_batch_record", "file": f"mes/{plan.batch_id}_v2.xml", "batch_id": plan.batch_id,
-                       "detail": "v2 supersedes v1: HARVEST end +1.5 h, first glucose bolus volume /10"})
+        _write_xml(
+            mes / f"{plan.batch_id}_v2.xml",
+            plan,
+            as_of,
+            seed,
+            version=2,
+            changed=plan.end + timedelta(days=3),
+            namespace=AMENDMENT_NAMESPACE,
+        )
+        faults.append(
+            {
+                "fault": "amended_batch_record",
+                "file": f"mes/{plan.batch_id}_v2.xml",
+                "batch_id": plan.batch_id,
+                "detail": "v2 supersedes v1: HARVEST end +1.5 h, first glucose bolus volume /10",
+            }
+        )
         return
     changed = min(plan.end, as_of) + timedelta(hours=2 if plan.status == "complete" else 0)
     _write_xml(mes / f"{plan.batch_id}.xml", plan, as_of, seed, version=1, changed=changed)
 
 
-def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, seed: int, version: int, changed: datetime, namespace: str | None = None) -> None:
+def _write_xml(
+    path: Path,
+    plan: BatchPlan,
+    as_of: datetime,
+    seed: int,
+    version: int,
+    changed: datetime,
+    namespace: str | None = None,
+) -> None:
     from lxml import etree
 
     ns = namespace or XML_NAMESPACE[plan.unit]
@@ -315,18 +471,59 @@ def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, seed: int, version:
     blist = E("BatchList", parent=root)
     running = plan.end > as_of
     batch = E("BatchListEntry", parent=blist)
-    _entry(E, batch, plan.batch_id, "Batch", "Running" if running else "Complete", _hours(plan, plan.phase_bounds_h["PREPARATION"][0]), None if running else plan.end,
-           plan.unit, extra={"RecipeID": process.RECIPE, "RecipeVersion": process.RECIPE_VERSION, "BatchID": plan.batch_id, "ProductID": process.PRODUCT})
+    _entry(
+        E,
+        batch,
+        plan.batch_id,
+        "Batch",
+        "Running" if running else "Complete",
+        _hours(plan, plan.phase_bounds_h["PREPARATION"][0]),
+        None if running else plan.end,
+        plan.unit,
+        extra={
+            "RecipeID": process.RECIPE,
+            "RecipeVersion": process.RECIPE_VERSION,
+            "BatchID": plan.batch_id,
+            "ProductID": process.PRODUCT,
+        },
+    )
     up = E("BatchListEntry", parent=batch)
-    _entry(E, up, f"{plan.batch_id}:PRODUCTION", "UnitProcedure", "Running" if running else "Complete", plan.start, None if running else plan.end, plan.unit)
+    _entry(
+        E,
+        up,
+        f"{plan.batch_id}:PRODUCTION",
+        "UnitProcedure",
+        "Running" if running else "Complete",
+        plan.start,
+        None if running else plan.end,
+        plan.unit,
+    )
     op = E("BatchListEntry", parent=up)
-    _entry(E, op, f"{plan.batch_id}:PRODUCTION:CULTURE", "Operation", "Running" if running else "Complete", plan.start, None if running else plan.end, plan.unit)
+    _entry(
+        E,
+        op,
+        f"{plan.batch_id}:PRODUCTION:CULTURE",
+        "Operation",
+        "Running" if running else "Complete",
+        plan.start,
+        None if running else plan.end,
+        plan.unit,
+    )
     for name in PHASES:
         a, b = (_hours(plan, h) for h in plan.phase_bounds_h[name])
         if a > as_of:
             break
         ph = E("BatchListEntry", parent=op)
-        _entry(E, ph, f"{plan.batch_id}:PRODUCTION:CULTURE:{name}", "Phase", "Complete" if b <= as_of else "Running", a, b if b <= as_of else None, plan.unit)
+        _entry(
+            E,
+            ph,
+            f"{plan.batch_id}:PRODUCTION:CULTURE:{name}",
+            "Phase",
+            "Complete" if b <= as_of else "Running",
+            a,
+            b if b <= as_of else None,
+            plan.unit,
+        )
     bpr = E("BatchProductionRecord", parent=root)
     E("ID", f"{plan.batch_id}-BPR", bpr)
     E("Version", str(version), bpr)
@@ -372,7 +569,10 @@ def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, seed: int, version:
     E("ObjectType", "Sample", sample)
     E("TimeStamp", _local_iso(_minute(plan.inoculation + timedelta(minutes=10))), sample)
     xv, xd = plan.y0[0], plan.y0[1]
-    for analyte, value, uom in (("VCD", xv * rng.normal(1.0, ASSAY_CV["vcd"]), "1e6 cells/mL"), ("Viability", 100 * xv / (xv + xd) + rng.normal(0, VIABILITY_SD), "%")):
+    for analyte, value, uom in (
+        ("VCD", xv * rng.normal(1.0, ASSAY_CV["vcd"]), "1e6 cells/mL"),
+        ("Viability", 100 * xv / (xv + xd) + rng.normal(0, VIABILITY_SD), "%"),
+    ):
         test = E("SampleTest", parent=sample)
         E("EntryID", f"{plan.batch_id}-INOC-{analyte}", test)
         E("ObjectType", "Sample Test", test)
@@ -385,11 +585,17 @@ def _write_xml(path: Path, plan: BatchPlan, as_of: datetime, seed: int, version:
         E("ValueString", f"{min(value, 100.0):.2f}", res)
         E("DataType", "double", res)
         E("UnitOfMeasure", uom, res)
-    path.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    path.write_bytes(
+        etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    )
 
 
 def _el(etree, ns, tag, text, parent):
-    el = etree.Element(f"{{{ns}}}{tag}", nsmap={None: ns}) if parent is None else etree.SubElement(parent, f"{{{ns}}}{tag}")
+    el = (
+        etree.Element(f"{{{ns}}}{tag}", nsmap={None: ns})
+        if parent is None
+        else etree.SubElement(parent, f"{{{ns}}}{tag}")
+    )
     if text is not None:
         el.text = text
     return el
@@ -418,11 +624,41 @@ def _write_event_journal(path: Path, plan: BatchPlan, as_of: datetime, faults: l
     proc = f"{process.RECIPE}:1"
 
     def row(ts, recipe_path, phase, event, pvalue, descript="", eng=""):
-        rows.append((ts, _local(ts, "%Y-%m-%d %H:%M:%S"), plan.batch_id, recipe_path, plan.unit, phase, event, pvalue, descript, eng, "USP", cell, "OPER1"))
+        rows.append(
+            (
+                ts,
+                _local(ts, "%Y-%m-%d %H:%M:%S"),
+                plan.batch_id,
+                recipe_path,
+                plan.unit,
+                phase,
+                event,
+                pvalue,
+                descript,
+                eng,
+                "USP",
+                cell,
+                "OPER1",
+            )
+        )
 
     row(plan.start - timedelta(minutes=5), proc, "", "Batch", "CREATED", "Batch created")
-    row(plan.start - timedelta(minutes=5), proc, "", "Recipe Header", process.PRODUCT, "Product Code")
-    row(plan.start - timedelta(minutes=5), proc, "", "Recipe Header", process.RECIPE_VERSION, "Recipe Version")
+    row(
+        plan.start - timedelta(minutes=5),
+        proc,
+        "",
+        "Recipe Header",
+        process.PRODUCT,
+        "Product Code",
+    )
+    row(
+        plan.start - timedelta(minutes=5),
+        proc,
+        "",
+        "Recipe Header",
+        process.RECIPE_VERSION,
+        "Recipe Version",
+    )
     row(plan.start, proc, "", "State Change", "RUNNING", "Procedure")
     row(plan.start, f"{proc}\\PRODUCTION:1", "", "State Change", "RUNNING", "Unit Procedure")
     row(plan.start, f"{proc}\\PRODUCTION:1", "", "Arbitration", "ACQUIRED", "Unit acquired")
@@ -430,32 +666,77 @@ def _write_event_journal(path: Path, plan: BatchPlan, as_of: datetime, faults: l
     for ts, name, state in _phase_events(plan, as_of):
         row(ts, f"{proc}\\PRODUCTION:1\\CULTURE:1\\{name}:1", name, "State Change", state, "Phase")
     for m in _material_actuals(plan, as_of):
-        row(m["ts"], f"{proc}\\PRODUCTION:1\\CULTURE:1", "", "Material Charge", f"{m['quantity']:.1f}", f"{m['material']} {m['kind']}", m["uom"])
+        row(
+            m["ts"],
+            f"{proc}\\PRODUCTION:1\\CULTURE:1",
+            "",
+            "Material Charge",
+            f"{m['quantity']:.1f}",
+            f"{m['material']} {m['kind']}",
+            m["uom"],
+        )
     if plan.end <= as_of:
-        row(plan.end, f"{proc}\\PRODUCTION:1\\CULTURE:1", "", "State Change", "COMPLETE", "Operation")
+        row(
+            plan.end,
+            f"{proc}\\PRODUCTION:1\\CULTURE:1",
+            "",
+            "State Change",
+            "COMPLETE",
+            "Operation",
+        )
         row(plan.end, f"{proc}\\PRODUCTION:1", "", "Arbitration", "RELEASED", "Unit released")
         row(plan.end, f"{proc}\\PRODUCTION:1", "", "State Change", "COMPLETE", "Unit Procedure")
         row(plan.end, proc, "", "State Change", "COMPLETE", "Procedure")
         row(plan.end + timedelta(minutes=30), proc, "", "Batch", "REMOVED", "Batch removed")
     rows.sort(key=lambda r: r[0])
-    df = pd.DataFrame([r[1:] for r in rows], columns=["Time", "BatchID", "RecipePath", "Unit", "Phase", "Event", "PValue", "Descript", "EngUnits", "Area", "ProcessCell", "UserID"])
+    df = pd.DataFrame(
+        [r[1:] for r in rows],
+        columns=[
+            "Time",
+            "BatchID",
+            "RecipePath",
+            "Unit",
+            "Phase",
+            "Event",
+            "PValue",
+            "Descript",
+            "EngUnits",
+            "Area",
+            "ProcessCell",
+            "UserID",
+        ],
+    )
     df.to_csv(path, index=False, lineterminator="\n")
     if _crosses_dst(plan.start, min(plan.end, as_of)):
-        faults.append({"fault": "dst_change", "file": f"mes/{path.name}", "batch_id": plan.batch_id,
-                       "detail": "naive local times skip 02:00-03:00 on 2026-03-29"})
+        faults.append(
+            {
+                "fault": "dst_change",
+                "file": f"mes/{path.name}",
+                "batch_id": plan.batch_id,
+                "detail": "naive local times skip 02:00-03:00 on 2026-03-29",
+            }
+        )
 
 
 def _crosses_dst(a: datetime, b: datetime) -> bool:
-    return pd.Timestamp(a).tz_convert(process.SITE_TZ).utcoffset() != pd.Timestamp(b).tz_convert(process.SITE_TZ).utcoffset()
+    return (
+        pd.Timestamp(a).tz_convert(process.SITE_TZ).utcoffset()
+        != pd.Timestamp(b).tz_convert(process.SITE_TZ).utcoffset()
+    )
 
 
 # ------------------------------------------------------------------ LIMS
 
-def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.random.Generator, faults: list[dict]) -> None:
+
+def _write_lims(
+    lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.random.Generator, faults: list[dict]
+) -> None:
     rows = []
     for run in runs:
         plan = run.plan
-        st = process.simulate(MODEL, process.TRUE_PARAMETERS, plan.y0, plan.inputs(), run.sample_times_h)
+        st = process.simulate(
+            MODEL, process.TRUE_PARAMETERS, plan.y0, plan.inputs(), run.sample_times_h
+        )
         obs = MODEL.observe(st)
         for k, t_h in enumerate(run.sample_times_h):
             sampled = _minute(_hours(plan, t_h))
@@ -472,12 +753,27 @@ def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.rando
                 else:
                     value = obs[analyte][k] * rng.normal(1.0, ASSAY_CV[analyte])
                 delay_h = 26.0 if analyte == "titer" else 2.5
-                reported = _minute(sampled + timedelta(hours=delay_h + float(rng.uniform(0.0, 1.5))))
+                reported = _minute(
+                    sampled + timedelta(hours=delay_h + float(rng.uniform(0.0, 1.5)))
+                )
                 if reported > as_of:
                     continue
                 digits = {"vcd": 2, "viability": 1, "osmolality": 0, "titer": 3}.get(analyte, 2)
-                rows.append([sample_id, plan.batch_id, analyte, f"{value:.{digits}f}", uom, sampled, reported])
-    df = pd.DataFrame(rows, columns=["sample_id", "batch_id", "analyte", "value", "unit", "sampled_at", "reported_at"])
+                rows.append(
+                    [
+                        sample_id,
+                        plan.batch_id,
+                        analyte,
+                        f"{value:.{digits}f}",
+                        uom,
+                        sampled,
+                        reported,
+                    ]
+                )
+    df = pd.DataFrame(
+        rows,
+        columns=["sample_id", "batch_id", "analyte", "value", "unit", "sampled_at", "reported_at"],
+    )
     # the lab's LOQ for ammonia is 0.5 mM; results below it are reported as text
     loq = df.index[(df.analyte == "ammonia") & (df.value.astype(float) < 0.5)]
     df.loc[loq, "value"] = "<0.5"
@@ -485,10 +781,25 @@ def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.rando
     retest = df[(df.batch_id == first_batch) & (df.analyte == "glucose")].iloc[[3]].copy()
     retest["value"] = f"{float(retest.value.iloc[0]) * 1.04:.2f}"
     retest["reported_at"] = retest["reported_at"] + timedelta(hours=20)
-    df = pd.concat([df, retest]).sort_values(["sampled_at", "batch_id", "analyte", "reported_at"], kind="stable")
-    faults.append({"fault": "lims_retest", "file": "lims", "batch_id": first_batch, "detail": f"sample {retest.sample_id.iloc[0]} glucose reported twice; the later result wins"})
+    df = pd.concat([df, retest]).sort_values(
+        ["sampled_at", "batch_id", "analyte", "reported_at"], kind="stable"
+    )
+    faults.append(
+        {
+            "fault": "lims_retest",
+            "file": "lims",
+            "batch_id": first_batch,
+            "detail": f"sample {retest.sample_id.iloc[0]} glucose reported twice; the later result wins",
+        }
+    )
     if len(loq):
-        faults.append({"fault": "lims_below_loq", "file": "lims", "detail": f"{len(loq)} ammonia results '<0.5'"})
+        faults.append(
+            {
+                "fault": "lims_below_loq",
+                "file": "lims",
+                "detail": f"{len(loq)} ammonia results '<0.5'",
+            }
+        )
     df["week"] = df["sampled_at"].map(lambda t: (t - process.FIRST_START).days // EXPORT_DAYS)
     for week, part in df.groupby("week", sort=True):
         name = f"lims_{(process.FIRST_START + timedelta(days=EXPORT_DAYS * int(week))).date()}.csv"
@@ -504,13 +815,27 @@ def _write_lims(lims: Path, runs: list[BatchRun], as_of: datetime, rng: np.rando
             parts[3] = parts[3].replace(".", ",")
             lines[victim] = ",".join(parts)
             text = "".join(lines)
-            faults.append({"fault": "malformed_line", "file": f"lims/{name}", "line": victim + 1, "detail": "decimal comma in a comma-separated file"})
+            faults.append(
+                {
+                    "fault": "malformed_line",
+                    "file": f"lims/{name}",
+                    "line": victim + 1,
+                    "detail": "decimal comma in a comma-separated file",
+                }
+            )
         _write_text(lims / name, text)
 
 
 # ------------------------------------------------------------------ historian
 
-def _archive(unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_key: tuple[int, ...]) -> pd.DataFrame:
+
+def _archive(
+    unit: str,
+    unit_runs: list[BatchRun],
+    t_s: np.ndarray,
+    epoch: datetime,
+    noise_key: tuple[int, ...],
+) -> pd.DataFrame:
     """Compressed archive of one unit: columns tag, t_s (seconds since epoch), value."""
     signals = process.sensor_signals(unit_runs, t_s, epoch, noise_key)
     frames = []
@@ -535,7 +860,15 @@ def _window_of(run: BatchRun, epoch: datetime, h0: float, h1: float) -> tuple[fl
     return base + h0 * 3600.0, base + h1 * 3600.0
 
 
-def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[BatchRun], epoch: datetime, faults: list[dict], seed: int) -> None:
+def _write_long_csv(
+    folder: Path,
+    unit: str,
+    pts: pd.DataFrame,
+    unit_runs: list[BatchRun],
+    epoch: datetime,
+    faults: list[dict],
+    seed: int,
+) -> None:
     pts = pts.copy()
     pts["status"] = "Good"
     pts["text"] = pts["value"].map(repr)
@@ -546,16 +879,43 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
     # gap: the temperature transmitter lost its interface for three hours
     a, b = _window_of(first, epoch, 90.0, 93.0)
     pts = pts[~((pts.tag == tag("TT01.PV")) & (pts.t_s > a) & (pts.t_s < b))]
-    faults.append({"fault": "gap", "file": "historian", "tag": tag("TT01.PV"), "batch_id": first.plan.batch_id, "detail": "no data for t_batch_h 90-93"})
+    faults.append(
+        {
+            "fault": "gap",
+            "file": "historian",
+            "tag": tag("TT01.PV"),
+            "batch_id": first.plan.batch_id,
+            "detail": "no data for t_batch_h 90-93",
+        }
+    )
     # digital states in the value column
-    for state, suffix, h0, h1 in (("I/O Timeout", "DO01.PV", 50.0, 50.5), ("Scan Off", "AG01.PV", 120.0, 120.4)):
+    for state, suffix, h0, h1 in (
+        ("I/O Timeout", "DO01.PV", 50.0, 50.5),
+        ("Scan Off", "AG01.PV", 120.0, 120.4),
+    ):
         a, b = _window_of(first, epoch, h0, h1)
         m = (pts.tag == tag(suffix)) & (pts.t_s >= a) & (pts.t_s < b)
         t0 = a if not m.any() else pts.loc[m, "t_s"].min()
-        extra = pd.DataFrame({"tag": [tag(suffix)], "t_s": [t0 - 1.0], "value": [np.nan], "status": ["Bad"], "text": [state]})
+        extra = pd.DataFrame(
+            {
+                "tag": [tag(suffix)],
+                "t_s": [t0 - 1.0],
+                "value": [np.nan],
+                "status": ["Bad"],
+                "text": [state],
+            }
+        )
         pts.loc[m, ["text", "status"]] = [state, "Bad"]
         pts = pd.concat([pts, extra], ignore_index=True)
-        faults.append({"fault": "digital_state", "file": "historian", "tag": tag(suffix), "batch_id": first.plan.batch_id, "detail": f"{state} for t_batch_h {h0}-{h1}"})
+        faults.append(
+            {
+                "fault": "digital_state",
+                "file": "historian",
+                "tag": tag(suffix),
+                "batch_id": first.plan.batch_id,
+                "detail": f"{state} for t_batch_h {h0}-{h1}",
+            }
+        )
     first_rows = pts.sort_values("t_s", kind="stable").groupby("tag").head(1).index
     pts.loc[first_rows, ["text", "status"]] = ["Pt Created", "Bad"]
     # bad quality: a fouled pH probe reads high and the historian flags it
@@ -566,15 +926,32 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
     a, b = _window_of(first, epoch, 200.75, 201.0)
     m2 = (pts.tag == tag("PH01.PV")) & (pts.t_s >= a) & (pts.t_s < b)
     pts.loc[m2, "status"] = "Bad"
-    faults.append({"fault": "bad_quality", "file": "historian", "tag": tag("PH01.PV"), "batch_id": first.plan.batch_id, "detail": f"{int(m.sum())} Questionable + {int(m2.sum())} Bad points at t_batch_h 200-201"})
+    faults.append(
+        {
+            "fault": "bad_quality",
+            "file": "historian",
+            "tag": tag("PH01.PV"),
+            "batch_id": first.plan.batch_id,
+            "detail": f"{int(m.sum())} Questionable + {int(m2.sum())} Bad points at t_batch_h 200-201",
+        }
+    )
     # an unknown tag: a temporary probe nobody added to the dictionary
     a, b = _window_of(first, epoch, 30.0, 36.0)
     probe = pts[(pts.tag == tag("TT01.PV")) & (pts.t_s >= a) & (pts.t_s < b)].copy()
     probe["tag"] = tag("TT99.PV")
     pts = pd.concat([pts, probe], ignore_index=True)
-    faults.append({"fault": "unknown_tag", "file": "historian", "tag": tag("TT99.PV"), "detail": f"{len(probe)} rows"})
+    faults.append(
+        {
+            "fault": "unknown_tag",
+            "file": "historian",
+            "tag": tag("TT99.PV"),
+            "detail": f"{len(probe)} rows",
+        }
+    )
     pts = pts.sort_values(["t_s", "tag"], kind="stable").reset_index(drop=True)
-    pts["ts_text"] = _format_ts(pts["t_s"].to_numpy() + epoch.timestamp(), "%Y-%m-%dT%H:%M:%S%z", process.SITE_TZ).to_pylist()
+    pts["ts_text"] = _format_ts(
+        pts["t_s"].to_numpy() + epoch.timestamp(), "%Y-%m-%dT%H:%M:%S%z", process.SITE_TZ
+    ).to_pylist()
 
     pts["week"] = (pts["t_s"] // (EXPORT_DAYS * 86400)).astype(int)
     for week, part in pts.groupby("week", sort=True):
@@ -595,19 +972,54 @@ def _write_long_csv(folder: Path, unit: str, pts: pd.DataFrame, unit_runs: list[
             lines[1000:1300] = lines[1000:1300][::-1]
             # a partial write: the line is cut mid-timestamp
             lines.insert(2000, lines[2000][:24] + "\n")
-            faults.append({"fault": "duplicate_rows", "file": f"historian/{name}", "detail": "40 exact duplicates + up to 2 conflicting values"})
-            faults.append({"fault": "out_of_order_rows", "file": f"historian/{name}", "detail": "rows 1000-1300 reversed"})
-            faults.append({"fault": "malformed_line", "file": f"historian/{name}", "line": 2002, "detail": "truncated line"})
-        _write_text(folder / name, "Tag,Timestamp,Value,Status\n" + "".join(lines), gz=name.endswith(".gz"))
+            faults.append(
+                {
+                    "fault": "duplicate_rows",
+                    "file": f"historian/{name}",
+                    "detail": "40 exact duplicates + up to 2 conflicting values",
+                }
+            )
+            faults.append(
+                {
+                    "fault": "out_of_order_rows",
+                    "file": f"historian/{name}",
+                    "detail": "rows 1000-1300 reversed",
+                }
+            )
+            faults.append(
+                {
+                    "fault": "malformed_line",
+                    "file": f"historian/{name}",
+                    "line": 2002,
+                    "detail": "truncated line",
+                }
+            )
+        _write_text(
+            folder / name, "Tag,Timestamp,Value,Status\n" + "".join(lines), gz=name.endswith(".gz")
+        )
 
 
-def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.ndarray, epoch: datetime, noise_key: tuple[int, ...], faults: list[dict]) -> None:
+def _write_wide_csv(
+    folder: Path,
+    unit: str,
+    unit_runs: list[BatchRun],
+    t_s: np.ndarray,
+    epoch: datetime,
+    noise_key: tuple[int, ...],
+    faults: list[dict],
+) -> None:
     """The historian's 'sampled' export: one row per minute, one column per tag (interpolated)."""
     step = 60.0
     grid = np.arange(0.0, t_s[-1] + 1e-9, step)
     signals = process.sensor_signals(unit_runs, grid, epoch, noise_key)
     u = unit.replace("-", "")
-    df = pd.DataFrame({"Timestamp": _format_ts(grid + epoch.timestamp(), "%d.%m.%Y %H:%M:%S", process.SITE_TZ).to_pylist()})
+    df = pd.DataFrame(
+        {
+            "Timestamp": _format_ts(
+                grid + epoch.timestamp(), "%d.%m.%Y %H:%M:%S", process.SITE_TZ
+            ).to_pylist()
+        }
+    )
     for spec in TAG_SPECS:
         v = signals[spec.suffix]
         if spec.parameter in ("temperature", "temperature_sp"):
@@ -617,23 +1029,54 @@ def _write_wide_csv(folder: Path, unit: str, unit_runs: list[BatchRun], t_s: np.
     a, b = _window_of(first, epoch, 40.0, 40.1)
     m = (grid >= a) & (grid < b)
     df.loc[m, f"{u}.TT01.PV"] = "Bad Input"
-    faults.append({"fault": "digital_state", "file": "historian", "tag": f"{u}.TT01.PV", "batch_id": first.plan.batch_id, "detail": f"Bad Input in {int(m.sum())} wide rows"})
-    faults.append({"fault": "fahrenheit_unit", "file": "tags/tag_dictionary.csv", "tag": f"{u}.TT01.PV", "detail": "BR-102 temperature in degF"})
+    faults.append(
+        {
+            "fault": "digital_state",
+            "file": "historian",
+            "tag": f"{u}.TT01.PV",
+            "batch_id": first.plan.batch_id,
+            "detail": f"Bad Input in {int(m.sum())} wide rows",
+        }
+    )
+    faults.append(
+        {
+            "fault": "fahrenheit_unit",
+            "file": "tags/tag_dictionary.csv",
+            "tag": f"{u}.TT01.PV",
+            "detail": "BR-102 temperature in degF",
+        }
+    )
     week = (grid // (EXPORT_DAYS * 86400)).astype(int)
     for w in np.unique(week):
         part = df[week == w]
         start = (epoch + timedelta(days=EXPORT_DAYS * int(w))).date()
         name = f"{u}_{start}_wide.csv"
         _write_text(folder / name, part.to_csv(index=False, sep=";", lineterminator="\n"))
-        stamps = epoch + timedelta(seconds=float(grid[week == w][0])), epoch + timedelta(seconds=float(grid[week == w][-1]))
+        stamps = (
+            epoch + timedelta(seconds=float(grid[week == w][0])),
+            epoch + timedelta(seconds=float(grid[week == w][-1])),
+        )
         if _crosses_dst(*stamps):
-            faults.append({"fault": "dst_change", "file": f"historian/{name}", "detail": "naive local times skip 02:00-03:00 on 2026-03-29"})
+            faults.append(
+                {
+                    "fault": "dst_change",
+                    "file": f"historian/{name}",
+                    "detail": "naive local times skip 02:00-03:00 on 2026-03-29",
+                }
+            )
 
 
 SQL_STATUS_GOOD, SQL_STATUS_SUSPECT, SQL_STATUS_BAD = 0, 1, 2
 
 
-def _write_sql_historian(path: Path, unit: str, pts: pd.DataFrame, unit_runs: list[BatchRun], epoch: datetime, faults: list[dict]) -> None:
+def _write_sql_historian(
+    path: Path,
+    unit: str,
+    pts: pd.DataFrame,
+    unit_runs: list[BatchRun],
+    epoch: datetime,
+    faults: list[dict],
+) -> None:
     """IP.21-style `history(name, ts, value, status)`; ts is UTC text, status 0/1/2."""
     pts = pts.copy()
     pts["status"] = SQL_STATUS_GOOD
@@ -645,28 +1088,64 @@ def _write_sql_historian(path: Path, unit: str, pts: pd.DataFrame, unit_runs: li
     frozen = pts.loc[m, "value"].iloc[0] if m.any() else 7.0
     keep = m & (((pts.t_s - a) % 600.0) < 1e-6)
     pts = pts[~m | keep]
-    beats = pd.DataFrame({"tag": f"{u}.PH01.PV", "t_s": np.arange(a, b, 600.0), "value": frozen, "status": SQL_STATUS_GOOD})
-    pts = pd.concat([pts[~((pts.tag == f"{u}.PH01.PV") & (pts.t_s >= a) & (pts.t_s < b))], beats], ignore_index=True)
-    faults.append({"fault": "stuck_sensor", "file": "sql/historian.sqlite", "tag": f"{u}.PH01.PV", "batch_id": first.plan.batch_id, "detail": f"constant {frozen} for t_batch_h 150-158"})
+    beats = pd.DataFrame(
+        {
+            "tag": f"{u}.PH01.PV",
+            "t_s": np.arange(a, b, 600.0),
+            "value": frozen,
+            "status": SQL_STATUS_GOOD,
+        }
+    )
+    pts = pd.concat(
+        [pts[~((pts.tag == f"{u}.PH01.PV") & (pts.t_s >= a) & (pts.t_s < b))], beats],
+        ignore_index=True,
+    )
+    faults.append(
+        {
+            "fault": "stuck_sensor",
+            "file": "sql/historian.sqlite",
+            "tag": f"{u}.PH01.PV",
+            "batch_id": first.plan.batch_id,
+            "detail": f"constant {frozen} for t_batch_h 150-158",
+        }
+    )
     a, b = _window_of(first, epoch, 60.0, 60.4)
     m = (pts.tag == f"{u}.DO01.PV") & (pts.t_s >= a) & (pts.t_s < b)
     pts.loc[m, "status"] = SQL_STATUS_BAD
-    faults.append({"fault": "bad_quality", "file": "sql/historian.sqlite", "tag": f"{u}.DO01.PV", "batch_id": first.plan.batch_id, "detail": f"{int(m.sum())} points with status 2"})
+    faults.append(
+        {
+            "fault": "bad_quality",
+            "file": "sql/historian.sqlite",
+            "tag": f"{u}.DO01.PV",
+            "batch_id": first.plan.batch_id,
+            "detail": f"{int(m.sum())} points with status 2",
+        }
+    )
     pts = pts.sort_values(["t_s", "tag"], kind="stable")
-    ts_text = _format_ts(pts["t_s"].to_numpy() + epoch.timestamp(), "%Y-%m-%d %H:%M:%S", "UTC").to_pylist()
+    ts_text = _format_ts(
+        pts["t_s"].to_numpy() + epoch.timestamp(), "%Y-%m-%d %H:%M:%S", "UTC"
+    ).to_pylist()
     path.unlink(missing_ok=True)
     con = sqlite3.connect(path)
     with con:
-        con.execute("CREATE TABLE history (name TEXT NOT NULL, ts TEXT NOT NULL, value REAL, status INTEGER NOT NULL)")
+        con.execute(
+            "CREATE TABLE history (name TEXT NOT NULL, ts TEXT NOT NULL, value REAL, status INTEGER NOT NULL)"
+        )
         con.executemany(
             "INSERT INTO history VALUES (?, ?, ?, ?)",
-            zip(pts["tag"].tolist(), ts_text, pts["value"].tolist(), pts["status"].astype(int).tolist()),
+            zip(
+                pts["tag"].tolist(),
+                ts_text,
+                pts["value"].tolist(),
+                pts["status"].astype(int).tolist(),
+            ),
         )
         con.execute("CREATE INDEX history_ts ON history (ts)")
     con.close()
 
 
 # ------------------------------------------------------------------ truth
+
 
 def _truth(runs: list[BatchRun], as_of: datetime, size: PlantSize, faults: list[dict]) -> dict:
     batches = []
@@ -683,13 +1162,28 @@ def _truth(runs: list[BatchRun], as_of: datetime, size: PlantSize, faults: list[
                 "start_ts": _iso(plan.start),
                 "inoculation_ts": _iso(plan.inoculation),
                 "end_ts": _iso(plan.end),
-                "phases": {k: {"start_ts": _iso(_hours(plan, a)), "end_ts": _iso(_hours(plan, b)), "start_h": a, "end_h": b,
-                               "setpoints": dict(zip(("temperature", "ph", "dissolved_oxygen", "agitation"), process.SETPOINTS[k]))}
-                           for k, (a, b) in plan.phase_bounds_h.items()},
+                "phases": {
+                    k: {
+                        "start_ts": _iso(_hours(plan, a)),
+                        "end_ts": _iso(_hours(plan, b)),
+                        "start_h": a,
+                        "end_h": b,
+                        "setpoints": dict(
+                            zip(
+                                ("temperature", "ph", "dissolved_oxygen", "agitation"),
+                                process.SETPOINTS[k],
+                            )
+                        ),
+                    }
+                    for k, (a, b) in plan.phase_bounds_h.items()
+                },
                 "initial_state": dict(zip(MODEL.state_names(), plan.y0)),
                 "feed_times_h": plan.feed_times_h,
                 "feed_rates_l_h": plan.feed_rates_l_h,
-                "boluses": [{"t_h": b.t_h, "volume_l": b.volume_l, "material": b.material} for b in plan.boluses],
+                "boluses": [
+                    {"t_h": b.t_h, "volume_l": b.volume_l, "material": b.material}
+                    for b in plan.boluses
+                ],
                 "harvest_h": plan.harvest_h,
                 "final": {k: float(v[0]) for k, v in final.items()},
                 "ivcd_1e6_cells_h_per_ml": float(np.trapezoid(run.states[0], run.grid_h)),
@@ -702,7 +1196,11 @@ def _truth(runs: list[BatchRun], as_of: datetime, size: PlantSize, faults: list[
         "fitted_in_truth": [p.name for p in MODEL.parameters if not p.fixed],
         "as_of": _iso(as_of),
         "site_tz": process.SITE_TZ,
-        "size": {"batches": size.batches, "seconds_per_sample": size.seconds_per_sample, "seed": size.seed},
+        "size": {
+            "batches": size.batches,
+            "seconds_per_sample": size.seconds_per_sample,
+            "seed": size.seed,
+        },
         "batches": batches,
         "faults": faults,
     }

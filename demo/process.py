@@ -5,10 +5,11 @@ bioreactors, `run_batch` integrates the CHO model under the recipe (continuous f
 glucose boluses decided from the daily lab sample, as operators do), and `sensor_signals`
 turns a unit's batches into the raw signals its instruments would send to the historian.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -47,7 +48,7 @@ GLUCOSE_TRIGGER_G_L = 3.0
 GLUCOSE_TARGET_G_L = 5.5
 TURNAROUND_H = (34.0, 46.0)
 # the first batch on every unit runs across the spring DST change (2026-03-29, Europe/Zurich)
-FIRST_START = datetime(2026, 3, 16, 5, 0, tzinfo=timezone.utc)
+FIRST_START = datetime(2026, 3, 16, 5, 0, tzinfo=UTC)
 
 # ISA-88 phases of the production unit procedure, in recipe order.
 PHASES = ("PREPARATION", "INOCULATION", "GROWTH", "FED_BATCH", "PRODUCTION", "HARVEST")
@@ -190,7 +191,12 @@ def run_batch(plan: BatchPlan, rng: np.random.Generator, assay_noise) -> BatchRu
         if measured_glc < GLUCOSE_TRIGGER_G_L:
             volume = y[7] * (GLUCOSE_TARGET_G_L - measured_glc) / (450.0 - GLUCOSE_TARGET_G_L)
             plan.boluses.append(
-                Bolus(round(ts + 1.0, 4), round(volume, 1), GLUCOSE_BOLUS_MATERIAL, {"G": GLUCOSE_BOLUS_MM})
+                Bolus(
+                    round(ts + 1.0, 4),
+                    round(volume, 1),
+                    GLUCOSE_BOLUS_MATERIAL,
+                    {"G": GLUCOSE_BOLUS_MM},
+                )
             )
             states = None
     if states is None:
@@ -199,6 +205,7 @@ def run_batch(plan: BatchPlan, rng: np.random.Generator, assay_noise) -> BatchRu
 
 
 # ---------------------------------------------------------------- sensor signals
+
 
 @dataclass(frozen=True)
 class TagSpec:
@@ -217,19 +224,138 @@ class TagSpec:
 
 
 TAG_SPECS = (
-    TagSpec("TT01.PV", "temperature", "degC", "pv", "linear", 35.5, 37.5, 0.03, 0.08, 2, 900, "Broth temperature"),
-    TagSpec("TT01.SP", "temperature_sp", "degC", "sp", "step", None, None, 0.0, 0.0, 2, 86400, "Temperature set-point"),
+    TagSpec(
+        "TT01.PV",
+        "temperature",
+        "degC",
+        "pv",
+        "linear",
+        35.5,
+        37.5,
+        0.03,
+        0.08,
+        2,
+        900,
+        "Broth temperature",
+    ),
+    TagSpec(
+        "TT01.SP",
+        "temperature_sp",
+        "degC",
+        "sp",
+        "step",
+        None,
+        None,
+        0.0,
+        0.0,
+        2,
+        86400,
+        "Temperature set-point",
+    ),
     TagSpec("PH01.PV", "ph", "pH", "pv", "linear", 6.85, 7.15, 0.006, 0.015, 3, 900, "Broth pH"),
     TagSpec("PH01.SP", "ph_sp", "pH", "sp", "step", None, None, 0.0, 0.0, 3, 86400, "pH set-point"),
-    TagSpec("DO01.PV", "dissolved_oxygen", "%", "pv", "linear", 30.0, 60.0, 0.6, 1.5, 1, 900, "Dissolved oxygen, % air saturation"),
-    TagSpec("DO01.SP", "dissolved_oxygen_sp", "%", "sp", "step", None, None, 0.0, 0.0, 1, 86400, "DO set-point"),
-    TagSpec("AG01.PV", "agitation", "rpm", "pv", "linear", 50.0, 150.0, 0.4, 1.0, 1, 900, "Agitator speed"),
-    TagSpec("FI_AIR.PV", "air_flow", "L/min", "pv", "linear", 0.0, 60.0, 0.15, 0.4, 2, 900, "Sparge air flow"),
-    TagSpec("FI_O2.PV", "o2_flow", "L/min", "pv", "linear", 0.0, 40.0, 0.05, 0.15, 2, 900, "Sparge oxygen flow"),
+    TagSpec(
+        "DO01.PV",
+        "dissolved_oxygen",
+        "%",
+        "pv",
+        "linear",
+        30.0,
+        60.0,
+        0.6,
+        1.5,
+        1,
+        900,
+        "Dissolved oxygen, % air saturation",
+    ),
+    TagSpec(
+        "DO01.SP",
+        "dissolved_oxygen_sp",
+        "%",
+        "sp",
+        "step",
+        None,
+        None,
+        0.0,
+        0.0,
+        1,
+        86400,
+        "DO set-point",
+    ),
+    TagSpec(
+        "AG01.PV",
+        "agitation",
+        "rpm",
+        "pv",
+        "linear",
+        50.0,
+        150.0,
+        0.4,
+        1.0,
+        1,
+        900,
+        "Agitator speed",
+    ),
+    TagSpec(
+        "FI_AIR.PV",
+        "air_flow",
+        "L/min",
+        "pv",
+        "linear",
+        0.0,
+        60.0,
+        0.15,
+        0.4,
+        2,
+        900,
+        "Sparge air flow",
+    ),
+    TagSpec(
+        "FI_O2.PV",
+        "o2_flow",
+        "L/min",
+        "pv",
+        "linear",
+        0.0,
+        40.0,
+        0.05,
+        0.15,
+        2,
+        900,
+        "Sparge oxygen flow",
+    ),
     # a set-point-driven pump: archived on change plus an 8 h heartbeat, so its allowed gap is a day
-    TagSpec("FEED01.PV", "feed_rate", "mL/min", "pv", "step", 0.0, 60.0, 0.0, 0.2, 2, 86400, "Feed pump flow"),
-    TagSpec("WT01.PV", "weight", "kg", "pv", "linear", 0.0, 2200.0, 0.25, 0.8, 1, 900, "Vessel weight (broth)"),
-    TagSpec("AI_CO2.PV", "offgas_co2", "%", "pv", "linear", 0.0, 10.0, 0.01, 0.03, 3, 900, "Off-gas CO2"),
+    TagSpec(
+        "FEED01.PV",
+        "feed_rate",
+        "mL/min",
+        "pv",
+        "step",
+        0.0,
+        60.0,
+        0.0,
+        0.2,
+        2,
+        86400,
+        "Feed pump flow",
+    ),
+    TagSpec(
+        "WT01.PV",
+        "weight",
+        "kg",
+        "pv",
+        "linear",
+        0.0,
+        2200.0,
+        0.25,
+        0.8,
+        1,
+        900,
+        "Vessel weight (broth)",
+    ),
+    TagSpec(
+        "AI_CO2.PV", "offgas_co2", "%", "pv", "linear", 0.0, 10.0, 0.01, 0.03, 3, 900, "Off-gas CO2"
+    ),
 )
 
 
@@ -253,7 +379,9 @@ def _lag(t_s: np.ndarray, target: np.ndarray, tau_s: float) -> np.ndarray:
     return np.asarray(res)
 
 
-def stable_noise(key: tuple[int, ...], stream: int, t_s: np.ndarray, std: float, block_s: float = 86400.0) -> np.ndarray:
+def stable_noise(
+    key: tuple[int, ...], stream: int, t_s: np.ndarray, std: float, block_s: float = 86400.0
+) -> np.ndarray:
     """Gaussian noise that depends only on (key, stream, time): a longer or later export of the same
     plant repeats the earlier values exactly, as a real historian re-exporting its archive would."""
     if not std:
@@ -262,7 +390,7 @@ def stable_noise(key: tuple[int, ...], stream: int, t_s: np.ndarray, std: float,
     blocks = np.floor(t_s / block_s).astype(np.int64)
     for b in np.unique(blocks):
         idx = np.flatnonzero(blocks == b)
-        offsets = np.round((t_s[idx] - b * block_s)).astype(np.int64)
+        offsets = np.round(t_s[idx] - b * block_s).astype(np.int64)
         draws = np.random.default_rng([*key, stream, int(b)]).normal(0.0, std, int(block_s) + 1)
         out[idx] = draws[np.clip(offsets, 0, int(block_s))]
     return out
@@ -298,9 +426,14 @@ def sensor_signals(
         vol[culture] = np.interp(tt, run.grid_h, run.states[7])
         vol[active & (t_h < 0)] = plan.y0[7] - 40.0  # medium charged, inoculum not yet added
         fm = culture & (t_h < plan.harvest_h)
-        feed_ml_min[fm] = _piecewise(t_h[fm], plan.feed_times_h, plan.feed_rates_l_h) * 1000.0 / 60.0
+        feed_ml_min[fm] = (
+            _piecewise(t_h[fm], plan.feed_times_h, plan.feed_rates_l_h) * 1000.0 / 60.0
+        )
     unit_key = sum(ord(c) for c in runs[0].plan.unit) if runs else 0
-    noise = {s.suffix: stable_noise(noise_key, unit_key * 100 + i, t_s, s.noise) for i, s in enumerate(TAG_SPECS)}
+    noise = {
+        s.suffix: stable_noise(noise_key, unit_key * 100 + i, t_s, s.noise)
+        for i, s in enumerate(TAG_SPECS)
+    }
     temp = _lag(t_s, sp["T"], 1800.0)
     cell_mass = xv * vol / 1400.0  # relative oxygen demand, 1e6 cells/mL at nominal volume
     o2 = np.where(in_batch, np.clip(0.9 * cell_mass - 1.0, 0.0, 38.0), 0.0)

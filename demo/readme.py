@@ -5,6 +5,7 @@ indented lines) gets the statement's current result; a block that starts with
 `$ batchtwin status --data-dir DIR` gets that site's status (`--data-dir` after a statement
 names the site it runs on; default `data`). Run `make readme` after `make demo`.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,14 @@ def render(frame: pd.DataFrame) -> str:
     """A result as the README shows it: plain columns, no index, text left-aligned."""
     if frame.empty:
         return "(no rows)"
-    text = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    formatters = {c: f"{{:<{max(frame[c].astype(str).str.len().max(), len(c))}}}".format for c in text}
+    text = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+    ]
+    formatters = {
+        c: f"{{:<{max(frame[c].astype(str).str.len().max(), len(c))}}}".format for c in text
+    }
     table = frame.to_string(index=False, formatters=formatters)
     return "\n".join(line.rstrip() for line in table.splitlines())
 
@@ -32,22 +39,41 @@ def render(frame: pd.DataFrame) -> str:
 def status_text(data_dir: Path) -> str:
     """The parts of `batchtwin status` worth showing: per dataset, top reasons, batches, models."""
     lake = Lake(data_dir / "lake")
-    per_dataset = query(lake, """
+    per_dataset = query(
+        lake,
+        """
         SELECT dataset, count(*) FILTER (status = 'ingested') AS files, count(*) FILTER (status = 'rejected') AS rejected,
                sum(rows_read)::BIGINT AS rows_read, sum(rows_accepted)::BIGINT AS rows_accepted,
                sum(rows_quarantined)::BIGINT AS rows_quarantined
-        FROM ingest_log GROUP BY dataset ORDER BY dataset""")
-    reasons = query(lake, """SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL
-                             ORDER BY rows DESC, dataset, reason LIMIT 6""")
+        FROM ingest_log GROUP BY dataset ORDER BY dataset""",
+    )
+    reasons = query(
+        lake,
+        """SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL
+                             ORDER BY rows DESC, dataset, reason LIMIT 6""",
+    )
     reasons["reason"] = reasons["reason"].str.slice(0, 70)
     batches = query(lake, "SELECT status, count(*) AS n FROM batches GROUP BY 1 ORDER BY 1")
-    champions = query(lake, """SELECT model, version, json_array_length(training_batches) AS batches,
+    champions = query(
+        lake,
+        """SELECT model, version, json_array_length(training_batches) AS batches,
                                       round(validation_error, 2) AS validation_error
-                               FROM model_versions WHERE status = 'champion' ORDER BY model""")
-    lines = [render(per_dataset), render(reasons),
-             "batches: " + ", ".join(f"{r.n} {r.status}" for r in batches.itertuples()),
-             "models: " + ("; ".join(f"{r.model} champion v{r.version} on {r.batches} batches, validation error "
-                                     f"{r.validation_error}" for r in champions.itertuples()) or "none")]
+                               FROM model_versions WHERE status = 'champion' ORDER BY model""",
+    )
+    lines = [
+        render(per_dataset),
+        render(reasons),
+        "batches: " + ", ".join(f"{r.n} {r.status}" for r in batches.itertuples()),
+        "models: "
+        + (
+            "; ".join(
+                f"{r.model} champion v{r.version} on {r.batches} batches, validation error "
+                f"{r.validation_error}"
+                for r in champions.itertuples()
+            )
+            or "none"
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -64,7 +90,11 @@ def regenerate(readme: Path, data_dir: Path) -> int:
     def refresh(match: re.Match) -> str:
         nonlocal count
         command, kind = match.group(1), match.group(2)
-        site = Path(command.split("--data-dir", 1)[1].split()[0]) if "--data-dir" in command else data_dir
+        site = (
+            Path(command.split("--data-dir", 1)[1].split()[0])
+            if "--data-dir" in command
+            else data_dir
+        )
         if kind == "sql":
             output = render(query(Lake(site / "lake"), sql_of(command)))
         else:

@@ -12,11 +12,12 @@ Values are in canonical units, only good quality counts, and the rules of contex
 hold: no interpolation across bad data or over-long gaps (such intervals give NULL, and
 `coverage` says how much of the interval had valid data).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import duckdb
 import pandas as pd
@@ -65,7 +66,9 @@ class BatchLake:
             catalog.attach_views(con, self.lake)
             self._interval(con, batch, unit, start, end)
             # raw points come from silver, no segments needed; segments by the same gap rule gold used
-            points_and_segments(con, params, points=mode != "raw", default_gap_s=site_gap_s(self.lake))
+            points_and_segments(
+                con, params, points=mode != "raw", default_gap_s=site_gap_s(self.lake)
+            )
             if mode == "raw":
                 return con.execute(
                     f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, t.parameter,
@@ -83,9 +86,12 @@ class BatchLake:
             grid = """SELECT w.batch_id, w.k, w.ws, w.t0, t.parameter, t.canonical_uom AS uom
                       FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id"""
             if mode in ("twa", "min", "max"):
-                value = {"twa": "CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END",
-                         "min": "a.vmin", "max": "a.vmax"}[mode]
-                sql = f"""WITH agg AS ({integrals_sql('win', 'i.k', spread=False)}), grid AS ({grid})
+                value = {
+                    "twa": "CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END",
+                    "min": "a.vmin",
+                    "max": "a.vmax",
+                }[mode]
+                sql = f"""WITH agg AS ({integrals_sql("win", "i.k", spread=False)}), grid AS ({grid})
                           SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h, g.parameter,
                                  {value} AS value, least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage, g.uom
                           FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.k = g.k AND a.parameter = g.parameter
@@ -117,7 +123,12 @@ class BatchLake:
                    SELECT batch_id, unit_id, coalesce(CAST($start AS TIMESTAMPTZ), start_ts) AS start_ts,
                           coalesce(CAST($end AS TIMESTAMPTZ), end_ts, $now) AS end_eff, coalesce(inoculation_ts, start_ts) AS t0
                    FROM batches WHERE batch_id = $batch""",
-                {"batch": batch, "start": _ts(start), "end": _ts(end), "now": datetime.now(timezone.utc)},
+                {
+                    "batch": batch,
+                    "start": _ts(start),
+                    "end": _ts(end),
+                    "now": datetime.now(UTC),
+                },
             )
             if con.execute("SELECT count(*) FROM b").fetchall()[0][0] == 0:
                 raise KeyError(f"no batch {batch!r} in the lake")

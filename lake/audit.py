@@ -5,27 +5,30 @@ record superseded and every model promoted or rejected is an event with a time s
 actor, the old and new values and a reason. Events are written as new write-once files and
 never changed or removed, so a later event can never obscure an earlier one.
 """
+
 from __future__ import annotations
 
 import getpass
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 
 from lake.layout import Lake, atomic_write_parquet
 
-SCHEMA = pa.schema([
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("actor", pa.string()),
-    ("action", pa.string()),
-    ("object", pa.string()),
-    ("old_value", pa.string()),
-    ("new_value", pa.string()),
-    ("reason", pa.string()),
-    ("run_id", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("actor", pa.string()),
+        ("action", pa.string()),
+        ("object", pa.string()),
+        ("old_value", pa.string()),
+        ("new_value", pa.string()),
+        ("reason", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
 
 
 def actor() -> str:
@@ -39,17 +42,48 @@ def actor() -> str:
     return f"{who}@{os.uname().nodename}"
 
 
-def record(lake: Lake, action: str, obj: str, *, old: str | None = None, new: str | None = None,
-           reason: str | None = None, run_id: str | None = None) -> None:
+def record(
+    lake: Lake,
+    action: str,
+    obj: str,
+    *,
+    old: str | None = None,
+    new: str | None = None,
+    reason: str | None = None,
+    run_id: str | None = None,
+) -> None:
     """Append one event (a new write-once file under lake/audit)."""
-    record_many(lake, [{"action": action, "object": obj, "old_value": old, "new_value": new, "reason": reason, "run_id": run_id}])
+    record_many(
+        lake,
+        [
+            {
+                "action": action,
+                "object": obj,
+                "old_value": old,
+                "new_value": new,
+                "reason": reason,
+                "run_id": run_id,
+            }
+        ],
+    )
 
 
 def record_many(lake: Lake, events: list[dict]) -> None:
     if not events:
         return
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     who = actor()
-    rows = [{"ts": now, "actor": who, "old_value": None, "new_value": None, "reason": None, "run_id": None, **e} for e in events]
+    rows = [
+        {
+            "ts": now,
+            "actor": who,
+            "old_value": None,
+            "new_value": None,
+            "reason": None,
+            "run_id": None,
+            **e,
+        }
+        for e in events
+    ]
     name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}.parquet"
     atomic_write_parquet(lake.root / "audit" / name, pa.Table.from_pylist(rows, schema=SCHEMA))

@@ -5,6 +5,7 @@ file lock: DuckDB allows one writing process per database file, readers keep rea
 previous catalog until the rename, and a crash never leaves a half-built catalog behind.
 Views use absolute paths, so `duckdb data/lake/catalog.duckdb` works from any folder.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,14 @@ import pandas as pd
 from filelock import FileLock
 
 from lake.layout import Lake, sweep_stale_temporaries
-from schemas.tables import GOLD_MODELS, MODEL_MODELS, SILVER_MODELS, AuditEvent, IngestLogEntry, QuarantineRow
+from schemas.tables import (
+    GOLD_MODELS,
+    MODEL_MODELS,
+    SILVER_MODELS,
+    AuditEvent,
+    IngestLogEntry,
+    QuarantineRow,
+)
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
 # version of each batch record; older versions stay visible in the *_records views.
@@ -28,7 +36,11 @@ VERSIONED_VIEWS = {
 STORAGE_VERSION = "v1.2.0"
 log = logging.getLogger(__name__)
 # silver tables whose files are wrapped by a curated view of the contract's name
-RAW_VIEW_NAME = {"tags": "tag_files", "batch_records": "batch_record_files", "samples": "sample_records"}
+RAW_VIEW_NAME = {
+    "tags": "tag_files",
+    "batch_records": "batch_record_files",
+    "samples": "sample_records",
+}
 
 
 def _duck_type(dtype) -> str:
@@ -40,7 +52,10 @@ def _duck_type(dtype) -> str:
 
 def _empty_select(model) -> str:
     schema = model.to_schema()
-    cols = [f'CAST(NULL AS {_duck_type(c.dtype.type)}) AS "{name}"' for name, c in schema.columns.items()]
+    cols = [
+        f'CAST(NULL AS {_duck_type(c.dtype.type)}) AS "{name}"'
+        for name, c in schema.columns.items()
+    ]
     return f"SELECT {', '.join(cols)} WHERE false"
 
 
@@ -54,8 +69,11 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     """View name -> SQL. Paths come from the lake root, never from user input."""
     views: dict[str, str] = {}
     views["ingest_log"] = _source(lake, lake.silver("ingest_log"), IngestLogEntry)
-    views["audit_log"] = (f"SELECT * FROM read_parquet('{(lake.root / 'audit').as_posix()}/*.parquet') ORDER BY ts"
-                          if any((lake.root / "audit").glob("*.parquet")) else _empty_select(AuditEvent))
+    views["audit_log"] = (
+        f"SELECT * FROM read_parquet('{(lake.root / 'audit').as_posix()}/*.parquet') ORDER BY ts"
+        if any((lake.root / "audit").glob("*.parquet"))
+        else _empty_select(AuditEvent)
+    )
     views["quarantine"] = _source(lake, lake.silver("quarantine"), QuarantineRow)
     for table, model in SILVER_MODELS.items():
         views[RAW_VIEW_NAME.get(table, table)] = _source(lake, lake.silver(table), model)
@@ -83,7 +101,9 @@ def view_definitions(lake: Lake) -> dict[str, str]:
         FROM batch_trajectories t JOIN batches b USING (batch_id)
         JOIN golden_profiles g ON g.product = b.product AND g.parameter = t.parameter AND g.t_batch_h = t.t_batch_h
         WHERE t.value IS NOT NULL"""
-    views["batches"] = "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
+    views["batches"] = (
+        "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"
+    )
     for table, model in MODEL_MODELS.items():
         views[table] = _source(lake, lake.models(table), model)
     for name in ("phases", "material_events"):
@@ -93,10 +113,33 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     return views
 
 
-VIEW_ORDER = ("audit_log", "ingest_log", "quarantine", "tag_files", "tags", "historian_points", "sample_records", "samples", "batch_record_files",
-              "batch_records", "batches", "phase_records", "phases", "material_event_records", "material_events",
-              "process_values", "batch_trajectories", "phase_summary", "batch_kpis", "golden_profiles", "batch_deviation",
-              "model_versions", "model_parameters", "model_predictions", "forecasts")
+VIEW_ORDER = (
+    "audit_log",
+    "ingest_log",
+    "quarantine",
+    "tag_files",
+    "tags",
+    "historian_points",
+    "sample_records",
+    "samples",
+    "batch_record_files",
+    "batch_records",
+    "batches",
+    "phase_records",
+    "phases",
+    "material_event_records",
+    "material_events",
+    "process_values",
+    "batch_trajectories",
+    "phase_summary",
+    "batch_kpis",
+    "golden_profiles",
+    "batch_deviation",
+    "model_versions",
+    "model_parameters",
+    "model_predictions",
+    "forecasts",
+)
 
 
 def ordered_views(lake: Lake) -> list[tuple[str, str]]:
@@ -124,7 +167,9 @@ def rebuild(lake: Lake) -> list[str]:
         tmp.unlink(missing_ok=True)
         with duckdb.connect() as con:
             # an older storage format keeps the catalog readable by the DuckDB CLI on PyPI (1.5.x)
-            con.execute(f"ATTACH '{tmp.as_posix()}' AS catalog_build (STORAGE_VERSION '{STORAGE_VERSION}')")
+            con.execute(
+                f"ATTACH '{tmp.as_posix()}' AS catalog_build (STORAGE_VERSION '{STORAGE_VERSION}')"
+            )
             con.execute("USE catalog_build")
             for name, sql in views:
                 con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')

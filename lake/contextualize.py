@@ -15,12 +15,13 @@ Rules (DESIGN §5):
 Gold files are written per batch (`gold/<table>/<batch>.parquet`), so a batch is recomputed
 on its own and a crash leaves every other batch intact.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
@@ -56,7 +57,9 @@ class Settings:
     def for_site(cls, site: Site, grid_minutes: float = 15.0, golden_k: float = 3.0) -> Settings:
         limits = tuple((r["parameter"], r["phase"], r["low"], r["high"]) for r in site.limit_rows())
         feeds = tuple((p, conversion(site.parameters[p], "L/h")[0]) for p in site.kpis.feed_rates)
-        return cls(grid_minutes, golden_k, site.max_gap_s, limits, site.kpis, feeds, _qp_factor(site))
+        return cls(
+            grid_minutes, golden_k, site.max_gap_s, limits, site.kpis, feeds, _qp_factor(site)
+        )
 
 
 GAP_STATE = "historian_gap.json"  # the site's historian.max_gap_s that gold was computed with
@@ -71,7 +74,10 @@ def site_gap_s(lake: Lake) -> float:
 def _qp_factor(site: Site) -> float | None:
     """qP = slope of product against integral cell density; 24000 turns g/L per (1e6 cells/mL·h)
     into pg/cell/day. Only for a cell count and a mass concentration (a biomass in g/L has no qP)."""
-    density, product = (site.analytes.get(site.kpis.cell_density or ""), site.analytes.get(site.kpis.product or ""))
+    density, product = (
+        site.analytes.get(site.kpis.cell_density or ""),
+        site.analytes.get(site.kpis.product or ""),
+    )
     if density is None or product is None:
         return None
     try:
@@ -82,7 +88,13 @@ def _qp_factor(site: Site) -> float | None:
     return 24000.0 * to_g_l / to_cells
 
 
-def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str], as_of: datetime, settings: Settings) -> None:
+def _setup(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    batch_ids: Sequence[str],
+    as_of: datetime,
+    settings: Settings,
+) -> None:
     """Temporary tables every gold computation shares: batches, phases, tags, points, segments."""
     catalog.attach_views(con, lake)
     con.execute(
@@ -98,16 +110,24 @@ def _setup(con: duckdb.DuckDBPyConnection, lake: Lake, batch_ids: Sequence[str],
         {"ids": list(batch_ids), "as_of": as_of},
     )
     points_and_segments(con, default_gap_s=settings.max_gap_s)
-    con.execute("CREATE OR REPLACE TEMP TABLE lim (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE lim (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)"
+    )
     if settings.limits:
         con.executemany("INSERT INTO lim VALUES (?, ?, ?, ?)", [list(r) for r in settings.limits])
     con.execute("CREATE OR REPLACE TEMP TABLE kfeed (parameter VARCHAR, to_l_per_h DOUBLE)")
     if settings.feed_to_l_per_h:
-        con.executemany("INSERT INTO kfeed VALUES (?, ?)", [list(r) for r in settings.feed_to_l_per_h])
+        con.executemany(
+            "INSERT INTO kfeed VALUES (?, ?)", [list(r) for r in settings.feed_to_l_per_h]
+        )
 
 
-def points_and_segments(con: duckdb.DuckDBPyConnection, parameters: Sequence[str] | None = None, points: bool = True,
-                        default_gap_s: float = DEFAULT_MAX_GAP_S) -> None:
+def points_and_segments(
+    con: duckdb.DuckDBPyConnection,
+    parameters: Sequence[str] | None = None,
+    points: bool = True,
+    default_gap_s: float = DEFAULT_MAX_GAP_S,
+) -> None:
     """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases `ph`,
     tags `tg` and, with `points`, the unit's points `pts` (canonical units) and the valid segments
     `seg` between them.
@@ -224,7 +244,7 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
                         ELSE v0 + (v1 - v0) * (epoch_us(z) - epoch_us(t0)) / (epoch_us(t1) - epoch_us(t0)) END AS vb
             FROM x
         )
-        SELECT y.batch_id, {keys.replace('i.', 'y.')}, y.parameter,
+        SELECT y.batch_id, {keys.replace("i.", "y.")}, y.parameter,
                exact_sum(d) AS covered_s,
                exact_sum((va + vb) / 2 * d) AS integral,
                min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax{SPREAD_SQL if spread else ""}
@@ -269,7 +289,7 @@ def batch_trajectories(con, grid_minutes: float) -> None:
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_batch_trajectories AS
-            WITH agg AS ({integrals_sql('win', 'i.k', grid=True, spread=False)}),
+            WITH agg AS ({integrals_sql("win", "i.k", grid=True, spread=False)}),
             npts AS (SELECT p.batch_id, floor((epoch_us(p.ts) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT AS k, p.parameter, count(*) AS n_points
                      FROM pts p JOIN b USING (batch_id) WHERE p.ok
                      GROUP BY ALL),
@@ -289,10 +309,12 @@ def batch_trajectories(con, grid_minutes: float) -> None:
 
 
 def phase_summary(con) -> None:
-    con.execute("CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph"
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_phase_summary AS
-            WITH agg AS ({integrals_sql('phase_iv', 'i.phase')}),
+            WITH agg AS ({integrals_sql("phase_iv", "i.phase")}),
             grid AS (SELECT p.batch_id, p.phase, p.seq, p.ws, p.we, t.parameter, t.canonical_uom
                      FROM phase_iv p JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
             SELECT g.batch_id, g.phase, g.parameter,
@@ -354,27 +376,47 @@ def batch_kpis(con, settings: Settings) -> None:
                   coalesce(feed.feed_l, 0) + coalesce(bolus.bolus_l, 0) AS total_feed_added_l
            FROM b LEFT JOIN feed USING (batch_id) LEFT JOIN bolus USING (batch_id)
            ORDER BY b.batch_id""",
-        {"density": k.cell_density, "product": k.product, "viability": k.viability, "qp_factor": settings.qp_factor},
+        {
+            "density": k.cell_density,
+            "product": k.product,
+            "viability": k.viability,
+            "qp_factor": settings.qp_factor,
+        },
     )
 
 
-def contextualize(lake: Lake, batch_ids: Sequence[str], settings: Settings = Settings(), as_of: datetime | None = None) -> dict[str, int]:
+def contextualize(
+    lake: Lake,
+    batch_ids: Sequence[str],
+    settings: Settings = Settings(),
+    as_of: datetime | None = None,
+) -> dict[str, int]:
     """Compute and write every gold table for `batch_ids`; return rows written per table."""
-    as_of = as_of or datetime.now(timezone.utc)
+    as_of = as_of or datetime.now(UTC)
     counts = dict.fromkeys(GOLD_TABLES, 0)
     if not batch_ids:
         return counts
     if site_gap_s(lake) != settings.max_gap_s:
-        atomic_write_bytes(lake.state(GAP_STATE), json.dumps({"max_gap_s": settings.max_gap_s}).encode())
+        atomic_write_bytes(
+            lake.state(GAP_STATE), json.dumps({"max_gap_s": settings.max_gap_s}).encode()
+        )
     with connect(lake) as con:
         _setup(con, lake, batch_ids, as_of, settings)
         batch_trajectories(con, settings.grid_minutes)
         phase_summary(con)
         batch_kpis(con, settings)
         for table in GOLD_TABLES:
-            select = PROCESS_VALUES_SQL if table == "process_values" else f"SELECT * FROM gold_{table}"
+            select = (
+                PROCESS_VALUES_SQL if table == "process_values" else f"SELECT * FROM gold_{table}"
+            )
             targets = {b: lake.gold(table) / f"{safe_name(b)}.parquet" for b in batch_ids}
-            written = copy_per_key(con, select, "batch_id", targets, check=lambda rel, t=table: _assert_valid(con, rel, GOLD_MODELS[t]))
+            written = copy_per_key(
+                con,
+                select,
+                "batch_id",
+                targets,
+                check=lambda rel, t=table: _assert_valid(con, rel, GOLD_MODELS[t]),
+            )
             counts[table] = sum(written.values())
     return counts
 
@@ -388,15 +430,22 @@ def _assert_valid(con, relation: str, model) -> None:
     checks = column_checks(model)
     if not checks:
         return
-    counts = ", ".join(f"count_if(NOT coalesce({c.ok_sql}, {str(c.check != 'not_nullable').lower()}))" for c in checks)
+    counts = ", ".join(
+        f"count_if(NOT coalesce({c.ok_sql}, {str(c.check != 'not_nullable').lower()}))"
+        for c in checks
+    )
     params = {k: v for c in checks for k, v in c.params.items()}
     failing = con.execute(f"SELECT {counts} FROM {relation}", params).fetchall()[0]
     for check, bad in zip(checks, failing):
         if bad:
-            raise AssertionError(f"{model.__name__}: {bad} row(s) fail {check.column} {check.check}")
+            raise AssertionError(
+                f"{model.__name__}: {bad} row(s) fail {check.column} {check.check}"
+            )
 
 
-def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None) -> int:
+def golden_profiles(
+    lake: Lake, settings: Settings = Settings(), batches: Sequence[str] | None = None
+) -> int:
     """Mean ± k·σ per product, parameter and t_batch_h over the chosen good batches (default:
     every completed batch). Historian parameters come from `batch_trajectories`; offline
     analytes (vcd, titer, …) are interpolated linearly between a batch's samples onto the same
@@ -436,10 +485,18 @@ def golden_profiles(lake: Lake, settings: Settings = Settings(), batches: Sequen
                FROM every e JOIN chosen c USING (batch_id)
                GROUP BY ALL HAVING count(e.value) >= 2
                ORDER BY 1, 2, 3""",
-            {"k": settings.golden_k, "files": str(folder / "*.parquet"), "chosen": list(batches) if batches else None, "step": step},
+            {
+                "k": settings.golden_k,
+                "files": str(folder / "*.parquet"),
+                "chosen": list(batches) if batches else None,
+                "step": step,
+            },
         ).df()
     if frame.empty:
         return 0  # fewer than two comparable batches: no reference yet
     GOLD_MODELS["golden_profiles"].validate(frame, lazy=True)
-    atomic_write_parquet(lake.gold("golden_profiles") / "golden_profiles.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    atomic_write_parquet(
+        lake.gold("golden_profiles") / "golden_profiles.parquet",
+        pa.Table.from_pandas(frame, preserve_index=False),
+    )
     return len(frame)

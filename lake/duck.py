@@ -3,12 +3,13 @@
 DuckDB spills to disk beyond its memory limit, which is what keeps memory flat as inputs
 grow; `BATCHTWIN_DUCKDB_MEMORY` (e.g. "2GB") sets the limit.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 
@@ -51,7 +52,9 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, out: Path, params: dict | None = None) -> None:
+def copy_to_parquet(
+    con: duckdb.DuckDBPyConnection, select_sql: str, out: Path, params: dict | None = None
+) -> None:
     """COPY a query to `out` atomically (temporary name in the same folder, then rename)."""
     import tempfile
 
@@ -59,15 +62,24 @@ def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, out: Path, 
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=PARTIAL)
     os.close(fd)
     try:
-        con.execute(f"COPY ({select_sql}) TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd)", params or {})
+        con.execute(
+            f"COPY ({select_sql}) TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd)",
+            params or {},
+        )
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targets: dict[str, Path],
-                 params: dict | None = None, check: Callable[[str], None] | None = None) -> dict[str, int]:
+def copy_per_key(
+    con: duckdb.DuckDBPyConnection,
+    select_sql: str,
+    key: str,
+    targets: dict[str, Path],
+    params: dict | None = None,
+    check: Callable[[str], None] | None = None,
+) -> dict[str, int]:
     """Write a query's rows in one pass to one Parquet file per value of column `key`
     (`targets`: value -> file; the key column stays in the files). A value without rows gets an
     empty file, so stale rows never survive. The files are written into a temporary folder,
@@ -89,10 +101,14 @@ def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targ
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-", suffix=PARTIAL))
     try:
         files: dict[str, Path] = {}
-        if len(keys) == 1:  # one batch (a Dagster partition's run): a plain COPY, no partitioning work
+        if (
+            len(keys) == 1
+        ):  # one batch (a Dagster partition's run): a plain COPY, no partitioning work
             files[keys[0]] = tmp / "0.parquet"
-            con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE {key} = $copy_key) TO '{sql_string(files[keys[0]])}' (FORMAT parquet, COMPRESSION zstd)",
-                        {**(params or {}), "copy_key": keys[0]})
+            con.execute(
+                f"COPY (SELECT * FROM ({select_sql}) WHERE {key} = $copy_key) TO '{sql_string(files[keys[0]])}' (FORMAT parquet, COMPRESSION zstd)",
+                {**(params or {}), "copy_key": keys[0]},
+            )
         else:
             # partition on the key's position in `targets`: hive folder names need no escaping then
             written = con.execute(
@@ -108,9 +124,14 @@ def copy_per_key(con: duckdb.DuckDBPyConnection, select_sql: str, key: str, targ
         missing = [k for k in keys if k not in files]
         if missing:  # one empty file with the query's schema, copied for each value without rows
             empty = tmp / "empty_0.parquet"
-            con.execute(f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)", params or {})
+            con.execute(
+                f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)",
+                params or {},
+            )
             for i, k in enumerate(missing):
-                files[k] = empty if i == 0 else Path(shutil.copyfile(empty, tmp / f"empty_{i}.parquet"))
+                files[k] = (
+                    empty if i == 0 else Path(shutil.copyfile(empty, tmp / f"empty_{i}.parquet"))
+                )
         if check is not None:
             quoted = ", ".join("'" + sql_string(f) + "'" for f in files.values())
             check(f"read_parquet([{quoted}])")

@@ -7,6 +7,7 @@ disk beyond it). The rules are the same as for every other source: the pandera m
 column checks (translated to SQL), the tag dictionary, the documented duplicate rules; every
 row is accepted or quarantined with its line and reason.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from schemas.validate import quarantine_frame
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
-QUALITY_RANK_SQL = "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
+QUALITY_RANK_SQL = (
+    "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
+)
 # The documented duplicate rules for historian points, shared by the pandas path (lake.ingest: wide
 # exports, SQL pulls) and this streamed one, so a rule reads the same whichever path applied it.
 WITHIN_FILE_RULE = "duplicate (tag, ts): the best-quality value wins, then the later row in the file (the historian's last write)"
@@ -48,16 +51,33 @@ def known_tags(lake: Lake) -> TagDictionary | None:
         return None
     quarantine = [str(p) for p in lake.silver("quarantine").glob("*.parquet")]
     with duckdb.connect() as con:
-        known = frozenset(r[0] for r in con.execute("SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]).fetchall())
-        unusable = dict(con.execute(
-            """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
+        known = frozenset(
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT tag FROM read_parquet(?)", [str(folder / "*.parquet")]
+            ).fetchall()
+        )
+        unusable = (
+            dict(
+                con.execute(
+                    """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
                WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL GROUP BY ALL""",
-            [quarantine]).fetchall()) if quarantine and _has_row_key(con, quarantine) else {}
+                    [quarantine],
+                ).fetchall()
+            )
+            if quarantine and _has_row_key(con, quarantine)
+            else {}
+        )
     return TagDictionary(known, {t: r for t, r in unusable.items() if t not in known})
 
 
 def _has_row_key(con, files: list[str]) -> bool:
-    return "row_key" in {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()}
+    return "row_key" in {
+        r[0]
+        for r in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]
+        ).fetchall()
+    }
 
 
 def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
@@ -65,9 +85,15 @@ def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
     is named with its own reason, any other unknown tag is 'not in the tag dictionary'."""
     if not tags:
         return None
-    checks = [pa.Check.isin(sorted(tags.known | set(tags.unusable)), error="tag is not in the tag dictionary")]
-    checks += [pa.Check.ne(tag, error=f"the tag dictionary's entry for this tag was quarantined: {reason}")
-               for tag, reason in sorted(tags.unusable.items())]
+    checks = [
+        pa.Check.isin(
+            sorted(tags.known | set(tags.unusable)), error="tag is not in the tag dictionary"
+        )
+    ]
+    checks += [
+        pa.Check.ne(tag, error=f"the tag dictionary's entry for this tag was quarantined: {reason}")
+        for tag, reason in sorted(tags.unusable.items())
+    ]
     return {"tag": checks}
 
 
@@ -78,7 +104,14 @@ def point_checks(tags: TagDictionary | None) -> list[SqlCheck]:
     return checks + [check_sql("tag", check, f"tag_{i}") for i, check in enumerate(extra)]
 
 
-def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile: FileProfile, tags_known: TagDictionary | None) -> tuple[int, int, pd.DataFrame]:
+def ingest_long_csv(
+    lake: Lake,
+    path: Path,
+    sha256: str,
+    rel_path: str,
+    profile: FileProfile,
+    tags_known: TagDictionary | None,
+) -> tuple[int, int, pd.DataFrame]:
     """Write silver/historian_points/<sha>.parquet; return (rows_read, rows_accepted, quarantine rows)."""
     with connect(lake) as con:
         staged = stage_long(con, path, profile, point_checks(tags_known))
@@ -86,7 +119,9 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
         within = _duplicates_within(con)
         beaten = {rn for rn, *_ in within}
         losers = within + [x for x in _duplicates_across(con, lake, sha256) if x[0] not in beaten]
-        con.execute("CREATE OR REPLACE TEMP TABLE losers (rn BIGINT, check_name VARCHAR, reason VARCHAR)")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE losers (rn BIGINT, check_name VARCHAR, reason VARCHAR)"
+        )
         if losers:
             con.executemany("INSERT INTO losers VALUES (?, ?, ?)", losers)
         copy_to_parquet(
@@ -96,7 +131,9 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
             lake.silver("historian_points") / f"{sha256}.parquet",
             {"sha": sha256, "rel": rel_path},
         )
-        accepted = con.execute("SELECT count(*) FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)").fetchall()[0][0]
+        accepted = con.execute(
+            "SELECT count(*) FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)"
+        ).fetchall()[0][0]
         rejected = con.execute(
             f"""SELECT {line_sql} AS source_row, problem_column AS "column", problem AS "check", failure_value, reason
                 FROM parsed WHERE problem IS NOT NULL
@@ -105,10 +142,20 @@ def ingest_long_csv(lake: Lake, path: Path, sha256: str, rel_path: str, profile:
                 FROM (SELECT p.*, x.check_name, x.reason AS loser_reason FROM losers x JOIN parsed p USING (rn))
                 ORDER BY 1"""
         ).df()
-    malformed = pd.DataFrame({"source_row": staged.malformed["line"].astype("int64"), "column": None, "check": "field_count",
-                              "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
-                              "reason": staged.reasons()})
-    q = pd.concat([x for x in (malformed, rejected) if len(x)], ignore_index=True) if len(malformed) or len(rejected) else quarantine_frame([])
+    malformed = pd.DataFrame(
+        {
+            "source_row": staged.malformed["line"].astype("int64"),
+            "column": None,
+            "check": "field_count",
+            "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
+            "reason": staged.reasons(),
+        }
+    )
+    q = (
+        pd.concat([x for x in (malformed, rejected) if len(x)], ignore_index=True)
+        if len(malformed) or len(rejected)
+        else quarantine_frame([])
+    )
     q["source_sha256"], q["source_path"] = sha256, rel_path
     q["source_row"] = q["source_row"].astype("Int64")
     return staged.rows_read, int(accepted), q
@@ -128,7 +175,9 @@ def _duplicates_within(con) -> list[tuple]:
 
 def _duplicates_across(con, lake: Lake, sha256: str) -> list[tuple]:
     """Rows whose (tag, ts) an earlier file or pull already put in silver."""
-    held = held_elsewhere(con, lake, sha256, "SELECT rn AS id, tag, ts FROM parsed WHERE problem IS NULL")
+    held = held_elsewhere(
+        con, lake, sha256, "SELECT rn AS id, tag, ts FROM parsed WHERE problem IS NULL"
+    )
     return [(rn, "duplicate_across_sources", ACROSS_SOURCES_RULE) for rn in held]
 
 

@@ -5,6 +5,7 @@ A file is identified by its SHA-256: ingesting it again changes nothing but adds
 `unchanged` log row. The per-file commit marker is written last, so a crash mid-ingest
 leaves no marker and the rerun rewrites the same files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,18 +14,17 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
 import duckdb
 import pandas as pd
-import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from lake import audit, historian_ingest
-from lake.historian_ingest import TagDictionary, known_tags, tag_checks  # noqa: F401 - known_tags is this module's API too
 from lake.duck import connect
+from lake.historian_ingest import TagDictionary, known_tags, tag_checks  # noqa: F401 - known_tags is this module's API too
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.tables import SILVER_MODELS
 from schemas.units import conversion
@@ -47,14 +47,23 @@ READERS = {
 # Documented duplicate rules: (key columns, preference order, ascending?, rule text)
 DUPLICATE_RULES = {
     "historian_points": (
-        ["tag", "ts"], ["quality_rank", "source_row"], [True, False],
+        ["tag", "ts"],
+        ["quality_rank", "source_row"],
+        [True, False],
         historian_ingest.WITHIN_FILE_RULE,
     ),
     "samples": (
-        ["sample_id", "analyte"], ["reported_ts", "source_row"], [False, False],
+        ["sample_id", "analyte"],
+        ["reported_ts", "source_row"],
+        [False, False],
         "duplicate (sample_id, analyte): the latest reported result supersedes (a lab retest)",
     ),
-    "tags": (["tag"], ["source_row"], [False], "duplicate tag: the later definition in the file wins"),
+    "tags": (
+        ["tag"],
+        ["source_row"],
+        [False],
+        "duplicate tag: the later definition in the file wins",
+    ),
 }
 QUALITY_RANK = {"good": 0, "substituted": 1, "uncertain": 2, "bad": 3}
 
@@ -66,7 +75,13 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+g{commit}" if commit else version
@@ -85,13 +100,17 @@ class IngestOutcome:
         return self.log["status"]
 
 
-def landing_files(landing: Path, profiles: list[FileProfile], dataset: str | None = None) -> list[tuple[str, FileProfile]]:
+def landing_files(
+    landing: Path, profiles: list[FileProfile], dataset: str | None = None
+) -> list[tuple[str, FileProfile]]:
     """Landing files (relative paths, sorted) with the profile that reads each."""
     out = []
     for path in sorted(Path(landing).rglob("*")):
         if not path.is_file() or path.name.startswith(".") or path.name == "sources.yaml":
             continue
-        if not _inside_landing(landing, path):  # a symlink out of the landing zone (e.g. to /etc/passwd) is never ingested
+        if not _inside_landing(
+            landing, path
+        ):  # a symlink out of the landing zone (e.g. to /etc/passwd) is never ingested
             continue
         rel = path.relative_to(landing).as_posix()
         prof = profile_for(rel, profiles)
@@ -119,24 +138,49 @@ def _inside_landing(landing: Path, path: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(landing).resolve())
 
 
-def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, run_id: str | None = None,
-                tags_known: TagDictionary | None = None, site: Site | None = None) -> IngestOutcome:
+def ingest_file(
+    lake: Lake,
+    landing: Path,
+    rel_path: str,
+    profile: FileProfile,
+    run_id: str | None = None,
+    tags_known: TagDictionary | None = None,
+    site: Site | None = None,
+) -> IngestOutcome:
     """Ingest one landing file: raw copy, validated silver rows, quarantine, ingest_log row."""
     started = _now()
     path = Path(landing) / rel_path
-    if not _inside_landing(landing, path):  # '..' or a symlink: the file would be copied into the lake and be queryable there
-        raise ValueError(f"{rel_path}: resolves outside the landing zone {landing}; refusing to read it")
+    if not _inside_landing(
+        landing, path
+    ):  # '..' or a symlink: the file would be copied into the lake and be queryable there
+        raise ValueError(
+            f"{rel_path}: resolves outside the landing zone {landing}; refusing to read it"
+        )
     sha = sha256_of(path)
     size = path.stat().st_size
-    base = {"source": profile.name, "path": rel_path, "sha256": sha, "bytes": size, "dataset": profile.dataset, "run_id": run_id, "started_at": started}
+    base = {
+        "source": profile.name,
+        "path": rel_path,
+        "sha256": sha,
+        "bytes": size,
+        "dataset": profile.dataset,
+        "run_id": run_id,
+        "started_at": started,
+    }
     if _already_read(lake.ingested_marker(profile.dataset, sha), profile):
         return _log(lake, base, "unchanged", 0, 0, 0, None)
     base["profile"] = profile_fingerprint(profile)
     copy_write_once(path, lake.raw(sha, "".join(path.suffixes[-2:]) or ".bin"))
     try:
-        if profile.dataset == "historian_long":  # the large files: streamed through DuckDB end to end
-            rows_read, accepted, q = historian_ingest.ingest_long_csv(lake, path, sha, rel_path, profile, tags_known)
-            return _finish(lake, base, rows_read, rows_read - accepted, q, {"historian_points": accepted})
+        if (
+            profile.dataset == "historian_long"
+        ):  # the large files: streamed through DuckDB end to end
+            rows_read, accepted, q = historian_ingest.ingest_long_csv(
+                lake, path, sha, rel_path, profile, tags_known
+            )
+            return _finish(
+                lake, base, rows_read, rows_read - accepted, q, {"historian_points": accepted}
+            )
         if profile.dataset in SITE_READERS:
             result = READERS[profile.dataset](path, sha, rel_path, profile, site)
         else:
@@ -146,22 +190,44 @@ def ingest_file(lake: Lake, landing: Path, rel_path: str, profile: FileProfile, 
     return _store(lake, base, result, tags_known, site)
 
 
-def ingest_sql(lake: Lake, profile: SqlProfile, run_id: str | None = None, tags_known: TagDictionary | None = None) -> IngestOutcome:
+def ingest_sql(
+    lake: Lake,
+    profile: SqlProfile,
+    run_id: str | None = None,
+    tags_known: TagDictionary | None = None,
+) -> IngestOutcome:
     """One incremental pull: look back behind the watermark, skip rows already held. A source
     that cannot be reached is logged as `failed` with its one-line cause (nothing else changes)."""
     started = _now()
     wm_path = lake.state(f"watermarks/{profile.name}.json")
-    watermark = pd.Timestamp(json.loads(wm_path.read_text())["watermark"]) if wm_path.exists() else None
+    watermark = (
+        pd.Timestamp(json.loads(wm_path.read_text())["watermark"]) if wm_path.exists() else None
+    )
     since = watermark - timedelta(seconds=profile.lookback_s) if watermark is not None else None
     try:
         raw, _ = sql_historian.pull(profile, since)
     except ConnectionError as err:
-        base = {"source": profile.name, "path": f"sql:{profile.name}", "sha256": "", "bytes": 0, "dataset": "historian_sql",
-                "run_id": run_id, "started_at": started}
+        base = {
+            "source": profile.name,
+            "path": f"sql:{profile.name}",
+            "sha256": "",
+            "bytes": 0,
+            "dataset": "historian_sql",
+            "run_id": run_id,
+            "started_at": started,
+        }
         return _log(lake, base, "failed", 0, 0, 0, str(err))
     raw = _drop_already_held(lake, profile, raw, since)
     sha = sql_historian.content_sha256(raw)
-    base = {"source": profile.name, "path": f"sql:{profile.name}", "sha256": sha, "bytes": 0, "dataset": "historian_sql", "run_id": run_id, "started_at": started}
+    base = {
+        "source": profile.name,
+        "path": f"sql:{profile.name}",
+        "sha256": sha,
+        "bytes": 0,
+        "dataset": "historian_sql",
+        "run_id": run_id,
+        "started_at": started,
+    }
     if raw.empty:
         return _log(lake, base, "unchanged", 0, 0, 0, None)
     data = raw.to_csv(index=False, lineterminator="\n").encode()
@@ -173,9 +239,15 @@ def ingest_sql(lake: Lake, profile: SqlProfile, run_id: str | None = None, tags_
     new_wm = pd.to_datetime(raw["ts"].astype(str), format="ISO8601", errors="coerce").max()
     if pd.notna(new_wm):
         # a local time repeated or skipped by DST: take the earlier instant (the next pull re-reads a little more)
-        new_wm = new_wm.tz_localize(profile.timezone, ambiguous=True, nonexistent="shift_backward") if new_wm.tzinfo is None else new_wm
+        new_wm = (
+            new_wm.tz_localize(profile.timezone, ambiguous=True, nonexistent="shift_backward")
+            if new_wm.tzinfo is None
+            else new_wm
+        )
         if watermark is None or new_wm > watermark:
-            atomic_write_bytes(wm_path, json.dumps({"watermark": new_wm.tz_convert("UTC").isoformat()}).encode())
+            atomic_write_bytes(
+                wm_path, json.dumps({"watermark": new_wm.tz_convert("UTC").isoformat()}).encode()
+            )
     return outcome
 
 
@@ -184,9 +256,19 @@ def _remember_quarantined(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, sh
     q_path = lake.silver("quarantine") / f"{sha}.parquet"
     if not q_path.exists():
         return
-    rows = sorted(set(pd.read_parquet(q_path, columns=["source_row"])["source_row"].dropna().astype(int) - 1))
-    keys = pd.DataFrame({"tag": raw["tag"].iloc[rows].astype(str).to_numpy(), "ts_text": raw["ts"].iloc[rows].astype(str).to_numpy()})
-    atomic_write_parquet(lake.state(f"sql_quarantined/{profile.name}") / f"{sha}.parquet", pa_arrow.Table.from_pandas(keys, preserve_index=False))
+    rows = sorted(
+        set(pd.read_parquet(q_path, columns=["source_row"])["source_row"].dropna().astype(int) - 1)
+    )
+    keys = pd.DataFrame(
+        {
+            "tag": raw["tag"].iloc[rows].astype(str).to_numpy(),
+            "ts_text": raw["ts"].iloc[rows].astype(str).to_numpy(),
+        }
+    )
+    atomic_write_parquet(
+        lake.state(f"sql_quarantined/{profile.name}") / f"{sha}.parquet",
+        pa_arrow.Table.from_pandas(keys, preserve_index=False),
+    )
 
 
 def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since) -> pd.DataFrame:
@@ -196,18 +278,28 @@ def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since
     if raw.empty or since is None or not (silver or quarantined):
         return raw
     with duckdb.connect() as con:
-        held = pd.concat([
-            con.execute("SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
-                        [silver, f"sql:{profile.name}", since.to_pydatetime()]).df() if silver else None,
-            con.execute("SELECT tag, ts_text FROM read_parquet(?)", [quarantined]).df() if quarantined else None,
-        ])
+        held = pd.concat(
+            [
+                con.execute(
+                    "SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
+                    [silver, f"sql:{profile.name}", since.to_pydatetime()],
+                ).df()
+                if silver
+                else None,
+                con.execute("SELECT tag, ts_text FROM read_parquet(?)", [quarantined]).df()
+                if quarantined
+                else None,
+            ]
+        )
     if held.empty:
         return raw
     key = raw["tag"].astype(str) + "\x00" + raw["ts"].astype(str)
     return raw[~key.isin(held["tag"] + "\x00" + held["ts_text"])].reset_index(drop=True)
 
 
-def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _drop_points_held_elsewhere(
+    lake: Lake, points: pd.DataFrame, sha256: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quarantine points whose (tag, ts) an earlier file or pull already put in the lake.
 
     Overlapping exports are common (a week re-exported, a pull re-reading its look-back
@@ -217,17 +309,33 @@ def _drop_points_held_elsewhere(lake: Lake, points: pd.DataFrame, sha256: str) -
         return points, quarantine_frame([])
     with connect(lake) as con:
         con.register("incoming", points[["tag", "ts"]].reset_index())
-        hit = historian_ingest.held_elsewhere(con, lake, sha256, 'SELECT "index" AS id, tag, ts FROM incoming')
+        hit = historian_ingest.held_elsewhere(
+            con, lake, sha256, 'SELECT "index" AS id, tag, ts FROM incoming'
+        )
     if len(hit) == 0:
         return points, quarantine_frame([])
     losers = points.loc[hit]
-    rejects = pd.DataFrame({"source_sha256": losers["source_sha256"], "source_row": losers["source_row"].astype("Int64"), "source_path": losers["source_path"],
-                            "column": "tag,ts", "check": "duplicate_across_sources", "failure_value": losers["tag"] + " @ " + losers["ts_text"].astype(str),
-                            "reason": historian_ingest.ACROSS_SOURCES_RULE}).reset_index(drop=True)
+    rejects = pd.DataFrame(
+        {
+            "source_sha256": losers["source_sha256"],
+            "source_row": losers["source_row"].astype("Int64"),
+            "source_path": losers["source_path"],
+            "column": "tag,ts",
+            "check": "duplicate_across_sources",
+            "failure_value": losers["tag"] + " @ " + losers["ts_text"].astype(str),
+            "reason": historian_ingest.ACROSS_SOURCES_RULE,
+        }
+    ).reset_index(drop=True)
     return points.drop(index=hit), rejects
 
 
-def _store(lake: Lake, base: dict, result: ReadResult, tags_known: TagDictionary | None, site: Site | None = None) -> IngestOutcome:
+def _store(
+    lake: Lake,
+    base: dict,
+    result: ReadResult,
+    tags_known: TagDictionary | None,
+    site: Site | None = None,
+) -> IngestOutcome:
     quarantined = [result.rejects]
     accepted_counts: dict[str, int] = {}
     dropped = 0
@@ -247,7 +355,11 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: TagDictionary
                 bad = pd.concat([bad, conflicts], ignore_index=True)
             if table in DUPLICATE_RULES:
                 keys, prefer, asc, rule = DUPLICATE_RULES[table]
-                ranked = ok.assign(quality_rank=ok["quality"].map(QUALITY_RANK)) if "quality_rank" in prefer else ok
+                ranked = (
+                    ok.assign(quality_rank=ok["quality"].map(QUALITY_RANK))
+                    if "quality_rank" in prefer
+                    else ok
+                )
                 kept, losers = resolve_duplicates(ranked, keys, prefer, asc, rule)
                 ok = kept.drop(columns=["quality_rank"], errors="ignore")
                 bad = pd.concat([bad, losers], ignore_index=True)
@@ -258,14 +370,31 @@ def _store(lake: Lake, base: dict, result: ReadResult, tags_known: TagDictionary
             quarantined.append(bad)
             accepted_counts[table] = len(ok)
             if table == "historian_points":
-                ok = ok.sort_values(["tag", "ts"], kind="stable")  # row order drives Parquet row-group pruning
-            atomic_write_parquet(lake.silver(table) / f"{base['sha256']}.parquet", pa_arrow.Table.from_pandas(ok.reset_index(drop=True), preserve_index=False))
+                ok = ok.sort_values(
+                    ["tag", "ts"], kind="stable"
+                )  # row order drives Parquet row-group pruning
+            atomic_write_parquet(
+                lake.silver(table) / f"{base['sha256']}.parquet",
+                pa_arrow.Table.from_pandas(ok.reset_index(drop=True), preserve_index=False),
+            )
             if table == "batch_records":
                 _audit_supersessions(lake, ok, base)
     except SchemaRejected as err:
         return _reject(lake, base, f"{base['path']}: {err}")
-    q = pd.concat([x for x in quarantined if len(x)], ignore_index=True) if any(len(x) for x in quarantined) else quarantined[0]
-    return _finish(lake, base, result.rows_read, len(result.rejects) + dropped, q, accepted_counts, "; ".join(result.notes) or None)
+    q = (
+        pd.concat([x for x in quarantined if len(x)], ignore_index=True)
+        if any(len(x) for x in quarantined)
+        else quarantined[0]
+    )
+    return _finish(
+        lake,
+        base,
+        result.rows_read,
+        len(result.rejects) + dropped,
+        q,
+        accepted_counts,
+        "; ".join(result.notes) or None,
+    )
 
 
 def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -281,25 +410,44 @@ def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFr
     reason = pd.Series(None, index=samples.index, dtype=object)
     for (name, unit), idx in samples.groupby(["analyte", "uom"]).groups.items():
         entry = dictionary.get(name)
-        problem = (f"analyte {name[:80]!r} is not in the site's analyte dictionary (sources.yaml `analytes`)"
-                   if entry is None else entry.accepts(unit))
+        problem = (
+            f"analyte {name[:80]!r} is not in the site's analyte dictionary (sources.yaml `analytes`)"
+            if entry is None
+            else entry.accepts(unit)
+        )
         if problem is not None:
             reason[idx] = problem
             continue
         scale, offset = conversion(unit, entry.unit)
         value = samples.loc[idx, "value"] * scale + offset
         samples.loc[idx, "canonical_value"], samples.loc[idx, "canonical_uom"] = value, entry.unit
-        for bound, outside, word in ((entry.min, value < (entry.min or 0.0), "below the plausible minimum"),
-                                     (entry.max, value > (entry.max or 0.0), "above the plausible maximum")):
+        for bound, outside, word in (
+            (entry.min, value < (entry.min or 0.0), "below the plausible minimum"),
+            (entry.max, value > (entry.max or 0.0), "above the plausible maximum"),
+        ):
             if bound is not None:
-                reason[outside[outside].index] = [f"{name} {v:g} {entry.unit} is {word} {bound:g} {entry.unit}"
-                                                  for v in value[outside]]
+                reason[outside[outside].index] = [
+                    f"{name} {v:g} {entry.unit} is {word} {bound:g} {entry.unit}"
+                    for v in value[outside]
+                ]
     bad = samples[reason.notna()]
-    rejects = quarantine_frame({"source_sha256": r.source_sha256, "source_row": r.source_row, "source_path": r.source_path,
-                                "column": "analyte" if why.startswith("analyte ") else "uom" if "unit" in why else "value",
-                                "check": "analyte_dictionary", "failure_value": f"{r.value_text} {r.uom}", "reason": why,
-                                "row_key": f"{r.sample_id}/{r.analyte}"}
-                               for r, why in zip(bad.itertuples(), reason[reason.notna()]))
+    rejects = quarantine_frame(
+        {
+            "source_sha256": r.source_sha256,
+            "source_row": r.source_row,
+            "source_path": r.source_path,
+            "column": "analyte"
+            if why.startswith("analyte ")
+            else "uom"
+            if "unit" in why
+            else "value",
+            "check": "analyte_dictionary",
+            "failure_value": f"{r.value_text} {r.uom}",
+            "reason": why,
+            "row_key": f"{r.sample_id}/{r.analyte}",
+        }
+        for r, why in zip(bad.itertuples(), reason[reason.notna()])
+    )
     return samples[reason.isna()], rejects
 
 
@@ -307,11 +455,20 @@ def result_identity(frame: pd.DataFrame) -> pd.Series:
     """What makes two lab results the same result: the value in the site's unit (10 significant
     digits: '4.1' and '4.10', or 4.1 g/L and 410 mg/dL, agree), or the reported text and unit of
     a censored one ('<0.5 mM')."""
-    numeric = frame["canonical_value"].map(lambda v: f"{v:.10g}", na_action="ignore") + " " + frame["canonical_uom"].astype(str)
-    return numeric.where(frame["canonical_value"].notna(), frame["value_text"].astype(str) + " " + frame["uom"].astype(str))
+    numeric = (
+        frame["canonical_value"].map(lambda v: f"{v:.10g}", na_action="ignore")
+        + " "
+        + frame["canonical_uom"].astype(str)
+    )
+    return numeric.where(
+        frame["canonical_value"].notna(),
+        frame["value_text"].astype(str) + " " + frame["uom"].astype(str),
+    )
 
 
-def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _conflicting_results(
+    lake: Lake, samples: pd.DataFrame, sha256: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quarantine results that contradict another result for the same sample, analyte and report
     time: within this file every copy (there is no telling which is right); against a result
     another file already brought, the incoming one (the first stays, silver is never rewritten).
@@ -330,23 +487,47 @@ def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tupl
             held = con.execute(
                 """SELECT h.* FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
                    ON i.sample_id = h.sample_id AND i.analyte = h.analyte AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
-                {"files": earlier}).df()
-        for column, fallback in (("canonical_value", "value"), ("canonical_uom", "uom")):  # files ingested before the site's dictionary
-            held[column] = held[column].where(held[column].notna(), held[fallback]) if column in held else held[fallback]
+                {"files": earlier},
+            ).df()
+        for column, fallback in (
+            ("canonical_value", "value"),
+            ("canonical_uom", "uom"),
+        ):  # files ingested before the site's dictionary
+            held[column] = (
+                held[column].where(held[column].notna(), held[fallback])
+                if column in held
+                else held[fallback]
+            )
         held = held.assign(identity=result_identity(held) if len(held) else pd.Series(dtype=str))[
-            [*key, "identity", "source_path", "source_row"]]
-    rest = samples[~samples.index.isin(inside.index)]  # a row conflicting inside its file is quarantined once, for that
+            [*key, "identity", "source_path", "source_row"]
+        ]
+    rest = samples[
+        ~samples.index.isin(inside.index)
+    ]  # a row conflicting inside its file is quarantined once, for that
     across = rest.reset_index().merge(held, on=key, suffixes=("", "_held"), how="inner")
     across = across[across["identity"] != across["identity_held"]].drop_duplicates("index")
     rows = []
     for _, group in inside.groupby(key, dropna=False):
-        values = ", ".join(f"{v} (line {r})" for v, r in zip(group["identity"], group["source_row"]))
-        rows += [_conflict_row(r, f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: "
-                                  f"{values}; none is used") for r in group.itertuples()]
+        values = ", ".join(
+            f"{v} (line {r})" for v, r in zip(group["identity"], group["source_row"])
+        )
+        rows += [
+            _conflict_row(
+                r,
+                f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: "
+                f"{values}; none is used",
+            )
+            for r in group.itertuples()
+        ]
     for r in across.itertuples():
-        rows.append(_conflict_row(r, f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.identity} "
-                                     f"here, {r.identity_held} already held from {r.source_path_held} line {r.source_row_held}; "
-                                     "the first stays"))
+        rows.append(
+            _conflict_row(
+                r,
+                f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.identity} "
+                f"here, {r.identity_held} already held from {r.source_path_held} line {r.source_row_held}; "
+                "the first stays",
+            )
+        )
     if not rows:
         return samples.drop(columns="identity"), quarantine_frame([])
     losers = inside.index.union(pd.Index(across["index"]))
@@ -354,25 +535,51 @@ def _conflicting_results(lake: Lake, samples: pd.DataFrame, sha256: str) -> tupl
 
 
 def _conflict_row(r, reason: str) -> dict:
-    return {"source_sha256": r.source_sha256, "source_row": r.source_row, "source_path": r.source_path, "column": "value",
-            "check": "conflicting_result", "failure_value": str(r.value_text), "reason": reason, "row_key": f"{r.sample_id}/{r.analyte}"}
+    return {
+        "source_sha256": r.source_sha256,
+        "source_row": r.source_row,
+        "source_path": r.source_path,
+        "column": "value",
+        "check": "conflicting_result",
+        "failure_value": str(r.value_text),
+        "reason": reason,
+        "row_key": f"{r.sample_id}/{r.analyte}",
+    }
 
 
-def _finish(lake: Lake, base: dict, rows_read: int, n_quarantined: int, q: pd.DataFrame, accepted_counts: dict[str, int], notes: str | None = None) -> IngestOutcome:
+def _finish(
+    lake: Lake,
+    base: dict,
+    rows_read: int,
+    n_quarantined: int,
+    q: pd.DataFrame,
+    accepted_counts: dict[str, int],
+    notes: str | None = None,
+) -> IngestOutcome:
     """Write the quarantine rows and the ingest_log entry of one ingested source."""
     if len(q):
         q = q.assign(dataset=base["dataset"], ingested_at=base["started_at"])
         q["source_row"] = q["source_row"].astype("Int64")
-        atomic_write_parquet(lake.silver("quarantine") / f"{base['sha256']}.parquet", pa_arrow.Table.from_pandas(q, preserve_index=False))
+        atomic_write_parquet(
+            lake.silver("quarantine") / f"{base['sha256']}.parquet",
+            pa_arrow.Table.from_pandas(q, preserve_index=False),
+        )
     reasons = q["reason"].value_counts().to_dict() if len(q) else {}
-    outcome = _log(lake, base, "ingested", rows_read, rows_read - n_quarantined, n_quarantined, None, notes)
-    outcome.accepted, outcome.reasons = accepted_counts, {str(k): int(v) for k, v in reasons.items()}
+    outcome = _log(
+        lake, base, "ingested", rows_read, rows_read - n_quarantined, n_quarantined, None, notes
+    )
+    outcome.accepted, outcome.reasons = (
+        accepted_counts,
+        {str(k): int(v) for k, v in reasons.items()},
+    )
     return outcome
 
 
 def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
     """Record in the audit trail which batch record versions this file supersedes (or is superseded by)."""
-    others = [str(p) for p in lake.silver("batch_records").glob("*.parquet") if p.stem != base["sha256"]]
+    others = [
+        str(p) for p in lake.silver("batch_records").glob("*.parquet") if p.stem != base["sha256"]
+    ]
     if not others or records.empty:
         return
     with duckdb.connect() as con:
@@ -385,12 +592,17 @@ def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
         for old in earlier[earlier["batch_id"] == rec.batch_id].itertuples(index=False):
             newer = (rec.record_version, rec.record_ts) > (old.record_version, old.record_ts)
             loser, winner = (old, rec) if newer else (rec, old)
-            events.append({"action": "record_superseded", "object": f"batch {rec.batch_id}",
-                           "old_value": f"version {loser.record_version} of {loser.record_ts} ({loser.source_sha256})",
-                           "new_value": f"version {winner.record_version} of {winner.record_ts} ({winner.source_sha256})",
-                           "reason": f"record version {winner.record_version} changed {winner.record_ts} supersedes version "
-                                     f"{loser.record_version} changed {loser.record_ts}; both are kept",
-                           "run_id": base.get("run_id")})
+            events.append(
+                {
+                    "action": "record_superseded",
+                    "object": f"batch {rec.batch_id}",
+                    "old_value": f"version {loser.record_version} of {loser.record_ts} ({loser.source_sha256})",
+                    "new_value": f"version {winner.record_version} of {winner.record_ts} ({winner.source_sha256})",
+                    "reason": f"record version {winner.record_version} changed {winner.record_ts} supersedes version "
+                    f"{loser.record_version} changed {loser.record_ts}; both are kept",
+                    "run_id": base.get("run_id"),
+                }
+            )
     audit.record_many(lake, events)
 
 
@@ -398,14 +610,42 @@ def _reject(lake: Lake, base: dict, error: str) -> IngestOutcome:
     return _log(lake, base, "rejected", 0, 0, 0, error)
 
 
-def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quarantined: int, error: str | None, notes: str | None = None) -> IngestOutcome:
-    row = {**{k: v for k, v in base.items() if k != "profile"}, "rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "status": status, "error": error, "notes": notes,
-           "code_version": code_version(), "finished_at": _now()}
+def _log(
+    lake: Lake,
+    base: dict,
+    status: str,
+    read: int,
+    accepted: int,
+    quarantined: int,
+    error: str | None,
+    notes: str | None = None,
+) -> IngestOutcome:
+    row = {
+        **{k: v for k, v in base.items() if k != "profile"},
+        "rows_read": read,
+        "rows_accepted": accepted,
+        "rows_quarantined": quarantined,
+        "status": status,
+        "error": error,
+        "notes": notes,
+        "code_version": code_version(),
+        "finished_at": _now(),
+    }
     stamp = row["started_at"].strftime("%Y%m%dT%H%M%S%f")
     table = pa_arrow.Table.from_pylist([row])
-    atomic_write_parquet(lake.silver("ingest_log") / f"{stamp}-{base['sha256'][:16]}-{base['dataset']}.parquet", table)
+    atomic_write_parquet(
+        lake.silver("ingest_log") / f"{stamp}-{base['sha256'][:16]}-{base['dataset']}.parquet",
+        table,
+    )
     summary = error or f"{read} rows read, {accepted} accepted, {quarantined} quarantined"
-    audit.record(lake, f"file_{status}", base["path"], new=base["sha256"], reason=summary, run_id=base.get("run_id"))
+    audit.record(
+        lake,
+        f"file_{status}",
+        base["path"],
+        new=base["sha256"],
+        reason=summary,
+        run_id=base.get("run_id"),
+    )
     if status != "unchanged" and base["dataset"] != "historian_sql":
         marker = lake.ingested_marker(base["dataset"], base["sha256"])
         held = {"path": base["path"], "status": status, "profile": base.get("profile")}
@@ -414,4 +654,4 @@ def _log(lake: Lake, base: dict, status: str, read: int, accepted: int, quaranti
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

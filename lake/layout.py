@@ -4,6 +4,7 @@ Writes go to a temporary name in the same folder and are renamed into place, so 
 (or a crash) never sees half a file. Raw copies are write-once: a file is named by its
 SHA-256 and never rewritten.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 
 # Files being written end in ".partial" until renamed into place: DuckDB's globs match hidden
 # files too, so a temporary name ending in ".parquet" would be read by the catalog's views.
@@ -67,7 +67,11 @@ class Lake:
         """
         text = str(path)
         normal = os.path.normpath(text)
-        if "\x00" in text or normal != text.rstrip("/") or not Path(normal).is_relative_to(self.root):
+        if (
+            "\x00" in text
+            or normal != text.rstrip("/")
+            or not Path(normal).is_relative_to(self.root)
+        ):
             raise ValueError(f"refusing a lake path outside {self.root}: {text[:200]!r}")
         return path
 
@@ -133,7 +137,9 @@ def safe_name(key: str) -> str:
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > 150:
-        name = name[:100] + "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = (
+            name[:100] + "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        )
     # the empty key: '%' alone is never an encoding of anything ('\x00' is '%00')
     return name or "%"
 
@@ -146,11 +152,18 @@ def sweep_stale_temporaries(root: Path, older_than_s: float = STALE_TEMPORARY_S)
     a writer still running keeps its file fresh, so the age test keeps its work safe.
     """
     now = time.time()
-    stale = [p for pattern in (f".tmp-*{PARTIAL}", ".catalog.duckdb.*.tmp") for p in Path(root).rglob(pattern)]
+    stale = [
+        p
+        for pattern in (f".tmp-*{PARTIAL}", ".catalog.duckdb.*.tmp")
+        for p in Path(root).rglob(pattern)
+    ]
     removed = []
     for path in sorted(stale):
         try:
-            if any(parent in removed for parent in path.parents) or now - _last_touched(path) < older_than_s:
+            if (
+                any(parent in removed for parent in path.parents)
+                or now - _last_touched(path) < older_than_s
+            ):
                 continue
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         except FileNotFoundError:  # another sweep got there first

@@ -17,6 +17,7 @@ read-only (read_only=True stops writes to catalog.duckdb, not `COPY … TO`, `AT
 local file system for reading, e.g. to join a CSV on disk; network access, extension loading
 and every non-read statement stay refused.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,8 +54,14 @@ def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> N
     wanted = _allowed_directories(lake, allow_files)
     locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]
     if not locked:
-        con.execute("SET TimeZone = 'UTC'").fetchall()  # timestamps are UTC everywhere; show them so (fetched: DuckDB 2 keeps an unread result open)
-        for setting in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
+        con.execute(
+            "SET TimeZone = 'UTC'"
+        ).fetchall()  # timestamps are UTC everywhere; show them so (fetched: DuckDB 2 keeps an unread result open)
+        for setting in (
+            "autoinstall_known_extensions",
+            "autoload_known_extensions",
+            "allow_community_extensions",
+        ):
             con.execute(f"SET {setting} = false")
         # allowed_directories can be set only before external access is switched off (DuckDB 2.0)
         con.execute(f"SET allowed_directories = [{', '.join(map(_sql_literal, wanted))}]")
@@ -65,14 +72,23 @@ def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> N
     external, allowed, locked = con.execute(
         "SELECT current_setting('enable_external_access'), current_setting('allowed_directories'), current_setting('lock_configuration')"
     ).fetchone()
-    if external or not locked or not set(wanted) <= set(allowed) or (not allow_files and "/" in allowed):
-        raise QueryRefused("the catalog is already open in this process with other file-access settings; close that connection first")
+    if (
+        external
+        or not locked
+        or not set(wanted) <= set(allowed)
+        or (not allow_files and "/" in allowed)
+    ):
+        raise QueryRefused(
+            "the catalog is already open in this process with other file-access settings; close that connection first"
+        )
 
 
 def connect(lake: Lake, allow_files: bool = False) -> duckdb.DuckDBPyConnection:
     """A read-only, sandboxed connection to the catalog (many readers may hold one at once)."""
     if not lake.catalog.exists():
-        raise CatalogMissing(f"no catalog at {lake.catalog}: run `batchtwin run` (or `make demo`) first")
+        raise CatalogMissing(
+            f"no catalog at {lake.catalog}: run `batchtwin run` (or `make demo`) first"
+        )
     con = duckdb.connect(str(lake.catalog), read_only=True)
     try:
         _sandbox(con, lake, allow_files)
@@ -91,7 +107,7 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if kind == duckdb.StatementType.EXPLAIN:
         # EXPLAIN ANALYZE executes its statement: only the EXPLAIN of a SELECT is a read
         match = _EXPLAIN.match(sql)
-        inner = con.extract_statements(sql[match.end():]) if match else []
+        inner = con.extract_statements(sql[match.end() :]) if match else []
         if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
             return
     elif kind == duckdb.StatementType.SELECT:
@@ -99,7 +115,9 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     raise QueryRefused(f"{READ_ONLY_HINT}; {kind.name} statements are refused")
 
 
-def query(lake: Lake, sql: str, params: list | dict | None = None, *, allow_files: bool = False) -> pd.DataFrame:
+def query(
+    lake: Lake, sql: str, params: list | dict | None = None, *, allow_files: bool = False
+) -> pd.DataFrame:
     with connect(lake, allow_files=allow_files) as con:
         check_read_only(con, sql)
         return con.execute(sql, params or []).df()

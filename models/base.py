@@ -4,11 +4,13 @@ A mechanistic model declares its states, parameters, inputs and observables up f
 provides a right-hand side. Everything that integrates a model (the demo plant, the fitter,
 forecasts) goes through :func:`simulate`, so a model is defined exactly once.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -151,7 +153,9 @@ def simulate(
     Integration restarts at every feed change and bolus so the stiff solver never steps
     across a discontinuity; a bolus at time t is applied before any state reported at t.
     """
-    return simulate_many(model, params, np.asarray(y0, dtype=float)[:, None], inputs, t_eval_h, solver)[:, 0, :]
+    return simulate_many(
+        model, params, np.asarray(y0, dtype=float)[:, None], inputs, t_eval_h, solver
+    )[:, 0, :]
 
 
 def simulate_many(
@@ -200,8 +204,15 @@ def simulate_many(
         last = i == len(cuts) - 2
         mask = (t_eval > a) & ((t_eval <= b) if last else (t_eval < b))
         sol = solve_ivp(
-            rhs, (a, b), y.reshape(-1), method=solver.method, t_eval=_with_end(t_eval[mask], b),
-            rtol=solver.rtol, atol=solver.atol, max_step=solver.max_step_h, args=(feed,),
+            rhs,
+            (a, b),
+            y.reshape(-1),
+            method=solver.method,
+            t_eval=_with_end(t_eval[mask], b),
+            rtol=solver.rtol,
+            atol=solver.atol,
+            max_step=solver.max_step_h,
+            args=(feed,),
         )
         if not sol.success:
             raise RuntimeError(f"{model.name}: integration failed on [{a}, {b}] h: {sol.message}")

@@ -19,11 +19,12 @@ Per batch:
 For a forecast, `as_of` hides every sample not yet reported and every process value or
 material event after that time: the forecast sees what the plant knew then.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +83,11 @@ def shift_inputs(inputs: Inputs, t0_h: float) -> Inputs:
     if (~keep).any():
         times = np.concatenate([[0.0], times[keep]])
         rates = np.concatenate([[rates[~keep][-1]], rates[keep]])
-    boluses = tuple(Bolus(b.t_h - t0_h, b.volume_l, b.material, dict(b.concentrations)) for b in inputs.boluses if b.t_h - t0_h > 0)
+    boluses = tuple(
+        Bolus(b.t_h - t0_h, b.volume_l, b.material, dict(b.concentrations))
+        for b in inputs.boluses
+        if b.t_h - t0_h > 0
+    )
     return Inputs(tuple(times.tolist()), tuple(rates.tolist()), boluses)
 
 
@@ -106,32 +111,52 @@ def load_batches(
         return []
     as_of = _ts_param(as_of)
     materials = BOLUS_MATERIALS if bolus_materials is None else bolus_materials
-    hdr = query(lake, "SELECT batch_id, status, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches "
-                      "WHERE batch_id IN (SELECT unnest(?))", [ids]).set_index("batch_id")
+    hdr = query(
+        lake,
+        "SELECT batch_id, status, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches "
+        "WHERE batch_id IN (SELECT unnest(?))",
+        [ids],
+    ).set_index("batch_id")
     missing = [b for b in ids if b not in hdr.index]
     if missing:
         raise KeyError(f"batches not in the lake: {', '.join(missing)}")
     cut = "" if as_of is None else " AND s.reported_ts <= ?"
-    samples = query(lake, f"""
+    samples = query(
+        lake,
+        f"""
         SELECT s.batch_id, s.sample_id, s.analyte, s.value, s.value_text, s.censored, s.uom, s.sampled_ts, s.reported_ts,
                (epoch_us(s.sampled_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS t_batch_h
         FROM samples s JOIN batches b USING (batch_id)
         WHERE s.batch_id IN (SELECT unnest(?)){cut}
-        ORDER BY s.batch_id, s.sampled_ts, s.analyte""", [ids] + ([as_of] if as_of is not None else []))
+        ORDER BY s.batch_id, s.sampled_ts, s.analyte""",
+        [ids] + ([as_of] if as_of is not None else []),
+    )
     cut_ts = "" if as_of is None else " AND ts <= ?"
     extra = [as_of] if as_of is not None else []
-    feed = query(lake, f"""SELECT batch_id, t_batch_h, value FROM process_values
+    feed = query(
+        lake,
+        f"""SELECT batch_id, t_batch_h, value FROM process_values
                            WHERE parameter = 'feed_rate' AND batch_id IN (SELECT unnest(?)){cut_ts}
-                           ORDER BY batch_id, ts""", [ids] + extra)
-    events = query(lake, f"""
+                           ORDER BY batch_id, ts""",
+        [ids] + extra,
+    )
+    events = query(
+        lake,
+        f"""
         SELECT m.batch_id, m.material, m.quantity, m.uom, m.kind,
                (epoch_us(m.ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS t_batch_h
         FROM material_events m JOIN batches b USING (batch_id)
-        WHERE m.batch_id IN (SELECT unnest(?)) AND m.ts IS NOT NULL{cut_ts.replace('ts', 'm.ts')}
-        ORDER BY m.batch_id, m.ts""", [ids] + extra)
-    weight = query(lake, f"""SELECT batch_id, t_batch_h, value FROM process_values
+        WHERE m.batch_id IN (SELECT unnest(?)) AND m.ts IS NOT NULL{cut_ts.replace("ts", "m.ts")}
+        ORDER BY m.batch_id, m.ts""",
+        [ids] + extra,
+    )
+    weight = query(
+        lake,
+        f"""SELECT batch_id, t_batch_h, value FROM process_values
                              WHERE parameter = 'weight' AND t_batch_h >= 0 AND t_batch_h < 24
-                               AND batch_id IN (SELECT unnest(?)){cut_ts} ORDER BY batch_id, ts""", [ids] + extra)
+                               AND batch_id IN (SELECT unnest(?)){cut_ts} ORDER BY batch_id, ts""",
+        [ids] + extra,
+    )
 
     units = {o.analyte: o.uom for o in model.observables}
     out = []
@@ -140,16 +165,36 @@ def load_batches(
         s = samples[(samples.batch_id == bid) & samples.analyte.isin(list(units))].copy()
         s["value"] = [
             v * sc + off if v == v else np.nan
-            for v, (sc, off) in zip(s["value"], (conversion(u, units[a]) for u, a in zip(s["uom"], s["analyte"])))
+            for v, (sc, off) in zip(
+                s["value"], (conversion(u, units[a]) for u, a in zip(s["uom"], s["analyte"]))
+            )
         ]
-        inputs = Inputs(*_feed_steps(feed[feed.batch_id == bid]),
-                        boluses=tuple(_boluses(events[events.batch_id == bid], materials, notes)))
-        t0_h, y0 = initial_state(model, s, events[events.batch_id == bid], weight[weight.batch_id == bid], notes)
+        inputs = Inputs(
+            *_feed_steps(feed[feed.batch_id == bid]),
+            boluses=tuple(_boluses(events[events.batch_id == bid], materials, notes)),
+        )
+        t0_h, y0 = initial_state(
+            model, s, events[events.batch_id == bid], weight[weight.batch_id == bid], notes
+        )
         obs = s[s["value"].notna() & ~s["censored"].astype(bool)]
-        obs = obs[["analyte", "t_batch_h", "value", "sampled_ts", "reported_ts", "sample_id"]].reset_index(drop=True)
+        obs = obs[
+            ["analyte", "t_batch_h", "value", "sampled_ts", "reported_ts", "sample_id"]
+        ].reset_index(drop=True)
         h = hdr.loc[bid]
-        out.append(BatchData(bid, str(h.status), None if pd.isna(h["product"]) else str(h["product"]), pd.Timestamp(h.t0),
-                             t0_h, y0, inputs, obs, as_of, tuple(notes)))
+        out.append(
+            BatchData(
+                bid,
+                str(h.status),
+                None if pd.isna(h["product"]) else str(h["product"]),
+                pd.Timestamp(h.t0),
+                t0_h,
+                y0,
+                inputs,
+                obs,
+                as_of,
+                tuple(notes),
+            )
+        )
     return out
 
 
@@ -174,13 +219,22 @@ def _boluses(ev: pd.DataFrame, materials, notes: list[str]) -> list[Bolus]:
         scale, _ = conversion(r.uom, "L")
         comp = materials.get(r.material)
         if comp is None:
-            notes.append(f"bolus material {r.material!r} has no composition in BOLUS_MATERIALS: volume only")
-        out.append(Bolus(float(r.t_batch_h), float(r.quantity) * scale, str(r.material), dict(comp or {})))
+            notes.append(
+                f"bolus material {r.material!r} has no composition in BOLUS_MATERIALS: volume only"
+            )
+        out.append(
+            Bolus(float(r.t_batch_h), float(r.quantity) * scale, str(r.material), dict(comp or {}))
+        )
     return out
 
 
-def initial_state(model: Model, samples: pd.DataFrame, events: pd.DataFrame, weight: pd.DataFrame,
-                  notes: list[str]) -> tuple[float, np.ndarray]:
+def initial_state(
+    model: Model,
+    samples: pd.DataFrame,
+    events: pd.DataFrame,
+    weight: pd.DataFrame,
+    notes: list[str],
+) -> tuple[float, np.ndarray]:
     """(t0_h, y0) from the first samples: Xv from vcd, Xd from viability, G/L from g/L, Q, A in mM,
     P from titer (0 before the first titer), V from the MES charge + inoculum (else weight / density).
 
@@ -209,7 +263,9 @@ def initial_state(model: Model, samples: pd.DataFrame, events: pd.DataFrame, wei
     via = min(max(first_value("viability", 97.0), 1.0), 100.0)
     charge = events[events["kind"].isin(["charge", "inoculum"]) & (events["t_batch_h"] <= t0)]
     if {"charge", "inoculum"} <= set(charge["kind"]):
-        vol = float(sum(q * conversion(u, "L")[0] for q, u in zip(charge["quantity"], charge["uom"])))
+        vol = float(
+            sum(q * conversion(u, "L")[0] for q, u in zip(charge["quantity"], charge["uom"]))
+        )
     elif len(weight):
         vol = float(weight["value"].median()) / BROTH_DENSITY_KG_L
         notes.append("initial volume from the weight tag")

@@ -28,14 +28,15 @@ identify. Fixed parameters are probed at the optimum (would they be identifiable
 Validation: k-fold over batches, refitting without the held-out batches (warm-started) and
 predicting them from their measured initial state.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,11 +102,16 @@ class FitSettings:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping) -> "FitSettings":
+    def from_json(cls, d: Mapping) -> FitSettings:
         return cls(
-            fitted=tuple(d["fitted"]), fixed={k: float(v) for k, v in d["fixed"].items()}, seed=int(d["seed"]),
-            n_starts=int(d["n_starts"]), fit_initial=tuple(d["fit_initial"]), folds=int(d["folds"]),
-            solver=SolverSettings(**d["solver"]), assay_errors={k: tuple(v) for k, v in d["assay_errors"].items()},
+            fitted=tuple(d["fitted"]),
+            fixed={k: float(v) for k, v in d["fixed"].items()},
+            seed=int(d["seed"]),
+            n_starts=int(d["n_starts"]),
+            fit_initial=tuple(d["fit_initial"]),
+            folds=int(d["folds"]),
+            solver=SolverSettings(**d["solver"]),
+            assay_errors={k: tuple(v) for k, v in d["assay_errors"].items()},
         )
 
 
@@ -138,10 +144,44 @@ class FitResult:
             if name in self.fitted:
                 s = self.sd_log[name]
                 lo, hi = value * np.exp(-1.96 * s), value * np.exp(1.96 * s)
-                rows.append((name, value, value * s, lo, hi, False, self.identifiable[name], self.units[name]))
+                rows.append(
+                    (
+                        name,
+                        value,
+                        value * s,
+                        lo,
+                        hi,
+                        False,
+                        self.identifiable[name],
+                        self.units[name],
+                    )
+                )
             else:
-                rows.append((name, value, np.nan, np.nan, np.nan, True, self.identifiable.get(name), self.units[name]))
-        return pd.DataFrame(rows, columns=["name", "value", "stderr", "ci_low", "ci_high", "fixed", "identifiable", "uom"])
+                rows.append(
+                    (
+                        name,
+                        value,
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        True,
+                        self.identifiable.get(name),
+                        self.units[name],
+                    )
+                )
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "name",
+                "value",
+                "stderr",
+                "ci_low",
+                "ci_high",
+                "fixed",
+                "identifiable",
+                "uom",
+            ],
+        )
 
     def within_bounds(self, margin: float = 1e-3) -> list[str]:
         """Fitted parameters at (or beyond) a bound, within `margin` in log space."""
@@ -154,8 +194,15 @@ class FitResult:
         return out
 
 
-def _simulate_observe(model: Model, analytes: Sequence[str], p: dict, y0: np.ndarray, inputs, times: np.ndarray,
-                      solver: SolverSettings) -> np.ndarray | None:
+def _simulate_observe(
+    model: Model,
+    analytes: Sequence[str],
+    p: dict,
+    y0: np.ndarray,
+    inputs,
+    times: np.ndarray,
+    solver: SolverSettings,
+) -> np.ndarray | None:
     """Observables (analytes × members × times) of one batch's ensemble; None if the solver failed.
 
     A module-level function so a process pool can run batches in parallel; it is pure, so
@@ -176,7 +223,13 @@ class _Problem:
     (settings.fit_initial)]. Residuals and Jacobian come from one ensemble per batch.
     """
 
-    def __init__(self, model: Model, batches: Sequence[BatchData], settings: FitSettings, base: Mapping[str, float]):
+    def __init__(
+        self,
+        model: Model,
+        batches: Sequence[BatchData],
+        settings: FitSettings,
+        base: Mapping[str, float],
+    ):
         self.model, self.batches, self.s = model, list(batches), settings
         self.base = dict(base)
         self.k = len(settings.fitted)
@@ -214,18 +267,26 @@ class _Problem:
         preds = self.predictions(x)["predicted"].to_numpy()
         off, prep = 0, []
         for times, ti, ai, obs, sd, inputs, smp in self.prep:
-            pr = preds[off: off + len(obs)]
+            pr = preds[off : off + len(obs)]
             off += len(obs)
             cv = np.array([self.s.assay_errors[a][0] for a in smp["analyte"]])
             floor = np.array([self.s.assay_errors[a][1] for a in smp["analyte"]])
-            prep.append((times, ti, ai, obs, np.sqrt((cv * np.abs(pr)) ** 2 + floor**2), inputs, smp))
+            prep.append(
+                (times, ti, ai, obs, np.sqrt((cv * np.abs(pr)) ** 2 + floor**2), inputs, smp)
+            )
         self.prep = prep
         self._cache = None
 
     def initial_guess(self) -> np.ndarray:
         """Measured initial states (floored), in log space, batch after batch."""
         names = self.model.state_names()
-        return np.array([np.log(max(b.y0[i], IC_FLOOR.get(names[i], 1e-6))) for b in self.batches for i in self.ic_idx])
+        return np.array(
+            [
+                np.log(max(b.y0[i], IC_FLOOR.get(names[i], 1e-6)))
+                for b in self.batches
+                for i in self.ic_idx
+            ]
+        )
 
     def params_of(self, x: np.ndarray) -> dict[str, float]:
         p = dict(self.base)
@@ -235,14 +296,16 @@ class _Problem:
     def y0_of(self, x: np.ndarray, bi: int) -> np.ndarray:
         y0 = self.batches[bi].y0.copy()
         if self.nic:
-            y0[self.ic_idx] = np.exp(x[self.k + bi * self.nic: self.k + (bi + 1) * self.nic])
+            y0[self.ic_idx] = np.exp(x[self.k + bi * self.nic : self.k + (bi + 1) * self.nic])
         return y0
 
     def _observe(self, y: np.ndarray) -> np.ndarray:
         o = self.model.observe(y)
         return np.stack([np.asarray(o[a]) for a in self.analytes])  # analytes × members × times
 
-    def evaluate(self, x: np.ndarray, jac: bool, extra: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray | None]:
+    def evaluate(
+        self, x: np.ndarray, jac: bool, extra: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Residuals at x and, with `jac`, their Jacobian; `extra` (fixed parameter names) adds
         columns for d r / d log θ of parameters that are not fitted (the identifiability probe)."""
         key = (x.tobytes(), jac, tuple(extra))
@@ -302,11 +365,23 @@ class _Problem:
     def predictions(self, x: np.ndarray) -> pd.DataFrame:
         p0 = self.params_of(x)
         frames = []
-        for bi, (b, (times, ti, ai, obs, sd, inputs, smp)) in enumerate(zip(self.batches, self.prep)):
+        for bi, (b, (times, ti, ai, obs, sd, inputs, smp)) in enumerate(
+            zip(self.batches, self.prep)
+        ):
             y = simulate_many(self.model, p0, self.y0_of(x, bi), inputs, times, self.s.solver)
             pred = self._observe(y)[ai, 0, ti]
-            frames.append(pd.DataFrame({"batch_id": b.batch_id, "analyte": smp["analyte"].to_numpy(), "t_batch_h": smp["t_batch_h"].to_numpy(float),
-                                        "predicted": pred, "observed": obs, "weighted_residual": (pred - obs) / sd}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "batch_id": b.batch_id,
+                        "analyte": smp["analyte"].to_numpy(),
+                        "t_batch_h": smp["t_batch_h"].to_numpy(float),
+                        "predicted": pred,
+                        "observed": obs,
+                        "weighted_residual": (pred - obs) / sd,
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -340,7 +415,11 @@ class Fitter:
         self._pool = None
         names = [p.name for p in model.parameters]
         if fitted is None:
-            fitted = DEFAULT_FITTED if model.name == "cho_fedbatch" else [p.name for p in model.parameters if not p.fixed]
+            fitted = (
+                DEFAULT_FITTED
+                if model.name == "cho_fedbatch"
+                else [p.name for p in model.parameters if not p.fixed]
+            )
         unknown = [n for n in [*fitted, *(fixed or {})] if n not in names]
         if unknown:
             raise KeyError(f"{model.name} has no parameter(s) {', '.join(unknown)}")
@@ -348,26 +427,55 @@ class Fitter:
         if fit_initial is None:
             fit_initial = [n for n in DEFAULT_FIT_INITIAL if n in states]
         if [n for n in fit_initial if n not in states]:
-            raise KeyError(f"{model.name} has no state(s) {', '.join(n for n in fit_initial if n not in states)}")
+            raise KeyError(
+                f"{model.name} has no state(s) {', '.join(n for n in fit_initial if n not in states)}"
+            )
         base = model.defaults()
         base.update({k: float(v) for k, v in (fixed or {}).items()})
         self.settings = FitSettings(
-            fitted=tuple(fitted), fixed={n: base[n] for n in names if n not in fitted}, seed=int(seed),
-            n_starts=max(int(n_starts), 1), fit_initial=tuple(fit_initial), folds=int(folds), solver=solver,
+            fitted=tuple(fitted),
+            fixed={n: base[n] for n in names if n not in fitted},
+            seed=int(seed),
+            n_starts=max(int(n_starts), 1),
+            fit_initial=tuple(fit_initial),
+            folds=int(folds),
+            solver=solver,
             assay_errors=dict(assay_errors or ASSAY_ERRORS),
         )
-        self.probe = tuple(probe) if probe is not None else tuple(n for n in names if n not in fitted and n not in NOT_PROBED)
+        self.probe = (
+            tuple(probe)
+            if probe is not None
+            else tuple(n for n in names if n not in fitted and n not in NOT_PROBED)
+        )
 
     @classmethod
-    def from_settings(cls, model: Model, settings: FitSettings, probe: Sequence[str] | None = None) -> "Fitter":
-        return cls(model, fitted=settings.fitted, fixed=settings.fixed, seed=settings.seed, n_starts=settings.n_starts,
-                   fit_initial=settings.fit_initial, folds=settings.folds, solver=settings.solver,
-                   assay_errors=settings.assay_errors, probe=probe)
+    def from_settings(
+        cls, model: Model, settings: FitSettings, probe: Sequence[str] | None = None
+    ) -> Fitter:
+        return cls(
+            model,
+            fitted=settings.fitted,
+            fixed=settings.fixed,
+            seed=settings.seed,
+            n_starts=settings.n_starts,
+            fit_initial=settings.fit_initial,
+            folds=settings.folds,
+            solver=settings.solver,
+            assay_errors=settings.assay_errors,
+            probe=probe,
+        )
 
     # ------------------------------------------------------------------ fitting
 
-    def _problem(self, batches: Sequence[BatchData], settings: FitSettings | None = None, base=None) -> _Problem:
-        prob = _Problem(self.model, batches, settings or self.settings, base or {**self.model.defaults(), **self.settings.fixed})
+    def _problem(
+        self, batches: Sequence[BatchData], settings: FitSettings | None = None, base=None
+    ) -> _Problem:
+        prob = _Problem(
+            self.model,
+            batches,
+            settings or self.settings,
+            base or {**self.model.defaults(), **self.settings.fixed},
+        )
         prob.pool = self._pool
         return prob
 
@@ -377,9 +485,16 @@ class Fitter:
         ic = prob.initial_guess()
         return np.r_[lo, ic - np.log(IC_RANGE)], np.r_[hi, ic + np.log(IC_RANGE)]
 
-    def _starts(self, prob: _Problem, lo, hi, n_starts: int, warm: np.ndarray | None) -> list[np.ndarray]:
+    def _starts(
+        self, prob: _Problem, lo, hi, n_starts: int, warm: np.ndarray | None
+    ) -> list[np.ndarray]:
         rng = np.random.default_rng(self.settings.seed)
-        base = np.array([np.log(self.settings.fixed.get(n, self.model.parameter(n).default)) for n in self.settings.fitted])
+        base = np.array(
+            [
+                np.log(self.settings.fixed.get(n, self.model.parameter(n).default))
+                for n in self.settings.fitted
+            ]
+        )
         ic = prob.initial_guess()
         starts = [np.r_[base, ic] if warm is None else warm]
         for _ in range(n_starts - 1):
@@ -397,13 +512,27 @@ class Fitter:
             prob.reweight(np.clip(warm, lo + 1e-9, hi - 1e-9))
         for i, x_start in enumerate(self._starts(prob, lo, hi, n_starts, warm)):
             sol = _lsq(prob, x_start, lo, hi)
-            log.append({"start": i, "cost": float(sol.cost), "nfev": int(sol.nfev), "status": int(sol.status)})
+            log.append(
+                {
+                    "start": i,
+                    "cost": float(sol.cost),
+                    "nfev": int(sol.nfev),
+                    "status": int(sol.status),
+                }
+            )
             if best is None or sol.cost < best.cost:
                 best = sol
         if warm is None:
             prob.reweight(best.x)
             best = _lsq(prob, best.x, lo, hi)
-            log.append({"start": "reweighted", "cost": float(best.cost), "nfev": int(best.nfev), "status": int(best.status)})
+            log.append(
+                {
+                    "start": "reweighted",
+                    "cost": float(best.cost),
+                    "nfev": int(best.nfev),
+                    "status": int(best.status),
+                }
+            )
         return prob, best, log
 
     def fit(self, batches: Sequence[BatchData]) -> FitResult:
@@ -411,7 +540,9 @@ class Fitter:
             raise ValueError("no training batches")
         if self.workers > 1 and len(batches) >= MIN_BATCHES_FOR_POOL:
             # spawn, not fork: the caller (a Dagster step) may run threads
-            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
                 self._pool = pool
                 try:
                     return self._fit(list(batches))
@@ -437,26 +568,48 @@ class Fitter:
         ident = {}
         for i, nme in enumerate(names):
             others = np.abs(np.delete(corr[i], i))
-            ident[nme] = bool(sd[i] <= SD_LOG_LIMIT and (others.size == 0 or others.max() <= CORR_LIMIT))
+            ident[nme] = bool(
+                sd[i] <= SD_LOG_LIMIT and (others.size == 0 or others.max() <= CORR_LIMIT)
+            )
         probe = _probe(Ja, nx, kk, s2, self.probe)
         ident.update({r.name: bool(r.identifiable) for r in probe.itertuples()})
         preds = prob.predictions(x)
         metrics = {
-            "n_obs": int(n), "n_batches": len(batches), "cost": float(sol.cost), "reduced_chi2": s2,
-            "rmse_weighted": float(np.sqrt(np.mean(res**2))), "rel_rmse": _rel_rmse(preds),
+            "n_obs": int(n),
+            "n_batches": len(batches),
+            "cost": float(sol.cost),
+            "reduced_chi2": s2,
+            "rmse_weighted": float(np.sqrt(np.mean(res**2))),
+            "rel_rmse": _rel_rmse(preds),
             "correlation": {a: dict(zip(names, map(float, row))) for a, row in zip(names, corr)},
             "starts": starts,
         }
         metrics.update(self._validate(batches, x))
         states = self.model.state_names()
         return FitResult(
-            model=self.model.name, params=prob.params_of(x), fitted=tuple(names),
-            bounds={p.name: p.bounds for p in self.model.parameters}, units={p.name: p.unit for p in self.model.parameters},
-            sd_log=dict(zip(names, map(float, sd))), corr=pd.DataFrame(corr, index=names, columns=names), identifiable=ident,
-            probe=probe, initial={b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i)))) for i, b in enumerate(batches)},
-            cov_log=cov_k, cost=float(sol.cost), n_obs=int(n), metrics=metrics, settings=self.settings,
-            training_batches=tuple(b.batch_id for b in batches), data_fingerprint=fingerprint(training_frame(batches)),
-            predictions=preds, starts=starts, seconds=time.perf_counter() - started,
+            model=self.model.name,
+            params=prob.params_of(x),
+            fitted=tuple(names),
+            bounds={p.name: p.bounds for p in self.model.parameters},
+            units={p.name: p.unit for p in self.model.parameters},
+            sd_log=dict(zip(names, map(float, sd))),
+            corr=pd.DataFrame(corr, index=names, columns=names),
+            identifiable=ident,
+            probe=probe,
+            initial={
+                b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i))))
+                for i, b in enumerate(batches)
+            },
+            cov_log=cov_k,
+            cost=float(sol.cost),
+            n_obs=int(n),
+            metrics=metrics,
+            settings=self.settings,
+            training_batches=tuple(b.batch_id for b in batches),
+            data_fingerprint=fingerprint(training_frame(batches)),
+            predictions=preds,
+            starts=starts,
+            seconds=time.perf_counter() - started,
         )
 
     def _validate(self, batches: Sequence[BatchData], x: np.ndarray) -> dict:
@@ -468,19 +621,39 @@ class Fitter:
         held_res, held_preds = [], []
         for fold in (list(range(i, len(batches), k)) for i in range(k)):
             keep = [i for i in range(len(batches)) if i not in fold]
-            warm = np.r_[x[:kk], np.concatenate([x[kk + i * nic: kk + (i + 1) * nic] for i in keep])]
+            warm = np.r_[
+                x[:kk], np.concatenate([x[kk + i * nic : kk + (i + 1) * nic] for i in keep])
+            ]
             prob, sol, _ = self._solve([batches[i] for i in keep], 1, warm=warm)
-            test = self._problem([batches[i] for i in fold], replace(self.settings, fit_initial=()), prob.params_of(sol.x))
+            test = self._problem(
+                [batches[i] for i in fold],
+                replace(self.settings, fit_initial=()),
+                prob.params_of(sol.x),
+            )
             r, _ = test.evaluate(sol.x[:kk], jac=False)
             held_res.append(r)
             held_preds.append(test.predictions(sol.x[:kk]))
         r = np.concatenate(held_res)
-        return {"validation_rmse_weighted": float(np.sqrt(np.mean(r**2))), "validation_rel_rmse": _rel_rmse(pd.concat(held_preds)), "folds": k}
+        return {
+            "validation_rmse_weighted": float(np.sqrt(np.mean(r**2))),
+            "validation_rel_rmse": _rel_rmse(pd.concat(held_preds)),
+            "folds": k,
+        }
 
 
 def _lsq(prob: _Problem, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-    return least_squares(prob.fun, x0, jac=prob.jac, bounds=(lo, hi), method="trf", x_scale="jac",
-                         ftol=1e-8, xtol=1e-8, gtol=1e-8, max_nfev=100)
+    return least_squares(
+        prob.fun,
+        x0,
+        jac=prob.jac,
+        bounds=(lo, hi),
+        method="trf",
+        x_scale="jac",
+        ftol=1e-8,
+        xtol=1e-8,
+        gtol=1e-8,
+        max_nfev=100,
+    )
 
 
 def _probe(Ja: np.ndarray, nx: int, kk: int, s2: float, names: Sequence[str]) -> pd.DataFrame:
@@ -491,7 +664,11 @@ def _probe(Ja: np.ndarray, nx: int, kk: int, s2: float, names: Sequence[str]) ->
         A = np.column_stack([Ja[:, :nx], Ja[:, nx + e]])
         cov = s2 * np.linalg.pinv(A.T @ A)
         sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-        c = cov[-1, :kk] / (sd[-1] * np.where(sd[:kk] > 0, sd[:kk], 1.0)) if sd[-1] > 0 else np.zeros(kk)
+        c = (
+            cov[-1, :kk] / (sd[-1] * np.where(sd[:kk] > 0, sd[:kk], 1.0))
+            if sd[-1] > 0
+            else np.zeros(kk)
+        )
         mc = float(np.abs(c).max()) if c.size else 0.0
         rows.append((name, float(sd[-1]), mc, bool(sd[-1] <= SD_LOG_LIMIT and mc <= CORR_LIMIT)))
     return pd.DataFrame(rows, columns=["name", "sd_log", "max_abs_corr", "identifiable"])

@@ -19,10 +19,11 @@ For a running batch at time `as_of` (default: the latest data the lake holds for
 The band is the uncertainty of the model's parameters and of the batch's state; it does not
 include assay noise (it is a band for the true value, not for the next lab result).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,21 +73,28 @@ class Forecast:
 
     def final(self, analyte: str) -> tuple[float, float, float]:
         """(p10, p50, p90) of the analyte at harvest."""
-        b = self.bands[(self.bands["analyte"] == analyte) & (self.bands["kind"] == "at_harvest")].iloc[0]
+        b = self.bands[
+            (self.bands["analyte"] == analyte) & (self.bands["kind"] == "at_harvest")
+        ].iloc[0]
         return float(b.p10), float(b.p50), float(b.p90)
 
 
 def harvest_durations(lake: Lake, product: str | None) -> np.ndarray:
     """Hours from inoculation to the HARVEST phase start of every completed batch of `product`."""
     where = "AND b.product = ?" if product else ""
-    df = query(lake, f"""
+    df = query(
+        lake,
+        f"""
         SELECT (epoch_us(p.start_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS h
         FROM phases p JOIN batches b USING (batch_id)
         WHERE p.level = 'phase' AND p.phase = 'HARVEST' AND b.status = 'complete' {where} ORDER BY b.batch_id""",
-               [product] if product else [])
+        [product] if product else [],
+    )
     h = df["h"].dropna().to_numpy(float)
     if h.size == 0:
-        raise ValueError(f"no completed batch of {product or 'any product'} with a HARVEST phase: cannot plan the harvest")
+        raise ValueError(
+            f"no completed batch of {product or 'any product'} with a HARVEST phase: cannot plan the harvest"
+        )
     return h
 
 
@@ -97,21 +105,34 @@ def planned_harvest_h(lake: Lake, product: str | None) -> float:
 
 def running_batches(lake: Lake, products: Sequence[str] | None = None) -> list[str]:
     """Batches still running (of `products`, when given)."""
-    return query(lake, """SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped')
+    return query(
+        lake,
+        """SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped')
                           AND ($products IS NULL OR list_contains($products, product)) ORDER BY 1""",
-                 {"products": list(products) if products is not None else None})["batch_id"].tolist()
+        {"products": list(products) if products is not None else None},
+    )["batch_id"].tolist()
 
 
 def latest_data_ts(lake: Lake, batch_id: str) -> pd.Timestamp:
-    df = query(lake, """SELECT greatest((SELECT max(reported_ts) FROM samples WHERE batch_id = $b),
-                                        (SELECT max(ts) FROM process_values WHERE batch_id = $b)) AS t""", {"b": batch_id})
+    df = query(
+        lake,
+        """SELECT greatest((SELECT max(reported_ts) FROM samples WHERE batch_id = $b),
+                                        (SELECT max(ts) FROM process_values WHERE batch_id = $b)) AS t""",
+        {"b": batch_id},
+    )
     t = df["t"].iloc[0]
     if t is None or pd.isna(t):
         raise ValueError(f"no data for batch {batch_id!r} in the lake")
-    return pd.Timestamp(t).tz_convert("UTC") if pd.Timestamp(t).tzinfo else pd.Timestamp(t).tz_localize("UTC")
+    return (
+        pd.Timestamp(t).tz_convert("UTC")
+        if pd.Timestamp(t).tzinfo
+        else pd.Timestamp(t).tz_localize("UTC")
+    )
 
 
-def _future_feed(inputs_times: Sequence[float], rates: Sequence[float], now_h: float, end_h: float) -> tuple[list[float], list[float]]:
+def _future_feed(
+    inputs_times: Sequence[float], rates: Sequence[float], now_h: float, end_h: float
+) -> tuple[list[float], list[float]]:
     """Change points after now_h continuing the recipe's schedule (t_batch_h)."""
     t = np.asarray(inputs_times, float)
     r = np.asarray(rates, float)
@@ -135,15 +156,37 @@ def _future_feed(inputs_times: Sequence[float], rates: Sequence[float], now_h: f
     return times, vals
 
 
-def _estimate_state(model: Model, batch: BatchData, params: dict[str, float], settings: FitSettings):
+def _estimate_state(
+    model: Model, batch: BatchData, params: dict[str, float], settings: FitSettings
+):
     """Initial states of a running batch from its samples so far, kinetics fixed."""
     s = replace(settings, fitted=())
     prob = _Problem(model, [batch], s, params)
     x0 = prob.initial_guess()
     lo, hi = x0 - np.log(3.0), x0 + np.log(3.0)
-    sol = least_squares(prob.fun, x0, jac=prob.jac, bounds=(lo, hi), method="trf", x_scale="jac", ftol=1e-8, xtol=1e-8, max_nfev=50)
+    sol = least_squares(
+        prob.fun,
+        x0,
+        jac=prob.jac,
+        bounds=(lo, hi),
+        method="trf",
+        x_scale="jac",
+        ftol=1e-8,
+        xtol=1e-8,
+        max_nfev=50,
+    )
     prob.reweight(sol.x)
-    sol = least_squares(prob.fun, sol.x, jac=prob.jac, bounds=(lo, hi), method="trf", x_scale="jac", ftol=1e-8, xtol=1e-8, max_nfev=50)
+    sol = least_squares(
+        prob.fun,
+        sol.x,
+        jac=prob.jac,
+        bounds=(lo, hi),
+        method="trf",
+        x_scale="jac",
+        ftol=1e-8,
+        xtol=1e-8,
+        max_nfev=50,
+    )
     res, J = prob.evaluate(sol.x, jac=True)
     s2 = max(float(res @ res) / max(len(res) - len(sol.x), 1), 1.0)
     cov = s2 * np.linalg.pinv(J.T @ J)
@@ -181,14 +224,20 @@ def forecast_batch(
         raise ValueError(f"batch {batch_id} has no samples reported by {as_of_ts}")
     # "final" means at harvest, and when the harvest happens varies: each draw is harvested at
     # the culture duration of a completed batch drawn at random (a fixed harvest_h: no spread)
-    durations = np.array([harvest_h]) if harvest_h is not None else harvest_durations(lake, batch.product)
+    durations = (
+        np.array([harvest_h]) if harvest_h is not None else harvest_durations(lake, batch.product)
+    )
     end_h = float(np.median(durations))
     now_h = (as_of_ts - batch.inoculation_ts).total_seconds() / 3600.0
     x_ic, cov_ic, prob = _estimate_state(m, batch, params, settings)
 
     rng = np.random.default_rng(seed)
     k = len(fitted)
-    z_k = rng.multivariate_normal(np.zeros(k), cov_k, size=n_draws, method="svd") if k else np.zeros((n_draws, 0))
+    z_k = (
+        rng.multivariate_normal(np.zeros(k), cov_k, size=n_draws, method="svd")
+        if k
+        else np.zeros((n_draws, 0))
+    )
     z_ic = rng.multivariate_normal(np.zeros(len(x_ic)), cov_ic, size=n_draws, method="svd")
     z_k[0], z_ic[0] = 0.0, 0.0  # member 0 is the point forecast
     p = {n: np.full(n_draws, v) for n, v in params.items()}
@@ -197,7 +246,14 @@ def forecast_batch(
     y0 = np.repeat(batch.y0[:, None], n_draws, axis=1)
     y0[prob.ic_idx, :] = np.exp(x_ic[:, None] + z_ic.T)
 
-    grid = np.unique(np.r_[np.arange(np.ceil(batch.t0_h / GRID_H) * GRID_H, end_h, GRID_H), batch.t0_h, min(now_h, end_h), end_h])
+    grid = np.unique(
+        np.r_[
+            np.arange(np.ceil(batch.t0_h / GRID_H) * GRID_H, end_h, GRID_H),
+            batch.t0_h,
+            min(now_h, end_h),
+            end_h,
+        ]
+    )
     grid = grid[(grid >= batch.t0_h) & (grid <= end_h)]
     harvest_at = np.maximum(rng.choice(durations, size=n_draws), batch.t0_h)
     full = np.unique(np.r_[grid, harvest_at])
@@ -210,16 +266,46 @@ def forecast_batch(
         v = np.asarray(v)
         q = np.nanpercentile(v[:, on_grid], [10, 50, 90], axis=0)
         for i, t in enumerate(grid):
-            rows.append((analyte, "trajectory", float(t), float(q[0, i]), float(q[1, i]), float(q[2, i]), bool(t <= now_h)))
+            rows.append(
+                (
+                    analyte,
+                    "trajectory",
+                    float(t),
+                    float(q[0, i]),
+                    float(q[1, i]),
+                    float(q[2, i]),
+                    bool(t <= now_h),
+                )
+            )
         fin = v[np.arange(n_draws), at_harvest]
         qf = np.nanpercentile(fin, [10, 50, 90])
         rows.append((analyte, "at_harvest", end_h, float(qf[0]), float(qf[1]), float(qf[2]), False))
-    bands = pd.DataFrame(rows, columns=["analyte", "kind", "t_batch_h", "p10", "p50", "p90", "observed"])
-    return Forecast(batch_id, model, version, as_of_ts, now_h, end_h, bands, batch.samples,
-                    {a: np.asarray(v)[np.arange(n_draws), at_harvest] for a, v in obs.items()})
+    bands = pd.DataFrame(
+        rows, columns=["analyte", "kind", "t_batch_h", "p10", "p50", "p90", "observed"]
+    )
+    return Forecast(
+        batch_id,
+        model,
+        version,
+        as_of_ts,
+        now_h,
+        end_h,
+        bands,
+        batch.samples,
+        {a: np.asarray(v)[np.arange(n_draws), at_harvest] for a, v in obs.items()},
+    )
 
 
-def _integrate(m: Model, p, y0, batch: BatchData, grid: np.ndarray, now_h: float, end_h: float, policy: FuturePolicy) -> np.ndarray:
+def _integrate(
+    m: Model,
+    p,
+    y0,
+    batch: BatchData,
+    grid: np.ndarray,
+    now_h: float,
+    end_h: float,
+    policy: FuturePolicy,
+) -> np.ndarray:
     """States (n_states × draws × grid) from t0 to end_h: known inputs, then the future policy."""
     t0 = batch.t0_h
     known = batch.inputs
@@ -240,18 +326,31 @@ def _integrate(m: Model, p, y0, batch: BatchData, grid: np.ndarray, now_h: float
     feed_times = [cut_h, *ft]
     feed_rates = [rate_now, *fr]
     last_sample = float(batch.samples["t_batch_h"].max())
-    checks = [t for t in np.arange(last_sample + policy.sample_every_h, end_h, policy.sample_every_h) if t > cut_h]
+    checks = [
+        t
+        for t in np.arange(last_sample + policy.sample_every_h, end_h, policy.sample_every_h)
+        if t > cut_h
+    ]
     comp = BOLUS_MATERIALS.get(policy.material, {})
     conc_g_l = comp.get("G", 0.0) * GLUCOSE_G_PER_MMOL
     names = m.state_names()
     gi, vi = names.index("G"), names.index("V")
-    events = sorted({*(checks), *(c + policy.bolus_delay_h for c in checks if c + policy.bolus_delay_h < end_h), end_h})
+    events = sorted(
+        {
+            *(checks),
+            *(c + policy.bolus_delay_h for c in checks if c + policy.bolus_delay_h < end_h),
+            end_h,
+        }
+    )
     pending = None
     a = cut_h
     for b in events:
         seg = grid[(grid > a) & (grid <= b)]
         t_eval = np.unique(np.r_[seg, b]) - a
-        fi = Inputs(tuple(max(t - a, 0.0) for t in feed_times if t < b), tuple(r for t, r in zip(feed_times, feed_rates) if t < b))
+        fi = Inputs(
+            tuple(max(t - a, 0.0) for t in feed_times if t < b),
+            tuple(r for t, r in zip(feed_times, feed_rates) if t < b),
+        )
         # the rate running at a holds from the segment start
         times = np.asarray(fi.feed_times_h)
         rates = np.asarray(fi.feed_rates_l_h)
@@ -272,7 +371,11 @@ def _integrate(m: Model, p, y0, batch: BatchData, grid: np.ndarray, now_h: float
             pending = None
         if any(np.isclose(b, c) for c in checks) and conc_g_l > policy.target_g_l:
             g = state[gi] * GLUCOSE_G_PER_MMOL
-            vol = np.where(g < policy.trigger_g_l, state[vi] * (policy.target_g_l - g) / (conc_g_l - policy.target_g_l), 0.0)
+            vol = np.where(
+                g < policy.trigger_g_l,
+                state[vi] * (policy.target_g_l - g) / (conc_g_l - policy.target_g_l),
+                0.0,
+            )
             pending = (b + policy.bolus_delay_h, vol)
         a = b
     return out
@@ -297,18 +400,41 @@ def _utc(value) -> pd.Timestamp:
 
 def write_forecast(lake: Lake, fc: Forecast) -> int:
     """Append the forecast to the `forecasts` table (one file per version, batch and as-of)."""
-    df = fc.bands.assign(model=fc.model, version=fc.version, batch_id=fc.batch_id, as_of=fc.as_of,
-                         created_at=pd.Timestamp.now(tz="UTC"))
+    df = fc.bands.assign(
+        model=fc.model,
+        version=fc.version,
+        batch_id=fc.batch_id,
+        as_of=fc.as_of,
+        created_at=pd.Timestamp.now(tz="UTC"),
+    )
     df["as_of"] = pd.to_datetime(df["as_of"], utc=True).astype("datetime64[us, UTC]")
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True).astype("datetime64[us, UTC]")
     df["version"] = df["version"].astype("int64")
-    cols = ["model", "version", "batch_id", "as_of", "analyte", "kind", "t_batch_h", "p10", "p50", "p90", "observed", "created_at"]
+    cols = [
+        "model",
+        "version",
+        "batch_id",
+        "as_of",
+        "analyte",
+        "kind",
+        "t_batch_h",
+        "p10",
+        "p50",
+        "p90",
+        "observed",
+        "created_at",
+    ]
     Registry(lake).write_forecast(df[cols], fc.model, fc.version, fc.batch_id, fc.as_of)
     return len(df)
 
 
-def forecast_running(lake: Lake, model: str = "cho_fedbatch", n_draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED,
-                     products: Sequence[str] | None = None) -> list[Forecast]:
+def forecast_running(
+    lake: Lake,
+    model: str = "cho_fedbatch",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = DEFAULT_SEED,
+    products: Sequence[str] | None = None,
+) -> list[Forecast]:
     """Forecast and record every running batch with samples (of `products`, when given)."""
     out = []
     for b in running_batches(lake, products):

@@ -3,10 +3,11 @@
 Written under `lake.models("plots")`, named by model, version and batch, and returned as
 paths so that Dagster can attach them to the asset's metadata.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -42,13 +43,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def fit_plots(lake: Lake, result: FitResult, version: int, batches: Sequence[BatchData]) -> list[Path]:
+def fit_plots(
+    lake: Lake, result: FitResult, version: int, batches: Sequence[BatchData]
+) -> list[Path]:
     """One PNG per training batch: observations and the fitted model for every analyte."""
     model = load_model(result.model)
     units = {o.analyte: o.uom for o in model.observables}
     out = []
     for b in batches:
-        y0 = np.array([result.initial.get(b.batch_id, {}).get(n, v) for n, v in zip(model.state_names(), b.y0)])
+        y0 = np.array(
+            [
+                result.initial.get(b.batch_id, {}).get(n, v)
+                for n, v in zip(model.state_names(), b.y0)
+            ]
+        )
         t_end = b.last_data_h
         grid = np.linspace(0.0, t_end - b.t0_h, 200)
         y = simulate_many(model, result.params, y0, b.model_inputs(), grid, result.settings.solver)
@@ -62,9 +70,17 @@ def fit_plots(lake: Lake, result: FitResult, version: int, batches: Sequence[Bat
             ax.set_title(f"{a} [{units.get(a, '')}]", fontsize=9)
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{result.model} v{version}: {b.batch_id} (t since inoculation, h)", fontsize=10)
+        fig.suptitle(
+            f"{result.model} v{version}: {b.batch_id} (t since inoculation, h)", fontsize=10
+        )
         fig.tight_layout()
-        out.append(_save(fig, lake.models("plots") / f"{safe_name(result.model)}-v{version:04d}-fit-{safe_name(b.batch_id)}.png"))
+        out.append(
+            _save(
+                fig,
+                lake.models("plots")
+                / f"{safe_name(result.model)}-v{version:04d}-fit-{safe_name(b.batch_id)}.png",
+            )
+        )
     return out
 
 
@@ -74,7 +90,9 @@ def forecast_plot(lake: Lake, fc: Forecast) -> Path:
     fig, axes = _axes(len(analytes))
     for ax, a in zip(axes, analytes):
         b = fc.bands[fc.bands["analyte"] == a].sort_values("t_batch_h")
-        ax.fill_between(b["t_batch_h"], b["p10"], b["p90"], color="tab:orange", alpha=0.3, label="p10–p90")
+        ax.fill_between(
+            b["t_batch_h"], b["p10"], b["p90"], color="tab:orange", alpha=0.3, label="p10–p90"
+        )
         ax.plot(b["t_batch_h"], b["p50"], "-", color="tab:orange", label="p50")
         s = fc.samples[fc.samples["analyte"] == a]
         ax.plot(s["t_batch_h"], s["value"], "o", ms=3, color="black", label="observed")
@@ -82,7 +100,10 @@ def forecast_plot(lake: Lake, fc: Forecast) -> Path:
         ax.set_title(a, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{fc.batch_id}: forecast by {fc.model} v{fc.version} as of {fc.as_of:%Y-%m-%d %H:%M} UTC", fontsize=10)
+    fig.suptitle(
+        f"{fc.batch_id}: forecast by {fc.model} v{fc.version} as of {fc.as_of:%Y-%m-%d %H:%M} UTC",
+        fontsize=10,
+    )
     fig.tight_layout()
     name = f"{safe_name(fc.model)}-v{fc.version:04d}-forecast-{safe_name(fc.batch_id)}.png"
     return _save(fig, lake.models("plots") / name)

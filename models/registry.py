@@ -11,13 +11,14 @@ rejected. The reason is stored either way; a replaced champion becomes 'retired'
 changes rewrite that version's file (atomically), under a lock, so two fits finishing at
 once cannot both become champion.
 """
+
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,9 @@ DEFAULT_TOLERANCE = 0.05
 def load_model(name: str) -> Model:
     path = MODELS.get(name, name)
     if ":" not in path:
-        raise KeyError(f"unknown model {name!r}: known are {', '.join(MODELS)}, or give an import path 'module:Class'")
+        raise KeyError(
+            f"unknown model {name!r}: known are {', '.join(MODELS)}, or give an import path 'module:Class'"
+        )
     module, cls = path.split(":", 1)
     return getattr(importlib.import_module(module), cls)()
 
@@ -57,9 +60,13 @@ def _file(lake: Lake, table: str, model: str, version: int, suffix: str = "") ->
     return lake.models(table) / f"{safe_name(model)}-v{version:04d}{suffix}.parquet"
 
 
-def _write(lake: Lake, table: str, df: pd.DataFrame, model: str, version: int, suffix: str = "") -> None:
+def _write(
+    lake: Lake, table: str, df: pd.DataFrame, model: str, version: int, suffix: str = ""
+) -> None:
     df = MODEL_MODELS[table].validate(df)
-    atomic_write_parquet(_file(lake, table, model, version, suffix), pa.Table.from_pandas(df, preserve_index=False))
+    atomic_write_parquet(
+        _file(lake, table, model, version, suffix), pa.Table.from_pandas(df, preserve_index=False)
+    )
 
 
 def _read(lake: Lake, table: str, model: str | None = None) -> pd.DataFrame:
@@ -122,28 +129,56 @@ class Registry:
             self._write_predictions(result, version)
             val = result.metrics.get("validation_rmse_weighted")
             row = {
-                "model": result.model, "version": version, "status": "candidate", "fitted_at": pd.Timestamp.now(tz="UTC"),
-                "training_batches": json.dumps(list(result.training_batches)), "data_fingerprint": result.data_fingerprint,
-                "code_version": code_version, "solver": json.dumps(result.settings.to_json()["solver"]),
-                "seed": result.settings.seed, "settings": json.dumps(result.settings.to_json(), sort_keys=True),
+                "model": result.model,
+                "version": version,
+                "status": "candidate",
+                "fitted_at": pd.Timestamp.now(tz="UTC"),
+                "training_batches": json.dumps(list(result.training_batches)),
+                "data_fingerprint": result.data_fingerprint,
+                "code_version": code_version,
+                "solver": json.dumps(result.settings.to_json()["solver"]),
+                "seed": result.settings.seed,
+                "settings": json.dumps(result.settings.to_json(), sort_keys=True),
                 "metrics": json.dumps(_jsonable(result.metrics), sort_keys=True),
-                "validation_error": float(val) if val is not None else np.nan, "reason": "recorded", "fit_seconds": float(result.seconds),
+                "validation_error": float(val) if val is not None else np.nan,
+                "reason": "recorded",
+                "fit_seconds": float(result.seconds),
             }
             status, reason, retire = self._decide(result, row, existing)
             row.update(status=status, reason=reason)
             self._write_version(row)
-            events = [{"action": "model_promoted" if status == "champion" else "model_rejected", "object": f"{result.model} v{version}",
-                       "old_value": "candidate", "new_value": status, "reason": reason}]
+            events = [
+                {
+                    "action": "model_promoted" if status == "champion" else "model_rejected",
+                    "object": f"{result.model} v{version}",
+                    "old_value": "candidate",
+                    "new_value": status,
+                    "reason": reason,
+                }
+            ]
             if retire is not None:
                 old = self.version(result.model, retire)
-                old.update(status="retired", reason=f"{old['reason']}; retired: version {version} promoted")
+                old.update(
+                    status="retired", reason=f"{old['reason']}; retired: version {version} promoted"
+                )
                 self._write_version(old)
-                events.append({"action": "model_retired", "object": f"{result.model} v{retire}", "old_value": "champion",
-                               "new_value": "retired", "reason": f"version {version} promoted"})
-            audit.record_many(self.lake, events)  # the version row changes status; the trail keeps what it was
+                events.append(
+                    {
+                        "action": "model_retired",
+                        "object": f"{result.model} v{retire}",
+                        "old_value": "champion",
+                        "new_value": "retired",
+                        "reason": f"version {version} promoted",
+                    }
+                )
+            audit.record_many(
+                self.lake, events
+            )  # the version row changes status; the trail keeps what it was
         return Decision(version, status, reason, retire)
 
-    def _decide(self, result: FitResult, row: dict, existing: pd.DataFrame) -> tuple[str, str, int | None]:
+    def _decide(
+        self, result: FitResult, row: dict, existing: pd.DataFrame
+    ) -> tuple[str, str, int | None]:
         at_bounds = result.within_bounds()
         if at_bounds:
             return "rejected", f"fitted parameter(s) at a bound: {', '.join(at_bounds)}", None
@@ -154,14 +189,30 @@ class Registry:
         c = champ.sort_values("version").iloc[-1]
         cval = float(c["validation_error"]) if pd.notna(c["validation_error"]) else None
         if not np.isfinite(val):
-            return "rejected", "no validation error (fewer than 2 training batches); the champion stays", None
+            return (
+                "rejected",
+                "no validation error (fewer than 2 training batches); the champion stays",
+                None,
+            )
         if cval is None:
-            return "champion", f"validation error {val:.4g}; champion v{int(c['version'])} had none", int(c["version"])
+            return (
+                "champion",
+                f"validation error {val:.4g}; champion v{int(c['version'])} had none",
+                int(c["version"]),
+            )
         limit = cval * (1.0 + self.tolerance)
         if val <= limit:
-            return ("champion", f"validation error {val:.4g} <= champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g}); "
-                    "parameters inside bounds", int(c["version"]))
-        return ("rejected", f"validation error {val:.4g} > champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g})", None)
+            return (
+                "champion",
+                f"validation error {val:.4g} <= champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g}); "
+                "parameters inside bounds",
+                int(c["version"]),
+            )
+        return (
+            "rejected",
+            f"validation error {val:.4g} > champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g})",
+            None,
+        )
 
     def _write_version(self, row: dict) -> None:
         df = pd.DataFrame([row])
@@ -188,28 +239,52 @@ class Registry:
                 sd_log.append(np.nan)
                 max_corr.append(np.nan)
                 ident.append("not checked")
-        df = pd.DataFrame({
-            "model": result.model, "version": version, "name": t["name"], "value": t["value"].astype(float),
-            "stderr": t["stderr"].astype(float), "ci_low": t["ci_low"].astype(float), "ci_high": t["ci_high"].astype(float),
-            "fixed": t["fixed"].astype(bool), "uom": t["uom"], "identifiable": ident, "sd_log": sd_log, "max_abs_corr": max_corr,
-            "bound_low": [float(result.bounds[n][0]) for n in t["name"]], "bound_high": [float(result.bounds[n][1]) for n in t["name"]],
-        })
+        df = pd.DataFrame(
+            {
+                "model": result.model,
+                "version": version,
+                "name": t["name"],
+                "value": t["value"].astype(float),
+                "stderr": t["stderr"].astype(float),
+                "ci_low": t["ci_low"].astype(float),
+                "ci_high": t["ci_high"].astype(float),
+                "fixed": t["fixed"].astype(bool),
+                "uom": t["uom"],
+                "identifiable": ident,
+                "sd_log": sd_log,
+                "max_abs_corr": max_corr,
+                "bound_low": [float(result.bounds[n][0]) for n in t["name"]],
+                "bound_high": [float(result.bounds[n][1]) for n in t["name"]],
+            }
+        )
         _write(self.lake, "model_parameters", df, result.model, version)
 
     def _write_predictions(self, result: FitResult, version: int) -> None:
         p = result.predictions
-        df = pd.DataFrame({"model": result.model, "version": version, "batch_id": p["batch_id"], "analyte": p["analyte"],
-                           "t_batch_h": p["t_batch_h"].astype(float), "predicted": p["predicted"].astype(float),
-                           "observed": p["observed"].astype(float)})
+        df = pd.DataFrame(
+            {
+                "model": result.model,
+                "version": version,
+                "batch_id": p["batch_id"],
+                "analyte": p["analyte"],
+                "t_batch_h": p["t_batch_h"].astype(float),
+                "predicted": p["predicted"].astype(float),
+                "observed": p["observed"].astype(float),
+            }
+        )
         _write(self.lake, "model_predictions", df, result.model, version)
 
-    def write_forecast(self, df: pd.DataFrame, model: str, version: int, batch_id: str, as_of: pd.Timestamp) -> bool:
+    def write_forecast(
+        self, df: pd.DataFrame, model: str, version: int, batch_id: str, as_of: pd.Timestamp
+    ) -> bool:
         """Record a forecast; False (and the record untouched) when the same version already
         forecast the same batch from the same data to the same numbers: a rerun changes nothing."""
         suffix = f"-{safe_name(batch_id)}-{pd.Timestamp(as_of):%Y%m%dT%H%M%S}"
         path = _file(self.lake, "forecasts", model, int(version), suffix)
         df = MODEL_MODELS["forecasts"].validate(df).reset_index(drop=True)
-        if path.exists() and pd.read_parquet(path).drop(columns="created_at").equals(df.drop(columns="created_at")):
+        if path.exists() and pd.read_parquet(path).drop(columns="created_at").equals(
+            df.drop(columns="created_at")
+        ):
             return False
         _write(self.lake, "forecasts", df, model, int(version), suffix)
         return True
@@ -231,7 +306,9 @@ class Registry:
         if check_data:
             fp = fingerprint(training_frame(batches))
             if fp != rec["data_fingerprint"]:
-                raise ValueError(f"training data of {model} v{version} changed since the fit (fingerprint {fp[:12]} != {rec['data_fingerprint'][:12]})")
+                raise ValueError(
+                    f"training data of {model} v{version} changed since the fit (fingerprint {fp[:12]} != {rec['data_fingerprint'][:12]})"
+                )
         return Fitter.from_settings(m, self.settings_of(model, version)).fit(batches)
 
 
@@ -240,15 +317,23 @@ def completed_batches(lake: Lake, product: str | None = None) -> list[str]:
     from lake.query import query
 
     where = " AND b.product = ?" if product else ""
-    df = query(lake, f"""SELECT b.batch_id FROM batches b WHERE b.status = 'complete'{where}
+    df = query(
+        lake,
+        f"""SELECT b.batch_id FROM batches b WHERE b.status = 'complete'{where}
                          AND EXISTS (SELECT 1 FROM samples s WHERE s.batch_id = b.batch_id) ORDER BY b.batch_id""",
-               [product] if product else [])
+        [product] if product else [],
+    )
     return df["batch_id"].tolist()
 
 
-def fit_and_register(lake: Lake, model: str = "cho_fedbatch", batches: Sequence[str] | None = None,
-                     tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
-                     **fitter_kwargs) -> tuple[FitResult | None, Decision]:
+def fit_and_register(
+    lake: Lake,
+    model: str = "cho_fedbatch",
+    batches: Sequence[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    **fitter_kwargs,
+) -> tuple[FitResult | None, Decision]:
     """Fit `model` on `batches` (default: every completed batch) and record the version.
 
     A fit whose data and settings equal a recorded version's would reproduce it, so unless
@@ -269,7 +354,11 @@ def fit_and_register(lake: Lake, model: str = "cho_fedbatch", batches: Sequence[
         same = v[(v["data_fingerprint"] == fp) & (v["settings"] == settings)] if len(v) else v
         if len(same):
             r = same.sort_values("version").iloc[-1]
-            return None, Decision(int(r["version"]), str(r["status"]), f"unchanged: same data and settings as version {int(r['version'])}")
+            return None, Decision(
+                int(r["version"]),
+                str(r["status"]),
+                f"unchanged: same data and settings as version {int(r['version'])}",
+            )
     result = fitter.fit(data)
     return result, reg.register(result)
 

@@ -3,12 +3,12 @@
 Errors are one line and a non-zero exit, never a traceback for bad input. Dagster is
 imported only by the commands that run the pipeline, so `sql` and `status` start fast.
 """
+
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,11 +16,19 @@ from rich.table import Table
 
 from lake.layout import Lake
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="batchtwin: curated batch data and self-refitting models for bioprocess digital twins.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="batchtwin: curated batch data and self-refitting models for bioprocess digital twins.",
+)
 console = Console()
 err = Console(stderr=True)
 
-DATA_OPTION = typer.Option(Path("data"), "--data-dir", help="folder holding landing/, lake/ and sql/ (env BATCHTWIN_LAKE / BATCHTWIN_LANDING override)")
+DATA_OPTION = typer.Option(
+    Path("data"),
+    "--data-dir",
+    help="folder holding landing/, lake/ and sql/ (env BATCHTWIN_LAKE / BATCHTWIN_LANDING override)",
+)
 
 
 def _lake(data_dir: Path) -> Lake:
@@ -38,11 +46,23 @@ DEMO_SITES = ("cho", "penicillin")
 @app.command()
 def demo(
     data_dir: Path = DATA_OPTION,
-    site: str = typer.Option("cho", help="which demo site: cho (Basel, CHO fed-batch) or penicillin (Werk Süd, microbial fed-batch)"),
-    batches: Optional[int] = typer.Option(None, help="batches to simulate (the last ones are still running); default 15 (cho) or 8 (penicillin)"),
-    seconds_per_sample: Optional[float] = typer.Option(None, help="historian scan interval before archive compression; default 5 (cho) or 60 s"),
-    seed: Optional[int] = typer.Option(None, help="random seed: the same seed writes byte-identical files"),
-    generate_only: bool = typer.Option(False, "--generate-only", help="write the demo site without running the pipeline"),
+    site: str = typer.Option(
+        "cho",
+        help="which demo site: cho (Basel, CHO fed-batch) or penicillin (Werk Süd, microbial fed-batch)",
+    ),
+    batches: int | None = typer.Option(
+        None,
+        help="batches to simulate (the last ones are still running); default 15 (cho) or 8 (penicillin)",
+    ),
+    seconds_per_sample: float | None = typer.Option(
+        None, help="historian scan interval before archive compression; default 5 (cho) or 60 s"
+    ),
+    seed: int | None = typer.Option(
+        None, help="random seed: the same seed writes byte-identical files"
+    ),
+    generate_only: bool = typer.Option(
+        False, "--generate-only", help="write the demo site without running the pipeline"
+    ),
 ) -> None:
     """Write a demo site's landing zone (with its sources.yaml) and run the whole pipeline once.
 
@@ -55,16 +75,28 @@ def demo(
     else:
         from demo.penicillin import PenicillinSize as Size
         from demo.penicillin import generate
-    given = {k: v for k, v in (("batches", batches), ("seconds_per_sample", seconds_per_sample), ("seed", seed)) if v is not None}
+    given = {
+        k: v
+        for k, v in (
+            ("batches", batches),
+            ("seconds_per_sample", seconds_per_sample),
+            ("seed", seed),
+        )
+        if v is not None
+    }
     started = time.perf_counter()
     try:
         with console.status(f"simulating the {site} demo site…") as status:
-            truth = generate(data_dir, Size(**given), progress=lambda m: status.update(f"demo site: {m}"))
+            truth = generate(
+                data_dir, Size(**given), progress=lambda m: status.update(f"demo site: {m}")
+            )
     except (FileExistsError, ValueError) as e:
         _fail_plain(str(e))
     running = sum(b["status"] == "running" for b in truth["batches"])
-    console.print(f"demo site {site}: {len(truth['batches'])} batches ({running} running), {len(truth['faults'])} injected faults, "
-                  f"written to {data_dir}/ in {time.perf_counter() - started:.1f} s")
+    console.print(
+        f"demo site {site}: {len(truth['batches'])} batches ({running} running), {len(truth['faults'])} injected faults, "
+        f"written to {data_dir}/ in {time.perf_counter() - started:.1f} s"
+    )
     if not generate_only:
         run(data_dir)
 
@@ -91,16 +123,24 @@ def run(data_dir: Path = DATA_OPTION) -> None:
     if not result.success:
         for line in result.failures():
             err.print(f"[red]failed:[/red] {escape(line)}")
-        _fail(f"pipeline run {result.run_id[:8]} finished in {took:.1f} s with {len(result.failures())} failed step(s); "
-              "everything else was ingested and curated")
+        _fail(
+            f"pipeline run {result.run_id[:8]} finished in {took:.1f} s with {len(result.failures())} failed step(s); "
+            "everything else was ingested and curated"
+        )
 
 
 @app.command()
 def sql(
-    statement: str = typer.Argument(..., help="SQL over the catalog views, e.g. \"select count(*) from batches\""),
+    statement: str = typer.Argument(
+        ..., help='SQL over the catalog views, e.g. "select count(*) from batches"'
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
-    allow_files: bool = typer.Option(False, "--allow-files", help="let table functions (read_csv, read_parquet, glob, …) read local files "
-                                     "outside the lake; writes, network access and extensions stay refused"),
+    allow_files: bool = typer.Option(
+        False,
+        "--allow-files",
+        help="let table functions (read_csv, read_parquet, glob, …) read local files "
+        "outside the lake; writes, network access and extensions stay refused",
+    ),
     data_dir: Path = DATA_OPTION,
 ) -> None:
     """Query the curated lake with SQL (read-only: one SELECT, no COPY/ATTACH/SET/INSTALL, no files outside the lake)."""
@@ -116,7 +156,9 @@ def sql(
         _fail_plain(str(e))
     except duckdb.Error as e:
         _fail_plain(_one_line(e))
-    except Exception as e:  # e.g. a result pandas cannot hold: still one line, never a traceback (DESIGN §8)
+    except (
+        Exception
+    ) as e:  # e.g. a result pandas cannot hold: still one line, never a traceback (DESIGN §8)
         _fail_plain(f"{type(e).__name__}: {_one_line(e)}")
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
@@ -139,7 +181,7 @@ def _fail_plain(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _print_frame(df, title: Optional[str] = None) -> None:
+def _print_frame(df, title: str | None = None) -> None:
     from rich.text import Text
 
     # cells and headers are data (a tag, a batch id, a SQL alias): Text, so '[/]' or '[red]' is shown, not parsed as markup
@@ -147,7 +189,9 @@ def _print_frame(df, title: Optional[str] = None) -> None:
     for col in df.columns:
         table.add_column(Text(str(col)), justify="right" if df[col].dtype.kind in "iuf" else "left")
     for row in df.itertuples(index=False):
-        table.add_row(*(Text("" if v is None or (isinstance(v, float) and v != v) else str(v)) for v in row))
+        table.add_row(
+            *(Text("" if v is None or (isinstance(v, float) and v != v) else str(v)) for v in row)
+        )
     console.print(table)
 
 
@@ -158,19 +202,30 @@ def status(data_dir: Path = DATA_OPTION) -> None:
 
     lake = _lake(data_dir)
     try:
-        per_dataset = query(lake, """
+        per_dataset = query(
+            lake,
+            """
             SELECT dataset, count(*) FILTER (status = 'ingested') AS files, count(*) FILTER (status = 'rejected') AS rejected,
                    count(*) FILTER (status = 'failed') AS failed_pulls,
                    sum(rows_read)::BIGINT AS rows_read, sum(rows_accepted)::BIGINT AS rows_accepted,
                    sum(rows_quarantined)::BIGINT AS rows_quarantined
-            FROM ingest_log GROUP BY dataset ORDER BY dataset""")
-        batches = query(lake, "SELECT status, count(*) AS batches FROM batches GROUP BY status ORDER BY status")
+            FROM ingest_log GROUP BY dataset ORDER BY dataset""",
+        )
+        batches = query(
+            lake, "SELECT status, count(*) AS batches FROM batches GROUP BY status ORDER BY status"
+        )
         phases = query(lake, "SELECT count(*) AS n FROM phases WHERE level = 'phase'")["n"].iloc[0]
-        reasons = query(lake, "SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC LIMIT 8")
+        reasons = query(
+            lake,
+            "SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC LIMIT 8",
+        )
         # a source whose latest attempt failed (an unreachable SQL historian): shown until it succeeds again
-        failing = query(lake, """SELECT source, finished_at, error FROM ingest_log
+        failing = query(
+            lake,
+            """SELECT source, finished_at, error FROM ingest_log
                                  QUALIFY row_number() OVER (PARTITION BY source ORDER BY finished_at DESC) = 1 AND status = 'failed'
-                                 ORDER BY source""")
+                                 ORDER BY source""",
+        )
     except CatalogMissing as e:
         _fail(str(e))
     _print_frame(per_dataset, "ingested by dataset")
@@ -198,21 +253,30 @@ def _print_models(lake: Lake) -> None:
         if champ is None:
             console.print(f"models: {model}: no champion ({counts})")
             continue
-        console.print(f"models: {model} champion v{int(champ['version'])}, fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC on "
-                      f"{len(json.loads(champ['training_batches']))} batches, validation error {champ['validation_error']:.3g} ({counts})")
+        console.print(
+            f"models: {model} champion v{int(champ['version'])}, fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC on "
+            f"{len(json.loads(champ['training_batches']))} batches, validation error {champ['validation_error']:.3g} ({counts})"
+        )
         p = reg.parameters(model, int(champ["version"]))
         p = p[~p["fixed"]][["name", "value", "ci_low", "ci_high", "uom", "identifiable"]]
-        _print_frame(p.assign(**{c: p[c].map(lambda x: f"{x:.4g}") for c in ("value", "ci_low", "ci_high")}), f"{model} v{int(champ['version'])} fitted parameters")
+        _print_frame(
+            p.assign(**{c: p[c].map(lambda x: f"{x:.4g}") for c in ("value", "ci_low", "ci_high")}),
+            f"{model} v{int(champ['version'])} fitted parameters",
+        )
 
 
 @app.command()
 def fit(
     data_dir: Path = DATA_OPTION,
     model: str = typer.Option("cho_fedbatch", help="model name or import path module:Class"),
-    batches: Optional[str] = typer.Option(None, help="comma-separated training batch ids (default: every completed batch)"),
+    batches: str | None = typer.Option(
+        None, help="comma-separated training batch ids (default: every completed batch)"
+    ),
     n_starts: int = typer.Option(3, help="multistart: number of starting points"),
     seed: int = typer.Option(20260316, help="random seed of the multistart"),
-    force: bool = typer.Option(False, "--force", help="refit even when a version with the same data and settings exists"),
+    force: bool = typer.Option(
+        False, "--force", help="refit even when a version with the same data and settings exists"
+    ),
 ) -> None:
     """Fit a model on completed batches and record the version in the registry (promotion by the registry rule)."""
     from rich.markup import escape
@@ -226,7 +290,9 @@ def fit(
     started = time.perf_counter()
     try:
         with console.status(f"fitting {model}…"):
-            result, decision = fit_and_register(lake, model, ids, force=force, n_starts=n_starts, seed=seed)
+            result, decision = fit_and_register(
+                lake, model, ids, force=force, n_starts=n_starts, seed=seed
+            )
     except CatalogMissing as e:
         _fail(str(e))
     except (KeyError, ValueError) as e:
@@ -235,11 +301,18 @@ def fit(
         console.print(f"{model}: {decision.reason} ({decision.status}); use --force to refit")
         return
     catalog.rebuild(lake)
-    console.print(f"{model} v{decision.version}: {decision.status} — {decision.reason} "
-                  f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)")
+    console.print(
+        f"{model} v{decision.version}: {decision.status} — {decision.reason} "
+        f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)"
+    )
     t = result.table()
     t = t[~t["fixed"]][["name", "value", "stderr", "ci_low", "ci_high", "identifiable", "uom"]]
-    _print_frame(t.assign(**{c: t[c].map(lambda x: f"{x:.4g}") for c in ("value", "stderr", "ci_low", "ci_high")}), "fitted parameters (95 % intervals)")
+    _print_frame(
+        t.assign(
+            **{c: t[c].map(lambda x: f"{x:.4g}") for c in ("value", "stderr", "ci_low", "ci_high")}
+        ),
+        "fitted parameters (95 % intervals)",
+    )
 
 
 @app.command()
@@ -271,13 +344,21 @@ def forecast(
     png = forecast_plot(lake, fc)
     b = fc.bands[(fc.bands["analyte"] == analyte) & (fc.bands["kind"] == "trajectory")]
     if b.empty:
-        _fail(escape(f"no analyte {analyte!r}; recorded: {', '.join(sorted(set(fc.bands['analyte'])))}"))
+        _fail(
+            escape(
+                f"no analyte {analyte!r}; recorded: {', '.join(sorted(set(fc.bands['analyte'])))}"
+            )
+        )
     step = max(len(b) // 12, 1)
     shown = b.iloc[::step][["t_batch_h", "p10", "p50", "p90"]]
-    _print_frame(shown.assign(**{c: shown[c].map(lambda x: f"{x:.3g}") for c in shown.columns}),
-                 f"{batch} {analyte}: {fc.model} v{fc.version}, as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)")
+    _print_frame(
+        shown.assign(**{c: shown[c].map(lambda x: f"{x:.3g}") for c in shown.columns}),
+        f"{batch} {analyte}: {fc.model} v{fc.version}, as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)",
+    )
     p10, p50, p90 = fc.final(analyte)
-    console.print(f"{analyte} at harvest (~{fc.harvest_h:.0f} h): p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}")
+    console.print(
+        f"{analyte} at harvest (~{fc.harvest_h:.0f} h): p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -4,6 +4,7 @@ A sensor adds each newly completed batch (or a batch whose record was amended) a
 partition and requests its gold computation. Running batches are recomputed as a whole on
 every ingest, and the golden profiles follow the completed batches automatically.
 """
+
 import json
 import warnings
 
@@ -20,9 +21,17 @@ batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
 
 def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.MaterializeResult:
     catalog.rebuild(lake)
-    kpis = query(lake, "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, round(qp, 1) AS qp "
-                       "FROM batch_kpis WHERE batch_id IN (SELECT unnest(?)) ORDER BY 1", [ids])
-    coverage = query(lake, "SELECT avg(coverage) AS c FROM batch_trajectories WHERE batch_id IN (SELECT unnest(?))", [ids])["c"].iloc[0]
+    kpis = query(
+        lake,
+        "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, round(qp, 1) AS qp "
+        "FROM batch_kpis WHERE batch_id IN (SELECT unnest(?)) ORDER BY 1",
+        [ids],
+    )
+    coverage = query(
+        lake,
+        "SELECT avg(coverage) AS c FROM batch_trajectories WHERE batch_id IN (SELECT unnest(?))",
+        [ids],
+    )["c"].iloc[0]
     context.log.info(f"gold tables for {len(ids)} batch(es): {counts}")
     return dg.MaterializeResult(
         metadata={
@@ -36,7 +45,9 @@ def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.Ma
 
 def _settings(settings: ContextSettings, landing: LandingResource) -> contextualize.Settings:
     """The run's grid and band, and the site's historian gap and operating limits."""
-    return contextualize.Settings.for_site(site_of(landing), settings.grid_minutes, settings.golden_k)
+    return contextualize.Settings.for_site(
+        site_of(landing), settings.grid_minutes, settings.golden_k
+    )
 
 
 # single-run backfills are "beta" in Dagster 1.13 but are the documented way to compute many
@@ -45,10 +56,18 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 
 
 @dg.asset(
-    group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], partitions_def=batch_partitions,
+    group_name="contextualize",
+    kinds={"duckdb", "parquet"},
+    deps=[lake_catalog],
+    partitions_def=batch_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
-def batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
+def batch_gold(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    settings: ContextSettings,
+    landing: LandingResource,
+) -> dg.MaterializeResult:
     """Gold tables of completed batches: `process_values` (points placed in batch and phase, canonical
     units), `batch_trajectories` (time-weighted grid), `phase_summary` and `batch_kpis`, one file per batch."""
     the_lake = lake.lake()
@@ -57,20 +76,43 @@ def batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: 
     return _gold_result(context, ids, counts, the_lake)
 
 
-@dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[lake_catalog], automation_condition=dg.AutomationCondition.eager())
-def running_batch_gold(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="contextualize",
+    kinds={"duckdb", "parquet"},
+    deps=[lake_catalog],
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def running_batch_gold(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    settings: ContextSettings,
+    landing: LandingResource,
+) -> dg.MaterializeResult:
     """Gold tables of batches still running, up to their latest data; recomputed after every ingest."""
     the_lake = lake.lake()
     try:
-        ids = query(the_lake, "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1")["batch_id"].tolist()
+        ids = query(
+            the_lake,
+            "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1",
+        )["batch_id"].tolist()
     except CatalogMissing:
         ids = []
     counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
     return _gold_result(context, ids, counts, the_lake)
 
 
-@dg.asset(group_name="contextualize", kinds={"duckdb", "parquet"}, deps=[batch_gold], automation_condition=dg.AutomationCondition.eager())
-def golden_profiles(context: dg.AssetExecutionContext, lake: LakeResource, settings: ContextSettings, landing: LandingResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="contextualize",
+    kinds={"duckdb", "parquet"},
+    deps=[batch_gold],
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def golden_profiles(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    settings: ContextSettings,
+    landing: LandingResource,
+) -> dg.MaterializeResult:
     """Golden-batch reference per product and parameter: mean ± k·σ of completed batches on t_batch_h;
     the `batch_deviation` view compares every batch with it."""
     the_lake = lake.lake()
@@ -79,18 +121,28 @@ def golden_profiles(context: dg.AssetExecutionContext, lake: LakeResource, setti
     return dg.MaterializeResult(metadata={"rows": n, "k_sigma": settings.golden_k})
 
 
-@dg.sensor(name="completed_batches_sensor", target=batch_gold, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    name="completed_batches_sensor",
+    target=batch_gold,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def completed_batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
     """Add each completed batch as a partition and request its gold tables; an amended batch
     record (new source hash) requests a recomputation."""
     try:
-        done = query(lake.lake(), "SELECT batch_id, source_sha256 FROM batches WHERE status = 'complete' ORDER BY batch_id")
+        done = query(
+            lake.lake(),
+            "SELECT batch_id, source_sha256 FROM batches WHERE status = 'complete' ORDER BY batch_id",
+        )
     except CatalogMissing:
         return dg.SkipReason("no catalog yet")
     seen = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
     new = [b for b in done["batch_id"] if b not in known]
-    changed = [(b, sha) for b, sha in zip(done["batch_id"], done["source_sha256"]) if seen.get(b) != sha]
+    changed = [
+        (b, sha) for b, sha in zip(done["batch_id"], done["source_sha256"]) if seen.get(b) != sha
+    ]
     if not new and not changed:
         return dg.SkipReason("no newly completed or amended batches")
     return dg.SensorResult(

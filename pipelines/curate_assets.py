@@ -6,7 +6,6 @@ from lake import catalog, query
 from pipelines.ingest_assets import INGEST_ASSETS
 from pipelines.resources import LakeResource
 
-
 # After any ingest asset updated, once none is running: a source that failed (and so skipped the
 # catalog in its run) must not keep what the other sources ingested out of the catalog.
 AFTER_ANY_INGEST = (
@@ -16,7 +15,13 @@ AFTER_ANY_INGEST = (
 )
 
 
-@dg.asset(group_name="curate", kinds={"duckdb"}, deps=INGEST_ASSETS, pool="catalog_writer", automation_condition=AFTER_ANY_INGEST)
+@dg.asset(
+    group_name="curate",
+    kinds={"duckdb"},
+    deps=INGEST_ASSETS,
+    pool="catalog_writer",
+    automation_condition=AFTER_ANY_INGEST,
+)
 def lake_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """`catalog.duckdb`: one view per lake table (DESIGN §4), rebuilt whole and swapped in atomically.
 
@@ -26,7 +31,10 @@ def lake_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     """
     the_lake = lake.lake()
     views = catalog.rebuild(the_lake)
-    counts = {v: int(query.query(the_lake, f'SELECT count(*) AS n FROM "{v}"')["n"].iloc[0]) for v in views}
+    counts = {
+        v: int(query.query(the_lake, f'SELECT count(*) AS n FROM "{v}"')["n"].iloc[0])
+        for v in views
+    }
     context.log.info(f"catalog rebuilt with {len(views)} views at {the_lake.catalog}")
     table = "\n".join(f"| {v} | {n:,} |" for v, n in counts.items())
     return dg.MaterializeResult(

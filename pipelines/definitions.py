@@ -6,11 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from lake import audit
 from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, completed_batches_sensor
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS, INGEST_DATASETS
 from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
-from lake import audit
 from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from sources.base import sha256_of
 from sources.profiles import profile_for
@@ -19,20 +19,34 @@ from sources.site import SiteConfigError
 INGEST_AND_CATALOG = [*INGEST_ASSETS, lake_catalog]
 ALL_ASSETS = [*INGEST_AND_CATALOG, *CONTEXTUALIZE_ASSETS, *MODEL_ASSETS]
 
-ingest_everything = dg.define_asset_job("ingest_everything", selection=dg.AssetSelection.assets(*INGEST_AND_CATALOG),
-                                        description="Ingest every landing dataset and the SQL historians, then rebuild the catalog.")
-pull_sql_historians = dg.define_asset_job("pull_sql_historians", selection=dg.AssetSelection.assets("historian_sql", "lake_catalog"),
-                                          description="Incremental SQL historian pull, then catalog rebuild.")
+ingest_everything = dg.define_asset_job(
+    "ingest_everything",
+    selection=dg.AssetSelection.assets(*INGEST_AND_CATALOG),
+    description="Ingest every landing dataset and the SQL historians, then rebuild the catalog.",
+)
+pull_sql_historians = dg.define_asset_job(
+    "pull_sql_historians",
+    selection=dg.AssetSelection.assets("historian_sql", "lake_catalog"),
+    description="Incremental SQL historian pull, then catalog rebuild.",
+)
 
 sql_pull_schedule = dg.ScheduleDefinition(
-    name="sql_historian_pull", job=pull_sql_historians, cron_schedule="*/15 * * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING, description="Pull new rows from the SQL historians every 15 minutes.",
+    name="sql_historian_pull",
+    job=pull_sql_historians,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Pull new rows from the SQL historians every 15 minutes.",
 )
 
 ASSET_FOR_DATASET = {ds: name for name, datasets in INGEST_DATASETS.items() for ds in datasets}
 
 
-@dg.sensor(name="landing_zone_sensor", job=ingest_everything, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    name="landing_zone_sensor",
+    job=ingest_everything,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
     """Request ingest runs for new or changed landing files: one run per ingest asset that has
     new files (an asset ingests every new file of its datasets at once), keyed by the files' hashes.
@@ -64,9 +78,14 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
         return dg.SkipReason("no new landing files")
     requests = [
         dg.RunRequest(
-            run_key=hashlib.sha256("\n".join(sha for _, sha in sorted(items, key=lambda x: x[1])).encode()).hexdigest(),
+            run_key=hashlib.sha256(
+                "\n".join(sha for _, sha in sorted(items, key=lambda x: x[1])).encode()
+            ).hexdigest(),
             asset_selection=[dg.AssetKey(asset), dg.AssetKey("lake_catalog")],
-            tags={"batchtwin/new_files": str(len(items)), "batchtwin/first_file": items[0][0][:200]},
+            tags={
+                "batchtwin/new_files": str(len(items)),
+                "batchtwin/first_file": items[0][0][:200],
+            },
         )
         for asset, items in sorted(new.items())
     ]
@@ -76,16 +95,31 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
 def _audit_run(context: dg.RunStatusSensorContext, lake: LakeResource, action: str) -> None:
     run = context.dagster_run
     assets = ", ".join(sorted(k.to_user_string() for k in (run.asset_selection or [])))
-    audit.record(lake.lake(), action, run.job_name, new=assets or None, reason=f"run status {run.status.value}", run_id=run.run_id)
+    audit.record(
+        lake.lake(),
+        action,
+        run.job_name,
+        new=assets or None,
+        reason=f"run status {run.status.value}",
+        run_id=run.run_id,
+    )
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name="audit_successful_runs", default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    name="audit_successful_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def audit_successful_runs(context: dg.RunStatusSensorContext, lake: LakeResource):
     """Every finished run goes into the lake's audit trail (who ran what, when)."""
     _audit_run(context, lake, "run_succeeded")
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.FAILURE, name="audit_failed_runs", default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.FAILURE,
+    name="audit_failed_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def audit_failed_runs(context: dg.RunStatusSensorContext, lake: LakeResource):
     """Failed runs are recorded too: the audit trail must show attempts, not only successes."""
     _audit_run(context, lake, "run_failed")
@@ -102,7 +136,11 @@ defs = dg.Definitions(
         audit_successful_runs,
         audit_failed_runs,
         # eager assets (running-batch gold, golden profiles, model refit, forecasts) need this sensor running to fire
-        dg.AutomationConditionSensorDefinition("automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING),
+        dg.AutomationConditionSensorDefinition(
+            "automation",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        ),
     ],
     resources=resources_from_env(),
 )

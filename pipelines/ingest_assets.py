@@ -22,7 +22,9 @@ INGEST_DATASETS = {
 }
 
 
-def _summary(context: dg.AssetExecutionContext, asset_name: str, outcomes: list[IngestOutcome]) -> dg.MaterializeResult:
+def _summary(
+    context: dg.AssetExecutionContext, asset_name: str, outcomes: list[IngestOutcome]
+) -> dg.MaterializeResult:
     ingested = [o for o in outcomes if o.status == "ingested"]
     rejected = [o for o in outcomes if o.status == "rejected"]
     reasons: Counter[str] = Counter()
@@ -36,9 +38,15 @@ def _summary(context: dg.AssetExecutionContext, asset_name: str, outcomes: list[
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         # the other sources of this asset were ingested and stay; the asset fails with the cause
-        raise dg.Failure(description="; ".join(o.log["error"] for o in failed),
-                         metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)})
-    unbalanced = [o.log["path"] for o in outcomes if o.log["rows_read"] != o.log["rows_accepted"] + o.log["rows_quarantined"]]
+        raise dg.Failure(
+            description="; ".join(o.log["error"] for o in failed),
+            metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)},
+        )
+    unbalanced = [
+        o.log["path"]
+        for o in outcomes
+        if o.log["rows_read"] != o.log["rows_accepted"] + o.log["rows_quarantined"]
+    ]
     top = "\n".join(f"| {n} | {r} |" for r, n in reasons.most_common(5))
     return dg.MaterializeResult(
         metadata={
@@ -48,20 +56,32 @@ def _summary(context: dg.AssetExecutionContext, asset_name: str, outcomes: list[
             "rows_read": read,
             "rows_accepted": accepted,
             "rows_quarantined": quarantined,
-            "top_quarantine_reasons": dg.MetadataValue.md("| rows | reason |\n|---|---|\n" + top if top else "none"),
+            "top_quarantine_reasons": dg.MetadataValue.md(
+                "| rows | reason |\n|---|---|\n" + top if top else "none"
+            ),
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name="check_rows_conserved",
                 passed=not unbalanced,
-                metadata={"rows_read": read, "rows_accepted": accepted, "rows_quarantined": quarantined, "unbalanced_files": ", ".join(unbalanced) or "none"},
+                metadata={
+                    "rows_read": read,
+                    "rows_accepted": accepted,
+                    "rows_quarantined": quarantined,
+                    "unbalanced_files": ", ".join(unbalanced) or "none",
+                },
             ),
             dg.AssetCheckResult(
                 check_name="check_validation",
                 passed=quarantined == 0 and not rejected,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"rows_quarantined": quarantined, "files_rejected": len(rejected),
-                          "top_reasons": dg.MetadataValue.json({r: int(n) for r, n in reasons.most_common(5)})},
+                metadata={
+                    "rows_quarantined": quarantined,
+                    "files_rejected": len(rejected),
+                    "top_reasons": dg.MetadataValue.json(
+                        {r: int(n) for r, n in reasons.most_common(5)}
+                    ),
+                },
             ),
         ],
     )
@@ -69,8 +89,16 @@ def _summary(context: dg.AssetExecutionContext, asset_name: str, outcomes: list[
 
 def _checks(name: str) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec("check_rows_conserved", asset=name, description="for every source, rows read = rows accepted + rows quarantined"),
-        dg.AssetCheckSpec("check_validation", asset=name, description="warns when validation quarantined rows or rejected files; metadata has the counts and top reasons"),
+        dg.AssetCheckSpec(
+            "check_rows_conserved",
+            asset=name,
+            description="for every source, rows read = rows accepted + rows quarantined",
+        ),
+        dg.AssetCheckSpec(
+            "check_validation",
+            asset=name,
+            description="warns when validation quarantined rows or rejected files; metadata has the counts and top reasons",
+        ),
     ]
 
 
@@ -83,13 +111,30 @@ def site_of(landing: LandingResource) -> Site:
 
 
 def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: list[str]):
-    @dg.asset(name=name, group_name="ingest", kinds={"parquet", "pandera"}, deps=deps, check_specs=_checks(name), description=description)
-    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+    @dg.asset(
+        name=name,
+        group_name="ingest",
+        kinds={"parquet", "pandera"},
+        deps=deps,
+        check_specs=_checks(name),
+        description=description,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
+    ) -> dg.MaterializeResult:
         the_lake = lake.lake()
         site = site_of(landing)
         tags_known = ingest.known_tags(the_lake)
         outcomes = [
-            ingest.ingest_file(the_lake, landing.root, rel, prof, run_id=context.run.run_id, tags_known=tags_known, site=site)
+            ingest.ingest_file(
+                the_lake,
+                landing.root,
+                rel,
+                prof,
+                run_id=context.run.run_id,
+                tags_known=tags_known,
+                site=site,
+            )
             for ds in datasets
             for rel, prof in ingest.landing_files(landing.root, site.files, ds)
         ]
@@ -99,22 +144,40 @@ def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: li
 
 
 tag_dictionary = _file_asset(
-    "tag_dictionary", INGEST_DATASETS["tag_dictionary"],
-    "Tag dictionary exports (landing/tags/*.csv) -> silver `tags`: what each historian tag measures, on which unit, in which unit.", [])
+    "tag_dictionary",
+    INGEST_DATASETS["tag_dictionary"],
+    "Tag dictionary exports (landing/tags/*.csv) -> silver `tags`: what each historian tag measures, on which unit, in which unit.",
+    [],
+)
 mes_batch_records = _file_asset(
-    "mes_batch_records", INGEST_DATASETS["mes_batch_records"],
-    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) -> silver batch, phase and material-event records, every version kept.", [])
+    "mes_batch_records",
+    INGEST_DATASETS["mes_batch_records"],
+    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) -> silver batch, phase and material-event records, every version kept.",
+    [],
+)
 historian_files = _file_asset(
-    "historian_files", INGEST_DATASETS["historian_files"],
+    "historian_files",
+    INGEST_DATASETS["historian_files"],
     "Historian CSV exports, long and wide, plain or gzip (landing/historian) -> silver `historian_points`; unknown tags, unparseable values and duplicates are quarantined.",
-    ["tag_dictionary"])
+    ["tag_dictionary"],
+)
 lims_samples = _file_asset(
-    "lims_samples", INGEST_DATASETS["lims_samples"],
-    "Offline lab results (landing/lims/*.csv) -> silver `samples`, with sample and report times; retests supersede by report time.", [])
+    "lims_samples",
+    INGEST_DATASETS["lims_samples"],
+    "Offline lab results (landing/lims/*.csv) -> silver `samples`, with sample and report times; retests supersede by report time.",
+    [],
+)
 
 
-@dg.asset(group_name="ingest", kinds={"sql", "parquet"}, deps=["tag_dictionary"], check_specs=_checks("historian_sql"))
-def historian_sql(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="ingest",
+    kinds={"sql", "parquet"},
+    deps=["tag_dictionary"],
+    check_specs=_checks("historian_sql"),
+)
+def historian_sql(
+    context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
+) -> dg.MaterializeResult:
     """Incremental pulls from the SQL historians of `sources.yaml` (`sql:`) -> silver `historian_points`.
 
     Each pull re-reads a look-back window behind the stored watermark, so late rows are picked up, and skips rows already held.
@@ -124,7 +187,10 @@ def historian_sql(context: dg.AssetExecutionContext, lake: LakeResource, landing
     the_lake = lake.lake()
     sqls = site_of(landing).sqls
     tags_known = ingest.known_tags(the_lake)
-    outcomes = [ingest.ingest_sql(the_lake, p, run_id=context.run.run_id, tags_known=tags_known) for p in sqls]
+    outcomes = [
+        ingest.ingest_sql(the_lake, p, run_id=context.run.run_id, tags_known=tags_known)
+        for p in sqls
+    ]
     return _summary(context, "historian_sql", outcomes)
 
 

@@ -6,6 +6,7 @@ amended, and waits while any completed batch still lacks its gold tables. Every 
 registry version (candidate -> champion or rejected by the promotion rule). `forecasts`
 follows the champion and every update of the running batches.
 """
+
 import base64
 import json
 from pathlib import Path
@@ -17,7 +18,13 @@ from lake.query import CatalogMissing
 from models import forecast as fc_mod
 from models import plots
 from models.data import load_batches
-from models.registry import DEFAULT_TOLERANCE, Registry, completed_batches, fit_and_register, load_model
+from models.registry import (
+    DEFAULT_TOLERANCE,
+    Registry,
+    completed_batches,
+    fit_and_register,
+    load_model,
+)
 from pipelines.contextualize_assets import batch_gold, running_batch_gold
 from pipelines.ingest_assets import site_of
 from pipelines.resources import LakeResource, LandingResource
@@ -47,11 +54,23 @@ def _png_md(paths: list[Path]) -> dg.MetadataValue:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{data})")
     rest = "\n".join(f"- `{p}`" for p in paths)
-    return dg.MetadataValue.md("\n\n".join(parts) + ("\n\nall plots:\n" + rest if paths else "no plots"))
+    return dg.MetadataValue.md(
+        "\n\n".join(parts) + ("\n\nall plots:\n" + rest if paths else "no plots")
+    )
 
 
-@dg.asset(group_name="models", kinds={"scipy", "parquet"}, deps=[batch_gold], automation_condition=dg.AutomationCondition.eager())
-def model_fit(context: dg.AssetExecutionContext, config: FitConfig, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="models",
+    kinds={"scipy", "parquet"},
+    deps=[batch_gold],
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def model_fit(
+    context: dg.AssetExecutionContext,
+    config: FitConfig,
+    lake: LakeResource,
+    landing: LandingResource,
+) -> dg.MaterializeResult:
     """Fit the model on every completed batch of the products the site assigns it (`models:` in sources.yaml;
     shared kinetics, per-batch initial states, weighted least squares in log space, multistart) and record the
     version in the registry; promotion to champion follows the rule in models.registry. Metadata: parameters
@@ -60,28 +79,52 @@ def model_fit(context: dg.AssetExecutionContext, config: FitConfig, lake: LakeRe
     the_lake = lake.lake()
     products = products_of(landing, config.model)
     if not products:
-        return _not_fitted(context, f"{config.model}: no product of this site uses it (sources.yaml `models:`); nothing to fit")
+        return _not_fitted(
+            context,
+            f"{config.model}: no product of this site uses it (sources.yaml `models:`); nothing to fit",
+        )
     try:
         ids = [b for p in products for b in completed_batches(the_lake, p)]
     except CatalogMissing:
         ids = []
     if not ids:
-        return _not_fitted(context, f"{config.model}: no completed batch with samples of {', '.join(products)} yet")
+        return _not_fitted(
+            context, f"{config.model}: no completed batch with samples of {', '.join(products)} yet"
+        )
     try:
-        result, decision = fit_and_register(the_lake, config.model, sorted(ids), tolerance=config.tolerance,
-                                            n_starts=config.n_starts, folds=config.folds, seed=config.seed)
+        result, decision = fit_and_register(
+            the_lake,
+            config.model,
+            sorted(ids),
+            tolerance=config.tolerance,
+            n_starts=config.n_starts,
+            folds=config.folds,
+            seed=config.seed,
+        )
     except (ValueError, LookupError, ArithmeticError) as err:
-        return _not_fitted(context, f"{config.model}: the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}")
+        return _not_fitted(
+            context,
+            f"{config.model}: the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}",
+        )
     if result is None:
         context.log.info(f"{config.model}: {decision.reason}")
-        return dg.MaterializeResult(metadata={"fitted": False, "model": config.model, "version": decision.version,
-                                              "status": decision.status, "reason": decision.reason})
+        return dg.MaterializeResult(
+            metadata={
+                "fitted": False,
+                "model": config.model,
+                "version": decision.version,
+                "status": decision.status,
+                "reason": decision.reason,
+            }
+        )
     catalog.rebuild(the_lake)
     model = load_model(config.model)
     pngs = plots.fit_plots(the_lake, result, decision.version, load_batches(the_lake, model, ids))
     table = result.table()
     table = table[~table["fixed"] | table["name"].isin(result.probe["name"])]
-    context.log.info(f"{config.model} v{decision.version}: {decision.status} ({decision.reason}) in {result.seconds:.1f} s")
+    context.log.info(
+        f"{config.model} v{decision.version}: {decision.status} ({decision.reason}) in {result.seconds:.1f} s"
+    )
     return dg.MaterializeResult(
         metadata={
             "fitted": True,
@@ -110,8 +153,11 @@ def _not_fitted(context: dg.AssetExecutionContext, reason: str) -> dg.Materializ
     return dg.MaterializeResult(metadata={"fitted": False, "reason": reason})
 
 
-@dg.asset_check(asset=model_fit, description="the latest fit converged to a sensible optimum: reduced chi-square below 4, "
-                "every fitted parameter inside its bounds and identifiable")
+@dg.asset_check(
+    asset=model_fit,
+    description="the latest fit converged to a sensible optimum: reduced chi-square below 4, "
+    "every fitted parameter inside its bounds and identifiable",
+)
 def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
     reg = Registry(lake.lake())
     versions = reg.versions()
@@ -122,43 +168,74 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
     params = reg.parameters(latest["model"], int(latest["version"]))
     fitted = params[~params["fixed"]]
     unidentifiable = fitted.loc[fitted["identifiable"] != "yes", "name"].tolist()
-    at_bounds = fitted.loc[(fitted["value"] <= fitted["bound_low"] * 1.001) | (fitted["value"] >= fitted["bound_high"] * 0.999), "name"].tolist()
+    at_bounds = fitted.loc[
+        (fitted["value"] <= fitted["bound_low"] * 1.001)
+        | (fitted["value"] >= fitted["bound_high"] * 0.999),
+        "name",
+    ].tolist()
     chi2 = float(metrics.get("reduced_chi2", float("nan")))
     passed = chi2 < 4.0 and not unidentifiable and not at_bounds
     return dg.AssetCheckResult(
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"model": latest["model"], "version": int(latest["version"]), "status": latest["status"], "reduced_chi2": chi2,
-                  "unidentifiable": ", ".join(unidentifiable) or "none", "at_bounds": ", ".join(at_bounds) or "none",
-                  "validation_error": float(latest["validation_error"])},
+        metadata={
+            "model": latest["model"],
+            "version": int(latest["version"]),
+            "status": latest["status"],
+            "reduced_chi2": chi2,
+            "unidentifiable": ", ".join(unidentifiable) or "none",
+            "at_bounds": ", ".join(at_bounds) or "none",
+            "validation_error": float(latest["validation_error"]),
+        },
     )
 
 
-@dg.asset(group_name="models", kinds={"scipy", "parquet"}, deps=[model_fit, running_batch_gold],
-          automation_condition=dg.AutomationCondition.eager())
-def forecasts(context: dg.AssetExecutionContext, config: ForecastConfig, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="models",
+    kinds={"scipy", "parquet"},
+    deps=[model_fit, running_batch_gold],
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def forecasts(
+    context: dg.AssetExecutionContext,
+    config: ForecastConfig,
+    lake: LakeResource,
+    landing: LandingResource,
+) -> dg.MaterializeResult:
     """p10/p50/p90 forecasts of every running batch of the model's products to its planned harvest from the champion
     and its parameter uncertainty (models.forecast), written to the `forecasts` table; metadata has the final-titer
     bands and fans."""
     the_lake = lake.lake()
     products = products_of(landing, config.model)
     if not products:
-        return dg.MaterializeResult(metadata={"batches": 0, "reason": f"{config.model}: no product of this site uses it"})
+        return dg.MaterializeResult(
+            metadata={"batches": 0, "reason": f"{config.model}: no product of this site uses it"}
+        )
     try:
         if Registry(the_lake).champion(config.model) is None:
             return dg.MaterializeResult(metadata={"batches": 0, "reason": "no champion model yet"})
-        fcs = fc_mod.forecast_running(the_lake, config.model, n_draws=config.n_draws, seed=config.seed, products=products)
+        fcs = fc_mod.forecast_running(
+            the_lake, config.model, n_draws=config.n_draws, seed=config.seed, products=products
+        )
     except CatalogMissing:
         return dg.MaterializeResult(metadata={"batches": 0, "reason": "no catalog yet"})
     catalog.rebuild(the_lake)
     pngs = [plots.forecast_plot(the_lake, f) for f in fcs]
-    rows = "\n".join(f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} | {f.now_h:.0f} | {f.harvest_h:.0f} | "
-                     + " | ".join(f"{v:.3g}" for v in f.final("titer")) + " |" for f in fcs)
+    rows = "\n".join(
+        f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} | {f.now_h:.0f} | {f.harvest_h:.0f} | "
+        + " | ".join(f"{v:.3g}" for v in f.final("titer"))
+        + " |"
+        for f in fcs
+    )
     return dg.MaterializeResult(
         metadata={
             "batches": len(fcs),
-            "final_titer": dg.MetadataValue.md("| batch | model | as of | now h | harvest h | p10 | p50 | p90 |\n|---|---|---|---|---|---|---|---|\n" + rows
-                                               if fcs else "no running batches"),
+            "final_titer": dg.MetadataValue.md(
+                "| batch | model | as of | now h | harvest h | p10 | p50 | p90 |\n|---|---|---|---|---|---|---|---|\n"
+                + rows
+                if fcs
+                else "no running batches"
+            ),
             "plots": _png_md(pngs),
         }
     )

@@ -4,6 +4,7 @@ Defaults are folders under a data directory; `BATCHTWIN_LAKE` and `BATCHTWIN_LAN
 them, so the same assets run elsewhere without code changes. SQL historian URLs live in the
 site's sources.yaml (`${VAR}` there reads the environment, e.g. for a password).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,5 +49,7 @@ def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.Configurab
     return {
         "lake": LakeResource(root=os.environ.get("BATCHTWIN_LAKE", str(data / "lake"))),
         "landing": LandingResource(root=os.environ.get("BATCHTWIN_LANDING", str(data / "landing"))),
-        "settings": ContextSettings(grid_minutes=float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))),
+        "settings": ContextSettings(
+            grid_minutes=float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))
+        ),
     }

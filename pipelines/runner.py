@@ -6,6 +6,7 @@ golden profiles; then the model refit (a new registry version) and the forecasts
 source fails its own ingest asset only: the catalog is built from what the others ingested
 and curation goes on; the run as a whole then reports the failure (and `batchtwin run` exits 1).
 """
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,12 @@ import dagster as dg
 
 from lake import audit
 from lake.query import query
-from pipelines.contextualize_assets import batch_gold, batch_partitions, golden_profiles, running_batch_gold
+from pipelines.contextualize_assets import (
+    batch_gold,
+    batch_partitions,
+    golden_profiles,
+    running_batch_gold,
+)
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS
 from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
@@ -43,14 +49,25 @@ class PipelineRun:
         for r in self.results:
             for event in r.get_step_failure_events():
                 data = event.step_failure_data
-                cause = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description else None
+                cause = (
+                    data.user_failure_data.description
+                    if data.user_failure_data and data.user_failure_data.description
+                    else None
+                )
                 if cause is None and data.error is not None:
-                    cause = next((ln for ln in data.error.message.splitlines() if ln.strip()), "failed")
+                    cause = next(
+                        (ln for ln in data.error.message.splitlines() if ln.strip()), "failed"
+                    )
                 out.append(f"{event.step_key}: {' '.join(str(cause).split())}")
         return out
 
 
-def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", models: bool = True) -> PipelineRun:
+def materialize_all(
+    data_dir: Path,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str = "WARNING",
+    models: bool = True,
+) -> PipelineRun:
     """Materialize every asset (without the model stage when `models` is false); runs are
     recorded in $DAGSTER_HOME when it is set, and each run in the lake's audit trail."""
     if instance is None:
@@ -60,20 +77,36 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
         else:
             instance = dg.DagsterInstance.ephemeral()
     resources = resources_from_env(data_dir)
-    common = dict(instance=instance, resources=resources, raise_on_error=False,
-                  run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    common = dict(
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
     results = [dg.materialize(INGEST_ASSETS, **common)]
     # the catalog in a run of its own: in the ingest run a failed source would skip it
     results.append(dg.materialize([lake_catalog], **common))
     if not results[-1].success:
         return _audited(resources["lake"].lake(), PipelineRun(results))
-    done = query(resources["lake"].lake(), "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id")["batch_id"].tolist()
+    done = query(
+        resources["lake"].lake(),
+        "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id",
+    )["batch_id"].tolist()
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     instance.add_dynamic_partitions(batch_partitions.name, [b for b in done if b not in known])
     keys = instance.get_dynamic_partitions(batch_partitions.name)
     if keys:
-        results.append(dg.materialize([batch_gold], **common, selection=[batch_gold], tags={
-            "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}))
+        results.append(
+            dg.materialize(
+                [batch_gold],
+                **common,
+                selection=[batch_gold],
+                tags={
+                    "dagster/asset_partition_range_start": keys[0],
+                    "dagster/asset_partition_range_end": keys[-1],
+                },
+            )
+        )
     results.append(dg.materialize([running_batch_gold, golden_profiles], **common))
     if models:
         results.append(dg.materialize([*MODEL_ASSETS, *MODEL_CHECKS], **common))
@@ -81,7 +114,22 @@ def materialize_all(data_dir: Path, instance: dg.DagsterInstance | None = None, 
 
 
 def _audited(lake, run: PipelineRun) -> PipelineRun:
-    audit.record_many(lake, [{"action": "run_succeeded" if r.success else "run_failed", "object": "batchtwin run",
-                              "new_value": ", ".join(sorted(k.to_user_string() for k in r.job_def.asset_layer.asset_graph.executable_asset_keys)),
-                              "reason": "materialized in process by the CLI", "run_id": r.run_id} for r in run.results])
+    audit.record_many(
+        lake,
+        [
+            {
+                "action": "run_succeeded" if r.success else "run_failed",
+                "object": "batchtwin run",
+                "new_value": ", ".join(
+                    sorted(
+                        k.to_user_string()
+                        for k in r.job_def.asset_layer.asset_graph.executable_asset_keys
+                    )
+                ),
+                "reason": "materialized in process by the CLI",
+                "run_id": r.run_id,
+            }
+            for r in run.results
+        ],
+    )
     return run

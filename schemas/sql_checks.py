@@ -5,6 +5,7 @@ checks (ranges, allowed values, string lengths, nullability) into SQL predicates
 large files are validated while they stream through DuckDB. A check it cannot translate
 raises `UntranslatableCheck`, so a model can never be enforced partially by accident.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def column_checks(model: type[pa.DataFrameModel], skip: frozenset[str] = frozenset()) -> list[SqlCheck]:
+def column_checks(
+    model: type[pa.DataFrameModel], skip: frozenset[str] = frozenset()
+) -> list[SqlCheck]:
     """SQL predicates for every column check of `model`, except columns in `skip`."""
     out: list[SqlCheck] = []
     for name, col in model.to_schema().columns.items():
@@ -42,13 +45,24 @@ def column_checks(model: type[pa.DataFrameModel], skip: frozenset[str] = frozens
         if not col.nullable:
             out.append(SqlCheck(name, "not_nullable", f"{_ident(name)} IS NOT NULL", {}))
         if col.unique:
-            raise UntranslatableCheck(f"{model.__name__}.{name}: unique is checked by the caller's duplicate rule")
-        out.extend(check_sql(name, check, f"p_{name}_{i}", model.__name__) for i, check in enumerate(col.checks))
+            raise UntranslatableCheck(
+                f"{model.__name__}.{name}: unique is checked by the caller's duplicate rule"
+            )
+        out.extend(
+            check_sql(name, check, f"p_{name}_{i}", model.__name__)
+            for i, check in enumerate(col.checks)
+        )
     return out
 
 
-COMPARISONS = {"greater_than_or_equal_to": ">=", "greater_than": ">", "less_than_or_equal_to": "<=", "less_than": "<",
-               "equal_to": "=", "not_equal_to": "<>"}
+COMPARISONS = {
+    "greater_than_or_equal_to": ">=",
+    "greater_than": ">",
+    "less_than_or_equal_to": "<=",
+    "less_than": "<",
+    "equal_to": "=",
+    "not_equal_to": "<>",
+}
 
 
 def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlCheck:
@@ -59,17 +73,36 @@ def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlChe
     label = str(check.error)
     reason = reason_text(column, check)
     if check.name == "isin":
-        return SqlCheck(column, label, f"{ref} IN (SELECT unnest(${key}))", {key: list(stats["allowed_values"])}, reason)
+        return SqlCheck(
+            column,
+            label,
+            f"{ref} IN (SELECT unnest(${key}))",
+            {key: list(stats["allowed_values"])},
+            reason,
+        )
     if check.name == "notin":
-        return SqlCheck(column, label, f"{ref} NOT IN (SELECT unnest(${key}))", {key: list(stats["forbidden_values"])}, reason)
+        return SqlCheck(
+            column,
+            label,
+            f"{ref} NOT IN (SELECT unnest(${key}))",
+            {key: list(stats["forbidden_values"])},
+            reason,
+        )
     if check.name in COMPARISONS:
         value = stats.get("min_value", stats.get("max_value", stats.get("value")))
-        return SqlCheck(column, label, f"{ref} {COMPARISONS[check.name]} ${key}", {key: value}, reason)
+        return SqlCheck(
+            column, label, f"{ref} {COMPARISONS[check.name]} ${key}", {key: value}, reason
+        )
     if check.name == "in_range":
         lo_op = ">=" if stats.get("include_min", True) else ">"
         hi_op = "<=" if stats.get("include_max", True) else "<"
-        return SqlCheck(column, label, f"{ref} {lo_op} ${key}_lo AND {ref} {hi_op} ${key}_hi",
-                        {f"{key}_lo": stats["min_value"], f"{key}_hi": stats["max_value"]}, reason)
+        return SqlCheck(
+            column,
+            label,
+            f"{ref} {lo_op} ${key}_lo AND {ref} {hi_op} ${key}_hi",
+            {f"{key}_lo": stats["min_value"], f"{key}_hi": stats["max_value"]},
+            reason,
+        )
     if check.name == "str_length":
         parts, params = [], {}
         if stats.get("min_value") is not None:
@@ -79,7 +112,9 @@ def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlChe
             parts.append(f"length({ref}) <= ${key}_hi")
             params[f"{key}_hi"] = stats["max_value"]
         return SqlCheck(column, label, " AND ".join(parts) or "true", params, reason)
-    raise UntranslatableCheck(f"{owner or 'check'}.{column}: no SQL translation for check {check.name!r}")
+    raise UntranslatableCheck(
+        f"{owner or 'check'}.{column}: no SQL translation for check {check.name!r}"
+    )
 
 
 def reason_text(column: str, check: pa.Check) -> str:
@@ -98,6 +133,10 @@ def first_failure_sql(checks: list[SqlCheck]) -> tuple[str, str, dict]:
     for i, c in enumerate(checks):
         params.update(c.params)
         params[f"chk_{i}"], params[f"col_{i}"] = c.check, c.column
-        check_case.append(f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $chk_{i}")
-        column_case.append(f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $col_{i}")
+        check_case.append(
+            f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $chk_{i}"
+        )
+        column_case.append(
+            f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $col_{i}"
+        )
     return f"CASE {' '.join(check_case)} END", f"CASE {' '.join(column_case)} END", params

@@ -4,6 +4,7 @@ Every timestamp is UTC (`datetime64[us, UTC]`, DuckDB `TIMESTAMP WITH TIME ZONE`
 source gave local text, the original is kept in a `*_text` column because DST makes local
 hours repeat. Lineage columns (`schemas.lineage`) tie every row to its file and row.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -21,25 +22,49 @@ LEVELS = ("procedure", "unit_procedure", "operation", "phase")
 
 
 class Lineage(pa.DataFrameModel):
-    source_sha256: Series[str] = pa.Field(str_length={"min_value": 64, "max_value": 64}, description="SHA-256 of the source file (or SQL pull) the row came from")
-    source_row: Series[int] = pa.Field(ge=1, description="line number in the source file (header is line 1); row ordinal for XML and SQL sources")
-    source_path: Series[str] = pa.Field(description="path of the source file relative to the landing zone, or sql:<source>")
+    source_sha256: Series[str] = pa.Field(
+        str_length={"min_value": 64, "max_value": 64},
+        description="SHA-256 of the source file (or SQL pull) the row came from",
+    )
+    source_row: Series[int] = pa.Field(
+        ge=1,
+        description="line number in the source file (header is line 1); row ordinal for XML and SQL sources",
+    )
+    source_path: Series[str] = pa.Field(
+        description="path of the source file relative to the landing zone, or sql:<source>"
+    )
 
 
 class Tag(Lineage):
     """Tag dictionary: which tag measures what, where (e.g. a PI AF export)."""
 
-    tag: Series[str] = pa.Field(unique=True, str_length={"min_value": 1, "max_value": 200}, description="historian tag name")
+    tag: Series[str] = pa.Field(
+        unique=True, str_length={"min_value": 1, "max_value": 200}, description="historian tag name"
+    )
     unit_id: Series[str] = pa.Field(description="equipment unit the tag belongs to (ISA-88 unit)")
     parameter: Series[str] = pa.Field(description="canonical parameter name, e.g. temperature, ph")
     uom: Series[str] = pa.Field(description="engineering unit as configured in the historian")
-    role: Series[str] = pa.Field(isin=ROLES, description="pv (measurement), sp (set-point), out (controller output), calc")
-    interpolation: Series[str] = pa.Field(isin=INTERPOLATIONS, description="linear for measurements, step for set-points and states")
-    low: Series[float] = pa.Field(nullable=True, description="lower end of the instrument range (engineering unit)")
-    high: Series[float] = pa.Field(nullable=True, description="upper end of the instrument range (engineering unit)")
-    max_gap_s: Series[float] = pa.Field(gt=0, nullable=True, description="longest interval between archived values a linear tag interpolates across (NULL: the site's historian.max_gap_s); step tags hold their value however long")
+    role: Series[str] = pa.Field(
+        isin=ROLES, description="pv (measurement), sp (set-point), out (controller output), calc"
+    )
+    interpolation: Series[str] = pa.Field(
+        isin=INTERPOLATIONS, description="linear for measurements, step for set-points and states"
+    )
+    low: Series[float] = pa.Field(
+        nullable=True, description="lower end of the instrument range (engineering unit)"
+    )
+    high: Series[float] = pa.Field(
+        nullable=True, description="upper end of the instrument range (engineering unit)"
+    )
+    max_gap_s: Series[float] = pa.Field(
+        gt=0,
+        nullable=True,
+        description="longest interval between archived values a linear tag interpolates across (NULL: the site's historian.max_gap_s); step tags hold their value however long",
+    )
     description: Series[str] = pa.Field(nullable=True, description="free-text tag description")
-    canonical_uom: Series[str] = pa.Field(description="unit of the parameter in curated (gold) tables")
+    canonical_uom: Series[str] = pa.Field(
+        description="unit of the parameter in curated (gold) tables"
+    )
     scale: Series[float] = pa.Field(description="canonical value = value * scale + offset (pint)")
     offset: Series[float] = pa.Field(description="see scale; non-zero for temperatures only")
 
@@ -47,12 +72,25 @@ class Tag(Lineage):
 class HistorianPoint(Lineage):
     """A raw archived historian value, as recorded (compressed, irregular)."""
 
-    tag: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200}, description="historian tag name")
+    tag: Series[str] = pa.Field(
+        str_length={"min_value": 1, "max_value": 200}, description="historian tag name"
+    )
     ts: Series[UtcTimestamp] = pa.Field(description="time of the value, UTC")
-    value: Series[float] = pa.Field(nullable=True, description="numeric value in the tag's engineering unit; NULL when the historian recorded a digital state")
-    state: Series[str] = pa.Field(nullable=True, description="digital state text (I/O Timeout, Bad Input, …) when the value is not a number")
-    quality: Series[str] = pa.Field(isin=QUALITIES, description="good / uncertain / bad / substituted, mapped from the source's quality convention")
-    ts_text: Series[str] = pa.Field(nullable=True, description="timestamp exactly as the source wrote it")
+    value: Series[float] = pa.Field(
+        nullable=True,
+        description="numeric value in the tag's engineering unit; NULL when the historian recorded a digital state",
+    )
+    state: Series[str] = pa.Field(
+        nullable=True,
+        description="digital state text (I/O Timeout, Bad Input, …) when the value is not a number",
+    )
+    quality: Series[str] = pa.Field(
+        isin=QUALITIES,
+        description="good / uncertain / bad / substituted, mapped from the source's quality convention",
+    )
+    ts_text: Series[str] = pa.Field(
+        nullable=True, description="timestamp exactly as the source wrote it"
+    )
 
 
 class BatchRecord(Lineage):
@@ -63,12 +101,20 @@ class BatchRecord(Lineage):
     site: Series[str] = pa.Field(nullable=True)
     unit_id: Series[str] = pa.Field(nullable=True)
     recipe_id: Series[str] = pa.Field(nullable=True)
-    status: Series[str] = pa.Field(description="MES status, lower case: complete, running, aborted, …")
+    status: Series[str] = pa.Field(
+        description="MES status, lower case: complete, running, aborted, …"
+    )
     start_ts: Series[UtcTimestamp] = pa.Field(nullable=True)
     end_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="NULL while the batch runs")
-    inoculation_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="start of the INOCULATION phase; t_batch_h counts from here")
-    record_version: Series[int] = pa.Field(ge=1, description="version of the batch record; a higher version supersedes")
-    record_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="when the MES last changed this record version")
+    inoculation_ts: Series[UtcTimestamp] = pa.Field(
+        nullable=True, description="start of the INOCULATION phase; t_batch_h counts from here"
+    )
+    record_version: Series[int] = pa.Field(
+        ge=1, description="version of the batch record; a higher version supersedes"
+    )
+    record_ts: Series[UtcTimestamp] = pa.Field(
+        nullable=True, description="when the MES last changed this record version"
+    )
 
     @pa.dataframe_check(error="end_ts before start_ts")
     def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
@@ -81,11 +127,15 @@ class Phase(Lineage):
     batch_id: Series[str]
     unit_id: Series[str] = pa.Field(nullable=True)
     level: Series[str] = pa.Field(isin=LEVELS)
-    path: Series[str] = pa.Field(description="procedural path, e.g. B26-001:PRODUCTION:CULTURE:FED_BATCH")
+    path: Series[str] = pa.Field(
+        description="procedural path, e.g. B26-001:PRODUCTION:CULTURE:FED_BATCH"
+    )
     phase: Series[str] = pa.Field(description="element name, e.g. FED_BATCH")
     seq: Series[int] = pa.Field(ge=1, description="order of the element within its batch and level")
     start_ts: Series[UtcTimestamp] = pa.Field(nullable=True)
-    end_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="NULL while the element runs")
+    end_ts: Series[UtcTimestamp] = pa.Field(
+        nullable=True, description="NULL while the element runs"
+    )
     record_version: Series[int] = pa.Field(ge=1)
 
     @pa.dataframe_check(error="end_ts before start_ts")
@@ -101,7 +151,9 @@ class MaterialEvent(Lineage):
     material: Series[str]
     quantity: Series[float] = pa.Field(ge=0)
     uom: Series[str]
-    kind: Series[str] = pa.Field(nullable=True, description="charge, inoculum, bolus, feed_total, … as the MES describes it")
+    kind: Series[str] = pa.Field(
+        nullable=True, description="charge, inoculum, bolus, feed_total, … as the MES describes it"
+    )
     record_version: Series[int] = pa.Field(ge=1)
 
 
@@ -111,14 +163,26 @@ class Sample(Lineage):
     batch_id: Series[str]
     sample_id: Series[str]
     analyte: Series[str]
-    value: Series[float] = pa.Field(nullable=True, description="numeric result; NULL when censored (see value_text)")
+    value: Series[float] = pa.Field(
+        nullable=True, description="numeric result; NULL when censored (see value_text)"
+    )
     value_text: Series[str] = pa.Field(description="result exactly as reported, e.g. '<0.5'")
     censored: Series[bool] = pa.Field(description="result below/above a quantitation limit")
     uom: Series[str] = pa.Field(description="unit as reported")
-    canonical_value: Series[float] = pa.Field(nullable=True, description="value in the site's unit of the analyte (sources.yaml `analytes`); NULL when censored")
-    canonical_uom: Series[str] = pa.Field(description="the site's unit of the analyte; the reported unit for an analyte the site does not list")
-    sampled_ts: Series[UtcTimestamp] = pa.Field(description="when the sample was drawn: models and contextualization use this")
-    reported_ts: Series[UtcTimestamp] = pa.Field(nullable=True, description="when the lab released the result: forecasts may only use results reported before their as-of time")
+    canonical_value: Series[float] = pa.Field(
+        nullable=True,
+        description="value in the site's unit of the analyte (sources.yaml `analytes`); NULL when censored",
+    )
+    canonical_uom: Series[str] = pa.Field(
+        description="the site's unit of the analyte; the reported unit for an analyte the site does not list"
+    )
+    sampled_ts: Series[UtcTimestamp] = pa.Field(
+        description="when the sample was drawn: models and contextualization use this"
+    )
+    reported_ts: Series[UtcTimestamp] = pa.Field(
+        nullable=True,
+        description="when the lab released the result: forecasts may only use results reported before their as-of time",
+    )
 
     @pa.dataframe_check(error="reported_ts before sampled_ts")
     def reported_after_sampled(cls, df: pd.DataFrame) -> Series[bool]:
@@ -136,7 +200,10 @@ class QuarantineRow(pa.DataFrameModel):
     check: Series[str]
     failure_value: Series[str] = pa.Field(nullable=True)
     reason: Series[str]
-    row_key: Series[str] = pa.Field(nullable=True, description="what the rejected row was about, where the reader knows it (the tag of a dictionary row)")
+    row_key: Series[str] = pa.Field(
+        nullable=True,
+        description="what the rejected row was about, where the reader knows it (the tag of a dictionary row)",
+    )
     ingested_at: Series[UtcTimestamp]
 
 
@@ -145,8 +212,12 @@ class AuditEvent(pa.DataFrameModel):
 
     ts: Series[UtcTimestamp]
     actor: Series[str] = pa.Field(description="user or service account, @host")
-    action: Series[str] = pa.Field(description="file_ingested, file_rejected, file_unchanged, record_superseded, asset_materialized, model_promoted, …")
-    object: Series[str] = pa.Field(description="what the event is about: a file path, a batch, a model version")
+    action: Series[str] = pa.Field(
+        description="file_ingested, file_rejected, file_unchanged, record_superseded, asset_materialized, model_promoted, …"
+    )
+    object: Series[str] = pa.Field(
+        description="what the event is about: a file path, a batch, a model version"
+    )
     old_value: Series[str] = pa.Field(nullable=True)
     new_value: Series[str] = pa.Field(nullable=True)
     reason: Series[str] = pa.Field(nullable=True)
@@ -164,10 +235,17 @@ class IngestLogEntry(pa.DataFrameModel):
     rows_read: Series[int] = pa.Field(ge=0)
     rows_accepted: Series[int] = pa.Field(ge=0)
     rows_quarantined: Series[int] = pa.Field(ge=0)
-    status: Series[str] = pa.Field(isin=("ingested", "rejected", "unchanged", "failed"),
-                                   description="failed: the source could not be read at all (e.g. an unreachable SQL historian)")
-    error: Series[str] = pa.Field(nullable=True, description="one-line reason a file was rejected or a source failed")
-    notes: Series[str] = pa.Field(nullable=True, description="what the reader derived rather than read (e.g. start times missing from a vendor record)")
+    status: Series[str] = pa.Field(
+        isin=("ingested", "rejected", "unchanged", "failed"),
+        description="failed: the source could not be read at all (e.g. an unreachable SQL historian)",
+    )
+    error: Series[str] = pa.Field(
+        nullable=True, description="one-line reason a file was rejected or a source failed"
+    )
+    notes: Series[str] = pa.Field(
+        nullable=True,
+        description="what the reader derived rather than read (e.g. start times missing from a vendor record)",
+    )
     run_id: Series[str] = pa.Field(nullable=True)
     code_version: Series[str]
     started_at: Series[UtcTimestamp]
@@ -190,15 +268,22 @@ SILVER_MODELS: dict[str, type[pa.DataFrameModel]] = {
 
 # ------------------------------------------------------------------ gold (contextualized) tables
 
+
 class ProcessValue(pa.DataFrameModel):
     """A good historian point placed in its batch and phase, in canonical units."""
 
     batch_id: Series[str]
     unit_id: Series[str]
-    phase: Series[str] = pa.Field(description="ISA-88 phase whose half-open interval [start, end) contains ts")
-    parameter: Series[str] = pa.Field(description="canonical parameter name from the tag dictionary")
+    phase: Series[str] = pa.Field(
+        description="ISA-88 phase whose half-open interval [start, end) contains ts"
+    )
+    parameter: Series[str] = pa.Field(
+        description="canonical parameter name from the tag dictionary"
+    )
     ts: Series[UtcTimestamp]
-    t_batch_h: Series[float] = pa.Field(description="hours since inoculation (batch start where there is none)")
+    t_batch_h: Series[float] = pa.Field(
+        description="hours since inoculation (batch start where there is none)"
+    )
     t_phase_h: Series[float] = pa.Field(ge=0, description="hours since the phase started")
     value: Series[float] = pa.Field(description="value in the canonical unit")
     uom: Series[str] = pa.Field(description="canonical unit")
@@ -214,9 +299,14 @@ class BatchTrajectory(pa.DataFrameModel):
     batch_id: Series[str]
     parameter: Series[str]
     t_batch_h: Series[float] = pa.Field(description="window start, hours since inoculation")
-    value: Series[float] = pa.Field(nullable=True, description="time-weighted mean over the window; NULL unless fully covered by valid data")
+    value: Series[float] = pa.Field(
+        nullable=True,
+        description="time-weighted mean over the window; NULL unless fully covered by valid data",
+    )
     n_points: Series[int] = pa.Field(ge=0, description="good archived points inside the window")
-    coverage: Series[float] = pa.Field(ge=0, le=1, description="fraction of the window covered by valid segments")
+    coverage: Series[float] = pa.Field(
+        ge=0, le=1, description="fraction of the window covered by valid segments"
+    )
     uom: Series[str]
 
 
@@ -227,13 +317,27 @@ class PhaseSummary(pa.DataFrameModel):
     phase: Series[str]
     parameter: Series[str]
     duration_h: Series[float] = pa.Field(ge=0)
-    twa: Series[float] = pa.Field(nullable=True, description="time-weighted average over the covered part of the phase")
+    twa: Series[float] = pa.Field(
+        nullable=True, description="time-weighted average over the covered part of the phase"
+    )
     min: Series[float] = pa.Field(nullable=True)
     max: Series[float] = pa.Field(nullable=True)
-    std: Series[float] = pa.Field(nullable=True, ge=0, description="time-weighted standard deviation")
-    pct_in_limits: Series[float] = pa.Field(nullable=True, ge=0, le=100.000001, description="% of covered time inside the site's limits for this parameter and phase; NULL where the site sets none")
-    limit_low: Series[float] = pa.Field(nullable=True, description="lower limit of the parameter in this phase (sources.yaml `limits`), canonical unit")
-    limit_high: Series[float] = pa.Field(nullable=True, description="upper limit of the parameter in this phase, canonical unit")
+    std: Series[float] = pa.Field(
+        nullable=True, ge=0, description="time-weighted standard deviation"
+    )
+    pct_in_limits: Series[float] = pa.Field(
+        nullable=True,
+        ge=0,
+        le=100.000001,
+        description="% of covered time inside the site's limits for this parameter and phase; NULL where the site sets none",
+    )
+    limit_low: Series[float] = pa.Field(
+        nullable=True,
+        description="lower limit of the parameter in this phase (sources.yaml `limits`), canonical unit",
+    )
+    limit_high: Series[float] = pa.Field(
+        nullable=True, description="upper limit of the parameter in this phase, canonical unit"
+    )
     coverage: Series[float] = pa.Field(nullable=True, ge=0, le=1.000001)
     uom: Series[str]
     phase_seq: Series[int]
@@ -246,15 +350,29 @@ class BatchKpi(pa.DataFrameModel):
     product: Series[str] = pa.Field(nullable=True)
     unit_id: Series[str] = pa.Field(nullable=True)
     status: Series[str]
-    duration_h: Series[float] = pa.Field(ge=0, description="batch start to end (to as-of time while running)")
+    duration_h: Series[float] = pa.Field(
+        ge=0, description="batch start to end (to as-of time while running)"
+    )
     culture_h: Series[float] = pa.Field(description="inoculation to end")
     peak_vcd: Series[float] = pa.Field(nullable=True, description="1e6 cells/mL")
-    ivcd: Series[float] = pa.Field(nullable=True, ge=0, description="integral of VCD over time, 1e6 cells·h/mL (trapezoid over samples)")
+    ivcd: Series[float] = pa.Field(
+        nullable=True,
+        ge=0,
+        description="integral of VCD over time, 1e6 cells·h/mL (trapezoid over samples)",
+    )
     final_titer: Series[float] = pa.Field(nullable=True, description="g/L, last titer sample")
-    qp: Series[float] = pa.Field(nullable=True, description="specific productivity, slope of titer vs IVCD, pg/cell/day")
-    harvest_viability: Series[float] = pa.Field(nullable=True, description="%, last viability sample")
-    feed_added_l: Series[float] = pa.Field(ge=0, description="continuous feed, integral of the feed-rate tag (L)")
-    bolus_added_l: Series[float] = pa.Field(ge=0, description="bolus additions recorded by the MES (L)")
+    qp: Series[float] = pa.Field(
+        nullable=True, description="specific productivity, slope of titer vs IVCD, pg/cell/day"
+    )
+    harvest_viability: Series[float] = pa.Field(
+        nullable=True, description="%, last viability sample"
+    )
+    feed_added_l: Series[float] = pa.Field(
+        ge=0, description="continuous feed, integral of the feed-rate tag (L)"
+    )
+    bolus_added_l: Series[float] = pa.Field(
+        ge=0, description="bolus additions recorded by the MES (L)"
+    )
     total_feed_added_l: Series[float] = pa.Field(ge=0)
 
 
@@ -283,6 +401,7 @@ GOLD_MODELS: dict[str, type[pa.DataFrameModel]] = {
 
 # ------------------------------------------------------------------ model registry tables
 
+
 class ModelVersion(pa.DataFrameModel):
     """One fit of a model: enough to reproduce it (data, code, settings, seed) and why it was (not) promoted."""
 
@@ -291,13 +410,21 @@ class ModelVersion(pa.DataFrameModel):
     status: Series[str] = pa.Field(isin=("candidate", "champion", "rejected", "retired"))
     fitted_at: Series[UtcTimestamp]
     training_batches: Series[str] = pa.Field(description="JSON list of the training batch ids")
-    data_fingerprint: Series[str] = pa.Field(str_length={"min_value": 64, "max_value": 64}, description="sha256 of the exact training data")
+    data_fingerprint: Series[str] = pa.Field(
+        str_length={"min_value": 64, "max_value": 64},
+        description="sha256 of the exact training data",
+    )
     code_version: Series[str]
     solver: Series[str] = pa.Field(description="JSON: integrator method and tolerances")
     seed: Series[int]
-    settings: Series[str] = pa.Field(description="JSON: fitted and fixed parameters, starts, folds, assay errors")
+    settings: Series[str] = pa.Field(
+        description="JSON: fitted and fixed parameters, starts, folds, assay errors"
+    )
     metrics: Series[str] = pa.Field(description="JSON: fit and leave-batches-out validation errors")
-    validation_error: Series[float] = pa.Field(nullable=True, description="k-fold weighted RMSE on held-out batches; the promotion criterion")
+    validation_error: Series[float] = pa.Field(
+        nullable=True,
+        description="k-fold weighted RMSE on held-out batches; the promotion criterion",
+    )
     reason: Series[str] = pa.Field(description="why the version got its status")
     fit_seconds: Series[float] = pa.Field(ge=0)
 
@@ -314,9 +441,14 @@ class ModelParameter(pa.DataFrameModel):
     ci_high: Series[float] = pa.Field(nullable=True)
     fixed: Series[bool]
     uom: Series[str]
-    identifiable: Series[str] = pa.Field(isin=("yes", "no", "not checked"), description="fitted: from the fit; fixed: would it be identifiable if freed")
+    identifiable: Series[str] = pa.Field(
+        isin=("yes", "no", "not checked"),
+        description="fitted: from the fit; fixed: would it be identifiable if freed",
+    )
     sd_log: Series[float] = pa.Field(nullable=True, description="standard deviation of log(value)")
-    max_abs_corr: Series[float] = pa.Field(nullable=True, description="largest |correlation| with a fitted parameter")
+    max_abs_corr: Series[float] = pa.Field(
+        nullable=True, description="largest |correlation| with a fitted parameter"
+    )
     bound_low: Series[float]
     bound_high: Series[float]
 
@@ -341,12 +473,19 @@ class ForecastRow(pa.DataFrameModel):
     batch_id: Series[str]
     as_of: Series[UtcTimestamp] = pa.Field(description="only data reported by then were used")
     analyte: Series[str]
-    kind: Series[str] = pa.Field(isin=("trajectory", "at_harvest"), description="a point of the trajectory, or the value at harvest (harvest time varies)")
-    t_batch_h: Series[float] = pa.Field(description="hours since inoculation; for at_harvest rows the planned (median) harvest")
+    kind: Series[str] = pa.Field(
+        isin=("trajectory", "at_harvest"),
+        description="a point of the trajectory, or the value at harvest (harvest time varies)",
+    )
+    t_batch_h: Series[float] = pa.Field(
+        description="hours since inoculation; for at_harvest rows the planned (median) harvest"
+    )
     p10: Series[float] = pa.Field(nullable=True)
     p50: Series[float] = pa.Field(nullable=True)
     p90: Series[float] = pa.Field(nullable=True)
-    observed: Series[bool] = pa.Field(description="t_batch_h is at or before the latest data (a fit), else a forecast")
+    observed: Series[bool] = pa.Field(
+        description="t_batch_h is at or before the latest data (a fit), else a forecast"
+    )
     created_at: Series[UtcTimestamp]
 
 

@@ -6,11 +6,13 @@ Every conversion is `canonical = value * scale + offset` (offset is non-zero onl
 temperatures), so DuckDB can apply it inside SQL without per-row Python. A unit pint cannot
 convert to the parameter's canonical unit is a validation failure, never a guess.
 """
+
 from __future__ import annotations
 
 import functools
 
 import pint
+
 
 class UnitError(ValueError):
     pass

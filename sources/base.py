@@ -1,4 +1,5 @@
 """What every reader shares: the result type, file hashing, and CSV reading with line numbers."""
+
 from __future__ import annotations
 
 import codecs
@@ -53,7 +54,9 @@ def add_lineage(df: pd.DataFrame, sha256: str, rows, rel_path: str) -> pd.DataFr
     return df
 
 
-def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha256: str = "", rel_path: str = "") -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+def read_csv_text(
+    path: Path, delimiter: str = ",", encoding: str = "utf8", sha256: str = "", rel_path: str = ""
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Read a CSV as strings; return (frame, line number of each row, rejects of malformed lines).
 
     Reading single-threaded makes pyarrow report the record number of every malformed line, so
@@ -63,9 +66,17 @@ def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha2
     bad: list[dict] = []
 
     def on_invalid(row) -> str:
-        bad.append({"source_sha256": sha256, "source_row": row.number, "source_path": rel_path, "column": None,
-                    "check": "field_count", "failure_value": row.text[:200],
-                    "reason": f"line has {row.actual_columns} fields, expected {row.expected_columns}"})
+        bad.append(
+            {
+                "source_sha256": sha256,
+                "source_row": row.number,
+                "source_path": rel_path,
+                "column": None,
+                "check": "field_count",
+                "failure_value": row.text[:200],
+                "reason": f"line has {row.actual_columns} fields, expected {row.expected_columns}",
+            }
+        )
         return "skip"
 
     try:
@@ -75,14 +86,28 @@ def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha2
         # made pyarrow keep one of the columns silently.
         names, header_only = _header_names(path, delimiter, encoding)
         if header_only:
-            return pd.DataFrame({n: pd.Series(dtype="str") for n in names}), np.empty(0, dtype=np.int64), quarantine_frame([])
+            return (
+                pd.DataFrame({n: pd.Series(dtype="str") for n in names}),
+                np.empty(0, dtype=np.int64),
+                quarantine_frame([]),
+            )
         with pa.input_stream(str(path), compression="detect") as stream:
             table = pacsv.read_csv(
                 stream,
-                read_options=pacsv.ReadOptions(use_threads=False, encoding=encoding, block_size=1 << 24, column_names=names, skip_rows=1),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+                read_options=pacsv.ReadOptions(
+                    use_threads=False,
+                    encoding=encoding,
+                    block_size=1 << 24,
+                    column_names=names,
+                    skip_rows=1,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=delimiter, invalid_row_handler=on_invalid
+                ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
                 ),
             )
         frame = table.to_pandas()
@@ -97,7 +122,9 @@ def read_csv_text(path: Path, delimiter: str = ",", encoding: str = "utf8", sha2
         return record + np.searchsorted(shift, record, side="left")
 
     rejected = np.array(sorted(b["source_row"] for b in bad), dtype=np.int64)
-    records = np.setdiff1d(np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64), rejected, assume_unique=True)
+    records = np.setdiff1d(
+        np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64), rejected, assume_unique=True
+    )
     for b in bad:
         b["source_row"] = int(line_of(np.int64(b["source_row"])))
     return frame, line_of(records), quarantine_frame(bad)
@@ -112,11 +139,18 @@ def empty_lines(path: Path, encoding: str = "utf8", chunk: int = 1 << 24) -> lis
     are not supported.
     """
     codec = codecs.lookup(encoding).name
-    decoder = None if codec in ("utf-8", "latin-1", "iso8859-1", "ascii", "cp1252") else codecs.getincrementaldecoder(codec)(errors="replace")
+    decoder = (
+        None
+        if codec in ("utf-8", "latin-1", "iso8859-1", "ascii", "cp1252")
+        else codecs.getincrementaldecoder(codec)(errors="replace")
+    )
     found: list[np.ndarray] = []
     # `tail` carries the last two bytes of the previous chunk, so an empty line across the chunk
     # boundary is seen; before the file, a virtual newline makes line 1 like any other line.
-    tail, base = b"\n", -1  # line number of the line after the k-th newline (0-based) in buf = base + k + 2
+    tail, base = (
+        b"\n",
+        -1,
+    )  # line number of the line after the k-th newline (0-based) in buf = base + k + 2
     with pa.input_stream(str(path), compression="detect") as stream:
         while block := stream.read(chunk):
             buf = tail + (block if decoder is None else decoder.decode(block).encode())
@@ -149,7 +183,9 @@ def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str],
         raise SourceRejected(f"unreadable header line: {_first_line(err)}") from None
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SourceRejected(f"duplicate column name(s) in the header: {', '.join(repr(d[:50]) for d in dupes[:5])}")
+        raise SourceRejected(
+            f"duplicate column name(s) in the header: {', '.join(repr(d[:50]) for d in dupes[:5])}"
+        )
     # nothing but line ends after the header (pyarrow skips empty lines; it cannot skip a header with no data)
     return names, len(head) <= _HEAD and (not rest or rest[0].strip("\r\n") == "")
 
@@ -196,7 +232,9 @@ def plausible_unit(text: str) -> bool:
 def require_columns(df: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise SourceRejected(f"{what}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, df.columns))}")
+        raise SourceRejected(
+            f"{what}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, df.columns))}"
+        )
 
 
 _OFFSET = r"(?:Z|[+-]\d\d:?\d\d)\s*$"
@@ -213,14 +251,22 @@ def parse_timestamps(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
         has_offset = text.str.contains(_OFFSET, regex=True, na=False)
         out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
         if has_offset.any():
-            out[has_offset] = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
+            out[has_offset] = pd.to_datetime(
+                text[has_offset], format="ISO8601", errors="coerce", utc=True
+            )
         if (~has_offset).any():
             naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
             out[~has_offset] = _localize(naive, tz)
         return out
-    if "%z" in fmt or "%Z" in fmt:  # the text carries its offset: nothing to localize (and offsets may differ row to row)
-        return pd.to_datetime(text, format=fmt, errors="coerce", utc=True).astype("datetime64[us, UTC]")
-    return _localize(pd.to_datetime(text, format=fmt, errors="coerce"), tz).astype("datetime64[us, UTC]")
+    if (
+        "%z" in fmt or "%Z" in fmt
+    ):  # the text carries its offset: nothing to localize (and offsets may differ row to row)
+        return pd.to_datetime(text, format=fmt, errors="coerce", utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+    return _localize(pd.to_datetime(text, format=fmt, errors="coerce"), tz).astype(
+        "datetime64[us, UTC]"
+    )
 
 
 def _localize(naive: pd.Series, tz: str) -> pd.Series:
@@ -231,8 +277,17 @@ def _localize(naive: pd.Series, tz: str) -> pd.Series:
     return out.astype("datetime64[us, UTC]")
 
 
-def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: str, check: str, reason, sha256: str, rel_path: str,
-                  row_key: pd.Series | None = None) -> pd.DataFrame:
+def rejects_where(
+    mask: pd.Series,
+    df: pd.DataFrame,
+    lines: np.ndarray,
+    column: str,
+    check: str,
+    reason,
+    sha256: str,
+    rel_path: str,
+    row_key: pd.Series | None = None,
+) -> pd.DataFrame:
     """Quarantine rows for the True entries of `mask`, naming line, column, check and value
     (`reason`: one text, or a Series aligned with `df` giving each row's own reason)."""
     m = np.asarray(mask, dtype=bool)
@@ -245,7 +300,9 @@ def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: 
             "source_path": rel_path,
             "column": column,
             "check": check,
-            "failure_value": df.loc[m, column].astype(str).str.slice(0, 200).to_numpy() if column in df else None,
+            "failure_value": df.loc[m, column].astype(str).str.slice(0, 200).to_numpy()
+            if column in df
+            else None,
             "reason": reason,
             "row_key": row_key[m].to_numpy() if row_key is not None else None,
         }
@@ -255,7 +312,9 @@ def rejects_where(mask: pd.Series, df: pd.DataFrame, lines: np.ndarray, column: 
 VALUE_PARSE_REASON = "value is neither a finite number nor a known digital state"
 
 
-def historian_values(text: pd.Series, decimal: str, digital_states) -> tuple[pd.Series, pd.Series, pd.Series]:
+def historian_values(
+    text: pd.Series, decimal: str, digital_states
+) -> tuple[pd.Series, pd.Series, pd.Series]:
     """(numeric value, digital state, unparseable mask) of a historian value column. A value
     that is not finite (inf, 1e309, NaN) is unparseable: no curated number may be infinite.
     The streamed long-CSV path applies the same rule in SQL (`sources.historian_stream`)."""
@@ -265,7 +324,9 @@ def historian_values(text: pd.Series, decimal: str, digital_states) -> tuple[pd.
     value = value.where(np.isfinite(value))
     states = {s.lower(): s for s in digital_states}
     is_state = value.isna() & cleaned.str.lower().isin(states).fillna(False).astype(bool)
-    state = cleaned.where(is_state).astype("str").where(is_state, None)  # typed text even when all empty
+    state = (
+        cleaned.where(is_state).astype("str").where(is_state, None)
+    )  # typed text even when all empty
     return value, state, value.isna() & ~is_state
 
 
@@ -274,7 +335,15 @@ def finish_records(rows: list[dict], sha256: str, rel_path: str) -> pd.DataFrame
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for c in ("start_ts", "end_ts", "inoculation_ts", "record_ts", "ts", "sampled_ts", "reported_ts"):
+    for c in (
+        "start_ts",
+        "end_ts",
+        "inoculation_ts",
+        "record_ts",
+        "ts",
+        "sampled_ts",
+        "reported_ts",
+    ):
         if c in df:
             df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
     lines = df.pop("line").to_numpy(dtype=np.int64)

@@ -1,4 +1,5 @@
 """Historian CSV exports, long (tag, time, value, status) and wide (time, tag1, tag2, …)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,17 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from sources.base import (VALUE_PARSE_REASON, ReadResult, SourceRejected, add_lineage, historian_values, parse_timestamps, read_csv_text,
-                          rejects_where, require_columns)
+from sources.base import (
+    VALUE_PARSE_REASON,
+    ReadResult,
+    SourceRejected,
+    add_lineage,
+    historian_values,
+    parse_timestamps,
+    read_csv_text,
+    rejects_where,
+    require_columns,
+)
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
@@ -22,14 +32,40 @@ def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
         staged = stage_long(con, path, profile)
         df = con.execute(f"SELECT *, {staged.line_sql} AS line FROM parsed ORDER BY rn").df()
     ok = df["problem"].isna().to_numpy()
-    points = add_lineage(df.loc[ok, POINT_COLUMNS].reset_index(drop=True), sha256, df.loc[ok, "line"].to_numpy(), rel_path)
+    points = add_lineage(
+        df.loc[ok, POINT_COLUMNS].reset_index(drop=True),
+        sha256,
+        df.loc[ok, "line"].to_numpy(),
+        rel_path,
+    )
     bad = df[~ok]
-    rejects = pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(bad["line"], dtype="Int64"), "source_path": rel_path,
-                            "column": bad["problem_column"], "check": bad["problem"], "failure_value": bad["failure_value"], "reason": bad["reason"]})
-    malformed = pd.DataFrame({"source_sha256": sha256, "source_row": pd.array(staged.malformed["line"], dtype="Int64"), "source_path": rel_path,
-                              "column": None, "check": "field_count", "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
-                              "reason": staged.reasons()})
-    return ReadResult({"historian_points": points}, pd.concat([malformed, rejects], ignore_index=True), rows_read=staged.rows_read)
+    rejects = pd.DataFrame(
+        {
+            "source_sha256": sha256,
+            "source_row": pd.array(bad["line"], dtype="Int64"),
+            "source_path": rel_path,
+            "column": bad["problem_column"],
+            "check": bad["problem"],
+            "failure_value": bad["failure_value"],
+            "reason": bad["reason"],
+        }
+    )
+    malformed = pd.DataFrame(
+        {
+            "source_sha256": sha256,
+            "source_row": pd.array(staged.malformed["line"], dtype="Int64"),
+            "source_path": rel_path,
+            "column": None,
+            "check": "field_count",
+            "failure_value": staged.malformed["text"].astype(str).str.slice(0, 200),
+            "reason": staged.reasons(),
+        }
+    )
+    return ReadResult(
+        {"historian_points": points},
+        pd.concat([malformed, rejects], ignore_index=True),
+        rows_read=staged.rows_read,
+    )
 
 
 def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
@@ -39,23 +75,58 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     require_columns(df, [ts_col], rel_path)
     tags = [c for c in df.columns if c != ts_col]
     if not tags:
-        raise SourceRejected(f"{rel_path}: wide historian export has a timestamp column but no tag columns")
+        raise SourceRejected(
+            f"{rel_path}: wide historian export has a timestamp column but no tag columns"
+        )
     ts = parse_timestamps(df[ts_col], profile.timestamp_format, profile.timezone)
-    long = df.melt(id_vars=[ts_col], value_vars=tags, var_name="tag", value_name="text", ignore_index=False)
+    long = df.melt(
+        id_vars=[ts_col], value_vars=tags, var_name="tag", value_name="text", ignore_index=False
+    )
     long["line"] = np.tile(lines, len(tags))
     long["ts"] = np.tile(ts.to_numpy(), len(tags))
     long = long[long["text"].str.strip() != ""].reset_index(drop=True)
-    value, state, unparseable = historian_values(long["text"], profile.decimal, profile.digital_states)
+    value, state, unparseable = historian_values(
+        long["text"], profile.decimal, profile.digital_states
+    )
     bad_ts = long["ts"].isna()
     row_lines = long["line"].to_numpy()
     problems = [
-        rejects_where(bad_ts, long, row_lines, ts_col, "timestamp", f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})", sha256, rel_path),
-        rejects_where(unparseable & ~bad_ts, long, row_lines, "text", "value_parse", VALUE_PARSE_REASON, sha256, rel_path),
+        rejects_where(
+            bad_ts,
+            long,
+            row_lines,
+            ts_col,
+            "timestamp",
+            f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})",
+            sha256,
+            rel_path,
+        ),
+        rejects_where(
+            unparseable & ~bad_ts,
+            long,
+            row_lines,
+            "text",
+            "value_parse",
+            VALUE_PARSE_REASON,
+            sha256,
+            rel_path,
+        ),
     ]
     ok = (~(bad_ts | unparseable)).to_numpy()
     # wide exports are the historian's sampled/interpolated values: quality is not exported
-    out = pd.DataFrame({"tag": long["tag"], "ts": long["ts"], "value": value, "state": state,
-                        "quality": np.where(state.isna(), "good", "bad"), "ts_text": long[ts_col]})[ok]
+    out = pd.DataFrame(
+        {
+            "tag": long["tag"],
+            "ts": long["ts"],
+            "value": value,
+            "state": state,
+            "quality": np.where(state.isna(), "good", "bad"),
+            "ts_text": long[ts_col],
+        }
+    )[ok]
     out = add_lineage(out.reset_index(drop=True), sha256, row_lines[ok], rel_path)
-    return ReadResult({"historian_points": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(long) + len(rejects))
-
+    return ReadResult(
+        {"historian_points": out},
+        pd.concat([rejects, *problems], ignore_index=True),
+        rows_read=len(long) + len(rejects),
+    )

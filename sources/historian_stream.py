@@ -7,6 +7,7 @@ line number, the parsed UTC timestamp, numeric value or digital state, mapped qu
 table. Profile values reach the SQL only as bound parameters; column names only as quoted
 identifiers.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,10 +18,23 @@ import duckdb
 import pandas as pd
 
 from schemas.sql_checks import SqlCheck, first_failure_sql
-from sources.base import VALUE_PARSE_REASON, SourceRejected, csv_header, empty_lines, require_columns
+from sources.base import (
+    VALUE_PARSE_REASON,
+    SourceRejected,
+    csv_header,
+    empty_lines,
+    require_columns,
+)
 from sources.profiles import FileProfile
 
-ENCODINGS = {"utf8": "utf-8", "utf-8": "utf-8", "latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1", "utf-16": "utf-16"}
+ENCODINGS = {
+    "utf8": "utf-8",
+    "utf-8": "utf-8",
+    "latin1": "latin-1",
+    "latin-1": "latin-1",
+    "iso-8859-1": "latin-1",
+    "utf-16": "utf-16",
+}
 _OFFSET = r"(Z|[+-]\d\d:?\d\d)\s*$"
 
 
@@ -31,14 +45,22 @@ def ident(name: str) -> str:
 @dataclass
 class Staged:
     rows_read: int
-    malformed: pd.DataFrame  # line, error_type, text, message of lines DuckDB could not split into the header's fields
+    malformed: (
+        pd.DataFrame
+    )  # line, error_type, text, message of lines DuckDB could not split into the header's fields
     numbered: bool  # `parsed` has a `line` column (lines were skipped); otherwise line = rn + 1
 
     def reasons(self) -> pd.Series:
         """One-line reasons for the malformed lines, worded as the other CSV readers word them."""
+
         def word(message: str) -> str:
             m = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", message)
-            return f"line has {m.group(2)} fields, expected {m.group(1)}" if m else message.split("\n")[0]
+            return (
+                f"line has {m.group(2)} fields, expected {m.group(1)}"
+                if m
+                else message.split("\n")[0]
+            )
+
         return self.malformed["message"].astype(str).map(word)
 
     @property
@@ -57,14 +79,24 @@ def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
     """
     if profile.timestamp_format and "%z" in profile.timestamp_format:
         return "NULL::TIMESTAMP", "try_strptime(ts_text, $ts_format)::TIMESTAMPTZ"
-    local = "try_strptime(ts_text, $ts_format)" if profile.timestamp_format else "try_cast(ts_text AS TIMESTAMP)"
+    local = (
+        "try_strptime(ts_text, $ts_format)"
+        if profile.timestamp_format
+        else "try_cast(ts_text AS TIMESTAMP)"
+    )
     placed = "timezone($tz, local_ts)"
     naive = f"CASE WHEN timezone($tz, {placed}) = local_ts AND timezone($tz, {placed} - INTERVAL 1 HOUR) <> local_ts THEN {placed} END"
     if profile.timestamp_format:
         return local, naive
     if profile.timezone.upper() == "UTC":
-        return local, "try_cast(ts_text AS TIMESTAMPTZ)"  # the session zone is UTC: naive text is UTC, offsets are honoured
-    return local, f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ) ELSE {naive} END"
+        return (
+            local,
+            "try_cast(ts_text AS TIMESTAMPTZ)",
+        )  # the session zone is UTC: naive text is UTC, offsets are honoured
+    return (
+        local,
+        f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ) ELSE {naive} END",
+    )
 
 
 def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
@@ -76,15 +108,22 @@ def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
     many lines were skipped.
     """
     steps = [s - k for k, s in enumerate(sorted(skipped), start=1)]
-    con.execute("""CREATE OR REPLACE TEMP TABLE skip_steps AS
-                   SELECT t, max(k) AS k FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""", {"t": steps})
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE skip_steps AS
+                   SELECT t, max(k) AS k FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""",
+        {"t": steps},
+    )
     con.execute("""CREATE OR REPLACE TEMP TABLE parsed_lines AS
                    SELECT p.*, p.rn + 1 + coalesce(s.k, 0) AS line FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
                    ORDER BY p.rn""")
-    con.execute("DROP TABLE parsed; ALTER TABLE parsed_lines RENAME TO parsed; DROP TABLE skip_steps")
+    con.execute(
+        "DROP TABLE parsed; ALTER TABLE parsed_lines RENAME TO parsed; DROP TABLE skip_steps"
+    )
 
 
-def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile, checks: list[SqlCheck] = ()) -> Staged:
+def stage_long(
+    con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile, checks: list[SqlCheck] = ()
+) -> Staged:
     """Read and parse a long historian CSV into temp table `parsed` (see module docstring).
 
     `parsed` holds one row per accepted CSV record: `rn` (its ordinal among accepted records,
@@ -94,24 +133,45 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
     """
     header = csv_header(path, profile.delimiter, profile.encoding)
     cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
-    require_columns(pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]], path.name)
+    require_columns(
+        pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]], path.name
+    )
     status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
     encoding = ENCODINGS.get(profile.encoding.lower())
     if encoding is None:
-        raise SourceRejected(f"encoding {profile.encoding!r} is not supported for streamed historian files ({', '.join(sorted(ENCODINGS))})")
+        raise SourceRejected(
+            f"encoding {profile.encoding!r} is not supported for streamed historian files ({', '.join(sorted(ENCODINGS))})"
+        )
     local_sql, ts_sql = _timestamp_sql(profile)
     check_sql, column_sql, check_params = first_failure_sql(list(checks))
     reason_cases = " ".join(f"WHEN $chk_{i} THEN $why_{i}" for i in range(len(checks)))
     check_reason = f"CASE check_problem {reason_cases} END" if checks else "NULL"
     # a CASE over bound parameters: a MAP built from parameters would be rebuilt for every row
     qkeys = [str(k).lower() for k in profile.quality]
-    quality_case = ("CASE lower(trim(status_text)) " + " ".join(f"WHEN $qk_{i} THEN $qv_{i}" for i in range(len(qkeys))) + " END") if qkeys else "NULL"
+    quality_case = (
+        (
+            "CASE lower(trim(status_text)) "
+            + " ".join(f"WHEN $qk_{i} THEN $qv_{i}" for i in range(len(qkeys)))
+            + " END"
+        )
+        if qkeys
+        else "NULL"
+    )
     params = {
-        "path": str(path), "delim": profile.delimiter, "encoding": encoding, "columns": {h: "VARCHAR" for h in header},
-        "decimal": profile.decimal, "states": [x.lower() for x in profile.digital_states],
-        **{f"qk_{i}": k for i, k in enumerate(qkeys)}, **{f"qv_{i}": v for i, v in enumerate(profile.quality.values())},
-        "ts_col": cols["ts"], "value_col": cols["value"], "status_col": cols["status"],
-        **PARSE_REASON_PARAMS, **check_params, **{f"why_{i}": c.reason for i, c in enumerate(checks)},
+        "path": str(path),
+        "delim": profile.delimiter,
+        "encoding": encoding,
+        "columns": {h: "VARCHAR" for h in header},
+        "decimal": profile.decimal,
+        "states": [x.lower() for x in profile.digital_states],
+        **{f"qk_{i}": k for i, k in enumerate(qkeys)},
+        **{f"qv_{i}": v for i, v in enumerate(profile.quality.values())},
+        "ts_col": cols["ts"],
+        "value_col": cols["value"],
+        "status_col": cols["status"],
+        **PARSE_REASON_PARAMS,
+        **check_params,
+        **{f"why_{i}": c.reason for i, c in enumerate(checks)},
         **({"ts_format": profile.timestamp_format} if "$ts_format" in local_sql + ts_sql else {}),
         **({"tz": profile.timezone} if "$tz" in ts_sql else {}),
     }
@@ -120,8 +180,8 @@ def stage_long(con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile,
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE parsed AS
                 WITH raw AS (
-                    SELECT row_number() OVER () AS rn, trim({ident(cols['tag'])}) AS tag, {ident(cols['ts'])} AS ts_text,
-                           trim({ident(cols['value'])}) AS value_text, {status_sql} AS status_text
+                    SELECT row_number() OVER () AS rn, trim({ident(cols["tag"])}) AS tag, {ident(cols["ts"])} AS ts_text,
+                           trim({ident(cols["value"])}) AS value_text, {status_sql} AS status_text
                     FROM read_csv($path, header = true, all_varchar = true, delim = $delim, quote = '"', escape = '"',
                                   encoding = $encoding, strict_mode = true, null_padding = false, auto_detect = false,
                                   columns = $columns, ignore_errors = true, store_rejects = true)),

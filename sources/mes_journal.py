@@ -4,13 +4,21 @@ The journal has one row per event. A procedural element starts at its RUNNING st
 and ends at its last terminal one (COMPLETE, STOPPED, ABORTED); its level follows the depth
 of its recipe path (Procedure\\UnitProcedure\\Operation\\Phase).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from sources.base import ReadResult, finish_records, parse_timestamps, read_csv_text, rejects_where, require_columns
+from sources.base import (
+    ReadResult,
+    finish_records,
+    parse_timestamps,
+    read_csv_text,
+    rejects_where,
+    require_columns,
+)
 from sources.profiles import FileProfile
 
 LEVELS = {1: "procedure", 2: "unit_procedure", 3: "operation"}
@@ -23,33 +31,84 @@ def _element_name(path: str) -> str:
 
 def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
-    col = {k: profile.column(k) for k in ("time", "batch_id", "recipe_path", "unit", "phase", "event", "pvalue", "descript", "eng_units")}
-    require_columns(df, [col[k] for k in ("time", "batch_id", "recipe_path", "event", "pvalue")], rel_path)
+    col = {
+        k: profile.column(k)
+        for k in (
+            "time",
+            "batch_id",
+            "recipe_path",
+            "unit",
+            "phase",
+            "event",
+            "pvalue",
+            "descript",
+            "eng_units",
+        )
+    }
+    require_columns(
+        df, [col[k] for k in ("time", "batch_id", "recipe_path", "event", "pvalue")], rel_path
+    )
     ts = parse_timestamps(df[col["time"]], profile.timestamp_format, profile.timezone)
     bad = ts.isna()
-    problems = [rejects_where(bad, df, lines, col["time"], "timestamp", f"unparseable or non-existent local time (zone {profile.timezone})", sha256, rel_path)]
+    problems = [
+        rejects_where(
+            bad,
+            df,
+            lines,
+            col["time"],
+            "timestamp",
+            f"unparseable or non-existent local time (zone {profile.timezone})",
+            sha256,
+            rel_path,
+        )
+    ]
     ev = df[~bad].assign(ts=ts[~bad], line=lines[~bad.to_numpy()])
     batches, phases, materials = [], [], []
     for batch_id, rows in ev.groupby(col["batch_id"], sort=True):
         rows = rows.sort_values(["ts", "line"], kind="stable")
         elements: dict[str, dict] = {}
-        for r in rows[rows[col["event"]].str.strip().str.lower() == "state change"].itertuples(index=False):
+        for r in rows[rows[col["event"]].str.strip().str.lower() == "state change"].itertuples(
+            index=False
+        ):
             rec = r._asdict()
             rpath = rec[col["recipe_path"]].strip()
             state = rec[col["pvalue"]].strip().upper()
-            el = elements.setdefault(rpath, {"start_ts": pd.NaT, "end_ts": pd.NaT, "line": rec["line"], "unit": rec.get(col["unit"], "")})
+            el = elements.setdefault(
+                rpath,
+                {
+                    "start_ts": pd.NaT,
+                    "end_ts": pd.NaT,
+                    "line": rec["line"],
+                    "unit": rec.get(col["unit"], ""),
+                },
+            )
             if state == "RUNNING" and pd.isna(el["start_ts"]):
                 el["start_ts"], el["line"] = rec["ts"], rec["line"]
             elif state in TERMINAL:
                 el["end_ts"], el["final"] = rec["ts"], state
         header = rows[rows[col["event"]].str.strip().str.lower() == "recipe header"]
-        product = header.loc[header[col["descript"]].str.lower() == "product code", col["pvalue"]] if col["descript"] in header else pd.Series(dtype=str)
+        product = (
+            header.loc[header[col["descript"]].str.lower() == "product code", col["pvalue"]]
+            if col["descript"] in header
+            else pd.Series(dtype=str)
+        )
         proc = [p for p in elements if p.replace("/", "\\").count("\\") == 0]
-        root = elements[proc[0]] if proc else {"start_ts": rows["ts"].min(), "end_ts": pd.NaT, "line": int(rows["line"].min())}
+        root = (
+            elements[proc[0]]
+            if proc
+            else {"start_ts": rows["ts"].min(), "end_ts": pd.NaT, "line": int(rows["line"].min())}
+        )
         depth_seq: dict[str, int] = {}
         inoculation = pd.NaT
         unit_id = None
-        for rpath, el in sorted(elements.items(), key=lambda kv: (kv[1]["start_ts"] if pd.notna(kv[1]["start_ts"]) else pd.Timestamp.max.tz_localize("UTC"))):
+        for rpath, el in sorted(
+            elements.items(),
+            key=lambda kv: (
+                kv[1]["start_ts"]
+                if pd.notna(kv[1]["start_ts"])
+                else pd.Timestamp.max.tz_localize("UTC")
+            ),
+        ):
             depth = rpath.replace("/", "\\").count("\\") + 1
             level = LEVELS.get(depth, "phase")
             depth_seq[level] = depth_seq.get(level, 0) + 1
@@ -58,24 +117,80 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
                 unit_id = el["unit"]
             if level == "phase" and name == profile.inoculation_phase:
                 inoculation = el["start_ts"]
-            phases.append({"batch_id": batch_id, "unit_id": el["unit"] or None, "level": level, "path": f"{batch_id}:" + ":".join(_element_name(s) for s in rpath.replace("/", "\\").split("\\")),
-                           "phase": name, "seq": depth_seq[level], "start_ts": el["start_ts"], "end_ts": el["end_ts"], "record_version": 1, "line": el["line"]})
+            phases.append(
+                {
+                    "batch_id": batch_id,
+                    "unit_id": el["unit"] or None,
+                    "level": level,
+                    "path": f"{batch_id}:"
+                    + ":".join(_element_name(s) for s in rpath.replace("/", "\\").split("\\")),
+                    "phase": name,
+                    "seq": depth_seq[level],
+                    "start_ts": el["start_ts"],
+                    "end_ts": el["end_ts"],
+                    "record_version": 1,
+                    "line": el["line"],
+                }
+            )
         status = root.get("final", "RUNNING" if pd.isna(root["end_ts"]) else "COMPLETE").lower()
-        batches.append({"batch_id": batch_id, "product": product.iloc[0].strip() if len(product) else None, "site": profile.site,
-                        "unit_id": unit_id or (rows[col["unit"]].iloc[0] if col["unit"] in rows else None),
-                        "recipe_id": _element_name(proc[0]) if proc else None, "status": status, "start_ts": root["start_ts"], "end_ts": root["end_ts"],
-                        "inoculation_ts": inoculation, "record_version": 1, "record_ts": rows["ts"].max(), "line": root["line"]})
+        batches.append(
+            {
+                "batch_id": batch_id,
+                "product": product.iloc[0].strip() if len(product) else None,
+                "site": profile.site,
+                "unit_id": unit_id or (rows[col["unit"]].iloc[0] if col["unit"] in rows else None),
+                "recipe_id": _element_name(proc[0]) if proc else None,
+                "status": status,
+                "start_ts": root["start_ts"],
+                "end_ts": root["end_ts"],
+                "inoculation_ts": inoculation,
+                "record_version": 1,
+                "record_ts": rows["ts"].max(),
+                "line": root["line"],
+            }
+        )
         charges = rows[rows[col["event"]].str.strip().str.lower() == "material charge"]
         for r in charges.itertuples(index=False):
             rec = r._asdict()
             words = str(rec.get(col["descript"], "")).split(maxsplit=1)
             qty = pd.to_numeric(rec[col["pvalue"]], errors="coerce")
             if pd.isna(qty):
-                problems.append(pd.DataFrame([{"source_sha256": sha256, "source_row": rec["line"], "source_path": rel_path, "column": col["pvalue"],
-                                               "check": "number_parse", "failure_value": rec[col["pvalue"]], "reason": "material quantity is not a number"}]))
+                problems.append(
+                    pd.DataFrame(
+                        [
+                            {
+                                "source_sha256": sha256,
+                                "source_row": rec["line"],
+                                "source_path": rel_path,
+                                "column": col["pvalue"],
+                                "check": "number_parse",
+                                "failure_value": rec[col["pvalue"]],
+                                "reason": "material quantity is not a number",
+                            }
+                        ]
+                    )
+                )
                 continue
-            materials.append({"batch_id": batch_id, "ts": rec["ts"], "material": words[0] if words else "", "quantity": float(qty),
-                              "uom": rec.get(col["eng_units"], "") or "", "kind": words[1] if len(words) > 1 else None, "record_version": 1, "line": rec["line"]})
-    tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (("batch_records", batches), ("phase_records", phases), ("material_event_records", materials))}
-    return ReadResult(tables, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))
-
+            materials.append(
+                {
+                    "batch_id": batch_id,
+                    "ts": rec["ts"],
+                    "material": words[0] if words else "",
+                    "quantity": float(qty),
+                    "uom": rec.get(col["eng_units"], "") or "",
+                    "kind": words[1] if len(words) > 1 else None,
+                    "record_version": 1,
+                    "line": rec["line"],
+                }
+            )
+    tables = {
+        name: finish_records(rows, sha256, rel_path)
+        for name, rows in (
+            ("batch_records", batches),
+            ("phase_records", phases),
+            ("material_event_records", materials),
+        )
+    }
+    return ReadResult(
+        tables, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects)
+    )

@@ -15,6 +15,7 @@ What is read:
   its start is derived as the end of the element before it at the same level. Derived fields
   are named in the file's notes and in the `derived` column.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,11 +27,24 @@ from lxml import etree
 from sources.base import ReadResult, SourceRejected, finish_records
 from sources.profiles import FileProfile
 
-LEVEL_OF = {"batch": "procedure", "procedure": "procedure", "unitprocedure": "unit_procedure", "operation": "operation", "phase": "phase"}
+LEVEL_OF = {
+    "batch": "procedure",
+    "procedure": "procedure",
+    "unitprocedure": "unit_procedure",
+    "operation": "operation",
+    "phase": "phase",
+}
 
 
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False, remove_comments=True)
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+    )
 
 
 def local(el) -> str:
@@ -62,19 +76,31 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     except etree.XMLSyntaxError as err:
         raise SourceRejected(f"not well-formed XML: {err}") from None
     root = tree.getroot()
-    if tree.docinfo.internalDTD is not None or any(isinstance(n, etree._Entity) for n in root.iter()):
-        raise SourceRejected("XML declares a DTD or entities; batch records must not (entity expansion is refused)")
+    if tree.docinfo.internalDTD is not None or any(
+        isinstance(n, etree._Entity) for n in root.iter()
+    ):
+        raise SourceRejected(
+            "XML declares a DTD or entities; batch records must not (entity expansion is refused)"
+        )
     namespace = etree.QName(root).namespace
     if namespace not in profile.namespaces:
-        raise SourceRejected(f"root <{local(root)}> is in namespace {str(namespace)[:120]!r}, not a known B2MML/BatchML one "
-                             "(V0401…V0700; a profile's `namespaces` may add a vendor's)")
+        raise SourceRejected(
+            f"root <{local(root)}> is in namespace {str(namespace)[:120]!r}, not a known B2MML/BatchML one "
+            "(V0401…V0700; a profile's `namespaces` may add a vendor's)"
+        )
     version, record_ts = _record_version(root)
     ordinal = iter(range(1, 10**9))
     batches, phases, materials, samples, notes = [], [], [], [], []
-    for entry in (e for e in descendants(root, "BatchListEntry") if (text(e, "BatchListEntryType") or "").lower() == "batch"):
+    for entry in (
+        e
+        for e in descendants(root, "BatchListEntry")
+        if (text(e, "BatchListEntryType") or "").lower() == "batch"
+    ):
         _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases)
     for ecr in descendants(root, "ExecutedControlRecipe"):
-        notes.append(_executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases))
+        notes.append(
+            _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases)
+        )
     default_batch = batches[0]["batch_id"] if len(batches) == 1 else None
     for bpr in descendants(root, "BatchProductionRecord"):
         batch_id = text(bpr, "BatchID") or default_batch
@@ -82,12 +108,21 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
             materials.append(_material(ma, batch_id, version, next(ordinal)))
         for sample in descendants(bpr, "Sample"):
             samples.extend(_sample_results(sample, batch_id, ordinal))
-    tables = {name: finish_records(rows, sha256, rel_path) for name, rows in (
-        ("batch_records", batches), ("phase_records", phases), ("material_event_records", materials), ("samples", samples))}
+    tables = {
+        name: finish_records(rows, sha256, rel_path)
+        for name, rows in (
+            ("batch_records", batches),
+            ("phase_records", phases),
+            ("material_event_records", materials),
+            ("samples", samples),
+        )
+    }
     rows_read = sum(len(t) for t in tables.values())
     if rows_read == 0:
-        raise SourceRejected(f"<{local(root)}> holds no batch record: no BatchListEntry of type Batch, ExecutedControlRecipe, "
-                             "material actual or sample (other B2MML documents are not read yet)")
+        raise SourceRejected(
+            f"<{local(root)}> holds no batch record: no BatchListEntry of type Batch, ExecutedControlRecipe, "
+            "material actual or sample (other B2MML documents are not read yet)"
+        )
     return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
 
 
@@ -104,7 +139,12 @@ def _record_version(root) -> tuple[int, object]:
         name = local(el)
         # ASCII digits only, at most 9: str.isdigit() accepts '²' or '٣' (int() then fails) and an
         # unbounded number overflows the int64 record_version column
-        if name == "Version" and version is None and el.text and re.fullmatch(r"[0-9]{1,9}", el.text.strip()):
+        if (
+            name == "Version"
+            and version is None
+            and el.text
+            and re.fullmatch(r"[0-9]{1,9}", el.text.strip())
+        ):
             version = int(el.text.strip())
         elif name in CHANGE_DATES and name not in dates and el.text:
             dates[name] = _ts(el.text.strip())
@@ -130,13 +170,36 @@ def _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases) -
         start = _ts(text(el, "ActualStartTime"))
         if level == "phase" and name == profile.inoculation_phase:
             inoculation = start
-        phases.append({"batch_id": batch_id, "unit_id": text(el, "ActualEquipmentID") or text(el, "EquipmentID") or unit_id, "level": level,
-                       "path": ident, "phase": name, "seq": seq[level], "start_ts": start, "end_ts": _ts(text(el, "ActualEndTime")),
-                       "record_version": version, "line": next(ordinal)})
-    batches.append({"batch_id": batch_id, "product": text(entry, "ProductID"), "site": profile.site, "unit_id": unit_id,
-                    "recipe_id": text(entry, "RecipeID"), "status": (text(entry, "Status") or "unknown").lower(),
-                    "start_ts": _ts(text(entry, "ActualStartTime")), "end_ts": _ts(text(entry, "ActualEndTime")),
-                    "inoculation_ts": inoculation, "record_version": version, "record_ts": record_ts, "line": row})
+        phases.append(
+            {
+                "batch_id": batch_id,
+                "unit_id": text(el, "ActualEquipmentID") or text(el, "EquipmentID") or unit_id,
+                "level": level,
+                "path": ident,
+                "phase": name,
+                "seq": seq[level],
+                "start_ts": start,
+                "end_ts": _ts(text(el, "ActualEndTime")),
+                "record_version": version,
+                "line": next(ordinal),
+            }
+        )
+    batches.append(
+        {
+            "batch_id": batch_id,
+            "product": text(entry, "ProductID"),
+            "site": profile.site,
+            "unit_id": unit_id,
+            "recipe_id": text(entry, "RecipeID"),
+            "status": (text(entry, "Status") or "unknown").lower(),
+            "start_ts": _ts(text(entry, "ActualStartTime")),
+            "end_ts": _ts(text(entry, "ActualEndTime")),
+            "inoculation_ts": inoculation,
+            "record_version": version,
+            "record_ts": record_ts,
+            "line": row,
+        }
+    )
 
 
 def _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases) -> str:
@@ -155,35 +218,74 @@ def _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches,
     def walk(el, parent_start):
         prev_end = parent_start
         for k in (c for c in el if local(c) == "RuntimeRecipeElement"):
-            level = LEVEL_OF.get((text(k, "RecipeElementType") or "").lower().replace(" ", ""), "phase")
+            level = LEVEL_OF.get(
+                (text(k, "RecipeElementType") or "").lower().replace(" ", ""), "phase"
+            )
             seq[level] = seq.get(level, 0) + 1
             end = end_of(k)
             ident = text(k, "ID") or ""
-            phases.append({"batch_id": batch_id, "unit_id": None, "level": level, "path": ident, "phase": ident.split("|")[-1],
-                           "seq": seq[level], "start_ts": prev_end, "end_ts": end, "record_version": version, "line": next(ordinal)})
+            phases.append(
+                {
+                    "batch_id": batch_id,
+                    "unit_id": None,
+                    "level": level,
+                    "path": ident,
+                    "phase": ident.split("|")[-1],
+                    "seq": seq[level],
+                    "start_ts": prev_end,
+                    "end_ts": end,
+                    "record_version": version,
+                    "line": next(ordinal),
+                }
+            )
             walk(k, prev_end)
             prev_end = end if pd.notna(end) else prev_end
 
     walk(ecr, pd.NaT)
     ends = [p["end_ts"] for p in phases if p["batch_id"] == batch_id and pd.notna(p["end_ts"])]
-    batches.append({"batch_id": batch_id, "product": product, "site": profile.site, "unit_id": None, "recipe_id": None,
-                    "status": "complete" if ends else "unknown", "start_ts": pd.NaT, "end_ts": max(ends) if ends else pd.NaT,
-                    "inoculation_ts": pd.NaT, "record_version": version, "record_ts": record_ts, "line": row})
-    return (f"{batch_id}: ExecutedControlRecipe gives completion times only; phase start_ts is derived as the previous "
-            "element's completion (NULL for the first element at each level); batch start_ts is unknown")
+    batches.append(
+        {
+            "batch_id": batch_id,
+            "product": product,
+            "site": profile.site,
+            "unit_id": None,
+            "recipe_id": None,
+            "status": "complete" if ends else "unknown",
+            "start_ts": pd.NaT,
+            "end_ts": max(ends) if ends else pd.NaT,
+            "inoculation_ts": pd.NaT,
+            "record_version": version,
+            "record_ts": record_ts,
+            "line": row,
+        }
+    )
+    return (
+        f"{batch_id}: ExecutedControlRecipe gives completion times only; phase start_ts is derived as the previous "
+        "element's completion (NULL for the first element at each level); batch start_ts is unknown"
+    )
 
 
 def _material(ma, batch_id, version, row) -> dict:
     qty_el = child(ma, "Quantity")
-    qty = pd.to_numeric(text(qty_el, "QuantityString") if qty_el is not None else None, errors="coerce")
+    qty = pd.to_numeric(
+        text(qty_el, "QuantityString") if qty_el is not None else None, errors="coerce"
+    )
     uom = text(qty_el, "UnitOfMeasure") if qty_el is not None else None
     when = pd.NaT
     for prop in (c for c in ma if local(c) == "MaterialActualProperty"):
         if (text(prop, "ID") or "").lower() in ("actualtime", "timestamp"):
             val = child(prop, "Value")
             when = _ts(text(val, "ValueString")) if val is not None else pd.NaT
-    return {"batch_id": batch_id, "ts": when, "material": text(ma, "MaterialDefinitionID") or "", "quantity": float(qty) if pd.notna(qty) else float("nan"),
-            "uom": uom or "", "kind": text(ma, "Description") or (text(ma, "MaterialUse") or "").lower() or None, "record_version": version, "line": row}
+    return {
+        "batch_id": batch_id,
+        "ts": when,
+        "material": text(ma, "MaterialDefinitionID") or "",
+        "quantity": float(qty) if pd.notna(qty) else float("nan"),
+        "uom": uom or "",
+        "kind": text(ma, "Description") or (text(ma, "MaterialUse") or "").lower() or None,
+        "record_version": version,
+        "line": row,
+    }
 
 
 def _sample_results(sample, batch_id, ordinal) -> list[dict]:
@@ -195,8 +297,19 @@ def _sample_results(sample, batch_id, ordinal) -> list[dict]:
         for result in (c for c in test if local(c) == "SampleTestResult"):
             value_el = child(result, "Results")
             raw = (text(value_el, "ValueString") if value_el is not None else None) or ""
-            rows.append({"batch_id": batch_id, "sample_id": sample_id, "analyte": analyte,
-                         "value": float(pd.to_numeric(raw, errors="coerce")), "value_text": raw,
-                         "censored": raw.strip()[:1] in ("<", ">"), "uom": (text(value_el, "UnitOfMeasure") if value_el is not None else None) or "",
-                         "sampled_ts": sampled, "reported_ts": _ts(text(result, "TimeStamp")), "line": next(ordinal)})
+            rows.append(
+                {
+                    "batch_id": batch_id,
+                    "sample_id": sample_id,
+                    "analyte": analyte,
+                    "value": float(pd.to_numeric(raw, errors="coerce")),
+                    "value_text": raw,
+                    "censored": raw.strip()[:1] in ("<", ">"),
+                    "uom": (text(value_el, "UnitOfMeasure") if value_el is not None else None)
+                    or "",
+                    "sampled_ts": sampled,
+                    "reported_ts": _ts(text(result, "TimeStamp")),
+                    "line": next(ordinal),
+                }
+            )
     return rows

@@ -4,37 +4,75 @@ Profiles come from the site's `landing/sources.yaml` (`sources.site`); none is b
 are matched to the first profile whose glob matches their path relative to the landing zone
 (the most specific glob first).
 """
+
 from __future__ import annotations
 
 import fnmatch
 import os
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-
 
 # PI system digital states seen in historian exports (a subset of the 300+; profiles extend it)
 PI_DIGITAL_STATES = (
-    "Pt Created", "I/O Timeout", "No Data", "Bad Input", "Shutdown", "Scan Off", "Scan On",
-    "Calc Failed", "Over Range", "Under Range", "Intf Shut", "Arc Off-line", "Comm Fail",
-    "Configure", "Bad", "Equip Fail", "No Sample", "Not Connect", "Out of Serv", "Invalid Data",
+    "Pt Created",
+    "I/O Timeout",
+    "No Data",
+    "Bad Input",
+    "Shutdown",
+    "Scan Off",
+    "Scan On",
+    "Calc Failed",
+    "Over Range",
+    "Under Range",
+    "Intf Shut",
+    "Arc Off-line",
+    "Comm Fail",
+    "Configure",
+    "Bad",
+    "Equip Fail",
+    "No Sample",
+    "Not Connect",
+    "Out of Serv",
+    "Invalid Data",
 )
 QUALITY_WORDS = {
-    "good": "good", "questionable": "uncertain", "uncertain": "uncertain", "suspect": "uncertain",
-    "bad": "bad", "substituted": "substituted", "annotated": "good", "doubtful": "uncertain",
+    "good": "good",
+    "questionable": "uncertain",
+    "uncertain": "uncertain",
+    "suspect": "uncertain",
+    "bad": "bad",
+    "substituted": "substituted",
+    "annotated": "good",
+    "doubtful": "uncertain",
     # OPC DA quality codes, as numbers in the status column
-    "192": "good", "216": "substituted", "64": "uncertain", "0": "bad",
+    "192": "good",
+    "216": "substituted",
+    "64": "uncertain",
+    "0": "bad",
 }
 # B2MML / BatchML namespaces of the versions the MES reader understands (V0401…V0700; MESA dropped
 # the version from the namespace with V0700). A document in any other namespace is rejected, not
 # read by element names that may mean something else there; a profile can name a vendor's own.
 B2MML_NAMESPACES = (
-    "http://www.wbf.org/xml/B2MML-V0401", "http://www.wbf.org/xml/B2MML-V04", "http://www.wbf.org/xml/B2MML-V0500",
-    "http://www.wbf.org/xml/B2MML-V0600", "http://www.mesa.org/xml/B2MML-V0600", "http://www.mesa.org/xml/B2MML",
-    "http://www.wbf.org/xml/BatchML-V0401", "http://www.wbf.org/xml/BatchML-V0500", "http://www.wbf.org/xml/BatchML-V0600",
+    "http://www.wbf.org/xml/B2MML-V0401",
+    "http://www.wbf.org/xml/B2MML-V04",
+    "http://www.wbf.org/xml/B2MML-V0500",
+    "http://www.wbf.org/xml/B2MML-V0600",
+    "http://www.mesa.org/xml/B2MML-V0600",
+    "http://www.mesa.org/xml/B2MML",
+    "http://www.wbf.org/xml/BatchML-V0401",
+    "http://www.wbf.org/xml/BatchML-V0500",
+    "http://www.wbf.org/xml/BatchML-V0600",
     "http://www.mesa.org/xml/BatchML",
 )
-IP21_QUALITY = {"0": "good", "1": "uncertain", "2": "bad", "4": "substituted", "5": "uncertain", "6": "bad"}
+IP21_QUALITY = {
+    "0": "good",
+    "1": "uncertain",
+    "2": "bad",
+    "4": "substituted",
+    "5": "uncertain",
+    "6": "bad",
+}
 DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Profile names end up in file names under the lake (watermarks/<name>.json, sql_quarantined/<name>/) and
@@ -44,8 +82,10 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 def _check_name(name) -> None:
     if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
-        raise ValueError(f"source profile name {str(name)[:120]!r} must be letters, digits, '_', '-' or '.' "
-                         "(not starting with '.' or '-', at most 100 characters)")
+        raise ValueError(
+            f"source profile name {str(name)[:120]!r} must be letters, digits, '_', '-' or '.' "
+            "(not starting with '.' or '-', at most 100 characters)"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +124,9 @@ class SqlProfile:
     name: str
     url: str  # may contain ${ENV_VAR}; passwords belong in the environment, not in the file
     table: str = "history"
-    columns: dict[str, str] = field(default_factory=lambda: {"tag": "name", "ts": "ts", "value": "value", "status": "status"})
+    columns: dict[str, str] = field(
+        default_factory=lambda: {"tag": "name", "ts": "ts", "value": "value", "status": "status"}
+    )
     timezone: str = "UTC"
     quality: dict[str, str] = field(default_factory=lambda: dict(IP21_QUALITY))
     digital_states: tuple[str, ...] = PI_DIGITAL_STATES  # value texts that are system states
@@ -95,7 +137,9 @@ class SqlProfile:
         # table and column names are quoted by SQLAlchemy, and still only plain identifiers are accepted:
         # nothing from sources.yaml is ever formatted into SQL text
         for ident in (self.table, *self.columns.values()):
-            if not isinstance(ident, str) or not _IDENTIFIER.fullmatch(ident):  # fullmatch: `$` would accept a trailing newline
+            if not isinstance(ident, str) or not _IDENTIFIER.fullmatch(
+                ident
+            ):  # fullmatch: `$` would accept a trailing newline
                 raise ValueError(f"SQL profile {self.name!r}: {ident!r} is not a plain identifier")
 
     def resolved_url(self) -> str:
@@ -107,8 +151,10 @@ def build_profile(cls, name: str, spec: dict):
     known = {f.name for f in fields(cls)} - {"name"}
     unknown = set(spec) - known
     if unknown:
-        raise ValueError(f"profile {name!r} has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise ValueError(
+            f"profile {name!r} has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(known))})"
+        )
     for key in ("digital_states", "namespaces"):
         if key in spec:
             spec = {**spec, key: tuple(spec[key])}

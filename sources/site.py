@@ -6,6 +6,7 @@ analytes, its operating limits per ISA-88 phase, the longest gap its compressed 
 leaves between archived values, and which models apply to which product. README
 "Onboarding a site" documents every key with its default.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,17 @@ SITE_FILE = "sources.yaml"
 # is data, not a gap. Linear tags interpolate across up to this (plus a margin for the
 # exception-report delay); step tags hold their value until the next archived one, however long.
 DEFAULT_MAX_GAP_S = 8 * 3600.0 + 600.0
-TOP_LEVEL_KEYS = ("site", "files", "sql", "historian", "parameters", "analytes", "limits", "kpis", "models")
+TOP_LEVEL_KEYS = (
+    "site",
+    "files",
+    "sql",
+    "historian",
+    "parameters",
+    "analytes",
+    "limits",
+    "kpis",
+    "models",
+)
 KPI_KEYS = ("cell_density", "product", "viability", "feed_rates")
 
 
@@ -85,8 +96,10 @@ class Site:
         return self.parameters.get(parameter, uom)
 
     def limit_rows(self) -> list[dict]:
-        return [{"parameter": p, "phase": ph, "low": lo, "high": hi}
-                for (p, ph), (lo, hi) in sorted(self.limits.items())]
+        return [
+            {"parameter": p, "phase": ph, "low": lo, "high": hi}
+            for (p, ph), (lo, hi) in sorted(self.limits.items())
+        ]
 
 
 def load_site(landing: Path) -> Site:
@@ -97,8 +110,9 @@ def load_site(landing: Path) -> Site:
     if not path.is_file():
         raise SiteConfigError(
             f"{path} not found: describe the site there (at least `files:` with one profile per "
-            "export, e.g. `historian: {dataset: historian_long, glob: \"historian/*.csv\"}`); "
-            "see README 'Onboarding a site'")
+            'export, e.g. `historian: {dataset: historian_long, glob: "historian/*.csv"}`); '
+            "see README 'Onboarding a site'"
+        )
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -114,8 +128,10 @@ def parse_site(doc: dict, landing: Path) -> Site:
         raise SiteConfigError(f"{where}: expected a mapping of {', '.join(TOP_LEVEL_KEYS)}")
     unknown = set(doc) - set(TOP_LEVEL_KEYS)
     if unknown:
-        raise SiteConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                              f"(known: {', '.join(TOP_LEVEL_KEYS)})")
+        raise SiteConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(TOP_LEVEL_KEYS)})"
+        )
     try:
         name = doc.get("site")
         files = list(_profiles(doc, "files", FileProfile, name))
@@ -123,11 +139,15 @@ def parse_site(doc: dict, landing: Path) -> Site:
         parameters = _parameters(_section(doc, "parameters"))
         analytes = _analytes(_section(doc, "analytes"))
         return Site(
-            landing=Path(landing), name=None if name is None else str(name),
+            landing=Path(landing),
+            name=None if name is None else str(name),
             files=sorted(files, key=lambda p: -len(p.glob.replace("*", ""))),
-            sqls=sqls, parameters=parameters, analytes=analytes,
+            sqls=sqls,
+            parameters=parameters,
+            analytes=analytes,
             limits=_limits(_section(doc, "limits"), parameters),
-            max_gap_s=_max_gap(_section(doc, "historian")), models=_models(_section(doc, "models")),
+            max_gap_s=_max_gap(_section(doc, "historian")),
+            models=_models(_section(doc, "models")),
             kpis=_kpis(_section(doc, "kpis"), parameters, analytes),
         )
     except (TypeError, ValueError, AttributeError) as err:
@@ -144,8 +164,19 @@ def _section(doc: dict, key: str) -> dict:
 
 
 REQUIRED_PROFILE_KEYS = {FileProfile: ("dataset", "glob"), SqlProfile: ("url",)}
-TEXT_PROFILE_KEYS = ("dataset", "glob", "url", "delimiter", "decimal", "encoding", "timestamp_format", "timezone",
-                     "inoculation_phase", "table", "site")
+TEXT_PROFILE_KEYS = (
+    "dataset",
+    "glob",
+    "url",
+    "delimiter",
+    "decimal",
+    "encoding",
+    "timestamp_format",
+    "timezone",
+    "inoculation_phase",
+    "table",
+    "site",
+)
 LIST_PROFILE_KEYS = ("digital_states", "namespaces")
 
 
@@ -166,8 +197,10 @@ def _profiles(doc: dict, key: str, cls, site_name):
         for k, v in spec.items():
             if k in TEXT_PROFILE_KEYS and v is not None and not isinstance(v, str):
                 raise ValueError(f"{where}.{k}: a text, not {v!r}")
-            if k in LIST_PROFILE_KEYS and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-                raise ValueError(f"{where}.{k}: a list of texts, e.g. [\"No Data\", Shutdown]")
+            if k in LIST_PROFILE_KEYS and not (
+                isinstance(v, list) and all(isinstance(x, str) for x in v)
+            ):
+                raise ValueError(f'{where}.{k}: a list of texts, e.g. ["No Data", Shutdown]')
             if k in ("columns", "quality") and not isinstance(v, dict):
                 raise ValueError(f"{where}.{k}: a mapping, e.g. {{canonical: header}}")
         if cls is FileProfile and site_name is not None:
@@ -177,7 +210,9 @@ def _profiles(doc: dict, key: str, cls, site_name):
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         if cls is FileProfile and profile.dataset not in DATASETS:
-            raise ValueError(f"{where}: unknown dataset {profile.dataset!r} (one of {', '.join(DATASETS)})")
+            raise ValueError(
+                f"{where}: unknown dataset {profile.dataset!r} (one of {', '.join(DATASETS)})"
+            )
         yield profile
 
 
@@ -193,11 +228,17 @@ def _resolve_sql(profile: SqlProfile, landing: Path) -> SqlProfile:
     except (sa.exc.ArgumentError, ValueError):
         return profile  # the pull reports an unparseable URL, without quoting it
     db = url.database
-    if url.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+    if (
+        url.get_backend_name() == "sqlite"
+        and db
+        and db != ":memory:"
+        and not db.startswith("file:")
+    ):
         if not Path(db).is_absolute():
             resolved = (Path(landing) / db).resolve()
-            return replace(profile, url=url.set(database=str(resolved)).render_as_string(
-                hide_password=False))
+            return replace(
+                profile, url=url.set(database=str(resolved)).render_as_string(hide_password=False)
+            )
     return profile
 
 
@@ -221,15 +262,19 @@ def _analytes(section: dict) -> dict[str, Analyte]:
     for name, spec in section.items():
         key = f"analytes.{name}"
         if str(name).lower() in out:  # readers lower-case analyte names
-            raise ValueError(f"{key}: names the same analyte as {str(name).lower()!r} (analyte names ignore case)")
+            raise ValueError(
+                f"{key}: names the same analyte as {str(name).lower()!r} (analyte names ignore case)"
+            )
         if isinstance(spec, str):
             spec = {"unit": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("unit"), str):
             raise ValueError(f"{key}: give at least `unit`, e.g. {{unit: g/L, min: 0}}")
         unknown = set(spec) - set(ANALYTE_KEYS)
         if unknown:
-            raise ValueError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(ANALYTE_KEYS)})")
+            raise ValueError(
+                f"{key}: unknown key(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(ANALYTE_KEYS)})"
+            )
         _check_unit(spec["unit"], f"{key}.unit")
         units = spec.get("units")
         if isinstance(units, str):
@@ -243,28 +288,38 @@ def _analytes(section: dict) -> dict[str, Analyte]:
                     conversion(u, spec["unit"])
                 except UnitError as err:
                     raise ValueError(f"{key}.units: {err}") from None
-        analyte = Analyte(str(name).lower(), spec["unit"].strip(), units,
-                          *(_number(spec.get(k), f"{key}.{k}") for k in ANALYTE_KEYS[2:]))
+        analyte = Analyte(
+            str(name).lower(),
+            spec["unit"].strip(),
+            units,
+            *(_number(spec.get(k), f"{key}.{k}") for k in ANALYTE_KEYS[2:]),
+        )
         if analyte.min is not None and analyte.max is not None and analyte.min > analyte.max:
             raise ValueError(f"{key}: min {analyte.min} is above max {analyte.max}")
         out[analyte.name] = analyte
     return out
 
 
-def _limits(section: dict, parameters: dict[str, str]) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+def _limits(
+    section: dict, parameters: dict[str, str]
+) -> dict[tuple[str, str], tuple[float | None, float | None]]:
     out = {}
     for parameter, phases in section.items():
         if not isinstance(phases, dict):
             raise ValueError(f"limits.{parameter}: a mapping of phase -> [low, high]")
         if parameter not in parameters:
             # without a site unit each tag keeps its own, and °C limits would be applied to °F values
-            raise ValueError(f"limits.{parameter}: give {parameter} its unit under `parameters` (limits are in that unit)")
+            raise ValueError(
+                f"limits.{parameter}: give {parameter} its unit under `parameters` (limits are in that unit)"
+            )
         for phase, bounds in phases.items():
             key = f"limits.{parameter}.{phase}"
             if isinstance(bounds, dict):
                 extra = set(bounds) - {"low", "high"}
                 if extra:
-                    raise ValueError(f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))} (known: low, high)")
+                    raise ValueError(
+                        f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))} (known: low, high)"
+                    )
                 bounds = [bounds.get("low"), bounds.get("high")]
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
                 raise ValueError(f"{key}: give [low, high] (null for an open side)")
@@ -278,7 +333,9 @@ def _limits(section: dict, parameters: dict[str, str]) -> dict[tuple[str, str], 
 def _max_gap(section: dict) -> float:
     unknown = set(section) - {"max_gap_s"}
     if unknown:
-        raise ValueError(f"historian: unknown key(s) {', '.join(sorted(unknown))} (known: max_gap_s)")
+        raise ValueError(
+            f"historian: unknown key(s) {', '.join(sorted(unknown))} (known: max_gap_s)"
+        )
     value = _number(section.get("max_gap_s"), "historian.max_gap_s")
     if value is None:
         return DEFAULT_MAX_GAP_S
@@ -301,12 +358,16 @@ def _models(section: dict) -> dict[str, tuple[str, ...]]:
 def _kpis(section: dict, parameters: dict[str, str], analytes: dict[str, Analyte]) -> KpiInputs:
     unknown = set(section) - set(KPI_KEYS)
     if unknown:
-        raise ValueError(f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(KPI_KEYS)})")
+        raise ValueError(
+            f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(KPI_KEYS)})"
+        )
     feeds = section.get("feed_rates") or []
     feeds = [feeds] if isinstance(feeds, str) else feeds
     for p in feeds:
         if p not in parameters:
-            raise ValueError(f"kpis.feed_rates: give {p!r} its unit under `parameters` (a volume per time, e.g. L/h)")
+            raise ValueError(
+                f"kpis.feed_rates: give {p!r} its unit under `parameters` (a volume per time, e.g. L/h)"
+            )
         try:
             conversion(parameters[p], "L/h")
         except UnitError as err:
@@ -317,8 +378,12 @@ def _kpis(section: dict, parameters: dict[str, str], analytes: dict[str, Analyte
             raise ValueError(f"kpis.{k}: an analyte name, not {v!r}")
         if v is not None and v.lower() not in analytes:
             # a KPI mixes whatever units results came in unless the dictionary names one
-            raise ValueError(f"kpis.{k}: {v!r} is not in `analytes` (its unit and range come from there)")
-    return KpiInputs(**{k: v.lower() if v else None for k, v in names.items()}, feed_rates=tuple(map(str, feeds)))
+            raise ValueError(
+                f"kpis.{k}: {v!r} is not in `analytes` (its unit and range come from there)"
+            )
+    return KpiInputs(
+        **{k: v.lower() if v else None for k, v in names.items()}, feed_rates=tuple(map(str, feeds))
+    )
 
 
 def _number(value, key: str) -> float | None:

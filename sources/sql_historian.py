@@ -4,6 +4,7 @@ Pulls are incremental: rows with a timestamp after `since` are read. The caller 
 watermark and re-reads a look-back window behind it, so rows that arrive late in the source
 are still picked up; it drops rows it already holds, so none is ingested twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,13 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from sources.base import VALUE_PARSE_REASON, ReadResult, add_lineage, historian_values, rejects_where
+from sources.base import (
+    VALUE_PARSE_REASON,
+    ReadResult,
+    add_lineage,
+    historian_values,
+    rejects_where,
+)
 from sources.profiles import SqlProfile
 
 
@@ -28,7 +35,10 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
     if since is not None:
         # untyped (NullType): the database converts the text to the column's type. A typed string
         # would be sent as VARCHAR (PostgreSQL: "operator does not exist: timestamp > character varying").
-        query = query.where(table.c[c["ts"]] > sa.bindparam("since", _sql_text(since, profile.timezone), type_=sa.types.NullType()))
+        query = query.where(
+            table.c[c["ts"]]
+            > sa.bindparam("since", _sql_text(since, profile.timezone), type_=sa.types.NullType())
+        )
     query = query.order_by(table.c[c["ts"]], table.c[c["tag"]])
     # Errors name the source, never the URL, and are raised outside the `except` blocks so that no
     # exception chain (__context__) carries the driver's original message; anything a driver echoes
@@ -38,7 +48,11 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
         engine = sa.create_engine(profile.resolved_url())
     except (sa.exc.ArgumentError, ValueError) as err:
         # a parser's message may quote part of the URL (and so the password): only a missing driver is named
-        failure = f"invalid URL: {_first_line(err)}" if isinstance(err, sa.exc.NoSuchModuleError) else "invalid URL: the URL cannot be parsed"
+        failure = (
+            f"invalid URL: {_first_line(err)}"
+            if isinstance(err, sa.exc.NoSuchModuleError)
+            else "invalid URL: the URL cannot be parsed"
+        )
     if failure is not None:
         raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
     try:
@@ -46,7 +60,11 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
             raw = pd.read_sql(query, conn)
     except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as err:
         # pandas wraps a failing query in its own DatabaseError (quoting the SQL): report the driver's error
-        err = err.__cause__ if isinstance(err, pd.errors.DatabaseError) and err.__cause__ is not None else err
+        err = (
+            err.__cause__
+            if isinstance(err, pd.errors.DatabaseError) and err.__cause__ is not None
+            else err
+        )
         orig = getattr(err, "orig", None) or err
         failure = f"{type(orig).__name__}: {_first_line(orig)}"
     finally:
@@ -68,7 +86,9 @@ def _first_line(err: BaseException) -> str:
 
 def _redact(message: str, profile: SqlProfile) -> str:
     """`message` with every value the URL took from the environment, and the URL's password, replaced by ***."""
-    secrets = {os.environ.get(a or b, "") for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", profile.url)}
+    secrets = {
+        os.environ.get(a or b, "") for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", profile.url)
+    }
     try:
         secrets.add(sa.engine.make_url(profile.resolved_url()).password or "")
     except (sa.exc.ArgumentError, ValueError):
@@ -99,20 +119,73 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
     # a naive local time repeated (autumn) or skipped (spring) by DST names no single instant: NaT, so the
     # row is quarantined. Raising failed every later pull too, while the row stayed in the look-back window.
     # Not "infer": rows come ordered by (ts text, tag), which interleaves the two occurrences of the hour.
-    ts = (ts.dt.tz_localize(profile.timezone, ambiguous="NaT", nonexistent="NaT") if ts.dt.tz is None else ts).dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    ts = (
+        (
+            ts.dt.tz_localize(profile.timezone, ambiguous="NaT", nonexistent="NaT")
+            if ts.dt.tz is None
+            else ts
+        )
+        .dt.tz_convert("UTC")
+        .astype("datetime64[us, UTC]")
+    )
     status = raw["status"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
     quality = status.map(profile.quality)
     # a number column arrives as floats, a text column as text: the same rule as the CSV readers
-    text = raw["value"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else repr(v) if isinstance(v, float) else str(v))
+    text = raw["value"].map(
+        lambda v: (
+            ""
+            if v is None or (isinstance(v, float) and v != v)
+            else repr(v)
+            if isinstance(v, float)
+            else str(v)
+        )
+    )
     value, state, unparseable = historian_values(text, ".", profile.digital_states)
     problems = [
-        rejects_where(ts.isna(), raw, lines, "ts", "timestamp", f"unparseable, ambiguous or non-existent local timestamp (zone {profile.timezone})", sha, rel),
-        rejects_where(quality.isna() & ts.notna(), raw, lines, "status", "quality_code", "status is not in the profile's quality mapping", sha, rel),
-        rejects_where(unparseable & quality.notna() & ts.notna(), raw, lines, "value", "value_parse", VALUE_PARSE_REASON, sha, rel),
+        rejects_where(
+            ts.isna(),
+            raw,
+            lines,
+            "ts",
+            "timestamp",
+            f"unparseable, ambiguous or non-existent local timestamp (zone {profile.timezone})",
+            sha,
+            rel,
+        ),
+        rejects_where(
+            quality.isna() & ts.notna(),
+            raw,
+            lines,
+            "status",
+            "quality_code",
+            "status is not in the profile's quality mapping",
+            sha,
+            rel,
+        ),
+        rejects_where(
+            unparseable & quality.notna() & ts.notna(),
+            raw,
+            lines,
+            "value",
+            "value_parse",
+            VALUE_PARSE_REASON,
+            sha,
+            rel,
+        ),
     ]
     ok = (ts.notna() & quality.notna() & ~unparseable).to_numpy()
     quality = quality.where(state.isna(), "bad")  # a digital state is never a good value
-    out = pd.DataFrame({"tag": raw["tag"].astype(str).str.strip(), "ts": ts, "value": value, "state": state,
-                        "quality": quality, "ts_text": raw["ts"].astype(str)})[ok]
+    out = pd.DataFrame(
+        {
+            "tag": raw["tag"].astype(str).str.strip(),
+            "ts": ts,
+            "value": value,
+            "state": state,
+            "quality": quality,
+            "ts_text": raw["ts"].astype(str),
+        }
+    )[ok]
     out = add_lineage(out.reset_index(drop=True), sha, lines[ok], rel)
-    return ReadResult({"historian_points": out}, pd.concat(problems, ignore_index=True), rows_read=len(raw))
+    return ReadResult(
+        {"historian_points": out}, pd.concat(problems, ignore_index=True), rows_read=len(raw)
+    )

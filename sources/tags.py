@@ -1,28 +1,53 @@
 """Tag dictionary exports (e.g. PI AF): which tag measures what, on which unit, in which unit."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from sources.base import ReadResult, add_lineage, plausible_unit, read_csv_text, rejects_where, require_columns
 from schemas.units import UnitError, conversion
+from sources.base import (
+    ReadResult,
+    add_lineage,
+    plausible_unit,
+    read_csv_text,
+    rejects_where,
+    require_columns,
+)
 from sources.profiles import FileProfile
 from sources.site import Site
 
 
-def _conversion(tag: str, parameter: str, uom: str, site: Site | None) -> tuple[str, float, float, str | None]:
+def _conversion(
+    tag: str, parameter: str, uom: str, site: Site | None
+) -> tuple[str, float, float, str | None]:
     """(canonical unit, scale, offset, reason the tag cannot be used or None)."""
     canonical = site.canonical_unit(parameter, uom) if site is not None else uom
     if not plausible_unit(uom):
-        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: {uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)"
+        return (
+            canonical,
+            float("nan"),
+            float("nan"),
+            f"tag {tag[:80]!r}: {uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)",
+        )
     try:
         scale, offset = conversion(uom, canonical)
     except UnitError as err:
-        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: {err} (the site's unit of {parameter})"
+        return (
+            canonical,
+            float("nan"),
+            float("nan"),
+            f"tag {tag[:80]!r}: {err} (the site's unit of {parameter})",
+        )
     except Exception as err:  # noqa: BLE001 - pint's parser fails on garbage (e.g. '\x1b') with AssertionError,
         # TokenError, RecursionError…: that is an unconvertible unit (a quarantined row), not a crashed read
-        return canonical, float("nan"), float("nan"), f"tag {tag[:80]!r}: cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})"
+        return (
+            canonical,
+            float("nan"),
+            float("nan"),
+            f"tag {tag[:80]!r}: cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})",
+        )
     return canonical, scale, offset, None
 
 
@@ -30,7 +55,9 @@ REQUIRED = ("tag", "unit_id", "parameter", "uom", "role", "interpolation")
 OPTIONAL = ("low", "high", "max_gap_s", "description")
 
 
-def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile, site: Site | None = None) -> ReadResult:
+def read_tags(
+    path: Path, sha256: str, rel_path: str, profile: FileProfile, site: Site | None = None
+) -> ReadResult:
     """Tag dictionary rows; each tag's unit is converted to the site's unit of its parameter
     (`site.parameters`; a parameter the site does not list keeps the tag's unit). A tag whose
     unit cannot be converted is quarantined with the reason, keyed by the tag (`row_key`), so
@@ -44,10 +71,25 @@ def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile, site
     problems = []
     ok = pd.Series(True, index=df.index)
     for k in ("low", "high", "max_gap_s"):
-        text = df[col[k]].str.strip().str.replace(profile.decimal, ".", regex=False) if col[k] in df else pd.Series("", index=df.index)
+        text = (
+            df[col[k]].str.strip().str.replace(profile.decimal, ".", regex=False)
+            if col[k] in df
+            else pd.Series("", index=df.index)
+        )
         num = pd.to_numeric(text, errors="coerce").astype("float64")
         bad = num.isna() & (text != "")
-        problems.append(rejects_where(bad & ok, df, lines, col[k], "number_parse", f"{k} is not a number", sha256, rel_path))
+        problems.append(
+            rejects_where(
+                bad & ok,
+                df,
+                lines,
+                col[k],
+                "number_parse",
+                f"{k} is not a number",
+                sha256,
+                rel_path,
+            )
+        )
         ok &= ~bad
         out[k] = num
     out["description"] = df[col["description"]] if col["description"] in df else None
@@ -57,7 +99,25 @@ def read_tags(path: Path, sha256: str, rel_path: str, profile: FileProfile, site
     out["offset"] = [c[2] for c in conv]
     bad_unit = pd.Series([c[3] is not None for c in conv], index=df.index)
     reasons = pd.Series([c[3] for c in conv], index=df.index)
-    problems.append(rejects_where(bad_unit & ok, df, lines, col["uom"], "uom_conversion", reasons, sha256, rel_path, row_key=out["tag"]))
+    problems.append(
+        rejects_where(
+            bad_unit & ok,
+            df,
+            lines,
+            col["uom"],
+            "uom_conversion",
+            reasons,
+            sha256,
+            rel_path,
+            row_key=out["tag"],
+        )
+    )
     ok &= ~bad_unit
-    out = add_lineage(out[ok.to_numpy()].reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path)
-    return ReadResult({"tags": out}, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects))
+    out = add_lineage(
+        out[ok.to_numpy()].reset_index(drop=True), sha256, lines[ok.to_numpy()], rel_path
+    )
+    return ReadResult(
+        {"tags": out},
+        pd.concat([rejects, *problems], ignore_index=True),
+        rows_read=len(df) + len(rejects),
+    )

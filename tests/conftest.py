@@ -2,6 +2,7 @@
 
 The small plant (5 batches, 60 s scans) has every fault of the full demo and runs in seconds.
 """
+
 import os
 import shutil
 from pathlib import Path

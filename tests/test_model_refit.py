@@ -1,4 +1,5 @@
 """Reproducibility of a recorded fit, and the model commands of the CLI, on the pipeline's lake."""
+
 import json
 
 import pytest
@@ -41,5 +42,9 @@ def test_cli_status_shows_the_champion_and_forecast_prints_a_band(pipeline_run, 
     assert out.exit_code == 0, out.output
     assert "titer at harvest" in out.stdout and "p90" in out.stdout
     bad = runner.invoke(app, ["forecast", "NOPE", "--data-dir", str(data)])
-    assert bad.exit_code == 1 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert (
+        bad.exit_code == 1
+        and "Traceback" not in bad.output
+        and len(bad.output.strip().splitlines()) == 1
+    )
     assert "NOPE" in bad.output

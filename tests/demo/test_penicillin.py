@@ -1,5 +1,6 @@
 """Werk Süd, the second demo site: deterministic, really compressed, and readable by the readers
 through nothing but its sources.yaml."""
+
 import gzip
 import hashlib
 import json
@@ -48,8 +49,9 @@ def ingested(site_dir, tmp_path_factory):
     profiles, site = load_site_profiles(landing)
     lake = Lake(tmp_path_factory.mktemp("lake"))
     files = ingest.landing_files(landing, profiles)
-    outcomes = {rel: _ingest(lake, landing, rel, p, None, site)
-                for rel, p in files if p.dataset == "tags"}
+    outcomes = {
+        rel: _ingest(lake, landing, rel, p, None, site) for rel, p in files if p.dataset == "tags"
+    }
     tags_known = ingest.known_tags(lake)
     for rel, p in files:
         if p.dataset != "tags":
@@ -63,13 +65,21 @@ def _silver(lake: Lake, table: str) -> pd.DataFrame:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _historian(landing: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_csv(p, sep=";", dtype=str, compression="infer")
-                      for p in sorted((landing / "historian").glob("PEN_*"))], ignore_index=True)
+    return pd.concat(
+        [
+            pd.read_csv(p, sep=";", dtype=str, compression="infer")
+            for p in sorted((landing / "historian").glob("PEN_*"))
+        ],
+        ignore_index=True,
+    )
 
 
 def _complete(truth: dict) -> list[dict]:
@@ -82,8 +92,12 @@ def test_same_seed_same_bytes_another_seed_another_site(site_dir, tmp_path):
     generate(tmp_path / "b", PenicillinSize(batches=4, seconds_per_sample=60.0, seed=7))
     ours, theirs = _digest(tmp_path / "b"), _digest(site_dir)
     assert ours.keys() == theirs.keys()
-    for rel in ("truth.json", "landing/lims/PEN_LIMS_export.csv",
-                "landing/historian/PEN_F301_recorded.csv", "landing/mes/PEN_PG26-001.xml"):
+    for rel in (
+        "truth.json",
+        "landing/lims/PEN_LIMS_export.csv",
+        "landing/historian/PEN_F301_recorded.csv",
+        "landing/mes/PEN_PG26-001.xml",
+    ):
         assert ours[rel] != theirs[rel], rel
 
 
@@ -137,10 +151,17 @@ def test_every_file_is_read_and_only_the_injected_lab_faults_are_quarantined(ing
         assert out.status == "ingested", (rel, out.log["error"])
         by_dataset.setdefault(out.log["dataset"], {})[rel] = out.log
     assert {d: len(v) for d, v in by_dataset.items()} == {
-        "tags": 1, "historian_long": 3, "mes_xml": 4, "lims": 2}
+        "tags": 1,
+        "historian_long": 3,
+        "mes_xml": 4,
+        "lims": 2,
+    }
     assert by_dataset["tags"]["tags/PEN_Tagliste.csv"]["rows_accepted"] == 33
-    for rel, log in {**by_dataset["tags"], **by_dataset["historian_long"],
-                     **by_dataset["mes_xml"]}.items():
+    for rel, log in {
+        **by_dataset["tags"],
+        **by_dataset["historian_long"],
+        **by_dataset["mes_xml"],
+    }.items():
         assert log["rows_quarantined"] == 0, (rel, outcomes[rel].reasons)
     historian = by_dataset["historian_long"].values()
     read, accepted = (sum(log[k] for log in historian) for k in ("rows_read", "rows_accepted"))
@@ -199,12 +220,19 @@ def test_the_archive_reproduces_the_phase_averages_of_the_uncompressed_signal(in
         assert twa["BATCH"]["temperature"] == pytest.approx(25.0, abs=0.02)
         assert twa["FED_BATCH"]["temperature"] == pytest.approx(24.0, abs=0.02)
         assert twa["BATCH"]["sugar_feed_rate"] == 0.0 and twa["FED_BATCH"]["sugar_feed_rate"] > 40
-        for parameter, phase, tol in (("temperature", "BATCH", 0.1),
-                                      ("dissolved_oxygen", "FED_BATCH", 0.1),
-                                      ("sugar_feed_rate", "FED_BATCH", 1e-6)):  # tol ~ CompDev
+        for parameter, phase, tol in (
+            ("temperature", "BATCH", 0.1),
+            ("dissolved_oxygen", "FED_BATCH", 0.1),
+            ("sugar_feed_rate", "FED_BATCH", 1e-6),
+        ):  # tol ~ CompDev
             spec = BY_PARAMETER[parameter]
-            got = _archive_average(points, tag_name(b["unit_id"], spec), phases[phase]["start_ts"],
-                                   phases[phase]["end_ts"], step=spec.interp == "STEP")
+            got = _archive_average(
+                points,
+                tag_name(b["unit_id"], spec),
+                phases[phase]["start_ts"],
+                phases[phase]["end_ts"],
+                step=spec.interp == "STEP",
+            )
             got -= 273.15 if spec.uom == "K" else 0.0  # the site's unit is degC
             assert got == pytest.approx(twa[phase][parameter], abs=tol), (b["batch_id"], parameter)
 
@@ -220,8 +248,9 @@ def test_mes_records_carry_phases_from_batch_start_and_the_material_events(inges
         assert (rec["status"], rec["site"], rec["product"]) == (b["status"], "PEN-SUED", "PEN-G")
         assert rec["inoculation_ts"] == rec["start_ts"] == pd.Timestamp(b["start_ts"])
         mine = phases[(phases.batch_id == b["batch_id"]) & (phases.level == "phase")]
-        assert mine.phase.tolist() == [k for k, ph in b["phases"].items()
-                                       if pd.Timestamp(ph["start_ts"]) <= as_of]
+        assert mine.phase.tolist() == [
+            k for k, ph in b["phases"].items() if pd.Timestamp(ph["start_ts"]) <= as_of
+        ]
         start = pd.Timestamp(b["start_ts"])
         expected = [((start + pd.Timedelta(hours=h)).round("s"), q) for h, q in b["draw_offs_l"]]
         draws = materials[(materials.batch_id == b["batch_id"]) & (materials.kind == "draw_off")]
@@ -238,7 +267,8 @@ def test_lab_results_follow_the_true_batch_within_assay_noise(ingested, truth):
     for b in _complete(truth):
         titer = samples[(samples.batch_id == b["batch_id"]) & (samples.analyte == "penicillin")]
         assert titer.sort_values("sampled_ts").value.iloc[-1] == pytest.approx(
-            b["final_titer_g_l"], rel=0.2)
+            b["final_titer_g_l"], rel=0.2
+        )
         assert 15.0 < b["final_titer_g_l"] < 35.0
 
 
@@ -257,13 +287,23 @@ def test_truth_holds_parameters_batches_and_phases(truth):
         assert (b["phase_twa"] is None) == (b["status"] == "running")
         # the volume balance closes: the kinetics saw the feed steps the historian and MES show
         harvest = ph["HARVEST"]["start_h"]
-        fed = sum(r * (min(z, harvest) - a) for steps in (b["sugar_feed_l_h"], b["oil_feed_l_h"])
-                  for (a, r), (z, _) in zip(steps, steps[1:]))
+        fed = sum(
+            r * (min(z, harvest) - a)
+            for steps in (b["sugar_feed_l_h"], b["oil_feed_l_h"])
+            for (a, r), (z, _) in zip(steps, steps[1:])
+        )
         balance = b["initial_state"]["V"] + fed - sum(q for _, q in b["draw_offs_l"])
         assert b["final_state"]["V"] == pytest.approx(balance, rel=1e-6)
     faults = {f["fault"] for f in truth["faults"]}
-    assert {"digital_state", "bad_quality", "uncertain_quality", "dst_change", "negative_result",
-            "unknown_unit", "conflicting_resend"} <= faults
+    assert {
+        "digital_state",
+        "bad_quality",
+        "uncertain_quality",
+        "dst_change",
+        "negative_result",
+        "unknown_unit",
+        "conflicting_resend",
+    } <= faults
 
 
 def test_too_small_a_site_is_refused(tmp_path):

@@ -1,11 +1,10 @@
 """The demo plant: deterministic, realistic, and carrying every fault of DESIGN §9."""
+
 import gzip
 import hashlib
-import json
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,12 +12,27 @@ from demo.plant import PlantSize, generate
 from demo.process import TRUE_PARAMETERS
 from models.cho_fedbatch import ChoFedBatch
 
-FAULTS = {"digital_state", "bad_quality", "gap", "stuck_sensor", "duplicate_rows", "out_of_order_rows", "unknown_tag",
-          "fahrenheit_unit", "amended_batch_record", "dst_change", "malformed_line"}
+FAULTS = {
+    "digital_state",
+    "bad_quality",
+    "gap",
+    "stuck_sensor",
+    "duplicate_rows",
+    "out_of_order_rows",
+    "unknown_tag",
+    "fahrenheit_unit",
+    "amended_batch_record",
+    "dst_change",
+    "malformed_line",
+}
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _text(path: Path) -> str:
@@ -66,21 +80,37 @@ def test_faults_are_really_in_the_files(plant_dir, truth):
     assert "BR101.TT99.PV" not in set(tags.tag)
     assert tags.set_index("tag").loc["BR102.TT01.PV", "uom"] == "degF"
     wide = _text(landing / "historian" / "BR102_2026-03-22_wide.csv")
-    assert "29.03.2026 01:59:00" in wide and "29.03.2026 03:00:00" in wide and "29.03.2026 02:30:00" not in wide
+    assert (
+        "29.03.2026 01:59:00" in wide
+        and "29.03.2026 03:00:00" in wide
+        and "29.03.2026 02:30:00" not in wide
+    )
     assert any("Bad Input" in _text(p) for p in (landing / "historian").glob("BR102_*_wide.csv"))
-    v1, v2 = (landing / "mes" / "B26-001_v1.xml").read_text(), (landing / "mes" / "B26-001_v2.xml").read_text()
+    v1, v2 = (
+        (landing / "mes" / "B26-001_v1.xml").read_text(),
+        (landing / "mes" / "B26-001_v2.xml").read_text(),
+    )
     assert "<Version>1</Version>" in v1 and "<Version>2</Version>" in v2 and v1 != v2
     stuck = next(f for f in truth["faults"] if f["fault"] == "stuck_sensor")
-    inoc = pd.Timestamp(next(b for b in truth["batches"] if b["batch_id"] == stuck["batch_id"])["inoculation_ts"])
+    inoc = pd.Timestamp(
+        next(b for b in truth["batches"] if b["batch_id"] == stuck["batch_id"])["inoculation_ts"]
+    )
     window = [(inoc + pd.Timedelta(hours=h)).strftime("%Y-%m-%d %H:%M:%S") for h in (150.5, 157.5)]
     with sqlite3.connect(plant_dir / "sql" / "historian.sqlite") as con:
-        values = con.execute("select distinct value from history where name = ? and ts between ? and ?", [stuck["tag"], *window]).fetchall()
+        values = con.execute(
+            "select distinct value from history where name = ? and ts between ? and ?",
+            [stuck["tag"], *window],
+        ).fetchall()
         bad = con.execute("select count(*) from history where status = 2").fetchone()[0]
     assert len(values) == 1 and bad > 0
     gap = next(f for f in truth["faults"] if f["fault"] == "gap")
     batch = next(b for b in truth["batches"] if b["batch_id"] == gap["batch_id"])
     inoc = pd.Timestamp(batch["inoculation_ts"])
-    points = pd.read_csv(landing / "historian" / "BR101_2026-03-15.csv", names=["tag", "ts", "value", "status"], skiprows=1)
+    points = pd.read_csv(
+        landing / "historian" / "BR101_2026-03-15.csv",
+        names=["tag", "ts", "value", "status"],
+        skiprows=1,
+    )
     points = points[points.tag == gap["tag"]]
     ts = pd.to_datetime(points.ts, format="ISO8601", utc=True)
     inside = ts[(ts > inoc + pd.Timedelta(hours=90.1)) & (ts < inoc + pd.Timedelta(hours=92.9))]
@@ -94,20 +124,39 @@ def test_truth_holds_parameters_batches_and_a_running_batch(truth):
     assert statuses.count("running") >= 1 and statuses.count("complete") >= 3
     for b in truth["batches"]:
         phases = sorted(b["phases"], key=lambda name: b["phases"][name]["start_h"])
-        assert phases == ["PREPARATION", "INOCULATION", "GROWTH", "FED_BATCH", "PRODUCTION", "HARVEST"]
-        assert all(b["phases"][a]["end_h"] == b["phases"][c]["start_h"] for a, c in zip(phases, phases[1:]))
+        assert phases == [
+            "PREPARATION",
+            "INOCULATION",
+            "GROWTH",
+            "FED_BATCH",
+            "PRODUCTION",
+            "HARVEST",
+        ]
+        assert all(
+            b["phases"][a]["end_h"] == b["phases"][c]["start_h"] for a, c in zip(phases, phases[1:])
+        )
         assert 5.0 < b["peak_vcd"] < 40.0 and 1.0 < b["final"]["titer"] < 12.0
 
 
 def test_lims_titer_matches_the_simulated_truth_within_assay_noise(plant_dir, truth):
-    lims = pd.concat(pd.read_csv(p, on_bad_lines="skip") for p in sorted((plant_dir / "landing" / "lims").glob("*.csv")))
+    lims = pd.concat(
+        pd.read_csv(p, on_bad_lines="skip")
+        for p in sorted((plant_dir / "landing" / "lims").glob("*.csv"))
+    )
     for b in (b for b in truth["batches"] if b["status"] == "complete"):
-        last = lims[(lims.batch_id == b["batch_id"]) & (lims.analyte == "titer")].sort_values("sampled_at").iloc[-1]
+        last = (
+            lims[(lims.batch_id == b["batch_id"]) & (lims.analyte == "titer")]
+            .sort_values("sampled_at")
+            .iloc[-1]
+        )
         assert float(last.value) == pytest.approx(b["final"]["titer"], rel=0.25)
 
 
 def test_below_loq_results_are_text(plant_dir):
-    lims = pd.concat(pd.read_csv(p, on_bad_lines="skip", dtype=str) for p in (plant_dir / "landing" / "lims").glob("*.csv"))
+    lims = pd.concat(
+        pd.read_csv(p, on_bad_lines="skip", dtype=str)
+        for p in (plant_dir / "landing" / "lims").glob("*.csv")
+    )
     assert (lims.value == "<0.5").any()
 
 

@@ -5,7 +5,8 @@ Signals are simulated at 10 s, sent through exception reporting and swinging-doo
 the truth of the full-resolution signal: phase time-weighted averages within 0.02, coverage
 ≥ 0.99 wherever the source marked nothing bad.
 """
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -17,7 +18,7 @@ from demo.compression import swinging_door
 from lake.contextualize import Settings, contextualize
 from lake.layout import Lake, atomic_write_parquet
 
-T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
 SCAN_S = 10.0
 PHASES = (("BATCH", 0.0, 24.0), ("FED_BATCH", 24.0, 60.0), ("HARVEST", 60.0, 72.0))
 COMP_MAX_S = 8 * 3600.0  # PI's CompMax default
@@ -58,7 +59,11 @@ def signals(hours: float, rng: np.random.Generator) -> tuple[np.ndarray, dict[st
         temp[i] = temp[i - 1] + alpha * (sp[i] - temp[i - 1])
     temp += 0.02 * np.sin(2 * np.pi * h / 6.0) + rng.normal(0.0, 0.002, len(t))
     feed = np.select([h < 30, h < 50], [0.0, 1.5], 2.0)
-    ph = 7.0 + np.where(h < 30, 0.0, -0.05 * np.minimum(h - 30, 10) / 10) + rng.normal(0.0, 0.001, len(t))
+    ph = (
+        7.0
+        + np.where(h < 30, 0.0, -0.05 * np.minimum(h - 30, 10) / 10)
+        + rng.normal(0.0, 0.001, len(t))
+    )
     return t, {"temperature": temp, "temperature_sp": sp, "feed_rate": feed, "ph": ph}
 
 
@@ -79,10 +84,14 @@ def _twa(t_h: np.ndarray, v: np.ndarray, a: float, b: float, step: bool) -> floa
 
 
 def _write(lake: Lake, table: str, df: pd.DataFrame) -> None:
-    df = df.assign(source_sha256=SHA, source_row=np.arange(2, len(df) + 2), source_path="historian/x.csv")
+    df = df.assign(
+        source_sha256=SHA, source_row=np.arange(2, len(df) + 2), source_path="historian/x.csv"
+    )
     for c in [c for c in df.columns if c == "ts" or c.endswith("_ts")]:
         df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
-    atomic_write_parquet(lake.silver(table) / f"{SHA}.parquet", pa.Table.from_pandas(df, preserve_index=False))
+    atomic_write_parquet(
+        lake.silver(table) / f"{SHA}.parquet", pa.Table.from_pandas(df, preserve_index=False)
+    )
 
 
 def _lake(tmp_path, running: bool = False, bad_window_h: tuple[float, float] | None = None):
@@ -95,37 +104,130 @@ def _lake(tmp_path, running: bool = False, bad_window_h: tuple[float, float] | N
     for parameter, (interp, exc_dev, comp_dev) in TAGS.items():
         keep = archive(t, sig[parameter], exc_dev, comp_dev)
         for i in keep:
-            rows.append({"tag": f"U1.{parameter}", "ts": T0 + timedelta(seconds=float(t[i])), "value": float(sig[parameter][i]),
-                         "state": None, "quality": "good", "ts_text": None})
-    if bad_window_h is not None:  # the interface failed: PI writes a digital state, then values again
+            rows.append(
+                {
+                    "tag": f"U1.{parameter}",
+                    "ts": T0 + timedelta(seconds=float(t[i])),
+                    "value": float(sig[parameter][i]),
+                    "state": None,
+                    "quality": "good",
+                    "ts_text": None,
+                }
+            )
+    if (
+        bad_window_h is not None
+    ):  # the interface failed: PI writes a digital state, then values again
         a, b = bad_window_h
-        rows = [r for r in rows if not (r["tag"] == "U1.temperature" and T0 + timedelta(hours=a) <= r["ts"] < T0 + timedelta(hours=b))]
-        rows.append({"tag": "U1.temperature", "ts": T0 + timedelta(hours=a), "value": None, "state": "I/O Timeout", "quality": "bad",
-                     "ts_text": None})
+        rows = [
+            r
+            for r in rows
+            if not (
+                r["tag"] == "U1.temperature"
+                and T0 + timedelta(hours=a) <= r["ts"] < T0 + timedelta(hours=b)
+            )
+        ]
+        rows.append(
+            {
+                "tag": "U1.temperature",
+                "ts": T0 + timedelta(hours=a),
+                "value": None,
+                "state": "I/O Timeout",
+                "quality": "bad",
+                "ts_text": None,
+            }
+        )
         i = int(b * 3600 / SCAN_S)
-        rows.append({"tag": "U1.temperature", "ts": T0 + timedelta(hours=b), "value": float(sig["temperature"][i]), "state": None,
-                     "quality": "good", "ts_text": None})
+        rows.append(
+            {
+                "tag": "U1.temperature",
+                "ts": T0 + timedelta(hours=b),
+                "value": float(sig["temperature"][i]),
+                "state": None,
+                "quality": "good",
+                "ts_text": None,
+            }
+        )
     _write(lake, "historian_points", pd.DataFrame(rows).sort_values(["tag", "ts"]))
-    _write(lake, "tags", pd.DataFrame([
-        {"tag": f"U1.{p}", "unit_id": "U1", "parameter": p, "uom": "x", "role": "pv", "interpolation": interp, "low": None,
-         "high": None, "max_gap_s": None, "description": None, "canonical_uom": "x", "scale": 1.0, "offset": 0.0}
-        for p, (interp, _, _) in TAGS.items()]))
+    _write(
+        lake,
+        "tags",
+        pd.DataFrame(
+            [
+                {
+                    "tag": f"U1.{p}",
+                    "unit_id": "U1",
+                    "parameter": p,
+                    "uom": "x",
+                    "role": "pv",
+                    "interpolation": interp,
+                    "low": None,
+                    "high": None,
+                    "max_gap_s": None,
+                    "description": None,
+                    "canonical_uom": "x",
+                    "scale": 1.0,
+                    "offset": 0.0,
+                }
+                for p, (interp, _, _) in TAGS.items()
+            ]
+        ),
+    )
     end = None if running else T0 + timedelta(hours=hours)
-    _write(lake, "batch_records", pd.DataFrame([{
-        "batch_id": "B1", "product": "P", "site": None, "unit_id": "U1", "recipe_id": "R", "status": "running" if running else "complete",
-        "start_ts": T0, "end_ts": end, "inoculation_ts": T0, "record_version": 1, "record_ts": T0}]))
-    _write(lake, "phase_records", pd.DataFrame([{
-        "batch_id": "B1", "unit_id": "U1", "level": "phase", "path": f"B1:{p}", "phase": p, "seq": k + 1,
-        "start_ts": T0 + timedelta(hours=a), "end_ts": None if running and p == "HARVEST" else T0 + timedelta(hours=b),
-        "record_version": 1} for k, (p, a, b) in enumerate(PHASES)]))
+    _write(
+        lake,
+        "batch_records",
+        pd.DataFrame(
+            [
+                {
+                    "batch_id": "B1",
+                    "product": "P",
+                    "site": None,
+                    "unit_id": "U1",
+                    "recipe_id": "R",
+                    "status": "running" if running else "complete",
+                    "start_ts": T0,
+                    "end_ts": end,
+                    "inoculation_ts": T0,
+                    "record_version": 1,
+                    "record_ts": T0,
+                }
+            ]
+        ),
+    )
+    _write(
+        lake,
+        "phase_records",
+        pd.DataFrame(
+            [
+                {
+                    "batch_id": "B1",
+                    "unit_id": "U1",
+                    "level": "phase",
+                    "path": f"B1:{p}",
+                    "phase": p,
+                    "seq": k + 1,
+                    "start_ts": T0 + timedelta(hours=a),
+                    "end_ts": None if running and p == "HARVEST" else T0 + timedelta(hours=b),
+                    "record_version": 1,
+                }
+                for k, (p, a, b) in enumerate(PHASES)
+            ]
+        ),
+    )
     return lake, t / 3600.0, sig, len(rows) / (len(t) * len(TAGS))
 
 
 def _summary(lake: Lake, **settings) -> pd.DataFrame:
     contextualize(lake, ["B1"], Settings(**settings), as_of=T0 + timedelta(days=30))
     with duckdb.connect() as con:
-        return con.execute("SELECT phase, parameter, twa, coverage FROM read_parquet(?)",
-                           [str(lake.gold("phase_summary") / "*.parquet")]).df().set_index(["phase", "parameter"])
+        return (
+            con.execute(
+                "SELECT phase, parameter, twa, coverage FROM read_parquet(?)",
+                [str(lake.gold("phase_summary") / "*.parquet")],
+            )
+            .df()
+            .set_index(["phase", "parameter"])
+        )
 
 
 def test_the_archive_is_really_compressed():
@@ -168,16 +270,23 @@ def test_a_digital_state_ends_the_segment_and_only_its_span_is_missing(tmp_path)
 def test_a_running_batch_holds_its_last_archived_values_to_the_end_of_the_data_only(tmp_path):
     lake, t_h, sig, _ = _lake(tmp_path, running=True)
     with duckdb.connect() as con:
-        last = con.execute("SELECT tag, max(ts) FROM read_parquet(?) GROUP BY 1", [str(lake.silver("historian_points") / "*.parquet")]).fetchall()
+        last = con.execute(
+            "SELECT tag, max(ts) FROM read_parquet(?) GROUP BY 1",
+            [str(lake.silver("historian_points") / "*.parquet")],
+        ).fetchall()
     summary = _summary(lake)
     # the feed pump last changed at 50 h: its value holds over the whole (open) HARVEST phase
     assert summary.loc[("HARVEST", "feed_rate"), "twa"] == pytest.approx(2.0)
     assert summary.loc[("HARVEST", "feed_rate"), "coverage"] == pytest.approx(1.0)
     with duckdb.connect() as con:
-        duration = con.execute("SELECT duration_h FROM read_parquet(?) WHERE phase = 'HARVEST' LIMIT 1",
-                               [str(lake.gold("phase_summary") / "*.parquet")]).fetchone()[0]
+        duration = con.execute(
+            "SELECT duration_h FROM read_parquet(?) WHERE phase = 'HARVEST' LIMIT 1",
+            [str(lake.gold("phase_summary") / "*.parquet")],
+        ).fetchone()[0]
     data_end = max(ts for _, ts in last)
-    assert duration == pytest.approx((data_end - (T0 + timedelta(hours=60))).total_seconds() / 3600.0)
+    assert duration == pytest.approx(
+        (data_end - (T0 + timedelta(hours=60))).total_seconds() / 3600.0
+    )
 
 
 def test_reads_agree_with_gold_and_an_old_set_point_holds_into_the_batch(tmp_path):
@@ -189,18 +298,39 @@ def test_reads_agree_with_gold_and_an_old_set_point_holds_into_the_batch(tmp_pat
     # the feed pump's last archived value is its change at 50 h: it holds to the unit's data end (72 h)
     path = lake.silver("historian_points") / f"{SHA}.parquet"
     points = pd.read_parquet(path)
-    late = (points["tag"] == "U1.feed_rate") & (points["ts"] > pd.Timestamp(T0 + timedelta(hours=50, seconds=10)))
+    late = (points["tag"] == "U1.feed_rate") & (
+        points["ts"] > pd.Timestamp(T0 + timedelta(hours=50, seconds=10))
+    )
     atomic_write_parquet(path, pa.Table.from_pandas(points[~late], preserve_index=False))
-    old = pd.DataFrame([{"tag": "U1.temperature_sp", "ts": T0 - timedelta(days=365), "value": 37.0, "state": None,
-                         "quality": "good", "ts_text": None}])
+    old = pd.DataFrame(
+        [
+            {
+                "tag": "U1.temperature_sp",
+                "ts": T0 - timedelta(days=365),
+                "value": 37.0,
+                "state": None,
+                "quality": "good",
+                "ts_text": None,
+            }
+        ]
+    )
     df = old.assign(source_sha256="d" * 64, source_row=2, source_path="historian/old.csv")
     df["ts"] = pd.to_datetime(df["ts"], utc=True).astype("datetime64[us, UTC]")
-    atomic_write_parquet(lake.silver("historian_points") / f"{'d' * 64}.parquet", pa.Table.from_pandas(df, preserve_index=False))
-    contextualize(lake, ["B1"], Settings(grid_minutes=60, max_gap_s=900.0), as_of=T0 + timedelta(days=30))
+    atomic_write_parquet(
+        lake.silver("historian_points") / f"{'d' * 64}.parquet",
+        pa.Table.from_pandas(df, preserve_index=False),
+    )
+    contextualize(
+        lake, ["B1"], Settings(grid_minutes=60, max_gap_s=900.0), as_of=T0 + timedelta(days=30)
+    )
     with duckdb.connect() as con:
-        traj = con.execute("SELECT parameter, count(*), avg(coverage) FROM read_parquet(?) GROUP BY 1",
-                           [str(lake.gold("batch_trajectories") / "*.parquet")]).fetchall()
-    assert {p: n for p, n, _ in traj} == dict.fromkeys(TAGS, 72)  # the batch's 72 hourly windows, no more
+        traj = con.execute(
+            "SELECT parameter, count(*), avg(coverage) FROM read_parquet(?) GROUP BY 1",
+            [str(lake.gold("batch_trajectories") / "*.parquet")],
+        ).fetchall()
+    assert {p: n for p, n, _ in traj} == dict.fromkeys(
+        TAGS, 72
+    )  # the batch's 72 hourly windows, no more
     assert {p: c for p, _, c in traj}["temperature_sp"] == pytest.approx(1.0)
     bl = BatchLake(lake.root)
     gold_ph = {p: c for p, _, c in traj}["ph"]
@@ -208,5 +338,10 @@ def test_reads_agree_with_gold_and_an_old_set_point_holds_into_the_batch(tmp_pat
     assert read_ph == pytest.approx(gold_ph) and read_ph < 0.5  # the site's 900 s gap, as gold used
     alone = bl.read("feed_rate", batch="B1", interval="1h", mode="twa")
     together = bl.read(["feed_rate", "temperature"], batch="B1", interval="1h", mode="twa")
-    assert alone["coverage"].tolist() == together.loc[together["parameter"] == "feed_rate", "coverage"].tolist()
-    assert alone["coverage"].min() == pytest.approx(1.0) and alone["value"].iloc[-1] == pytest.approx(2.0)
+    assert (
+        alone["coverage"].tolist()
+        == together.loc[together["parameter"] == "feed_rate", "coverage"].tolist()
+    )
+    assert alone["coverage"].min() == pytest.approx(1.0) and alone["value"].iloc[
+        -1
+    ] == pytest.approx(2.0)

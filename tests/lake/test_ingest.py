@@ -1,12 +1,13 @@
 """Ingestion bookkeeping: idempotence, overlapping exports, rejected files, row conservation."""
+
 import dataclasses
 
 import duckdb
 import pandas as pd
 
+from demo.plant import demo_site
 from lake import catalog, ingest
 from lake.layout import Lake
-from demo.plant import demo_site
 from sources.profiles import profile_for
 
 PROFILES = demo_site().files
@@ -38,8 +39,13 @@ def test_an_overlapping_export_quarantines_the_repeated_points(fresh_data):
     assert second.log["rows_quarantined"] == 200 and second.log["rows_accepted"] == 0
     catalog.rebuild(lake)
     with duckdb.connect(str(lake.catalog), read_only=True) as con:
-        dupes = con.execute("select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)").fetchone()[0]
-        checks = con.execute("select distinct \"check\" from quarantine where source_sha256 = ?", [second.log["sha256"]]).fetchall()
+        dupes = con.execute(
+            "select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)"
+        ).fetchone()[0]
+        checks = con.execute(
+            'select distinct "check" from quarantine where source_sha256 = ?',
+            [second.log["sha256"]],
+        ).fetchall()
     assert dupes == 0 and checks == [("duplicate_across_sources",)]
     assert first.log["rows_accepted"] > 0
 
@@ -49,8 +55,16 @@ def test_a_file_without_required_columns_is_rejected_and_the_run_goes_on(fresh_d
     (landing / "lims" / "broken.csv").write_text("sample,result\nS1,4.2\n")
     out = _ingest(lake, landing, "lims/broken.csv")
     assert out.status == "rejected"
-    assert out.log["error"].startswith("lims/broken.csv: ") and "missing column" in out.log["error"] and "\n" not in out.log["error"]
-    ok = _ingest(lake, landing, next(p.relative_to(landing).as_posix() for p in (landing / "lims").glob("lims_*.csv")))
+    assert (
+        out.log["error"].startswith("lims/broken.csv: ")
+        and "missing column" in out.log["error"]
+        and "\n" not in out.log["error"]
+    )
+    ok = _ingest(
+        lake,
+        landing,
+        next(p.relative_to(landing).as_posix() for p in (landing / "lims").glob("lims_*.csv")),
+    )
     assert ok.status == "ingested"
 
 
@@ -60,7 +74,9 @@ def test_a_rejected_file_is_read_again_once_its_profile_is_fixed(fresh_data):
     lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
     source = next((landing / "lims").glob("lims_*.csv"))
     header, *rows = source.read_text().splitlines()
-    (landing / "lims" / "renamed.csv").write_text("\n".join([header.replace("analyte", "test_name"), *rows]) + "\n")
+    (landing / "lims" / "renamed.csv").write_text(
+        "\n".join([header.replace("analyte", "test_name"), *rows]) + "\n"
+    )
     profile = profile_for("lims/renamed.csv", PROFILES)
     first = ingest.ingest_file(lake, landing, "lims/renamed.csv", profile)
     again = ingest.ingest_file(lake, landing, "lims/renamed.csv", profile)
@@ -68,7 +84,10 @@ def test_a_rejected_file_is_read_again_once_its_profile_is_fixed(fresh_data):
     assert again.status == "unchanged"
     fixed = dataclasses.replace(profile, columns={**profile.columns, "analyte": "test_name"})
     read = ingest.ingest_file(lake, landing, "lims/renamed.csv", fixed)
-    assert read.status == "ingested" and read.log["rows_accepted"] == len(rows) - read.log["rows_quarantined"]
+    assert (
+        read.status == "ingested"
+        and read.log["rows_accepted"] == len(rows) - read.log["rows_quarantined"]
+    )
     assert read.log["rows_accepted"] > 0
     assert ingest.ingest_file(lake, landing, "lims/renamed.csv", fixed).status == "unchanged"
 
@@ -77,8 +96,14 @@ def test_every_quarantined_row_names_file_row_column_and_reason(fresh_data, trut
     lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
     _ingest(lake, landing, "tags/tag_dictionary.csv")
     tags = ingest.known_tags(lake)
-    fault = next(f for f in truth["faults"] if f["fault"] == "malformed_line" and f["file"].startswith("historian"))
-    out = ingest.ingest_file(lake, landing, fault["file"], profile_for(fault["file"], PROFILES), tags_known=tags)
+    fault = next(
+        f
+        for f in truth["faults"]
+        if f["fault"] == "malformed_line" and f["file"].startswith("historian")
+    )
+    out = ingest.ingest_file(
+        lake, landing, fault["file"], profile_for(fault["file"], PROFILES), tags_known=tags
+    )
     q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet")
     assert len(q) == out.log["rows_quarantined"] == out.log["rows_read"] - out.log["rows_accepted"]
     assert q[["source_sha256", "source_row", "check", "reason", "dataset"]].notna().all().all()
@@ -92,12 +117,33 @@ def test_silver_lineage_points_at_the_source_line_in_a_file_with_empty_lines(fre
     lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
     lines = (landing / "historian/BR101_2026-03-15.csv").read_text().splitlines()
     part = lines[1:6]
-    text_lines = [lines[0], *part[:2], "", *part[2:], "", "", part[0], "BR101.TT01.PV,2026-03-15T10:00:00+0100", ""]
+    text_lines = [
+        lines[0],
+        *part[:2],
+        "",
+        *part[2:],
+        "",
+        "",
+        part[0],
+        "BR101.TT01.PV,2026-03-15T10:00:00+0100",
+        "",
+    ]
     (landing / "historian/BR101_concat.csv").write_text("\n".join(text_lines))
     out = _ingest(lake, landing, "historian/BR101_concat.csv")
     silver = pd.read_parquet(lake.silver("historian_points") / f"{out.log['sha256']}.parquet")
-    assert silver["source_row"].tolist() == [3, 5, 6, 7, 10]  # the repeat on line 10 wins over line 2
+    assert silver["source_row"].tolist() == [
+        3,
+        5,
+        6,
+        7,
+        10,
+    ]  # the repeat on line 10 wins over line 2
     for row in silver.itertuples():
         assert text_lines[row.source_row - 1].startswith(f"{row.tag},{row.ts_text},")
-    q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet").sort_values("source_row")
-    assert q["source_row"].tolist() == [2, 11] and q["check"].tolist() == ["duplicate_key", "field_count"]
+    q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet").sort_values(
+        "source_row"
+    )
+    assert q["source_row"].tolist() == [2, 11] and q["check"].tolist() == [
+        "duplicate_key",
+        "field_count",
+    ]

@@ -1,11 +1,18 @@
 """Temporaries a killed writer left behind are swept once stale; a running writer's are not."""
+
 from __future__ import annotations
 
 import os
 import time
 
 from lake import catalog
-from lake.layout import PARTIAL, STALE_TEMPORARY_S, Lake, atomic_write_bytes, sweep_stale_temporaries
+from lake.layout import (
+    PARTIAL,
+    STALE_TEMPORARY_S,
+    Lake,
+    atomic_write_bytes,
+    sweep_stale_temporaries,
+)
 
 
 def _age(path, seconds: float) -> None:
@@ -31,14 +38,23 @@ def test_rebuild_sweeps_stale_temporaries_and_keeps_fresh_ones_and_data(tmp_path
     busy_dir = table / f".tmp-jkl{PARTIAL}"
     busy_dir.mkdir()
     (busy_dir / "data_0.parquet").write_bytes(b"still growing")
-    for p in (stale_file, stale_dir / "batch_id=B2" / "data_0.parquet", stale_dir / "batch_id=B2", stale_dir, stale_catalog, busy_dir):
+    for p in (
+        stale_file,
+        stale_dir / "batch_id=B2" / "data_0.parquet",
+        stale_dir / "batch_id=B2",
+        stale_dir,
+        stale_catalog,
+        busy_dir,
+    ):
         _age(p, STALE_TEMPORARY_S + 60)
 
     catalog.rebuild(lake)
 
     assert not stale_file.exists() and not stale_dir.exists() and not stale_catalog.exists()
     assert fresh.read_bytes() == b"a writer is still at it"
-    assert busy_dir.exists(), "a folder whose contents were touched recently belongs to a running writer"
+    assert busy_dir.exists(), (
+        "a folder whose contents were touched recently belongs to a running writer"
+    )
     assert kept.read_bytes() == b"a raw copy"
     assert lake.catalog.exists()
 

@@ -4,6 +4,7 @@ The session's small plant has only 3 completed batches; recovering eight kinetic
 10 % needs more. The pipeline run includes the model step, so the fit under test is the one
 the pipeline recorded.
 """
+
 import json
 import os
 

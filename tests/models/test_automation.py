@@ -1,5 +1,6 @@
 """A batch completes -> the landing sensor, the completed-batch sensor and the automation conditions
 produce a new candidate model version, with no manual materialization."""
+
 import json
 import shutil
 
@@ -16,13 +17,20 @@ from pipelines.runner import materialize_all
 
 
 def _requested(evaluation) -> set:
-    return {r.key for r in evaluation.results if r.true_subset.size and isinstance(r.key, dg.AssetKey)}
+    return {
+        r.key for r in evaluation.results if r.true_subset.size and isinstance(r.key, dg.AssetKey)
+    }
 
 
 def _execute(keys, defs_assets, instance, resources):
     """Run what a sensor or the automation asked for, as the daemon would."""
     if keys:
-        result = dg.materialize(defs_assets, selection=sorted(keys, key=lambda k: k.to_user_string()), instance=instance, resources=resources)
+        result = dg.materialize(
+            defs_assets,
+            selection=sorted(keys, key=lambda k: k.to_user_string()),
+            instance=instance,
+            resources=resources,
+        )
         assert result.success
 
 
@@ -45,8 +53,12 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     lake_res = LakeResource(root=str(lake.root))
 
     # the daemon's state before the drop: sensors and automation have seen the current lake
-    landing_cursor = landing_zone_sensor(dg.build_sensor_context(resources={"landing": landing})).cursor
-    done_cursor = completed_batches_sensor(dg.build_sensor_context(instance=instance, resources={"lake": lake_res})).cursor
+    landing_cursor = landing_zone_sensor(
+        dg.build_sensor_context(resources={"landing": landing})
+    ).cursor
+    done_cursor = completed_batches_sensor(
+        dg.build_sensor_context(instance=instance, resources={"lake": lake_res})
+    ).cursor
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     _execute(_requested(first), ALL_ASSETS, instance, resources)
     settle = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
@@ -55,19 +67,32 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     # the MES exports the completed batch record into the landing zone
     shutil.copy(held_back, record)
 
-    sensed = landing_zone_sensor(dg.build_sensor_context(cursor=landing_cursor, resources={"landing": landing}))
-    assert [r.tags.get("batchtwin/file") or r.tags.get("batchtwin/first_file") for r in sensed.run_requests] == ["mes/B26-004.xml"]
+    sensed = landing_zone_sensor(
+        dg.build_sensor_context(cursor=landing_cursor, resources={"landing": landing})
+    )
+    assert [
+        r.tags.get("batchtwin/file") or r.tags.get("batchtwin/first_file")
+        for r in sensed.run_requests
+    ] == ["mes/B26-004.xml"]
     assert dg.AssetKey("mes_batch_records") in sensed.run_requests[0].asset_selection
-    _execute({k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources)
+    _execute(
+        {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
+    )
 
-    done = completed_batches_sensor(dg.build_sensor_context(instance=instance, cursor=done_cursor, resources={"lake": lake_res}))
+    done = completed_batches_sensor(
+        dg.build_sensor_context(instance=instance, cursor=done_cursor, resources={"lake": lake_res})
+    )
     assert [r.partition_key for r in done.run_requests] == ["B26-004"]
     for req in done.dynamic_partitions_requests:
         instance.add_dynamic_partitions(batch_partitions.name, list(req.partition_keys))
     for r in done.run_requests:
-        assert dg.materialize([batch_gold], partition_key=r.partition_key, instance=instance, resources=resources).success
+        assert dg.materialize(
+            [batch_gold], partition_key=r.partition_key, instance=instance, resources=resources
+        ).success
 
-    evaluated = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settle.cursor)
+    evaluated = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=settle.cursor
+    )
     requested = _requested(evaluated)
     assert dg.AssetKey("model_fit") in requested
     _execute(requested, ALL_ASSETS, instance, resources)
@@ -79,12 +104,19 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     # the refit's status follows the promotion rule: inside its bounds and a validation error
     # within tolerance of the champion's
     first, limit = versions.iloc[0], versions.iloc[0]["validation_error"] * (1 + reg.tolerance)
-    promoted = new["validation_error"] <= limit and not new["reason"].startswith("fitted parameter(s) at a bound")
+    promoted = new["validation_error"] <= limit and not new["reason"].startswith(
+        "fitted parameter(s) at a bound"
+    )
     assert new["status"] == ("champion" if promoted else "rejected")
     assert first["status"] == ("retired" if promoted else "champion")
     assert new["data_fingerprint"] != versions.iloc[0]["data_fingerprint"]
     # the forecasts follow in the same automation tick, from whichever version is champion now
     assert dg.AssetKey("forecasts") in requested
     champion = int(reg.champion("cho_fedbatch")["version"])
-    forecast_files = sorted((lake.root / "models" / "forecasts").glob(f"cho_fedbatch-v{champion:04d}-*.parquet"))
-    assert {f.name.split("-")[2] + "-" + f.name.split("-")[3] for f in forecast_files} >= {"B26-005", "B26-006"}
+    forecast_files = sorted(
+        (lake.root / "models" / "forecasts").glob(f"cho_fedbatch-v{champion:04d}-*.parquet")
+    )
+    assert {f.name.split("-")[2] + "-" + f.name.split("-")[3] for f in forecast_files} >= {
+        "B26-005",
+        "B26-006",
+    }

@@ -1,4 +1,5 @@
 """The CHO model and the shared integrator: mass balances that can be checked by hand."""
+
 import numpy as np
 import pytest
 
@@ -23,7 +24,14 @@ def test_a_continuous_feed_adds_exactly_rate_times_time():
 
 
 def test_a_bolus_mixes_its_glucose_into_the_broth():
-    params = {**MODEL.defaults(), "mu_max": 1e-9, "m_G": 1e-18, "mu_d_max": 1e-9, "k_dQ": 0.0, "a1": 0.0}
+    params = {
+        **MODEL.defaults(),
+        "mu_max": 1e-9,
+        "m_G": 1e-18,
+        "mu_d_max": 1e-9,
+        "k_dQ": 0.0,
+        "a1": 0.0,
+    }
     bolus = Bolus(5.0, 100.0, "GLC", {"G": 2500.0})
     y = simulate(MODEL, params, Y0, Inputs(boluses=[bolus]), [0.0, 5.0, 6.0])
     expected = (33.0 * 1400.0 + 2500.0 * 100.0) / 1500.0

@@ -1,4 +1,5 @@
 """Training data read from the curated lake match what the demo plant really did."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,9 @@ MODEL = ChoFedBatch()
 def loaded(pipeline_run, truth):
     data, _ = pipeline_run
     ids = [b["batch_id"] for b in truth["batches"]]
-    return {b.batch_id: b for b in load_batches(Lake(data / "lake"), MODEL, ids)}, {b["batch_id"]: b for b in truth["batches"]}
+    return {b.batch_id: b for b in load_batches(Lake(data / "lake"), MODEL, ids)}, {
+        b["batch_id"]: b for b in truth["batches"]
+    }
 
 
 def test_feed_rate_is_reconstructed_from_its_change_points(loaded):

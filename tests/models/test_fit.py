@@ -1,4 +1,5 @@
 """Parameter recovery on the 8-batch demo plant: the fit the pipeline recorded, checked against the truth."""
+
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from lake.layout import Lake
 from lake.query import query
-from models.base import Inputs, Bolus, simulate, simulate_many
+from models.base import Bolus, Inputs, simulate, simulate_many
 from models.cho_fedbatch import ChoFedBatch
 
 
@@ -36,7 +37,16 @@ def test_identifiable_parameters_are_recovered_within_10_percent(medium_run):
     data, truth, _ = medium_run
     _, p = _champion(data)
     fitted = p[~p["fixed"]]
-    assert set(fitted.index) == {"mu_max", "mu_d_max", "Y_XG", "Y_XQ", "Y_LG", "Y_AQ", "m_G", "beta"}
+    assert set(fitted.index) == {
+        "mu_max",
+        "mu_d_max",
+        "Y_XG",
+        "Y_XQ",
+        "Y_LG",
+        "Y_AQ",
+        "m_G",
+        "beta",
+    }
     assert (fitted["identifiable"] == "yes").all()
     for name, row in fitted.iterrows():
         assert row["value"] == pytest.approx(truth["parameters"][name], rel=0.10), name
@@ -64,13 +74,21 @@ def test_the_truth_lies_inside_the_joint_95_percent_region(medium_run):
     version, p = _champion(data)
     fitted = p[~p["fixed"]]
     names = list(fitted.index)
-    corr = pd.DataFrame(json.loads(version["metrics"])["correlation"]).loc[names, names].to_numpy(float)
+    corr = (
+        pd.DataFrame(json.loads(version["metrics"])["correlation"])
+        .loc[names, names]
+        .to_numpy(float)
+    )
     sd = fitted["sd_log"].to_numpy(float)
-    err = np.log(fitted["value"].to_numpy(float) / np.array([truth["parameters"][n] for n in names]))
+    err = np.log(
+        fitted["value"].to_numpy(float) / np.array([truth["parameters"][n] for n in names])
+    )
     d2 = float(err @ np.linalg.solve(corr * np.outer(sd, sd), err))
     assert d2 < chi2.ppf(0.95, len(names)), d2
     # and it is a real test: the same errors with intervals half as wide would fail it
-    assert float(err @ np.linalg.solve(corr * np.outer(sd / 2, sd / 2), err)) > chi2.ppf(0.95, len(names))
+    assert float(err @ np.linalg.solve(corr * np.outer(sd / 2, sd / 2), err)) > chi2.ppf(
+        0.95, len(names)
+    )
 
 
 def test_intervals_are_honest_truth_within_three_standard_errors(medium_run):
@@ -97,9 +115,21 @@ def test_fit_and_observations_agree_per_analyte(medium_run):
     data, _, _ = medium_run
     lake = Lake(data / "lake")
     version, _ = _champion(data)
-    pred = query(lake, "SELECT analyte, avg(abs(predicted - observed) / abs(observed)) AS mre FROM model_predictions "
-                       "WHERE version = ? AND abs(observed) > 0.05 GROUP BY 1", [int(version["version"])]).set_index("analyte")["mre"]
-    assert set(pred.index) >= {"vcd", "viability", "glucose", "lactate", "glutamine", "ammonia", "titer"}
+    pred = query(
+        lake,
+        "SELECT analyte, avg(abs(predicted - observed) / abs(observed)) AS mre FROM model_predictions "
+        "WHERE version = ? AND abs(observed) > 0.05 GROUP BY 1",
+        [int(version["version"])],
+    ).set_index("analyte")["mre"]
+    assert set(pred.index) >= {
+        "vcd",
+        "viability",
+        "glucose",
+        "lactate",
+        "glutamine",
+        "ammonia",
+        "titer",
+    }
     assert (pred < 0.10).all(), pred  # mean relative error per analyte within the assays' noise
 
 

@@ -1,4 +1,5 @@
 """The registry records every fit and promotes by the rule: validation no worse (within tolerance), parameters inside bounds."""
+
 import json
 from dataclasses import replace
 
@@ -21,7 +22,9 @@ MODEL = ChoFedBatch()
 def small_fit(pipeline_run, truth):
     data, _ = pipeline_run
     ids = [b["batch_id"] for b in truth["batches"] if b["status"] == "complete"]
-    return Fitter(MODEL, n_starts=1, folds=2, seed=3).fit(load_batches(Lake(data / "lake"), MODEL, ids))
+    return Fitter(MODEL, n_starts=1, folds=2, seed=3).fit(
+        load_batches(Lake(data / "lake"), MODEL, ids)
+    )
 
 
 def _with_validation(result, factor):
@@ -36,18 +39,31 @@ def test_a_fit_records_what_reproduces_it(small_fit, tmp_path):
     assert (d.version, d.status) == (1, "champion")
     v = Registry(lake).version("cho_fedbatch", 1)
     assert json.loads(v["training_batches"]) == list(small_fit.training_batches)
-    assert v["data_fingerprint"] == small_fit.data_fingerprint and v["seed"] == 3 and v["code_version"] == "test"
-    assert json.loads(v["solver"]) == {"method": "LSODA", "rtol": 1e-5, "atol": 1e-8, "max_step_h": 24.0}
+    assert (
+        v["data_fingerprint"] == small_fit.data_fingerprint
+        and v["seed"] == 3
+        and v["code_version"] == "test"
+    )
+    assert json.loads(v["solver"]) == {
+        "method": "LSODA",
+        "rtol": 1e-5,
+        "atol": 1e-8,
+        "max_step_h": 24.0,
+    }
     settings = json.loads(v["settings"])
     assert settings["n_starts"] == 1 and settings["fitted"] == list(small_fit.fitted)
-    assert json.loads(v["metrics"])["validation_rmse_weighted"] == pytest.approx(v["validation_error"])
+    assert json.loads(v["metrics"])["validation_rmse_weighted"] == pytest.approx(
+        v["validation_error"]
+    )
     # the four tables are catalog views
     catalog.rebuild(lake)
     assert query(lake, "SELECT count(*) AS n FROM model_versions")["n"].iloc[0] == 1
     p = query(lake, "SELECT * FROM model_parameters WHERE NOT fixed").set_index("name")
     assert (p["ci_low"] < p["value"]).all() and (p["value"] < p["ci_high"]).all()
     assert p.loc["mu_max", "value"] == pytest.approx(small_fit.params["mu_max"])
-    assert query(lake, "SELECT count(*) AS n FROM model_predictions")["n"].iloc[0] == small_fit.n_obs
+    assert (
+        query(lake, "SELECT count(*) AS n FROM model_predictions")["n"].iloc[0] == small_fit.n_obs
+    )
     assert query(lake, "SELECT count(*) AS n FROM forecasts")["n"].iloc[0] == 0
 
 
@@ -59,9 +75,13 @@ def test_a_worse_candidate_is_rejected_with_the_reason(small_fit, tmp_path):
     assert "validation error" in worse.reason and "> champion v1" in worse.reason
     assert reg.champion("cho_fedbatch")["version"] == 1
     assert reg.version("cho_fedbatch", 2)["reason"] == worse.reason
-    trail = pd.concat(pd.read_parquet(p) for p in (tmp_path / "lake" / "audit").glob("*.parquet")).sort_values("ts")
+    trail = pd.concat(
+        pd.read_parquet(p) for p in (tmp_path / "lake" / "audit").glob("*.parquet")
+    ).sort_values("ts")
     assert trail[["action", "object", "new_value"]].values.tolist() == [
-        ["model_promoted", "cho_fedbatch v1", "champion"], ["model_rejected", "cho_fedbatch v2", "rejected"]]
+        ["model_promoted", "cho_fedbatch v1", "champion"],
+        ["model_rejected", "cho_fedbatch v2", "rejected"],
+    ]
     assert trail["reason"].iloc[1] == worse.reason
 
 
@@ -79,7 +99,9 @@ def test_a_candidate_at_a_bound_is_rejected_even_if_better(small_fit, tmp_path):
     reg = Registry(Lake(tmp_path / "lake"))
     reg.register(small_fit, code_version="test")
     lo, _ = MODEL.parameter("mu_d_max").bounds
-    at_bound = replace(_with_validation(small_fit, 0.5), params={**small_fit.params, "mu_d_max": lo})
+    at_bound = replace(
+        _with_validation(small_fit, 0.5), params={**small_fit.params, "mu_d_max": lo}
+    )
     d = reg.register(at_bound, code_version="test")
     assert d.status == "rejected" and "mu_d_max" in d.reason and "bound" in d.reason
     assert reg.champion("cho_fedbatch")["version"] == 1

@@ -3,6 +3,7 @@
 scipy 1.17's LSODA kept ~38 kB per call at 400 states (a 13-batch fit kept 600 MB and a
 calibration run was killed for memory); the lock pins a release without the leak.
 """
+
 import gc
 
 import numpy as np
@@ -21,7 +22,9 @@ def _rss_mb() -> float:
 def test_repeated_ensemble_integrations_keep_no_memory():
     model = ChoFedBatch()
     members = 50  # 400 states in one solver call, as a fit's Jacobian ensemble
-    y0 = np.repeat(np.array([0.4, 0.02, 33.0, 8.0, 0.5, 0.5, 0.0, 1400.0])[:, None], members, axis=1)
+    y0 = np.repeat(
+        np.array([0.4, 0.02, 33.0, 8.0, 0.5, 0.5, 0.0, 1400.0])[:, None], members, axis=1
+    )
     params = {p.name: p.default for p in model.parameters}
     inputs = Inputs((72.0,), (1.6,), (Bolus(96.0, 8.0, "GLC-450", BOLUS_MATERIALS["GLC-450"]),))
     times = np.arange(0.0, 120.0, 24.0)
@@ -39,4 +42,6 @@ def test_repeated_ensemble_integrations_keep_no_memory():
         before = _rss_mb()
         run(200)
         grown.append(_rss_mb() - before)
-    assert min(grown) < 8, f"{min(grown):.0f} MB kept per 200 ensemble integrations, every time (scipy 1.17 kept ~15 MB): {grown}"
+    assert min(grown) < 8, (
+        f"{min(grown):.0f} MB kept per 200 ensemble integrations, every time (scipy 1.17 kept ~15 MB): {grown}"
+    )

@@ -1,4 +1,5 @@
 """The Dagster definitions load, and the landing sensor requests one run per new file."""
+
 import json
 import shutil
 
@@ -14,7 +15,10 @@ def test_definitions_load_with_groups_checks_sensor_and_schedule():
     assert {"ingest", "curate"} <= groups
     specs = defs.resolve_asset_graph().asset_check_keys
     assert dg.AssetCheckKey(dg.AssetKey("historian_files"), "check_rows_conserved") in specs
-    assert defs.resolve_sensor_def("landing_zone_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert (
+        defs.resolve_sensor_def("landing_zone_sensor").default_status
+        == dg.DefaultSensorStatus.RUNNING
+    )
     assert defs.resolve_schedule_def("sql_historian_pull").cron_schedule == "*/15 * * * *"
     for key, asset in repo.assets_defs_by_key.items():
         assert asset.descriptions_by_key.get(key), f"{key} has no description"
@@ -27,18 +31,28 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     assert assets == ["historian_files", "lims_samples", "mes_batch_records", "tag_dictionary"]
     assert all(r.asset_selection[-1] == dg.AssetKey("lake_catalog") for r in first.run_requests)
     # every data file; the site's sources.yaml and the demo's list of its files are not data
-    n_files = sum(1 for p in (fresh_data / "landing").rglob("*") if p.is_file() and p.parent.name != "landing")
+    n_files = sum(
+        1 for p in (fresh_data / "landing").rglob("*") if p.is_file() and p.parent.name != "landing"
+    )
     assert n_files > 20
     assert sum(int(r.tags["batchtwin/new_files"]) for r in first.run_requests) == n_files
-    assert len({r.run_key for r in first.run_requests}) == 4  # keys are hashes of the files' contents
+    assert (
+        len({r.run_key for r in first.run_requests}) == 4
+    )  # keys are hashes of the files' contents
 
-    again = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing}))
+    again = landing_zone_sensor(
+        dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing})
+    )
     assert isinstance(again, dg.SkipReason)
 
     new = fresh_data / "landing" / "lims" / "lims_extra.csv"
     shutil.copy(next((fresh_data / "landing" / "lims").glob("*.csv")), new)
-    third = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing}))
-    assert [(r.asset_selection[0].path[-1], r.tags["batchtwin/first_file"]) for r in third.run_requests] == [("lims_samples", "lims/lims_extra.csv")]
+    third = landing_zone_sensor(
+        dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing})
+    )
+    assert [
+        (r.asset_selection[0].path[-1], r.tags["batchtwin/first_file"]) for r in third.run_requests
+    ] == [("lims_samples", "lims/lims_extra.csv")]
     assert json.loads(third.cursor).keys() > json.loads(first.cursor).keys()
 
 
@@ -49,15 +63,26 @@ def test_finished_runs_are_written_to_the_audit_trail(fresh_data):
     from pipelines.resources import LakeResource, resources_from_env
 
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([tag_dictionary], instance=instance, resources=resources_from_env(fresh_data))
+    result = dg.materialize(
+        [tag_dictionary], instance=instance, resources=resources_from_env(fresh_data)
+    )
     success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
     lake = LakeResource(root=str(fresh_data / "lake"))
-    ctx = dg.build_run_status_sensor_context(sensor_name="audit_successful_runs", dagster_event=success, dagster_instance=instance,
-                                             dagster_run=result.dagster_run, resources={"lake": lake})
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="audit_successful_runs",
+        dagster_event=success,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"lake": lake},
+    )
     audit_successful_runs(ctx)
     import pandas as pd
 
-    events = pd.concat(pd.read_parquet(p) for p in (Lake(fresh_data / "lake").root / "audit").glob("*.parquet"))
+    events = pd.concat(
+        pd.read_parquet(p) for p in (Lake(fresh_data / "lake").root / "audit").glob("*.parquet")
+    )
     run = events[events.action == "run_succeeded"]
-    assert run.run_id.tolist() == [result.run_id] and run.object.tolist() == [result.dagster_run.job_name]
+    assert run.run_id.tolist() == [result.run_id] and run.object.tolist() == [
+        result.dagster_run.job_name
+    ]
     assert (events[events.action == "file_ingested"].run_id == result.run_id).all()

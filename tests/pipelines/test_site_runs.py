@@ -1,5 +1,6 @@
 """Whole runs on sites that differ from the demo: a failing source fails its own asset only,
 a site without a SQL historian or a model runs clean."""
+
 import yaml
 from typer.testing import CliRunner
 
@@ -17,21 +18,39 @@ def _edit_site(data, change) -> None:
 
 
 def test_an_unreachable_sql_historian_fails_its_asset_only_and_the_run_says_so(fresh_data):
-    _edit_site(fresh_data, lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"))
+    _edit_site(
+        fresh_data,
+        lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"),
+    )
     result = CliRunner().invoke(app, ["run", "--data-dir", str(fresh_data)])
     assert result.exit_code == 1
     out = " ".join(result.output.split())
-    assert "failed: historian_sql: SQL historian 'ip21_br201': OperationalError: unable to open database file" in out
+    assert (
+        "failed: historian_sql: SQL historian 'ip21_br201': OperationalError: unable to open database file"
+        in out
+    )
     assert "with 1 failed step(s); everything else was ingested and curated" in out
     assert "sources failing" in out
     lake = Lake(fresh_data / "lake")
     log = query(lake, "SELECT status, error FROM ingest_log WHERE source = 'ip21_br201'")
-    assert log["status"].tolist() == ["failed"] and log["error"].iloc[0].startswith("SQL historian 'ip21_br201': ")
+    assert log["status"].tolist() == ["failed"] and log["error"].iloc[0].startswith(
+        "SQL historian 'ip21_br201': "
+    )
     # the other units' batches were contextualized, and the model was fitted on them
     kpis = query(lake, "SELECT unit_id, count(*) AS n FROM batch_kpis GROUP BY 1 ORDER BY 1")
     assert set(kpis["unit_id"]) == {"BR-101", "BR-102", "BR-201"}
-    assert query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-201'")["n"].iloc[0] == 0
-    assert query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-101'")["n"].iloc[0] > 1000
+    assert (
+        query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-201'")["n"].iloc[
+            0
+        ]
+        == 0
+    )
+    assert (
+        query(lake, "SELECT count(*) AS n FROM process_values WHERE unit_id = 'BR-101'")["n"].iloc[
+            0
+        ]
+        > 1000
+    )
     assert len(query(lake, "SELECT * FROM model_versions")) == 1
 
 
@@ -44,11 +63,23 @@ def test_a_site_without_sql_historian_or_models_runs_clean(fresh_data):
     run = materialize_all(fresh_data)
     assert run.success, run.failures()
     lake = Lake(fresh_data / "lake")
-    assert query(lake, "SELECT count(*) AS n FROM ingest_log WHERE dataset = 'historian_sql'")["n"].iloc[0] == 0
+    assert (
+        query(lake, "SELECT count(*) AS n FROM ingest_log WHERE dataset = 'historian_sql'")[
+            "n"
+        ].iloc[0]
+        == 0
+    )
     assert len(query(lake, "SELECT * FROM model_versions")) == 0
-    fit = next(e for e in run.all_events if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.path == ["model_fit"])
+    fit = next(
+        e
+        for e in run.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.path == ["model_fit"]
+    )
     reason = fit.event_specific_data.materialization.metadata["reason"].value
-    assert reason == "cho_fedbatch: no product of this site uses it (sources.yaml `models:`); nothing to fit"
+    assert (
+        reason
+        == "cho_fedbatch: no product of this site uses it (sources.yaml `models:`); nothing to fit"
+    )
 
 
 def test_a_landing_zone_without_sources_yaml_stops_with_one_line(tmp_path):
@@ -65,17 +96,35 @@ def test_under_the_daemon_a_failed_source_does_not_keep_the_others_out_of_the_ca
     from pipelines.definitions import defs as project_defs
     from pipelines.resources import resources_from_env
 
-    _edit_site(fresh_data, lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"))
+    _edit_site(
+        fresh_data,
+        lambda d: d["sql"]["ip21_br201"].update(url="sqlite:////nonexistent-dir/historian.sqlite"),
+    )
     resources = resources_from_env(fresh_data)
     defs = dg.Definitions(assets=project_defs.assets, jobs=project_defs.jobs, resources=resources)
     with dg.DagsterInstance.ephemeral() as instance:
-        before = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the daemon's tick before the run
-        ran = defs.resolve_job_def("ingest_everything").execute_in_process(instance=instance, raise_on_error=False)
+        before = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance
+        )  # the daemon's tick before the run
+        ran = defs.resolve_job_def("ingest_everything").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
         assert not ran.success
         assert [e.step_key for e in ran.get_step_failure_events()] == ["historian_sql"]
         assert not (fresh_data / "lake" / "catalog.duckdb").exists()  # the run skipped it
-        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
-        requested = {r.key for r in evaluation.results if r.true_subset.size and isinstance(r.key, dg.AssetKey)}
+        evaluation = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=before.cursor
+        )
+        requested = {
+            r.key
+            for r in evaluation.results
+            if r.true_subset.size and isinstance(r.key, dg.AssetKey)
+        }
         assert dg.AssetKey("lake_catalog") in requested
-        dg.materialize(project_defs.assets, selection=[dg.AssetKey("lake_catalog")], instance=instance, resources=resources)
+        dg.materialize(
+            project_defs.assets,
+            selection=[dg.AssetKey("lake_catalog")],
+            instance=instance,
+            resources=resources,
+        )
     assert query(Lake(fresh_data / "lake"), "SELECT count(*) AS n FROM batches")["n"].iloc[0] > 0

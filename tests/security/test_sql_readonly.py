@@ -3,6 +3,7 @@
 Every forbidden statement fails with exit code 1 and a one-line error (stderr), and leaves no
 file behind, inside the lake or out; ordinary SELECTs over every catalog view still work.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def sql(data: Path, statement: str, *extra: str):
 
 
 def snapshot(root: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name}
+    return {
+        str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name
+    }
 
 
 def assert_refused(result) -> str:
@@ -115,8 +118,22 @@ def test_forbidden_statements_fail_in_one_line_and_change_nothing(lake_dir, tmp_
 
 def test_every_catalog_view_is_queryable(lake_dir):
     with duckdb.connect(str(Lake(lake_dir / "lake").catalog), read_only=True) as con:
-        views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary").fetchall()]
-    assert {"batches", "historian_points", "ingest_log", "quarantine", "tags", "samples", "phases", "process_values"} <= set(views)
+        views = [
+            r[0]
+            for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary"
+            ).fetchall()
+        ]
+    assert {
+        "batches",
+        "historian_points",
+        "ingest_log",
+        "quarantine",
+        "tags",
+        "samples",
+        "phases",
+        "process_values",
+    } <= set(views)
     for view in views:
         res = sql(lake_dir, f'SELECT count(*) AS n FROM "{view}"', "--format", "json")
         assert res.exit_code == 0, (view, res.stderr)
@@ -125,19 +142,22 @@ def test_every_catalog_view_is_queryable(lake_dir):
         assert res.exit_code == 0, (view, res.stderr)
 
 
-@pytest.mark.parametrize("statement", [
-    "select count(*) from batches",
-    "WITH b AS (SELECT * FROM batches) SELECT batch_id, status FROM b ORDER BY 1",
-    "FROM batches SELECT batch_id LIMIT 2",
-    "DESCRIBE batches",
-    "SHOW TABLES",
-    "SUMMARIZE tags",
-    "EXPLAIN SELECT * FROM historian_points WHERE tag = 'x'",
-    "EXPLAIN ANALYZE SELECT count(*) FROM historian_points",
-    "VALUES (1, 'a')",
-    "SELECT current_setting('TimeZone') AS tz",
-    "select '[/]' as \"[red]x\"",  # rich markup in data or names is printed, not interpreted
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "select count(*) from batches",
+        "WITH b AS (SELECT * FROM batches) SELECT batch_id, status FROM b ORDER BY 1",
+        "FROM batches SELECT batch_id LIMIT 2",
+        "DESCRIBE batches",
+        "SHOW TABLES",
+        "SUMMARIZE tags",
+        "EXPLAIN SELECT * FROM historian_points WHERE tag = 'x'",
+        "EXPLAIN ANALYZE SELECT count(*) FROM historian_points",
+        "VALUES (1, 'a')",
+        "SELECT current_setting('TimeZone') AS tz",
+        "select '[/]' as \"[red]x\"",  # rich markup in data or names is printed, not interpreted
+    ],
+)
 def test_ordinary_reads_work(lake_dir, statement):
     res = sql(lake_dir, statement)
     assert res.exit_code == 0, res.stderr
@@ -159,7 +179,9 @@ def test_allow_files_reads_local_files_but_nothing_else(lake_dir, tmp_path):
     # still no writes, network or extensions
     assert_refused(sql(lake_dir, f"COPY (SELECT 1) TO '{tmp_path}/out.csv'", "--allow-files"))
     assert not (tmp_path / "out.csv").exists()
-    assert_refused(sql(lake_dir, "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')", "--allow-files"))
+    assert_refused(
+        sql(lake_dir, "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')", "--allow-files")
+    )
     assert_refused(sql(lake_dir, "LOAD httpfs", "--allow-files"))
 
 

@@ -8,6 +8,7 @@ it runs as the `postgres` system user (created by the Debian package).
 Without PostgreSQL binaries the PostgreSQL tests skip on a developer machine, but fail when
 the environment variable CI is set: CI must never pass by silently skipping them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -37,7 +38,10 @@ def _in_ci() -> bool:
 
 def _unavailable(message: str):
     if _in_ci():
-        pytest.fail(f"{message} (CI is set, so the PostgreSQL tests must not be skipped; .ci/run installs PostgreSQL)", pytrace=False)
+        pytest.fail(
+            f"{message} (CI is set, so the PostgreSQL tests must not be skipped; .ci/run installs PostgreSQL)",
+            pytrace=False,
+        )
     pytest.skip(message)
 
 
@@ -52,9 +56,14 @@ def pg_bindir() -> Path | None:
     def version(path: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", path))
 
-    candidates = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl") + glob.glob("/usr/pgsql-*/bin/pg_ctl")
+    candidates = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl") + glob.glob(
+        "/usr/pgsql-*/bin/pg_ctl"
+    )
     for pg_ctl in sorted(candidates, key=version, reverse=True):
-        if Path(pg_ctl).with_name("initdb").exists() and Path(pg_ctl).with_name("postgres").exists():
+        if (
+            Path(pg_ctl).with_name("initdb").exists()
+            and Path(pg_ctl).with_name("postgres").exists()
+        ):
             return Path(pg_ctl).parent
     return None
 
@@ -87,7 +96,14 @@ class PostgresServer:
     def admin_connect(self):
         import psycopg
 
-        return psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True, connect_timeout=10)
+        return psycopg.connect(
+            host=str(self.root),
+            port=self.port,
+            user="postgres",
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        )
 
     def url(self, database: str, password: str = PG_PASSWORD) -> str:
         return f"postgresql+psycopg://{PG_USER}:{password}@127.0.0.1:{self.port}/{database}"
@@ -99,12 +115,18 @@ def _as_server_user() -> list[str]:
     try:
         pw = pwd.getpwnam(SERVER_USER)
     except KeyError:
-        pytest.fail(f"running as root, but there is no {SERVER_USER!r} system user to run the PostgreSQL server as", pytrace=False)
+        pytest.fail(
+            f"running as root, but there is no {SERVER_USER!r} system user to run the PostgreSQL server as",
+            pytrace=False,
+        )
     if shutil.which("runuser"):
         return ["runuser", "-u", SERVER_USER, "--"]
     if shutil.which("setpriv"):
         return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
-    pytest.fail("running as root, but neither runuser nor setpriv is available to drop to the postgres user", pytrace=False)
+    pytest.fail(
+        "running as root, but neither runuser nor setpriv is available to drop to the postgres user",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -112,35 +134,72 @@ def postgres_server():
     """A PostgreSQL server of our own, with role `batchtwin` (password auth over TCP); stopped at the end."""
     bindir = pg_bindir()
     if bindir is None:
-        _unavailable("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or under /usr/lib/postgresql/*/bin; "
-                     "install them with `apt-get install -y postgresql`")
+        _unavailable(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or under /usr/lib/postgresql/*/bin; "
+            "install them with `apt-get install -y postgresql`"
+        )
     as_user = _as_server_user()
     # a short path: the Unix socket path must stay under ~100 characters
-    root = Path(tempfile.mkdtemp(prefix="batchtwin-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    root = Path(
+        tempfile.mkdtemp(prefix="batchtwin-pg-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    )
     if as_user:  # the server's user owns the whole directory (data, socket, log)
         pw = pwd.getpwnam(SERVER_USER)
         os.chown(root, pw.pw_uid, pw.pw_gid)
     server = PostgresServer(bindir, root, _free_port(), as_user)
     started = False
     try:
-        init = server.run("initdb", "-D", str(server.data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
-                          "--encoding=UTF8", "--no-locale", "--no-sync")
+        init = server.run(
+            "initdb",
+            "-D",
+            str(server.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
         if init.returncode != 0:
-            pytest.fail(f"initdb failed ({shlex.join(init.args)}):\n{init.stdout}{init.stderr}", pytrace=False)
+            pytest.fail(
+                f"initdb failed ({shlex.join(init.args)}):\n{init.stdout}{init.stderr}",
+                pytrace=False,
+            )
         # the server's own time zone is deliberately not UTC: `timestamp without time zone` holding UTC must not depend on it
-        options = (f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c timezone=America/New_York")
-        start = server.run("pg_ctl", "-D", str(server.data), "-l", str(server.log), "-o", options, "-w", "-t", "60", "start", timeout=90)
+        options = (
+            f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c timezone=America/New_York"
+        )
+        start = server.run(
+            "pg_ctl",
+            "-D",
+            str(server.data),
+            "-l",
+            str(server.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            timeout=90,
+        )
         started = start.returncode == 0
         if not started:
             log = server.log.read_text(errors="replace")[-3000:] if server.log.exists() else ""
-            pytest.fail(f"PostgreSQL did not start ({shlex.join(start.args)}):\n{start.stdout}{start.stderr}\n{log}", pytrace=False)
+            pytest.fail(
+                f"PostgreSQL did not start ({shlex.join(start.args)}):\n{start.stdout}{start.stderr}\n{log}",
+                pytrace=False,
+            )
         with server.admin_connect() as con:
             con.execute(f"CREATE ROLE {PG_USER} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'")
         yield server
     finally:
         if started:
-            server.run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "-t", "60", "stop", timeout=90)
+            server.run(
+                "pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "-t", "60", "stop", timeout=90
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ schedule listed as running, and a materialization launched from the UI that runs
 The test serves the UI itself (dagster-webserver on 127.0.0.1) with runs launched at once
 (DefaultRunCoordinator), so that no sensor run queues ahead of the one it launches.
 """
+
 import json
 import os
 import shutil
@@ -23,7 +24,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "tests" / "ui" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 GROUPS = ("ingest", "curate", "contextualize", "models")
 
 
@@ -53,11 +61,30 @@ def dagster_dev(tmp_path_factory):
         + "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHTWIN_LAKE": str(data / "lake"), "BATCHTWIN_LANDING": str(data / "landing")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "BATCHTWIN_LAKE": str(data / "lake"),
+        "BATCHTWIN_LANDING": str(data / "landing"),
+    }
     log = open(data / "webserver.log", "wb")
     # its own session, so that the whole process group (webserver, code server) can be stopped
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -67,7 +94,10 @@ def dagster_dev(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("dagster-webserver did not start:\n" + (data / "webserver.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "dagster-webserver did not start:\n"
+                        + (data / "webserver.log").read_text()[-3000:]
+                    )
                 time.sleep(1)
         yield url
     finally:
@@ -88,11 +118,19 @@ def _dismiss_newsletter(page) -> None:
 
 
 def _graphql(page, url: str, query: str) -> dict:
-    return page.request.post(url + "/graphql", data=json.dumps({"query": query}), headers={"Content-Type": "application/json"}).json()["data"]
+    return page.request.post(
+        url + "/graphql",
+        data=json.dumps({"query": query}),
+        headers={"Content-Type": "application/json"},
+    ).json()["data"]
 
 
 def _runs(page, url: str) -> list[dict]:
-    return _graphql(page, url, "{ runsOrError(limit: 50) { ... on Runs { results { runId status assetSelection { path } } } } }")["runsOrError"]["results"]
+    return _graphql(
+        page,
+        url,
+        "{ runsOrError(limit: 50) { ... on Runs { results { runId status assetSelection { path } } } } }",
+    )["runsOrError"]["results"]
 
 
 def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
@@ -109,12 +147,23 @@ def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
         _dismiss_newsletter(page)
         page.screenshot(path=str(SCREENSHOTS / "asset_graph.png"))
 
-        automation = _graphql(page, dagster_dev, """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
-            ... on RepositoryLocation { repositories { sensors { name sensorState { status } } schedules { name scheduleState { status } } } } } } } } }""")
-        repo = automation["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]["repositories"][0]
+        automation = _graphql(
+            page,
+            dagster_dev,
+            """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+            ... on RepositoryLocation { repositories { sensors { name sensorState { status } } schedules { name scheduleState { status } } } } } } } } }""",
+        )
+        repo = automation["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"][
+            "repositories"
+        ][0]
         sensors = {x["name"]: x["sensorState"]["status"] for x in repo["sensors"]}
         schedules = {x["name"]: x["scheduleState"]["status"] for x in repo["schedules"]}
-        assert sensors["landing_zone_sensor"] == sensors["completed_batches_sensor"] == sensors["automation"] == "RUNNING"
+        assert (
+            sensors["landing_zone_sensor"]
+            == sensors["completed_batches_sensor"]
+            == sensors["automation"]
+            == "RUNNING"
+        )
         assert schedules["sql_historian_pull"] == "RUNNING"
 
         before = {r["runId"] for r in _runs(page, dagster_dev)}
@@ -122,8 +171,12 @@ def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
         page.get_by_role("button", name="Materialize").first.click()
         deadline = time.time() + 240
         while True:
-            mine = [r for r in _runs(page, dagster_dev) if r["runId"] not in before
-                    and ["tag_dictionary"] in [a["path"] for a in (r["assetSelection"] or [])]]
+            mine = [
+                r
+                for r in _runs(page, dagster_dev)
+                if r["runId"] not in before
+                and ["tag_dictionary"] in [a["path"] for a in (r["assetSelection"] or [])]
+            ]
             if mine and mine[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
                 break
             assert time.time() < deadline, f"run did not finish: {mine}"
