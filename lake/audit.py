@@ -13,23 +13,11 @@ import os
 import uuid
 from datetime import UTC, datetime
 
-import pyarrow as pa
+import pandas as pd
 
 from lake.layout import Lake, atomic_write_parquet
-
-SCHEMA = pa.schema(
-    [
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("actor", pa.string()),
-        ("action", pa.string()),
-        ("object", pa.string()),
-        ("old_value", pa.string()),
-        ("new_value", pa.string()),
-        ("reason", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
-
+from schemas.tables import AuditEvent
+from schemas.validate import as_arrow
 
 def actor() -> str:
     """Who acts: `BATCHTWIN_ACTOR` (set by a service account or the UI) or the OS user, plus the host."""
@@ -69,6 +57,7 @@ def record(
 
 
 def record_many(lake: Lake, events: list[dict]) -> None:
+    """Append events in one write-once file, validated by the `AuditEvent` model."""
     if not events:
         return
     now = datetime.now(UTC)
@@ -86,4 +75,4 @@ def record_many(lake: Lake, events: list[dict]) -> None:
         for e in events
     ]
     name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}.parquet"
-    atomic_write_parquet(lake.root / "audit" / name, pa.Table.from_pylist(rows, schema=SCHEMA))
+    atomic_write_parquet(lake.root / "audit" / name, as_arrow(pd.DataFrame(rows), AuditEvent))

@@ -17,6 +17,8 @@ import pandas as pd
 from filelock import FileLock
 
 from lake.layout import Lake, sweep_stale_temporaries
+from schemas.keys import KeyRule, key_rule
+from schemas.sql_checks import duck_type, key_sql
 from schemas.tables import (
     GOLD_MODELS,
     MODEL_MODELS,
@@ -24,6 +26,8 @@ from schemas.tables import (
     AuditEvent,
     IngestLogEntry,
     QuarantineRow,
+    Sample,
+    Tag,
 )
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
@@ -43,17 +47,10 @@ RAW_VIEW_NAME = {
 }
 
 
-def _duck_type(dtype) -> str:
-    if isinstance(dtype, pd.DatetimeTZDtype) or "datetime64" in str(dtype):
-        return "TIMESTAMPTZ"
-    kind = getattr(dtype, "kind", "O")
-    return {"f": "DOUBLE", "i": "BIGINT", "u": "UBIGINT", "b": "BOOLEAN"}.get(kind, "VARCHAR")
-
-
 def _empty_select(model) -> str:
     schema = model.to_schema()
     cols = [
-        f'CAST(NULL AS {_duck_type(c.dtype.type)}) AS "{name}"'
+        f'CAST(NULL AS {duck_type(c.dtype)}) AS "{name}"'
         for name, c in schema.columns.items()
     ]
     return f"SELECT {', '.join(cols)} WHERE false"
@@ -63,6 +60,12 @@ def _source(lake: Lake, folder: Path, model) -> str:
     if any(folder.glob("*.parquet")):
         return f"SELECT * FROM read_parquet('{folder.as_posix()}/*.parquet', union_by_name = true)"
     return _empty_select(model)
+
+
+def _rule(model) -> KeyRule:
+    rule = key_rule(model)
+    assert rule is not None, f"{model.__name__} declares no key"
+    return rule
 
 
 def view_definitions(lake: Lake) -> dict[str, str]:
@@ -77,10 +80,13 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     views["quarantine"] = _source(lake, lake.silver("quarantine"), QuarantineRow)
     for table, model in SILVER_MODELS.items():
         views[RAW_VIEW_NAME.get(table, table)] = _source(lake, lake.silver(table), model)
-    # the newest dictionary export defines a tag
-    views["tags"] = """
-        SELECT t.* FROM tag_files t LEFT JOIN ingest_log l ON l.sha256 = t.source_sha256 AND l.status = 'ingested'
-        QUALIFY row_number() OVER (PARTITION BY t.tag ORDER BY l.started_at DESC NULLS LAST, t.source_row DESC) = 1"""
+    # the newest dictionary export defines a tag; inside one export, the model's duplicate rule
+    key, order = key_sql(_rule(Tag), {"source_row": "t.source_row"})
+    views["tags"] = f"""
+        SELECT t.* FROM tag_files t
+        LEFT JOIN ingest_log l ON l.sha256 = t.source_sha256 AND l.status = 'ingested'
+        QUALIFY row_number() OVER (
+            PARTITION BY {key} ORDER BY l.started_at DESC NULLS LAST, {order}) = 1"""
     views["batch_records"] = """
         SELECT r.* EXCLUDE (superseded_by), r.superseded_by FROM (
             SELECT *, CASE WHEN latest <> source_sha256 THEN latest END AS superseded_by FROM (
@@ -88,9 +94,10 @@ def view_definitions(lake: Lake) -> dict[str, str]:
                     PARTITION BY batch_id ORDER BY record_version DESC, record_ts DESC NULLS LAST, source_sha256) AS latest
                 FROM batch_record_files)) r"""
     # a retest reported in a later file supersedes the earlier result (both stay in sample_records)
-    views["samples"] = """
+    key, order = key_sql(_rule(Sample))
+    views["samples"] = f"""
         SELECT * FROM sample_records
-        QUALIFY row_number() OVER (PARTITION BY batch_id, sample_id, analyte ORDER BY reported_ts DESC NULLS LAST, source_sha256) = 1"""
+        QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}, source_sha256) = 1"""
     for table, model in GOLD_MODELS.items():
         views[table] = _source(lake, lake.gold(table), model)
     # each batch against the golden profile of its product (completed and running batches alike)

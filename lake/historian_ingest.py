@@ -20,18 +20,17 @@ import pandera.pandas as pa
 from lake.duck import connect, copy_to_parquet
 from lake.layout import Lake
 from schemas import lineage
-from schemas.sql_checks import SqlCheck, check_sql, column_checks
+from schemas.keys import key_rule
+from schemas.sql_checks import SqlCheck, check_sql, column_checks, key_sql, require_types
 from schemas.tables import HistorianPoint
 from schemas.validate import quarantine_frame
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
 
-QUALITY_RANK_SQL = (
-    "CASE quality WHEN 'good' THEN 0 WHEN 'substituted' THEN 1 WHEN 'uncertain' THEN 2 ELSE 3 END"
-)
-# The documented duplicate rules for historian points, shared by the pandas path (lake.ingest: wide
-# exports, SQL pulls) and this streamed one, so a rule reads the same whichever path applied it.
-WITHIN_FILE_RULE = "duplicate (tag, ts): the best-quality value wins, then the later row in the file (the historian's last write)"
+# the model's key and duplicate rule, applied here in SQL as the pandas path applies it
+POINT_KEY = key_rule(HistorianPoint)
+# Points already in silver stay, for the pandas path (lake.ingest: wide exports, SQL pulls) and
+# this streamed one alike.
 ACROSS_SOURCES_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
 
 
@@ -99,7 +98,9 @@ def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:
 
 def point_checks(tags: TagDictionary | None) -> list[SqlCheck]:
     """The model's column checks plus the tag dictionary's (`tag_checks`, in SQL)."""
-    checks = column_checks(HistorianPoint, skip=frozenset(lineage.COLUMNS) | {"ts_text"})
+    checks = column_checks(
+        HistorianPoint, skip=frozenset(lineage.COLUMNS) | {"ts_text"}, key_resolved=True
+    )
     extra = (tag_checks(tags) or {}).get("tag", [])
     return checks + [check_sql("tag", check, f"tag_{i}") for i, check in enumerate(extra)]
 
@@ -124,16 +125,16 @@ def ingest_long_csv(
         )
         if losers:
             con.executemany("INSERT INTO losers VALUES (?, ?, ?)", losers)
-        copy_to_parquet(
-            con,
-            f"""SELECT tag, ts, value, state, quality, ts_text, $sha AS source_sha256, {line_sql} AS source_row, $rel AS source_path
-                FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)""",  # insertion order = file order
-            lake.silver("historian_points") / f"{sha256}.parquet",
-            {"sha": sha256, "rel": rel_path},
-        )
-        accepted = con.execute(
-            "SELECT count(*) FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)"
-        ).fetchall()[0][0]
+        points = f"""SELECT tag, ts, value, state, quality, ts_text, $sha AS source_sha256,
+                           {line_sql}::BIGINT AS source_row, $rel AS source_path
+                    FROM parsed WHERE problem IS NULL AND rn NOT IN (SELECT rn FROM losers)"""
+        params = {"sha": sha256, "rel": rel_path}
+        described = con.execute(f"DESCRIBE {points}", params).fetchall()
+        require_types([(r[0], r[1]) for r in described], HistorianPoint, "the streamed points")
+        target = lake.silver("historian_points") / f"{sha256}.parquet"
+        copy_to_parquet(con, points, target, params)  # insertion order = file order
+        # counted from what was written, not derived from what was read
+        accepted = con.execute("SELECT count(*) FROM read_parquet(?)", [str(target)]).fetchall()[0][0]
         rejected = con.execute(
             f"""SELECT {line_sql} AS source_row, problem_column AS "column", problem AS "check", failure_value, reason
                 FROM parsed WHERE problem IS NOT NULL
@@ -162,15 +163,17 @@ def ingest_long_csv(
 
 
 def _duplicates_within(con) -> list[tuple]:
-    """Losers among rows sharing (tag, ts) in this file, by the documented rule."""
+    """Losers among rows sharing the model's key in this file, by the model's duplicate rule."""
+    assert POINT_KEY is not None
+    key, order = key_sql(POINT_KEY, {"source_row": "rn"})
     rows = con.execute(
-        f"""WITH keys AS (SELECT tag, ts FROM parsed WHERE problem IS NULL GROUP BY ALL HAVING count(*) > 1)
+        f"""WITH keys AS (SELECT {key} FROM parsed WHERE problem IS NULL GROUP BY ALL HAVING count(*) > 1)
             SELECT rn FROM (
-                SELECT p.rn, row_number() OVER (PARTITION BY p.tag, p.ts ORDER BY {QUALITY_RANK_SQL}, p.rn DESC) AS k
-                FROM parsed p SEMI JOIN keys USING (tag, ts) WHERE p.problem IS NULL)
+                SELECT rn, row_number() OVER (PARTITION BY {key} ORDER BY {order}) AS k
+                FROM parsed SEMI JOIN keys USING ({key}) WHERE problem IS NULL)
             WHERE k > 1"""
     ).fetchall()
-    return [(r[0], "duplicate_key", WITHIN_FILE_RULE) for r in rows]
+    return [(r[0], "duplicate_key", POINT_KEY.rule) for r in rows]
 
 
 def _duplicates_across(con, lake: Lake, sha256: str) -> list[tuple]:

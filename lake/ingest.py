@@ -26,9 +26,16 @@ from lake import audit, historian_ingest
 from lake.duck import connect
 from lake.historian_ingest import TagDictionary, known_tags, tag_checks  # noqa: F401 - known_tags is this module's API too
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
-from schemas.tables import SILVER_MODELS
+from schemas.keys import key_rule
+from schemas.tables import SILVER_MODELS, IngestLogEntry, QuarantineRow
 from schemas.units import conversion
-from schemas.validate import SchemaRejected, quarantine_frame, resolve_duplicates, split
+from schemas.validate import (
+    SchemaRejected,
+    as_arrow,
+    quarantine_frame,
+    resolve_duplicates,
+    split,
+)
 from sources import historian_csv, lims, mes_journal, mes_xml, sql_historian, tags
 from sources.base import ReadResult, SourceRejected, sha256_of
 from sources.profiles import FileProfile, SqlProfile, profile_for
@@ -44,28 +51,6 @@ READERS = {
     "mes_xml": mes_xml.read_batchml,
     "mes_journal": mes_journal.read_journal,
 }
-# Documented duplicate rules: (key columns, preference order, ascending?, rule text)
-DUPLICATE_RULES = {
-    "historian_points": (
-        ["tag", "ts"],
-        ["quality_rank", "source_row"],
-        [True, False],
-        historian_ingest.WITHIN_FILE_RULE,
-    ),
-    "samples": (
-        ["sample_id", "analyte"],
-        ["reported_ts", "source_row"],
-        [False, False],
-        "duplicate (sample_id, analyte): the latest reported result supersedes (a lab retest)",
-    ),
-    "tags": (
-        ["tag"],
-        ["source_row"],
-        [False],
-        "duplicate tag: the later definition in the file wins",
-    ),
-}
-QUALITY_RANK = {"good": 0, "substituted": 1, "uncertain": 2, "bad": 3}
 
 
 @functools.cache
@@ -172,15 +157,11 @@ def ingest_file(
     base["profile"] = profile_fingerprint(profile)
     copy_write_once(path, lake.raw(sha, "".join(path.suffixes[-2:]) or ".bin"))
     try:
-        if (
-            profile.dataset == "historian_long"
-        ):  # the large files: streamed through DuckDB end to end
+        if profile.dataset == "historian_long":  # the large files: streamed through DuckDB
             rows_read, accepted, q = historian_ingest.ingest_long_csv(
                 lake, path, sha, rel_path, profile, tags_known
             )
-            return _finish(
-                lake, base, rows_read, rows_read - accepted, q, {"historian_points": accepted}
-            )
+            return _finish(lake, base, rows_read, q, {"historian_points": accepted})
         if profile.dataset in SITE_READERS:
             result = READERS[profile.dataset](path, sha, rel_path, profile, site)
         else:
@@ -336,15 +317,14 @@ def _store(
     tags_known: TagDictionary | None,
     site: Site | None = None,
 ) -> IngestOutcome:
+    """Validate a reader's tables, resolve duplicates, write silver, quarantine and the log."""
     quarantined = [result.rejects]
     accepted_counts: dict[str, int] = {}
-    dropped = 0
     try:
         for table, frame in result.tables.items():
             if frame.empty:
                 continue
             model = SILVER_MODELS[table]
-            read = len(frame)
             if table == "samples":
                 frame, off_dictionary = analyte_results(frame, site)
                 quarantined.append(off_dictionary)
@@ -353,20 +333,13 @@ def _store(
             if table == "samples":
                 ok, conflicts = _conflicting_results(lake, ok, base["sha256"])
                 bad = pd.concat([bad, conflicts], ignore_index=True)
-            if table in DUPLICATE_RULES:
-                keys, prefer, asc, rule = DUPLICATE_RULES[table]
-                ranked = (
-                    ok.assign(quality_rank=ok["quality"].map(QUALITY_RANK))
-                    if "quality_rank" in prefer
-                    else ok
-                )
-                kept, losers = resolve_duplicates(ranked, keys, prefer, asc, rule)
-                ok = kept.drop(columns=["quality_rank"], errors="ignore")
+            rule = key_rule(model)
+            if rule is not None:
+                ok, losers = resolve_duplicates(ok, rule)
                 bad = pd.concat([bad, losers], ignore_index=True)
             if table == "historian_points":
                 ok, held = _drop_points_held_elsewhere(lake, ok, base["sha256"])
                 bad = pd.concat([bad, held], ignore_index=True)
-            dropped += read - len(ok)
             quarantined.append(bad)
             accepted_counts[table] = len(ok)
             if table == "historian_points":
@@ -386,15 +359,7 @@ def _store(
         if any(len(x) for x in quarantined)
         else quarantined[0]
     )
-    return _finish(
-        lake,
-        base,
-        result.rows_read,
-        len(result.rejects) + dropped,
-        q,
-        accepted_counts,
-        "; ".join(result.notes) or None,
-    )
+    return _finish(lake, base, result.rows_read, q, accepted_counts, "; ".join(result.notes) or None)
 
 
 def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -551,23 +516,24 @@ def _finish(
     lake: Lake,
     base: dict,
     rows_read: int,
-    n_quarantined: int,
     q: pd.DataFrame,
     accepted_counts: dict[str, int],
     notes: str | None = None,
 ) -> IngestOutcome:
-    """Write the quarantine rows and the ingest_log entry of one ingested source."""
+    """Write the quarantine rows and the ingest_log entry of one ingested source.
+
+    The log's counts are three independent ones: rows the reader read, rows written to silver
+    and rows written to quarantine (one per rejected row), so `check_rows_conserved` fails
+    when a row is lost between them.
+    """
     if len(q):
         q = q.assign(dataset=base["dataset"], ingested_at=base["started_at"])
-        q["source_row"] = q["source_row"].astype("Int64")
         atomic_write_parquet(
-            lake.silver("quarantine") / f"{base['sha256']}.parquet",
-            pa_arrow.Table.from_pandas(q, preserve_index=False),
+            lake.silver("quarantine") / f"{base['sha256']}.parquet", as_arrow(q, QuarantineRow)
         )
     reasons = q["reason"].value_counts().to_dict() if len(q) else {}
-    outcome = _log(
-        lake, base, "ingested", rows_read, rows_read - n_quarantined, n_quarantined, None, notes
-    )
+    accepted = sum(accepted_counts.values())
+    outcome = _log(lake, base, "ingested", rows_read, accepted, len(q), None, notes)
     outcome.accepted, outcome.reasons = (
         accepted_counts,
         {str(k): int(v) for k, v in reasons.items()},
@@ -632,7 +598,8 @@ def _log(
         "finished_at": _now(),
     }
     stamp = row["started_at"].strftime("%Y%m%dT%H%M%S%f")
-    table = pa_arrow.Table.from_pylist([row])
+    # conservation is reported by the asset check (check_rows_conserved), not raised here
+    table = as_arrow(pd.DataFrame([row]), IngestLogEntry, frame_checks=False)
     atomic_write_parquet(
         lake.silver("ingest_log") / f"{stamp}-{base['sha256'][:16]}-{base['dataset']}.parquet",
         table,

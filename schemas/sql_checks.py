@@ -1,9 +1,12 @@
-"""pandera column checks as DuckDB SQL, for tables too large to validate in pandas.
+"""A pandera model's rules as DuckDB SQL, for tables too large to validate in pandas.
 
 The pandera model stays the one definition of a table; this module translates its column
-checks (ranges, allowed values, string lengths, nullability) into SQL predicates so that
-large files are validated while they stream through DuckDB. A check it cannot translate
-raises `UntranslatableCheck`, so a model can never be enforced partially by accident.
+checks (ranges, allowed values, string lengths, nullability) into SQL predicates, its key and
+duplicate rule into a window (`key_sql`) and its dtypes into column types (`duck_type`,
+`require_types`), so that large files are validated while they stream through DuckDB.
+Anything it cannot translate (a dataframe-level check, a check without an SQL form, a key
+the caller does not resolve) raises `UntranslatableCheck`, so a model can never be enforced
+partially by accident.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from dataclasses import dataclass
 
 import pandera.pandas as pa
 
+from schemas.keys import KeyRule
+
 
 class UntranslatableCheck(ValueError):
-    pass
+    """A rule of a model has no SQL form here: the streamed path must not run without it."""
 
 
 @dataclass(frozen=True)
@@ -35,19 +40,31 @@ def _ident(name: str) -> str:
 
 
 def column_checks(
-    model: type[pa.DataFrameModel], skip: frozenset[str] = frozenset()
+    model: type[pa.DataFrameModel],
+    skip: frozenset[str] = frozenset(),
+    key_resolved: bool = False,
 ) -> list[SqlCheck]:
-    """SQL predicates for every column check of `model`, except columns in `skip`."""
+    """SQL predicates for every column check of `model`, except columns in `skip`.
+
+    `key_resolved` says the caller applies the model's key and duplicate rule (`key_sql`);
+    a model with a key, or with a dataframe-level check, is refused otherwise.
+    """
+    schema = model.to_schema()
+    if schema.checks:
+        names = ", ".join(str(c.name) for c in schema.checks)
+        raise UntranslatableCheck(f"{model.__name__}: no SQL translation for dataframe check(s) {names}")
+    if schema.unique and not key_resolved:
+        raise UntranslatableCheck(
+            f"{model.__name__}: key {schema.unique} must be resolved by its duplicate rule (key_sql)"
+        )
     out: list[SqlCheck] = []
-    for name, col in model.to_schema().columns.items():
+    for name, col in schema.columns.items():
         if name in skip:
             continue
         if not col.nullable:
             out.append(SqlCheck(name, "not_nullable", f"{_ident(name)} IS NOT NULL", {}))
         if col.unique:
-            raise UntranslatableCheck(
-                f"{model.__name__}.{name}: unique is checked by the caller's duplicate rule"
-            )
+            raise UntranslatableCheck(f"{model.__name__}.{name}: a unique column; declare keys in Config")
         out.extend(
             check_sql(name, check, f"p_{name}_{i}", model.__name__)
             for i, check in enumerate(col.checks)
@@ -115,6 +132,39 @@ def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlChe
     raise UntranslatableCheck(
         f"{owner or 'check'}.{column}: no SQL translation for check {check.name!r}"
     )
+
+
+def duck_type(dtype: object) -> str:
+    """The DuckDB column type of a pandera dtype (the catalog's empty views and the streamed
+    path's type check use the same)."""
+    text = str(dtype)
+    if "datetime64" in text:
+        return "TIMESTAMP WITH TIME ZONE" if "UTC" in text or "tz" in text else "TIMESTAMP"
+    kind = getattr(getattr(dtype, "type", dtype), "kind", "O")
+    return {"f": "DOUBLE", "i": "BIGINT", "u": "UBIGINT", "b": "BOOLEAN"}.get(kind, "VARCHAR")
+
+
+def require_types(
+    described: list[tuple[str, str]], model: type[pa.DataFrameModel], what: str
+) -> None:
+    """Raise unless `described` ((column, DuckDB type) of a query) has the model's columns
+    with the model's types, in any order: the streamed path's dtype check."""
+    got = dict(described)
+    want = {n: duck_type(c.dtype) for n, c in model.to_schema().columns.items()}
+    wrong = {n: (got.get(n), t) for n, t in want.items() if got.get(n) != t}
+    if wrong:
+        detail = ", ".join(f"{n}: {g or 'missing'} (model: {t})" for n, (g, t) in wrong.items())
+        raise TypeError(f"{what} does not have the types of {model.__name__}: {detail}")
+
+
+def key_sql(rule: KeyRule, renamed: dict[str, str] | None = None) -> tuple[str, str]:
+    """(key columns, ORDER BY best first) of a model's duplicate rule, for a window
+    `PARTITION BY key ORDER BY order`; `renamed` maps a model column to the SQL expression that
+    holds it (e.g. source_row, which a staged file knows as its row number)."""
+    renamed = renamed or {}
+    key = ", ".join(_ident(k) for k in rule.key)
+    order = ", ".join(p.order_sql(renamed.get(p.column, _ident(p.column))) for p in rule.prefer)
+    return key, order
 
 
 def reason_text(column: str, check: pa.Check) -> str:

@@ -13,9 +13,12 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from schemas.keys import Duplicates, Prefer
+
 UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 
-QUALITIES = ("good", "uncertain", "bad", "substituted")
+# best first: the order that resolves two archived values of one tag at one time
+QUALITIES = ("good", "substituted", "uncertain", "bad")
 ROLES = ("pv", "sp", "out", "calc")
 INTERPOLATIONS = ("linear", "step")
 LEVELS = ("procedure", "unit_procedure", "operation", "phase")
@@ -39,7 +42,7 @@ class Tag(Lineage):
     """Tag dictionary: which tag measures what, where (e.g. a PI AF export)."""
 
     tag: Series[str] = pa.Field(
-        unique=True, str_length={"min_value": 1, "max_value": 200}, description="historian tag name"
+        str_length={"min_value": 1, "max_value": 200}, description="historian tag name"
     )
     unit_id: Series[str] = pa.Field(description="equipment unit the tag belongs to (ISA-88 unit)")
     parameter: Series[str] = pa.Field(description="canonical parameter name, e.g. temperature, ph")
@@ -68,6 +71,15 @@ class Tag(Lineage):
     scale: Series[float] = pa.Field(description="canonical value = value * scale + offset (pint)")
     offset: Series[float] = pa.Field(description="see scale; non-zero for temperatures only")
 
+    class Config:
+        unique = ["tag"]
+        metadata = {
+            "duplicates": Duplicates(
+                (Prefer("source_row", descending=True),),
+                "duplicate tag: the later definition in the file wins",
+            )
+        }
+
 
 class HistorianPoint(Lineage):
     """A raw archived historian value, as recorded (compressed, irregular)."""
@@ -91,6 +103,16 @@ class HistorianPoint(Lineage):
     ts_text: Series[str] = pa.Field(
         nullable=True, description="timestamp exactly as the source wrote it"
     )
+
+    class Config:
+        unique = ["tag", "ts"]
+        metadata = {
+            "duplicates": Duplicates(
+                (Prefer("quality", ranking=QUALITIES), Prefer("source_row", descending=True)),
+                "duplicate (tag, ts): the best-quality value wins, then the later row in the file"
+                " (the historian's last write)",
+            )
+        }
 
 
 class BatchRecord(Lineage):
@@ -187,6 +209,16 @@ class Sample(Lineage):
     @pa.dataframe_check(error="reported_ts before sampled_ts")
     def reported_after_sampled(cls, df: pd.DataFrame) -> Series[bool]:
         return df["reported_ts"].isna() | (df["reported_ts"] >= df["sampled_ts"])
+
+    class Config:
+        unique = ["batch_id", "sample_id", "analyte"]
+        metadata = {
+            "duplicates": Duplicates(
+                (Prefer("reported_ts", descending=True), Prefer("source_row", descending=True)),
+                "duplicate (batch_id, sample_id, analyte): the latest reported result supersedes"
+                " (a lab retest)",
+            )
+        }
 
 
 class QuarantineRow(pa.DataFrameModel):

@@ -1,19 +1,24 @@
 """Validation that splits instead of failing: accepted rows go on, rejected rows go to quarantine.
 
-Row-level failures (a value out of range, an unknown tag, a duplicate key) quarantine that row
-with the column, check and value that failed. Schema-level failures (a missing column, a
+Row-level failures (a value out of range, an unknown tag) quarantine that row with the column,
+check and value that failed: one quarantine row per rejected row, so quarantine rows count
+rejected source rows. Rows sharing the model's key are resolved by the model's duplicate rule
+(`schemas.keys`): one stays, the others are quarantined with the rule as their reason. Schema-level failures (a missing column, a
 wrong type) mean the file cannot be read as this dataset at all: `SchemaRejected` carries a
 one-line reason and the caller rejects the whole file.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_arrow
 
 from schemas import lineage
+from schemas.keys import KeyRule
 from schemas.sql_checks import reason_text
 
 QUARANTINE_COLUMNS = (
@@ -63,8 +68,13 @@ def split(
     model: type[pa.DataFrameModel],
     extra_checks: dict[str, Sequence[pa.Check]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate lazily against `model`; return (accepted, quarantined) with every row in one of them."""
-    schema = model.to_schema()
+    """Validate lazily against `model`; return (accepted, quarantined) with every row in one of them.
+
+    The model's key is not checked here: duplicates are resolved by its rule
+    (`resolve_duplicates`), not all rejected.
+    """
+    schema = copy.copy(model.to_schema())  # to_schema() is cached: never change it in place
+    schema.unique = None
     if extra_checks:
         schema = schema.update_columns(
             {
@@ -93,34 +103,75 @@ def split(
         idx = pd.Index(group["index"].astype(df.index.dtype))
         column_name = None if column == model.__name__ else column
         reason = reasons.get((column, str(check)), f"{column_name or 'row'} failed {check}")
-        rejects.append(
-            _row_rejects(df, idx, column_name, str(check), group["failure_case"].tolist(), reason)
+        found = _row_rejects(
+            df, idx, column_name, str(check), group["failure_case"].tolist(), reason
         )
-    quarantined = pd.concat(rejects, ignore_index=True)
-    bad = pd.Index(cases["index"].dropna().unique()).astype(df.index.dtype)
-    return df.drop(index=bad), quarantined
-
-
-def resolve_duplicates(
-    df: pd.DataFrame,
-    keys: Sequence[str],
-    prefer: Sequence[str],
-    ascending: Sequence[bool],
-    rule: str,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep one row per key: the first after sorting by `prefer`; quarantine the others.
-
-    `rule` is the documented resolution rule, stored as the quarantine reason so that anyone
-    reading the quarantine knows why a row lost.
-    """
-    ordered = df.sort_values(
-        [*keys, *prefer], ascending=[True] * len(keys) + list(ascending), kind="stable"
+        rejects.append(found.set_axis(idx))
+    failures = pd.concat(rejects)
+    # one quarantine row per rejected row: its first failure, with every reason it failed for
+    every_reason = failures.groupby(level=0, sort=False)["reason"].agg(
+        lambda r: "; ".join(dict.fromkeys(r))
     )
-    dup = ordered.duplicated(subset=list(keys), keep="first")
+    quarantined = failures[~failures.index.duplicated()].sort_index()
+    quarantined = quarantined.assign(reason=every_reason.loc[quarantined.index].to_numpy())
+    return df.drop(index=quarantined.index), quarantined.reset_index(drop=True)
+
+
+def resolve_duplicates(df: pd.DataFrame, rule: KeyRule) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one row per key: the first by the rule's preference order; quarantine the others.
+
+    The rule's text is the quarantine reason, so anyone reading the quarantine knows why a
+    row lost.
+    """
+    keys = list(rule.key)
+    dup = df.duplicated(subset=keys, keep=False)
     if not dup.any():
         return df, quarantine_frame([])
-    losers = ordered[dup]
+    shared = df[dup]
+    order = pd.DataFrame({f"k{i}": shared[k] for i, k in enumerate(keys)})
+    for i, term in enumerate(rule.prefer):
+        order[f"p{i}"] = term.sort_key(shared)
+    ascending = [True] * len(keys) + [not p.descending or bool(p.ranking) for p in rule.prefer]
+    ordered = order.sort_values(list(order.columns), ascending=ascending, kind="stable")
+    losers = shared.loc[ordered.index[ordered.duplicated(subset=order.columns[: len(keys)])]]
     rejects = _row_rejects(
-        df, losers.index, ",".join(keys), "duplicate_key", losers[keys[-1]].tolist(), rule
+        df, losers.index, ",".join(keys), "duplicate_key", losers[keys[-1]].tolist(), rule.rule
     )
     return df.drop(index=losers.index), rejects
+
+
+def arrow_schema(model: type[pa.DataFrameModel]) -> pa_arrow.Schema:
+    """The Parquet (Arrow) schema of a model's table: its columns, in order, with its types."""
+    fields = []
+    for name, col in model.to_schema().columns.items():
+        text = str(col.dtype)
+        if "datetime64" in text:
+            kind = pa_arrow.timestamp("us", tz="UTC")
+        else:
+            kind = {"f": pa_arrow.float64(), "i": pa_arrow.int64(), "b": pa_arrow.bool_()}.get(
+                getattr(getattr(col.dtype, "type", None), "kind", "O"), pa_arrow.string()
+            )
+        fields.append(pa_arrow.field(name, kind, nullable=True))
+    return pa_arrow.schema(fields)
+
+
+def as_arrow(
+    frame: pd.DataFrame, model: type[pa.DataFrameModel], frame_checks: bool = True
+) -> pa_arrow.Table:
+    """`frame` validated by `model` and typed by it, ready to write: the lake's own tables (log,
+    quarantine, audit) are held to their contracts like every silver table. A failure is a bug
+    of the writer and raises. `frame_checks=False` leaves the model's dataframe-level checks to
+    an asset check that reports them (the ingest log's conservation)."""
+    schema = model.to_schema()
+    if not frame_checks:
+        schema = copy.copy(schema)
+        schema.checks = []
+    absent = [n for n, c in schema.columns.items() if n not in frame and c.nullable]
+    frame = frame.assign(**dict.fromkeys(absent)) if absent else frame  # unknown: NULL
+    typed = pa_arrow.Table.from_pandas(
+        frame[list(schema.columns)].reset_index(drop=True),
+        schema=arrow_schema(model),
+        preserve_index=False,
+    )
+    schema.validate(typed.to_pandas(), lazy=True)
+    return typed

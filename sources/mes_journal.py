@@ -191,6 +191,10 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
             ("material_event_records", materials),
         )
     }
-    return ReadResult(
-        tables, pd.concat([rejects, *problems], ignore_index=True), rows_read=len(df) + len(rejects)
-    )
+    quarantined = pd.concat([rejects, *problems], ignore_index=True)
+    # a journal's lines are events, several of which make one record (a phase's start and end):
+    # its rows are the records built plus the lines quarantined, and the note gives the lines
+    built = sum(len(t) for t in tables.values())
+    lines_read = len(df) + len(rejects)
+    note = f"{lines_read} journal lines made {built} records"
+    return ReadResult(tables, quarantined, rows_read=built + len(quarantined), notes=[note])

@@ -1,6 +1,7 @@
 """Ingestion bookkeeping: idempotence, overlapping exports, rejected files, row conservation."""
 
 import dataclasses
+import shutil
 
 import duckdb
 import pandas as pd
@@ -147,3 +148,85 @@ def test_silver_lineage_points_at_the_source_line_in_a_file_with_empty_lines(fre
         "duplicate_key",
         "field_count",
     ]
+
+
+def test_a_tag_listed_twice_takes_its_later_definition(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    path = landing / "tags" / "tag_dictionary.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    temperature = next(i for i, line in enumerate(lines) if "TT" in line.split(",")[0])
+    # the same tag again at the end of the file, now with a wider instrument range
+    again = lines[temperature].rstrip("\n").split(",")
+    header = lines[0].rstrip("\n").split(",")
+    again[header.index("high")] = "999"
+    path.write_text("".join(lines) + ",".join(again) + "\n")
+    out = _ingest(lake, landing, "tags/tag_dictionary.csv")
+    assert out.log["rows_read"] == len(lines)  # header excluded, the repeated line included
+    assert (out.log["rows_accepted"], out.log["rows_quarantined"]) == (len(lines) - 1, 1)
+    silver = pd.read_parquet(lake.silver("tags") / f"{out.log['sha256']}.parquet")
+    kept = silver[silver["tag"] == again[0]]
+    assert kept["high"].tolist() == [999.0] and kept["source_row"].tolist() == [len(lines) + 1]
+    q = pd.read_parquet(lake.silver("quarantine") / f"{out.log['sha256']}.parquet")
+    assert q["source_row"].tolist() == [temperature + 1]
+    assert q["reason"].tolist() == ["duplicate tag: the later definition in the file wins"]
+    # the sensor's points are checked against the dictionary and accepted: the tag is defined
+    rel = "historian/BR101_2026-03-15.csv"
+    points = ingest.ingest_file(
+        lake, landing, rel, profile_for(rel, PROFILES), tags_known=ingest.known_tags(lake)
+    )
+    with duckdb.connect() as con:
+        accepted = con.execute(
+            "select count(*) from read_parquet(?) where tag = ?",
+            [str(lake.silver("historian_points") / f"{points.log['sha256']}.parquet"), again[0]],
+        ).fetchone()[0]
+    assert accepted > 100
+
+
+def test_the_lake_tables_have_their_model_types(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
+    catalog.rebuild(lake)
+    with duckdb.connect(str(lake.catalog), read_only=True) as con:
+        log = dict(con.execute("select column_name, column_type from (describe ingest_log)").fetchall())
+        q = dict(con.execute("select column_name, column_type from (describe quarantine)").fetchall())
+        audit = dict(con.execute("select column_name, column_type from (describe audit_log)").fetchall())
+    assert log["error"] == log["notes"] == log["run_id"] == "VARCHAR"
+    assert log["rows_read"] == "BIGINT" and log["started_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert q["source_row"] == "BIGINT" and q["row_key"] == "VARCHAR"
+    assert audit["old_value"] == "VARCHAR" and audit["ts"] == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_the_conservation_check_fails_on_a_reader_that_loses_a_row(fresh_data, monkeypatch):
+    import dagster as dg
+
+    from pipelines.ingest_assets import lims_samples
+    from pipelines.resources import resources_from_env
+
+    honest = ingest.READERS["lims"]
+
+    def lossy(*args, **kwargs):
+        result = honest(*args, **kwargs)
+        result.tables["samples"] = result.tables["samples"].iloc[1:]  # a bug: one row vanishes
+        return result
+
+    monkeypatch.setitem(ingest.READERS, "lims", lossy)
+    result = dg.materialize(
+        [lims_samples], instance=dg.DagsterInstance.ephemeral(),
+        resources=resources_from_env(fresh_data),
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    conserved = checks["check_rows_conserved"]
+    assert not conserved.passed
+    lims_files = sorted(p.name for p in (fresh_data / "landing" / "lims").glob("*.csv"))
+    assert conserved.metadata["unbalanced_files"].value.split(", ") == [
+        f"lims/{name}" for name in lims_files
+    ]
+    monkeypatch.setitem(ingest.READERS, "lims", honest)
+    fresh = fresh_data / "again"
+    shutil.copytree(fresh_data / "landing", fresh / "landing")
+    shutil.copytree(fresh_data / "sql", fresh / "sql")
+    result = dg.materialize(
+        [lims_samples], instance=dg.DagsterInstance.ephemeral(), resources=resources_from_env(fresh)
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["check_rows_conserved"].passed
