@@ -8,7 +8,9 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import typer
 from rich.console import Console
@@ -16,6 +18,8 @@ from rich.table import Table
 
 from lake.layout import Lake
 
+# typer lists each command's first docstring paragraph under `batchtwin --help` with its line
+# breaks, so a first line too long for the source is continued with a backslash, not wrapped
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -27,7 +31,8 @@ err = Console(stderr=True)
 DATA_OPTION = typer.Option(
     Path("data"),
     "--data-dir",
-    help="folder holding landing/, lake/ and sql/ (env BATCHTWIN_LAKE / BATCHTWIN_LANDING override)",
+    help="folder holding landing/, lake/ and sql/ "
+    "(env BATCHTWIN_LAKE / BATCHTWIN_LANDING override)",
 )
 
 
@@ -43,16 +48,27 @@ def _fail(message: str) -> None:
 DEMO_SITES = ("cho", "penicillin")
 
 
+class _DemoSize(TypedDict, total=False):
+    """The `demo` size options given on the command line (fields of both PlantSize and
+    PenicillinSize, so one set of options builds either)."""
+
+    batches: int
+    seconds_per_sample: float
+    seed: int
+
+
 @app.command()
 def demo(
     data_dir: Path = DATA_OPTION,
     site: str = typer.Option(
         "cho",
-        help="which demo site: cho (Basel, CHO fed-batch) or penicillin (Werk Süd, microbial fed-batch)",
+        help="which demo site: cho (Basel, CHO fed-batch) "
+        "or penicillin (Werk Süd, microbial fed-batch)",
     ),
     batches: int | None = typer.Option(
         None,
-        help="batches to simulate (the last ones are still running); default 15 (cho) or 8 (penicillin)",
+        help="batches to simulate (the last ones are still running); "
+        "default 15 (cho) or 8 (penicillin)",
     ),
     seconds_per_sample: float | None = typer.Option(
         None, help="historian scan interval before archive compression; default 5 (cho) or 60 s"
@@ -69,32 +85,32 @@ def demo(
     The demo writes only its own files: a file you dropped into the landing zone stays."""
     if site not in DEMO_SITES:
         _fail_plain(f"--site must be one of {', '.join(DEMO_SITES)}, not {site!r}")
+    # only the options given: the site's size class supplies its own defaults for the rest
+    given: _DemoSize = {}
+    if batches is not None:
+        given["batches"] = batches
+    if seconds_per_sample is not None:
+        given["seconds_per_sample"] = seconds_per_sample
+    if seed is not None:
+        given["seed"] = seed
     if site == "cho":
-        from demo.plant import PlantSize as Size
-        from demo.plant import generate
+        from demo import plant
+
+        simulate = partial(plant.generate, data_dir, plant.PlantSize(**given))
     else:
-        from demo.penicillin import PenicillinSize as Size
-        from demo.penicillin import generate
-    given = {
-        k: v
-        for k, v in (
-            ("batches", batches),
-            ("seconds_per_sample", seconds_per_sample),
-            ("seed", seed),
-        )
-        if v is not None
-    }
+        from demo import penicillin
+
+        simulate = partial(penicillin.generate, data_dir, penicillin.PenicillinSize(**given))
     started = time.perf_counter()
     try:
         with console.status(f"simulating the {site} demo site…") as status:
-            truth = generate(
-                data_dir, Size(**given), progress=lambda m: status.update(f"demo site: {m}")
-            )
+            truth = simulate(progress=lambda m: status.update(f"demo site: {m}"))
     except (FileExistsError, ValueError) as e:
         _fail_plain(str(e))
     running = sum(b["status"] == "running" for b in truth["batches"])
     console.print(
-        f"demo site {site}: {len(truth['batches'])} batches ({running} running), {len(truth['faults'])} injected faults, "
+        f"demo site {site}: {len(truth['batches'])} batches ({running} running), "
+        f"{len(truth['faults'])} injected faults, "
         f"written to {data_dir}/ in {time.perf_counter() - started:.1f} s"
     )
     if not generate_only:
@@ -124,7 +140,8 @@ def run(data_dir: Path = DATA_OPTION) -> None:
         for line in result.failures():
             err.print(f"[red]failed:[/red] {escape(line)}")
         _fail(
-            f"pipeline run {result.run_id[:8]} finished in {took:.1f} s with {len(result.failures())} failed step(s); "
+            f"pipeline run {result.run_id[:8]} finished in {took:.1f} s "
+            f"with {len(result.failures())} failed step(s); "
             "everything else was ingested and curated"
         )
 
@@ -143,7 +160,8 @@ def sql(
     ),
     data_dir: Path = DATA_OPTION,
 ) -> None:
-    """Query the curated lake with SQL (read-only: one SELECT, no COPY/ATTACH/SET/INSTALL, no files outside the lake)."""
+    """Query the curated lake with SQL (read-only: one SELECT, no COPY/ATTACH/SET/INSTALL, \
+no files outside the lake)."""
     import duckdb
 
     from lake.query import CatalogMissing, QueryRefused, query
@@ -156,9 +174,8 @@ def sql(
         _fail_plain(str(e))
     except duckdb.Error as e:
         _fail_plain(_one_line(e))
-    except (
-        Exception
-    ) as e:  # e.g. a result pandas cannot hold: still one line, never a traceback (DESIGN §8)
+    except Exception as e:
+        # e.g. a result pandas cannot hold: still one line, never a traceback (DESIGN §8)
         _fail_plain(f"{type(e).__name__}: {_one_line(e)}")
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
@@ -184,7 +201,8 @@ def _fail_plain(message: str) -> None:
 def _print_frame(df, title: str | None = None) -> None:
     from rich.text import Text
 
-    # cells and headers are data (a tag, a batch id, a SQL alias): Text, so '[/]' or '[red]' is shown, not parsed as markup
+    # cells and headers are data (a tag, a batch id, a SQL alias): Text, so '[/]' or '[red]'
+    # is shown, not parsed as markup
     table = Table(title=title, show_lines=False)
     for col in df.columns:
         table.add_column(Text(str(col)), justify="right" if df[col].dtype.kind in "iuf" else "left")
@@ -205,7 +223,8 @@ def status(data_dir: Path = DATA_OPTION) -> None:
         per_dataset = query(
             lake,
             """
-            SELECT dataset, count(*) FILTER (status = 'ingested') AS files, count(*) FILTER (status = 'rejected') AS rejected,
+            SELECT dataset, count(*) FILTER (status = 'ingested') AS files,
+                   count(*) FILTER (status = 'rejected') AS rejected,
                    count(*) FILTER (status = 'failed') AS failed_pulls,
                    sum(rows_read)::BIGINT AS rows_read, sum(rows_accepted)::BIGINT AS rows_accepted,
                    sum(rows_quarantined)::BIGINT AS rows_quarantined
@@ -217,14 +236,18 @@ def status(data_dir: Path = DATA_OPTION) -> None:
         phases = query(lake, "SELECT count(*) AS n FROM phases WHERE level = 'phase'")["n"].iloc[0]
         reasons = query(
             lake,
-            "SELECT dataset, reason, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC LIMIT 8",
+            "SELECT dataset, reason, count(*) AS rows FROM quarantine "
+            "GROUP BY ALL ORDER BY rows DESC LIMIT 8",
         )
-        # a source whose latest attempt failed (an unreachable SQL historian): shown until it succeeds again
+        # a source whose latest attempt failed (an unreachable SQL historian): shown until it
+        # succeeds again
         failing = query(
             lake,
-            """SELECT source, finished_at, error FROM ingest_log
-                                 QUALIFY row_number() OVER (PARTITION BY source ORDER BY finished_at DESC) = 1 AND status = 'failed'
-                                 ORDER BY source""",
+            """
+            SELECT source, finished_at, error FROM ingest_log
+            QUALIFY row_number() OVER (PARTITION BY source ORDER BY finished_at DESC) = 1
+                    AND status = 'failed'
+            ORDER BY source""",
         )
     except CatalogMissing as e:
         _fail(str(e))
@@ -254,8 +277,10 @@ def _print_models(lake: Lake) -> None:
             console.print(f"models: {model}: no champion ({counts})")
             continue
         console.print(
-            f"models: {model} champion v{int(champ['version'])}, fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC on "
-            f"{len(json.loads(champ['training_batches']))} batches, validation error {champ['validation_error']:.3g} ({counts})"
+            f"models: {model} champion v{int(champ['version'])}, "
+            f"fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC "
+            f"on {len(json.loads(champ['training_batches']))} batches, "
+            f"validation error {champ['validation_error']:.3g} ({counts})"
         )
         p = reg.parameters(model, int(champ["version"]))
         p = p[~p["fixed"]][["name", "value", "ci_low", "ci_high", "uom", "identifiable"]]
@@ -278,7 +303,8 @@ def fit(
         False, "--force", help="refit even when a version with the same data and settings exists"
     ),
 ) -> None:
-    """Fit a model on completed batches and record the version in the registry (promotion by the registry rule)."""
+    """Fit a model on completed batches and record the version in the registry \
+(promotion by the registry rule)."""
     from rich.markup import escape
 
     from lake import catalog
@@ -323,7 +349,8 @@ def forecast(
     draws: int = typer.Option(200, help="parameter draws"),
     analyte: str = typer.Option("titer", help="analyte to print (all are recorded)"),
 ) -> None:
-    """Forecast a batch to its planned harvest with the champion model (p10/p50/p90) and record it."""
+    """Forecast a batch to its planned harvest with the champion model (p10/p50/p90) \
+and record it."""
     from rich.markup import escape
 
     from lake import catalog
@@ -353,15 +380,19 @@ def forecast(
     shown = b.iloc[::step][["t_batch_h", "p10", "p50", "p90"]]
     _print_frame(
         shown.assign(**{c: shown[c].map(lambda x: f"{x:.3g}") for c in shown.columns}),
-        f"{batch} {analyte}: {fc.model} v{fc.version}, as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)",
+        f"{batch} {analyte}: {fc.model} v{fc.version}, "
+        f"as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)",
     )
     p10, p50, p90 = fc.final(analyte)
     console.print(
-        f"{analyte} at harvest (~{fc.harvest_h:.0f} h): p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}"
+        f"{analyte} at harvest (~{fc.harvest_h:.0f} h): "
+        f"p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}"
     )
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """Run the `batchtwin` command line (`python -m pipelines.cli`; the installed script
+    calls `app` directly)."""
     app()
 
 

@@ -16,14 +16,16 @@ from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import site_of
 from pipelines.resources import ContextSettings, LakeResource, LandingResource
 
-batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
+BATCH_PARTITIONS = "batches"
+batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
 def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.MaterializeResult:
     catalog.rebuild(lake)
     kpis = query(
         lake,
-        "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, round(qp, 1) AS qp "
+        "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, "
+        "round(qp, 1) AS qp "
         "FROM batch_kpis WHERE batch_id IN (SELECT unnest(?)) ORDER BY 1",
         [ids],
     )
@@ -68,8 +70,9 @@ def batch_gold(
     settings: ContextSettings,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """Gold tables of completed batches: `process_values` (points placed in batch and phase, canonical
-    units), `batch_trajectories` (time-weighted grid), `phase_summary` and `batch_kpis`, one file per batch."""
+    """Gold tables of completed batches: `process_values` (points placed in batch and phase,
+    canonical units), `batch_trajectories` (time-weighted grid), `phase_summary` and
+    `batch_kpis`, one file per batch."""
     the_lake = lake.lake()
     ids = list(context.partition_keys)
     counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
@@ -88,12 +91,14 @@ def running_batch_gold(
     settings: ContextSettings,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """Gold tables of batches still running, up to their latest data; recomputed after every ingest."""
+    """Gold tables of batches still running, up to their latest data; recomputed after every
+    ingest."""
     the_lake = lake.lake()
     try:
         ids = query(
             the_lake,
-            "SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1",
+            "SELECT batch_id FROM batches "
+            "WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1",
         )["batch_id"].tolist()
     except CatalogMissing:
         ids = []
@@ -113,8 +118,8 @@ def golden_profiles(
     settings: ContextSettings,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """Golden-batch reference per product and parameter: mean ± k·σ of completed batches on t_batch_h;
-    the `batch_deviation` view compares every batch with it."""
+    """Golden-batch reference per product and parameter: mean ± k·σ of completed batches on
+    t_batch_h; the `batch_deviation` view compares every batch with it."""
     the_lake = lake.lake()
     n = contextualize.golden_profiles(the_lake, _settings(settings, landing))
     catalog.rebuild(the_lake)
@@ -133,15 +138,18 @@ def completed_batches_sensor(context: dg.SensorEvaluationContext, lake: LakeReso
     try:
         done = query(
             lake.lake(),
-            "SELECT batch_id, source_sha256 FROM batches WHERE status = 'complete' ORDER BY batch_id",
+            "SELECT batch_id, source_sha256 FROM batches "
+            "WHERE status = 'complete' ORDER BY batch_id",
         )
     except CatalogMissing:
         return dg.SkipReason("no catalog yet")
     seen = json.loads(context.cursor) if context.cursor else {}
-    known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS))
     new = [b for b in done["batch_id"] if b not in known]
     changed = [
-        (b, sha) for b, sha in zip(done["batch_id"], done["source_sha256"]) if seen.get(b) != sha
+        (b, sha)
+        for b, sha in zip(done["batch_id"], done["source_sha256"], strict=True)
+        if seen.get(b) != sha
     ]
     if not new and not changed:
         return dg.SkipReason("no newly completed or amended batches")

@@ -23,7 +23,8 @@ AFTER_ANY_INGEST = (
     automation_condition=AFTER_ANY_INGEST,
 )
 def lake_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-    """`catalog.duckdb`: one view per lake table (DESIGN §4), rebuilt whole and swapped in atomically.
+    """`catalog.duckdb`: one view per lake table (DESIGN §4), rebuilt whole and swapped in
+    atomically.
 
     One writer at a time (a file lock, plus the `catalog_writer` pool): DuckDB allows a single
     writing process per database file. Readers open it read-only. Rebuilt after any ingest, even

@@ -1,4 +1,5 @@
-"""The one `Definitions` of batchtwin: assets, checks, jobs, the landing sensor and the SQL schedule."""
+"""The one `Definitions` of batchtwin: assets, checks, jobs, the landing sensor and the SQL
+schedule."""
 
 import hashlib
 import json
@@ -135,7 +136,8 @@ defs = dg.Definitions(
         completed_batches_sensor,
         audit_successful_runs,
         audit_failed_runs,
-        # eager assets (running-batch gold, golden profiles, model refit, forecasts) need this sensor running to fire
+        # eager assets (running-batch gold, golden profiles, model refit, forecasts) need this
+        # sensor running to fire
         dg.AutomationConditionSensorDefinition(
             "automation",
             target=dg.AssetSelection.all(),

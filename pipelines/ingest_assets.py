@@ -6,6 +6,7 @@ as metadata, and carries two checks: rows are conserved, and validation quaranti
 """
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
@@ -97,13 +98,15 @@ def _checks(name: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             "check_validation",
             asset=name,
-            description="warns when validation quarantined rows or rejected files; metadata has the counts and top reasons",
+            description="warns when validation quarantined rows or rejected files; "
+            "metadata has the counts and top reasons",
         ),
     ]
 
 
 def site_of(landing: LandingResource) -> Site:
-    """The site's configuration; a missing or wrong sources.yaml fails the asset with its one line."""
+    """The site's configuration; a missing or wrong sources.yaml fails the asset with its one
+    line."""
     try:
         return landing.site()
     except SiteConfigError as err:
@@ -123,12 +126,13 @@ def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: li
         context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
     ) -> dg.MaterializeResult:
         the_lake = lake.lake()
+        landing_root = Path(landing.root)
         site = site_of(landing)
         tags_known = ingest.known_tags(the_lake)
         outcomes = [
             ingest.ingest_file(
                 the_lake,
-                landing.root,
+                landing_root,
                 rel,
                 prof,
                 run_id=context.run.run_id,
@@ -136,7 +140,7 @@ def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: li
                 site=site,
             )
             for ds in datasets
-            for rel, prof in ingest.landing_files(landing.root, site.files, ds)
+            for rel, prof in ingest.landing_files(landing_root, site.files, ds)
         ]
         return _summary(context, name, outcomes)
 
@@ -146,25 +150,29 @@ def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: li
 tag_dictionary = _file_asset(
     "tag_dictionary",
     INGEST_DATASETS["tag_dictionary"],
-    "Tag dictionary exports (landing/tags/*.csv) -> silver `tags`: what each historian tag measures, on which unit, in which unit.",
+    "Tag dictionary exports (landing/tags/*.csv) -> silver `tags`: what each historian tag "
+    "measures, on which unit, in which unit.",
     [],
 )
 mes_batch_records = _file_asset(
     "mes_batch_records",
     INGEST_DATASETS["mes_batch_records"],
-    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) -> silver batch, phase and material-event records, every version kept.",
+    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) -> silver "
+    "batch, phase and material-event records, every version kept.",
     [],
 )
 historian_files = _file_asset(
     "historian_files",
     INGEST_DATASETS["historian_files"],
-    "Historian CSV exports, long and wide, plain or gzip (landing/historian) -> silver `historian_points`; unknown tags, unparseable values and duplicates are quarantined.",
+    "Historian CSV exports, long and wide, plain or gzip (landing/historian) -> silver "
+    "`historian_points`; unknown tags, unparseable values and duplicates are quarantined.",
     ["tag_dictionary"],
 )
 lims_samples = _file_asset(
     "lims_samples",
     INGEST_DATASETS["lims_samples"],
-    "Offline lab results (landing/lims/*.csv) -> silver `samples`, with sample and report times; retests supersede by report time.",
+    "Offline lab results (landing/lims/*.csv) -> silver `samples`, with sample and report "
+    "times; retests supersede by report time.",
     [],
 )
 
@@ -178,11 +186,13 @@ lims_samples = _file_asset(
 def historian_sql(
     context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
 ) -> dg.MaterializeResult:
-    """Incremental pulls from the SQL historians of `sources.yaml` (`sql:`) -> silver `historian_points`.
+    """Incremental pulls from the SQL historians of `sources.yaml` (`sql:`) -> silver
+    `historian_points`.
 
-    Each pull re-reads a look-back window behind the stored watermark, so late rows are picked up, and skips rows already held.
-    A source that cannot be reached fails this asset with its cause; the other sources are still pulled. A site without
-    SQL historians materializes with nothing to pull.
+    Each pull re-reads a look-back window behind the stored watermark, so late rows are picked
+    up, and skips rows already held. A source that cannot be reached fails this asset with its
+    cause; the other sources are still pulled. A site without SQL historians materializes with
+    nothing to pull.
     """
     the_lake = lake.lake()
     sqls = site_of(landing).sqls

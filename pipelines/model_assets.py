@@ -71,17 +71,19 @@ def model_fit(
     lake: LakeResource,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """Fit the model on every completed batch of the products the site assigns it (`models:` in sources.yaml;
-    shared kinetics, per-batch initial states, weighted least squares in log space, multistart) and record the
-    version in the registry; promotion to champion follows the rule in models.registry. Metadata: parameters
-    with 95 % intervals, validation error, decision, fit plots. No product using the model, no completed batch
-    or a fit that fails is reported in one line (metadata `reason`): curated data never wait on a model."""
+    """Fit the model on every completed batch of the products the site assigns it (`models:` in
+    sources.yaml; shared kinetics, per-batch initial states, weighted least squares in log space,
+    multistart) and record the version in the registry; promotion to champion follows the rule
+    in models.registry. Metadata: parameters with 95 % intervals, validation error, decision,
+    fit plots. No product using the model, no completed batch or a fit that fails is reported in
+    one line (metadata `reason`): curated data never wait on a model."""
     the_lake = lake.lake()
     products = products_of(landing, config.model)
     if not products:
         return _not_fitted(
             context,
-            f"{config.model}: no product of this site uses it (sources.yaml `models:`); nothing to fit",
+            f"{config.model}: no product of this site uses it (sources.yaml `models:`); "
+            "nothing to fit",
         )
     try:
         ids = [b for p in products for b in completed_batches(the_lake, p)]
@@ -104,7 +106,8 @@ def model_fit(
     except (ValueError, LookupError, ArithmeticError) as err:
         return _not_fitted(
             context,
-            f"{config.model}: the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}",
+            f"{config.model}: the fit failed on {len(ids)} batches: "
+            f"{' '.join(str(err).split())[:300]}",
         )
     if result is None:
         context.log.info(f"{config.model}: {decision.reason}")
@@ -123,7 +126,8 @@ def model_fit(
     table = result.table()
     table = table[~table["fixed"] | table["name"].isin(result.probe["name"])]
     context.log.info(
-        f"{config.model} v{decision.version}: {decision.status} ({decision.reason}) in {result.seconds:.1f} s"
+        f"{config.model} v{decision.version}: {decision.status} ({decision.reason}) "
+        f"in {result.seconds:.1f} s"
     )
     return dg.MaterializeResult(
         metadata={
@@ -159,6 +163,9 @@ def _not_fitted(context: dg.AssetExecutionContext, reason: str) -> dg.Materializ
     "every fitted parameter inside its bounds and identifiable",
 )
 def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
+    """Check the latest registry version (of any model) for fit, bounds and identifiability.
+
+    Severity WARN: the version is already recorded and its promotion is the registry's rule."""
     reg = Registry(lake.lake())
     versions = reg.versions()
     if versions.empty:
@@ -202,9 +209,9 @@ def forecasts(
     lake: LakeResource,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """p10/p50/p90 forecasts of every running batch of the model's products to its planned harvest from the champion
-    and its parameter uncertainty (models.forecast), written to the `forecasts` table; metadata has the final-titer
-    bands and fans."""
+    """p10/p50/p90 forecasts of every running batch of the model's products to its planned
+    harvest from the champion and its parameter uncertainty (models.forecast), written to the
+    `forecasts` table; metadata has the final-titer bands and fans."""
     the_lake = lake.lake()
     products = products_of(landing, config.model)
     if not products:
@@ -222,7 +229,8 @@ def forecasts(
     catalog.rebuild(the_lake)
     pngs = [plots.forecast_plot(the_lake, f) for f in fcs]
     rows = "\n".join(
-        f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} | {f.now_h:.0f} | {f.harvest_h:.0f} | "
+        f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} "
+        f"| {f.now_h:.0f} | {f.harvest_h:.0f} | "
         + " | ".join(f"{v:.3g}" for v in f.final("titer"))
         + " |"
         for f in fcs
@@ -231,8 +239,8 @@ def forecasts(
         metadata={
             "batches": len(fcs),
             "final_titer": dg.MetadataValue.md(
-                "| batch | model | as of | now h | harvest h | p10 | p50 | p90 |\n|---|---|---|---|---|---|---|---|\n"
-                + rows
+                "| batch | model | as of | now h | harvest h | p10 | p50 | p90 |\n"
+                "|---|---|---|---|---|---|---|---|\n" + rows
                 if fcs
                 else "no running batches"
             ),

@@ -1,4 +1,5 @@
-"""Resources carry every location: lake root and landing root (whose sources.yaml describes the site).
+"""Resources carry every location: lake root and landing root (whose sources.yaml describes
+the site).
 
 Defaults are folders under a data directory; `BATCHTWIN_LAKE` and `BATCHTWIN_LANDING` override
 them, so the same assets run elsewhere without code changes. SQL historian URLs live in the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import dagster as dg
 
@@ -28,7 +30,8 @@ class LakeResource(dg.ConfigurableResource):
 
 
 class LandingResource(dg.ConfigurableResource):
-    """Landing zone folder; its `sources.yaml` describes the site (profiles, units, limits, models)."""
+    """Landing zone folder; its `sources.yaml` describes the site (profiles, units, limits,
+    models)."""
 
     root: str
 
@@ -43,8 +46,17 @@ class ContextSettings(dg.ConfigurableResource):
     golden_k: float = 3.0
 
 
-def resources_from_env(data_dir: Path = DEFAULT_DATA) -> dict[str, dg.ConfigurableResource]:
-    """Resources for `data_dir` (landing/, lake/, sql/), each overridable by its environment variable."""
+class PipelineResources(TypedDict):
+    """The resources every asset of the project is bound to, by resource key."""
+
+    lake: LakeResource
+    landing: LandingResource
+    settings: ContextSettings
+
+
+def resources_from_env(data_dir: Path = DEFAULT_DATA) -> PipelineResources:
+    """Resources for `data_dir` (landing/, lake/, sql/), each overridable by its environment
+    variable."""
     data = Path(data_dir)
     return {
         "lake": LakeResource(root=os.environ.get("BATCHTWIN_LAKE", str(data / "lake"))),

@@ -8,6 +8,7 @@ and curation goes on; the run as a whole then reports the failure (and `batchtwi
 """
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import dagster as dg
 from lake import audit
 from lake.query import query
 from pipelines.contextualize_assets import (
+    BATCH_PARTITIONS,
     batch_gold,
-    batch_partitions,
     golden_profiles,
     running_batch_gold,
 )
@@ -77,29 +78,40 @@ def materialize_all(
         else:
             instance = dg.DagsterInstance.ephemeral()
     resources = resources_from_env(data_dir)
-    common = dict(
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-    )
-    results = [dg.materialize(INGEST_ASSETS, **common)]
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+    def materialize(
+        assets: Sequence[dg.AssetsDefinition],
+        selection: Sequence[dg.AssetsDefinition] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """One in-process run with the settings every run of this call shares."""
+        return dg.materialize(
+            assets,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=run_config,
+            selection=selection,
+            tags=tags,
+        )
+
+    results = [materialize(INGEST_ASSETS)]
     # the catalog in a run of its own: in the ingest run a failed source would skip it
-    results.append(dg.materialize([lake_catalog], **common))
+    results.append(materialize([lake_catalog]))
     if not results[-1].success:
         return _audited(resources["lake"].lake(), PipelineRun(results))
     done = query(
         resources["lake"].lake(),
         "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id",
     )["batch_id"].tolist()
-    known = set(instance.get_dynamic_partitions(batch_partitions.name))
-    instance.add_dynamic_partitions(batch_partitions.name, [b for b in done if b not in known])
-    keys = instance.get_dynamic_partitions(batch_partitions.name)
+    known = set(instance.get_dynamic_partitions(BATCH_PARTITIONS))
+    instance.add_dynamic_partitions(BATCH_PARTITIONS, [b for b in done if b not in known])
+    keys = instance.get_dynamic_partitions(BATCH_PARTITIONS)
     if keys:
         results.append(
-            dg.materialize(
+            materialize(
                 [batch_gold],
-                **common,
                 selection=[batch_gold],
                 tags={
                     "dagster/asset_partition_range_start": keys[0],
@@ -107,9 +119,9 @@ def materialize_all(
                 },
             )
         )
-    results.append(dg.materialize([running_batch_gold, golden_profiles], **common))
+    results.append(materialize([running_batch_gold, golden_profiles]))
     if models:
-        results.append(dg.materialize([*MODEL_ASSETS, *MODEL_CHECKS], **common))
+        results.append(materialize([*MODEL_ASSETS, *MODEL_CHECKS]))
     return _audited(resources["lake"].lake(), PipelineRun(results))
 
 

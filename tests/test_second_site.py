@@ -34,7 +34,8 @@ def test_the_site_runs_green_with_no_sql_historian_and_no_model(site):
     assert run.success, run.failures()
     log = query(
         lake,
-        "SELECT dataset, count(*) AS files, sum(rows_quarantined) AS q FROM ingest_log GROUP BY 1 ORDER BY 1",
+        "SELECT dataset, count(*) AS files, sum(rows_quarantined) AS q FROM ingest_log "
+        "GROUP BY 1 ORDER BY 1",
     )
     assert log["dataset"].tolist() == ["historian_long", "lims", "mes_xml", "tags"]
     assert query(lake, "SELECT count(*) AS n FROM batches")["n"].iloc[0] == len(truth["batches"])
@@ -93,7 +94,8 @@ def test_site_units_are_converted_or_kept_and_shown(site):
     )
     batch_temp = query(
         lake,
-        "SELECT avg(twa) AS t FROM phase_summary WHERE parameter = 'temperature' AND phase = 'BATCH'",
+        "SELECT avg(twa) AS t FROM phase_summary "
+        "WHERE parameter = 'temperature' AND phase = 'BATCH'",
     )["t"].iloc[0]
     assert batch_temp == pytest.approx(25.0, abs=0.1)  # 298.15 K
 
@@ -103,7 +105,7 @@ def test_pct_in_limits_follows_the_phase_limits_of_the_site(site):
     rows = query(
         lake,
         """SELECT phase, min(limit_low) AS lo, max(limit_high) AS hi, min(pct_in_limits) AS pct
-                          FROM phase_summary WHERE parameter = 'temperature' GROUP BY 1 ORDER BY 1""",
+           FROM phase_summary WHERE parameter = 'temperature' GROUP BY 1 ORDER BY 1""",
     ).set_index("phase")
     assert (rows.loc["BATCH", "lo"], rows.loc["BATCH", "hi"]) == (24.5, 25.5)
     assert (rows.loc["FED_BATCH", "lo"], rows.loc["FED_BATCH", "hi"]) == (23.5, 24.5)
@@ -133,7 +135,9 @@ def test_lab_faults_are_quarantined_with_their_reasons(site):
 def _steps_integral(steps: list[list[float]], end_h: float) -> float:
     """Litres from a step profile [[t_h, rate L/h], …] held until the next step, up to end_h."""
     edges = [t for t, _ in steps] + [end_h]
-    return sum(rate * (max(min(b, end_h), a) - a) for (a, rate), b in zip(steps, edges[1:]))
+    return sum(
+        rate * (max(min(b, end_h), a) - a) for (a, rate), b in zip(steps, edges[1:], strict=True)
+    )
 
 
 def test_batch_kpis_come_from_the_analytes_and_feeds_the_site_names(site):

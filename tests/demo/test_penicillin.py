@@ -254,7 +254,9 @@ def test_mes_records_carry_phases_from_batch_start_and_the_material_events(inges
         start = pd.Timestamp(b["start_ts"])
         expected = [((start + pd.Timedelta(hours=h)).round("s"), q) for h, q in b["draw_offs_l"]]
         draws = materials[(materials.batch_id == b["batch_id"]) & (materials.kind == "draw_off")]
-        assert list(zip(draws.ts, draws.quantity)) == [(t, q) for t, q in expected if t <= as_of]
+        assert list(zip(draws.ts, draws.quantity, strict=True)) == [
+            (t, q) for t, q in expected if t <= as_of
+        ]
     assert records.loc[truth["batches"][-1]["batch_id"], "status"] == "running"  # the newest runs
 
 
@@ -290,7 +292,7 @@ def test_truth_holds_parameters_batches_and_phases(truth):
         fed = sum(
             r * (min(z, harvest) - a)
             for steps in (b["sugar_feed_l_h"], b["oil_feed_l_h"])
-            for (a, r), (z, _) in zip(steps, steps[1:])
+            for (a, r), (z, _) in zip(steps, steps[1:], strict=False)
         )
         balance = b["initial_state"]["V"] + fed - sum(q for _, q in b["draw_offs_l"])
         assert b["final_state"]["V"] == pytest.approx(balance, rel=1e-6)

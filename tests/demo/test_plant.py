@@ -133,7 +133,8 @@ def test_truth_holds_parameters_batches_and_a_running_batch(truth):
             "HARVEST",
         ]
         assert all(
-            b["phases"][a]["end_h"] == b["phases"][c]["start_h"] for a, c in zip(phases, phases[1:])
+            b["phases"][a]["end_h"] == b["phases"][c]["start_h"]
+            for a, c in zip(phases, phases[1:], strict=False)
         )
         assert 5.0 < b["peak_vcd"] < 40.0 and 1.0 < b["final"]["titer"] < 12.0
 

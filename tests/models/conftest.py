@@ -1,4 +1,5 @@
-"""A larger demo plant for parameter recovery: 8 batches (6 completed, 2 running), run once per session.
+"""A larger demo plant for parameter recovery: 8 batches (6 completed, 2 running), run once
+per session.
 
 The session's small plant has only 3 completed batches; recovering eight kinetic parameters to
 10 % needs more. The pipeline run includes the model step, so the fit under test is the one

@@ -48,7 +48,7 @@ def test_initial_state_is_the_first_samples_in_model_units(loaded):
     batches, truth = loaded
     names = MODEL.state_names()
     for bid, b in batches.items():
-        y0 = dict(zip(names, b.y0))
+        y0 = dict(zip(names, b.y0, strict=True))
         true = truth[bid]["initial_state"]
         assert b.t0_h == pytest.approx(0.6, abs=0.5)
         assert y0["V"] == pytest.approx(true["V"], abs=0.1)  # MES charge + inoculum

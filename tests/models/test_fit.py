@@ -1,4 +1,5 @@
-"""Parameter recovery on the 8-batch demo plant: the fit the pipeline recorded, checked against the truth."""
+"""Parameter recovery on the 8-batch demo plant: the fit the pipeline recorded, checked against
+the truth."""
 
 import json
 
@@ -64,10 +65,11 @@ def _coverage(data, truth):
 def test_the_truth_lies_inside_the_joint_95_percent_region(medium_run):
     """The Done-when's "truth inside the 95 % intervals for ≥ 90 % of the parameters" is a rate,
     and `make calibration` measures it over many plants (96 % over 20 plants × 8 parameters,
-    mean z +0.11, sd z 0.98: bench/calibration.json). On one plant the eight estimates are strongly correlated (Y_XQ and
-    Y_AQ at 0.95), so all eight intervals hold the truth at once only ~70 % of the time even when
-    calibrated; this plant misses two together (z −2.0, −2.2). What one plant can be held to is
-    the joint region: (log θ̂ − log θ)ᵀ Σ⁻¹ (log θ̂ − log θ) below the χ² 95 % point."""
+    mean z +0.11, sd z 0.98: bench/calibration.json). On one plant the eight estimates are
+    strongly correlated (Y_XQ and Y_AQ at 0.95), so all eight intervals hold the truth at once
+    only ~70 % of the time even when calibrated; this plant misses two together (z −2.0, −2.2).
+    What one plant can be held to is the joint region: (log θ̂ − log θ)ᵀ Σ⁻¹ (log θ̂ − log θ)
+    below the χ² 95 % point."""
     from scipy.stats import chi2
 
     data, truth, _ = medium_run
@@ -103,7 +105,8 @@ def test_intervals_are_honest_truth_within_three_standard_errors(medium_run):
 def test_parameters_the_data_cannot_see_are_flagged(medium_run):
     data, _, _ = medium_run
     _, p = _champion(data)
-    # half-saturation constants act far below fed-batch substrate levels; alpha moves the titer by ~2 %
+    # half-saturation constants act far below fed-batch substrate levels; alpha moves the titer
+    # by ~2 %
     for name in ("K_G", "KD_A", "alpha"):
         assert p.loc[name, "fixed"] and p.loc[name, "identifiable"] == "no", name
         assert p.loc[name, "sd_log"] > 0.1 or p.loc[name, "max_abs_corr"] > 0.95
@@ -117,7 +120,8 @@ def test_fit_and_observations_agree_per_analyte(medium_run):
     version, _ = _champion(data)
     pred = query(
         lake,
-        "SELECT analyte, avg(abs(predicted - observed) / abs(observed)) AS mre FROM model_predictions "
+        "SELECT analyte, avg(abs(predicted - observed) / abs(observed)) AS mre "
+        "FROM model_predictions "
         "WHERE version = ? AND abs(observed) > 0.05 GROUP BY 1",
         [int(version["version"])],
     ).set_index("analyte")["mre"]

@@ -13,14 +13,15 @@ def test_the_final_titer_band_holds_the_true_final_titer(plant, pipeline_run, tr
     lake = Lake(data / "lake")
     bands = query(
         lake,
-        "SELECT batch_id, p10, p50, p90 FROM forecasts WHERE analyte = 'titer' AND kind = 'at_harvest'",
+        "SELECT batch_id, p10, p50, p90 FROM forecasts "
+        "WHERE analyte = 'titer' AND kind = 'at_harvest'",
     ).set_index("batch_id")
     running = [b for b in tr["batches"] if b["status"] == "running"]
     assert running and sorted(bands.index) == sorted(b["batch_id"] for b in running)
     # p10-p90 is an 80 % band: one batch in five falls outside it by design, so holding each of
-    # the four running batches to it fails more often than not (0.8⁴ = 41 % pass) with honest bands. Each true value
-    # must lie within one band width of p50 instead (±2.6 σ for a normal band: 99 %), which a
-    # band too narrow by half or off by its width still fails.
+    # the four running batches to it fails more often than not (0.8⁴ = 41 % pass) with honest
+    # bands. Each true value must lie within one band width of p50 instead (±2.6 σ for a normal
+    # band: 99 %), which a band too narrow by half or off by its width still fails.
     for b in running:
         band = bands.loc[b["batch_id"]]
         assert abs(b["final"]["titer"] - band.p50) <= band.p90 - band.p10, (

@@ -1,4 +1,5 @@
-"""The registry records every fit and promotes by the rule: validation no worse (within tolerance), parameters inside bounds."""
+"""The registry records every fit and promotes by the rule: validation no worse (within
+tolerance), parameters inside bounds."""
 
 import json
 from dataclasses import replace

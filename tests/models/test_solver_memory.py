@@ -43,5 +43,6 @@ def test_repeated_ensemble_integrations_keep_no_memory():
         run(200)
         grown.append(_rss_mb() - before)
     assert min(grown) < 8, (
-        f"{min(grown):.0f} MB kept per 200 ensemble integrations, every time (scipy 1.17 kept ~15 MB): {grown}"
+        f"{min(grown):.0f} MB kept per 200 ensemble integrations, every time "
+        f"(scipy 1.17 kept ~15 MB): {grown}"
     )

@@ -26,8 +26,8 @@ def test_an_unreachable_sql_historian_fails_its_asset_only_and_the_run_says_so(f
     assert result.exit_code == 1
     out = " ".join(result.output.split())
     assert (
-        "failed: historian_sql: SQL historian 'ip21_br201': OperationalError: unable to open database file"
-        in out
+        "failed: historian_sql: SQL historian 'ip21_br201': "
+        "OperationalError: unable to open database file" in out
     )
     assert "with 1 failed step(s); everything else was ingested and curated" in out
     assert "sources failing" in out

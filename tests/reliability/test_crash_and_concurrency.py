@@ -35,8 +35,12 @@ GROWING = (
     "model_predictions",
     "forecasts",
 )
-# the data stages (ingest, catalog, gold); model fits are new versions by design and add minutes here
-RUN = "import sys; from pipelines.runner import materialize_all; sys.exit(0 if materialize_all(sys.argv[1], models=False).success else 1)"
+# the data stages (ingest, catalog, gold); model fits are new versions by design and add
+# minutes here
+RUN = (
+    "import sys; from pipelines.runner import materialize_all; "
+    "sys.exit(0 if materialize_all(sys.argv[1], models=False).success else 1)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +129,8 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_plant, tmp_path):
         _finish(_start(data))
         assert _counts(data) == expected, f"trial {trial}: killed after {delay:.2f} s"
     print(
-        f"{TRIALS} SIGKILL trials, delays (s) {sorted(delays)} of an uninterrupted {duration:.1f} s run"
+        f"{TRIALS} SIGKILL trials, delays (s) {sorted(delays)} "
+        f"of an uninterrupted {duration:.1f} s run"
     )
 
 
@@ -155,8 +160,8 @@ def test_two_dagster_jobs_on_the_multiprocess_executor(tiny_plant, tmp_path):
         "BATCHTWIN_LAKE": str(data / "lake"),
         "BATCHTWIN_LANDING": str(data / "landing"),
     }
-    # the instance's own SQLite storage is created once, as `make ui` does; two processes creating it at the
-    # same moment race inside Dagster's schema migration (not in batchtwin)
+    # the instance's own SQLite storage is created once, as `make ui` does; two processes
+    # creating it at the same moment race inside Dagster's schema migration (not in batchtwin)
     subprocess.run(
         [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"],
         env=env,
@@ -186,7 +191,8 @@ def test_two_dagster_jobs_on_the_multiprocess_executor(tiny_plant, tmp_path):
         assert con.execute("select count(*) from batches").fetchall()[0][0] == 4
         assert (
             con.execute(
-                "select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)"
+                "select count(*) from "
+                "(select tag, ts from historian_points group by all having count(*) > 1)"
             ).fetchall()[0][0]
             == 0
         )

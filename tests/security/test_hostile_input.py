@@ -34,8 +34,9 @@ from lake.layout import Lake
 from sources import historian_csv, lims, mes_journal, mes_xml, tags
 from sources.base import SourceRejected, sha256_of
 
-# pyarrow decodes a malformed line's text before calling the invalid-row handler; on invalid UTF-8 that
-# raises inside pyarrow, is reported as "unraisable" and the read fails (-> SourceRejected). Expected here.
+# pyarrow decodes a malformed line's text before calling the invalid-row handler; on invalid
+# UTF-8 that raises inside pyarrow, is reported as "unraisable" and the read fails
+# (-> SourceRejected). Expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 PROFILES = {p.name: p for p in demo_site().files}
@@ -391,7 +392,8 @@ ENTRY_TYPES = [
 
 
 def _escape(s: str) -> str:
-    # XML 1.0 cannot carry most control characters even escaped: drop them (the raw-bytes case covers them)
+    # XML 1.0 cannot carry most control characters even escaped: drop them (the raw-bytes case
+    # covers them)
     s = "".join(
         ch
         for ch in s
@@ -435,8 +437,10 @@ def xml_files(draw) -> bytes:
         )
     body = "".join(draw(st.lists(xml_elements(), min_size=1, max_size=4)))
     doc = (
-        f'<?xml version="1.0" encoding="UTF-8"?><BatchInformation xmlns="http://www.mesa.org/xml/B2MML-V0600" '
-        f'xmlns:b2="http://www.mesa.org/xml/B2MML-V0600" xmlns:x="urn:vendor">{body}</BatchInformation>'
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<BatchInformation xmlns="http://www.mesa.org/xml/B2MML-V0600" '
+        'xmlns:b2="http://www.mesa.org/xml/B2MML-V0600" xmlns:x="urn:vendor">'
+        f"{body}</BatchInformation>"
     )
     data = doc.encode("utf-8", errors="surrogatepass")
     if kind == "truncated":
@@ -506,7 +510,8 @@ def check_ingest(lake: Lake, landing: Path, rel: str, profile) -> dict:
         log["status"],
     )
     q = lake.silver("quarantine") / f"{log['sha256']}.parquet"
-    # quarantine has one row per rejected row *and reason*: at least one per quarantined row, none without
+    # quarantine has one row per rejected row *and reason*: at least one per quarantined row,
+    # none without
     q_rows = pq.read_metadata(q).num_rows if q.exists() else 0
     assert q_rows >= log["rows_quarantined"] and (q_rows == 0) == (log["rows_quarantined"] == 0), (
         q_rows,
@@ -547,7 +552,7 @@ def test_ingest_file_keeps_the_log_invariant_on_any_input(generated):
         EXAMPLES[f"ingest-status:{log['status']}"] += 1
 
 
-# ---------------------------------------------------------------- targeted cases the generators may miss
+# ----------------------------------------------------------- targeted cases the generators may miss
 
 
 def test_a_gz_file_that_is_not_gzip_is_refused_in_one_line(tmp_path):
@@ -600,7 +605,7 @@ def test_many_columns_and_a_long_file_stay_conserved(tmp_path):
     tags_ = [f"T{i}" for i in range(300)]
     rows = [
         ";".join(
-            ["15.03.2026 12:%02d:00" % m] + [("1,5" if (m + i) % 3 else "") for i in range(300)]
+            [f"15.03.2026 12:{m:02d}:00"] + [("1,5" if (m + i) % 3 else "") for i in range(300)]
         )
         for m in range(60)
     ]
@@ -646,7 +651,7 @@ def test_batchml_version_in_unicode_digits_or_huge_is_not_a_crash(tmp_path):
         check_ingest(Lake(lake_root), landing, f"mes/v{len(version)}.xml", PROFILES["mes_batchml"])
 
 
-# ---------------------------------------------------------------- XML attacks (XXE, parameter entities, billion laughs, depth)
+# ------------------------------------ XML attacks (XXE, parameter entities, billion laughs, depth)
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -677,7 +682,10 @@ def http_recorder():
 
 
 def _attacks(url: str, secret_file: Path, secret_dtd: Path) -> dict[str, str]:
-    entry = "<BatchList><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType><BatchID>{}</BatchID></BatchListEntry></BatchList>"
+    entry = (
+        "<BatchList><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>"
+        "<BatchID>{}</BatchID></BatchListEntry></BatchList>"
+    )
     laughs = '<!ENTITY lol "lol">' + "".join(
         f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">'
         for i in range(1, 10)
@@ -689,14 +697,14 @@ def _attacks(url: str, secret_file: Path, secret_dtd: Path) -> dict[str, str]:
         + entry.format("&x;"),
         "xxe_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "{url}/xxe">]>'
         + entry.format("&x;"),
-        "parameter_entity_http": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>'
-        + entry.format("&exfil;"),
-        "parameter_entity_file": f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "file://{secret_dtd}"> %p;]>'
-        + entry.format("&exfil;"),
+        "parameter_entity_http": '<?xml version="1.0"?>'
+        f'<!DOCTYPE r [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>' + entry.format("&exfil;"),
+        "parameter_entity_file": '<?xml version="1.0"?>'
+        f'<!DOCTYPE r [<!ENTITY % p SYSTEM "file://{secret_dtd}"> %p;]>' + entry.format("&exfil;"),
         "external_dtd_http": f'<?xml version="1.0"?><!DOCTYPE BatchList SYSTEM "{url}/ext.dtd">'
         + entry.format("B1"),
-        "external_dtd_public": f'<?xml version="1.0"?><!DOCTYPE BatchList PUBLIC "-//X//DTD X//EN" "{url}/pub.dtd">'
-        + entry.format("B1"),
+        "external_dtd_public": '<?xml version="1.0"?>'
+        f'<!DOCTYPE BatchList PUBLIC "-//X//DTD X//EN" "{url}/pub.dtd">' + entry.format("B1"),
         "billion_laughs": f'<?xml version="1.0"?><!DOCTYPE r [{laughs}]>' + entry.format("&lol9;"),
         "quadratic_blowup": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "'
         + "a" * 50_000
@@ -704,8 +712,11 @@ def _attacks(url: str, secret_file: Path, secret_dtd: Path) -> dict[str, str]:
         + entry.format("&a;" * 5000),
         "internal_entity": '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY b "B26-001">]>'
         + entry.format("&b;"),
-        "xinclude": f'<BatchList xmlns="http://www.wbf.org/xml/B2MML-V0401" xmlns:xi="http://www.w3.org/2001/XInclude"><BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>'
-        f'<BatchID><xi:include href="file://{secret_file}" parse="text"/></BatchID></BatchListEntry></BatchList>',
+        "xinclude": '<BatchList xmlns="http://www.wbf.org/xml/B2MML-V0401" '
+        'xmlns:xi="http://www.w3.org/2001/XInclude">'
+        "<BatchListEntry><BatchListEntryType>Batch</BatchListEntryType>"
+        f'<BatchID><xi:include href="file://{secret_file}" parse="text"/></BatchID>'
+        "</BatchListEntry></BatchList>",
     }
 
 
@@ -764,11 +775,14 @@ def test_report_generated_example_counts():
     "uom", ["10**10**10", "(10**9)**9999", "2^3^4^5", "\x1b", "(" * 40, "kg" * 30]
 )
 def test_unit_text_that_would_hang_or_crash_pint_is_quarantined_fast(tmp_path, uom):
-    """pint evaluates arithmetic in unit strings: '10**10**10' would compute a 10-billion-digit integer."""
+    """pint evaluates arithmetic in unit strings: '10**10**10' would compute a 10-billion-digit
+    integer."""
     path = tmp_path / "tags" / "x.csv"
     path.parent.mkdir()
     path.write_text(
-        f"tag,unit_id,parameter,uom,role,interpolation\nT1,BR1,temperature,{_quote(uom, ',')},pv,linear\nT2,BR1,temperature,degF,pv,linear\n"
+        "tag,unit_id,parameter,uom,role,interpolation\n"
+        f"T1,BR1,temperature,{_quote(uom, ',')},pv,linear\n"
+        "T2,BR1,temperature,degF,pv,linear\n"
     )
     started = time.perf_counter()
     res = check_reader(tags.read_tags, path, "tags/x.csv", PROFILES["tag_dictionary"], "tags")
@@ -777,7 +791,8 @@ def test_unit_text_that_would_hang_or_crash_pint_is_quarantined_fast(tmp_path, u
     path.parent.mkdir()
     path.write_text(
         "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n"
-        f"S1,B1,vcd,1.5,{_quote(uom, ',')},2026-01-01T00:00:00Z,\nS2,B1,vcd,1.5,1e6 cells/mL,2026-01-01T00:00:00Z,\n"
+        f"S1,B1,vcd,1.5,{_quote(uom, ',')},2026-01-01T00:00:00Z,\n"
+        "S2,B1,vcd,1.5,1e6 cells/mL,2026-01-01T00:00:00Z,\n"
     )
     res = check_reader(lims.read_lims, path, "lims/x.csv", PROFILES["lims"], "samples")
     assert res.tables["samples"].sample_id.tolist() == ["S2"] and res.rejects.check.tolist() == [

@@ -1,4 +1,5 @@
-"""Paths built from data or configuration stay inside the lake; SQL passwords never leave the environment.
+"""Paths built from data or configuration stay inside the lake; SQL passwords never leave the
+environment.
 
 Paths: batch ids, tag names, landing file names and sources.yaml profile names holding '../',
 absolute paths, NUL or very long strings. Every file the code creates must be under the lake
@@ -159,7 +160,8 @@ def test_hostile_profile_names_are_refused(tmp_path, name):
 
 def test_ordinary_profile_names_still_load(tmp_path):
     (tmp_path / "sources.yaml").write_text(
-        "sql:\n  ip21-br2.site_b:\n    url: sqlite://\nfiles:\n  site_b_lims:\n    dataset: lims\n    glob: 'lims/b_*.csv'\n"
+        "sql:\n  ip21-br2.site_b:\n    url: sqlite://\n"
+        "files:\n  site_b_lims:\n    dataset: lims\n    glob: 'lims/b_*.csv'\n"
     )
     site = load_site(tmp_path)
     files, sqls = site.files, site.sqls
@@ -198,7 +200,8 @@ def test_sql_injection_through_profile_identifiers_is_refused(tmp_path, field, v
 
 
 def test_injection_attempts_never_reach_the_database(tmp_path):
-    """A quoted identifier is harmless even where validation would not stop it: pull() quotes, never formats."""
+    """A quoted identifier is harmless even where validation would not stop it: pull() quotes,
+    never formats."""
     from sources import sql_historian
 
     db = tmp_path / "h.sqlite"
@@ -213,7 +216,7 @@ def test_injection_attempts_never_reach_the_database(tmp_path):
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'x'").fetchone()[0] == 1
 
 
-# ---------------------------------------------------------------- hostile ids through ingest and contextualization
+# ------------------------------------------------ hostile ids through ingest and contextualization
 
 JOURNAL_HEADER = "Time,BatchID,RecipePath,Unit,Phase,Event,PValue,Descript,EngUnits"
 
@@ -234,15 +237,19 @@ def _hostile_landing(landing: Path, ids: list[str]) -> None:
         tags.append(f"{_csv_field(tag)},{unit},temperature,degC,pv,linear")
         for m in range(0, 7 * 60, 10):
             points.append(
-                f"{_csv_field(tag)},2026-03-15T{6 + m // 60:02d}:{m % 60:02d}:00Z,{36 + m / 1000:.3f},Good"
+                f"{_csv_field(tag)},2026-03-15T{6 + m // 60:02d}:{m % 60:02d}:00Z,"
+                f"{36 + m / 1000:.3f},Good"
             )
         journal = [
             JOURNAL_HEADER,
             f"2026-03-15 08:00:00,{_csv_field(hostile)},PROC,{unit},,State Change,RUNNING,,",
-            f"2026-03-15 08:00:00,{_csv_field(hostile)},PROC,{unit},,Recipe Header,MAB-{_csv_field(hostile)},Product Code,",
+            f"2026-03-15 08:00:00,{_csv_field(hostile)},PROC,{unit},,"
+            f"Recipe Header,MAB-{_csv_field(hostile)},Product Code,",
             f"2026-03-15 08:00:00,{_csv_field(hostile)},PROC\\UP:1,{unit},,State Change,RUNNING,,",
-            f"2026-03-15 08:30:00,{_csv_field(hostile)},PROC\\UP:1\\OP:1\\INOCULATION,{unit},,State Change,RUNNING,,",
-            f"2026-03-15 11:00:00,{_csv_field(hostile)},PROC\\UP:1\\OP:1\\INOCULATION,{unit},,State Change,COMPLETE,,",
+            f"2026-03-15 08:30:00,{_csv_field(hostile)},PROC\\UP:1\\OP:1\\INOCULATION,{unit},,"
+            "State Change,RUNNING,,",
+            f"2026-03-15 11:00:00,{_csv_field(hostile)},PROC\\UP:1\\OP:1\\INOCULATION,{unit},,"
+            "State Change,COMPLETE,,",
             f"2026-03-15 12:00:00,{_csv_field(hostile)},PROC\\UP:1,{unit},,State Change,COMPLETE,,",
             f"2026-03-15 12:00:00,{_csv_field(hostile)},PROC,{unit},,State Change,COMPLETE,,",
         ]
@@ -287,7 +294,8 @@ def test_hostile_batch_ids_tags_and_file_names_never_write_outside_the_lake(tmp_
 
 
 def test_ingest_of_a_landing_path_with_dotdot_is_refused(tmp_path):
-    """A relative path that climbs out of the landing zone is not read, and nothing is written anywhere."""
+    """A relative path that climbs out of the landing zone is not read, and nothing is written
+    anywhere."""
     root = tmp_path / "w"
     (root / "landing" / "lims").mkdir(parents=True)
     (root / "elsewhere").mkdir()
@@ -302,7 +310,8 @@ def test_ingest_of_a_landing_path_with_dotdot_is_refused(tmp_path):
 
 
 def test_a_symlink_out_of_the_landing_zone_is_neither_listed_nor_copied_into_the_lake(tmp_path):
-    """Write access to the landing zone must not turn into read access to the host's files via the lake."""
+    """Write access to the landing zone must not turn into read access to the host's files via
+    the lake."""
     from lake.ingest import landing_files
 
     secret = tmp_path / "host-secret.csv"
@@ -364,7 +373,8 @@ def _assert_secret_free(*texts) -> None:
         blob = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
         for form in _secret_forms():
             assert form not in blob, (
-                f"the password leaked: ...{blob[max(0, blob.find(form) - 80) : blob.find(form) + 80]}..."
+                "the password leaked: "
+                f"...{blob[max(0, blob.find(form) - 80) : blob.find(form) + 80]}..."
             )
 
 
@@ -410,7 +420,8 @@ def _sqlite_historian(path: Path, rows=()) -> None:
 
 
 def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_path, monkeypatch):
-    """The whole asset through Dagster: the failure event (with its cause chain) and logs hold no password."""
+    """The whole asset through Dagster: the failure event (with its cause chain) and logs hold no
+    password."""
     import dagster as dg
 
     from pipelines.ingest_assets import historian_sql
@@ -420,8 +431,9 @@ def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_pat
     landing = tmp_path / "landing"
     landing.mkdir()
     (landing / "sources.yaml").write_text(
-        "sql:\n  ip21_secret:\n    url: 'postgresql+psycopg://batchtwin:${BT_TEST_PG_PASSWORD}@127.0.0.1:%d/ip21'\n"
-        % _closed_port()
+        "sql:\n  ip21_secret:\n"
+        "    url: 'postgresql+psycopg://batchtwin:${BT_TEST_PG_PASSWORD}"
+        f"@127.0.0.1:{_closed_port()}/ip21'\n"
     )
     _sqlite_historian(tmp_path / "h.sqlite")
     with dg.DagsterInstance.ephemeral() as instance:

@@ -51,7 +51,8 @@ def forbidden(lake: Path, outside: Path) -> dict[str, str]:
     return {
         "copy_out": f"COPY (SELECT 1 AS a) TO '{evil}.csv'",
         "copy_view_out": f"COPY batches TO '{evil}_batches.csv'",
-        "copy_into_lake": f"COPY (SELECT 1 AS a) TO '{lake}/silver/historian_points/evil.parquet' (FORMAT parquet)",
+        "copy_into_lake": f"COPY (SELECT 1 AS a) TO '{lake}/silver/historian_points/evil.parquet' "
+        "(FORMAT parquet)",
         "copy_from": f"COPY batches FROM '{outside}/in.csv'",
         "export": f"EXPORT DATABASE '{evil}_export'",
         "attach_file": f"ATTACH '{evil}.duckdb' AS x",

@@ -58,7 +58,11 @@ def dagster_dev(tmp_path_factory):
     home.mkdir()
     (home / "dagster.yaml").write_text(
         (ROOT / "pipelines" / "dagster.yaml").read_text()
-        + "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        + (
+            "run_coordinator:\n"
+            "  module: dagster.core.run_coordinator\n"
+            "  class: DefaultRunCoordinator\n"
+        )
     )
     port = _free_port()
     env = {
@@ -92,12 +96,12 @@ def dagster_dev(tmp_path_factory):
             try:
                 urllib.request.urlopen(url + "/server_info", timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(
                         "dagster-webserver did not start:\n"
                         + (data / "webserver.log").read_text()[-3000:]
-                    )
+                    ) from err
                 time.sleep(1)
         yield url
     finally:
@@ -107,7 +111,8 @@ def dagster_dev(tmp_path_factory):
 
 
 def _dismiss_newsletter(page) -> None:
-    """Dagster greets a first visit with a newsletter dialog (after a moment); close it if it comes."""
+    """Dagster greets a first visit with a newsletter dialog (after a moment); close it if it
+    comes."""
     skip = page.get_by_role("button", name="Skip")
     try:
         skip.wait_for(timeout=5_000)
@@ -129,7 +134,8 @@ def _runs(page, url: str) -> list[dict]:
     return _graphql(
         page,
         url,
-        "{ runsOrError(limit: 50) { ... on Runs { results { runId status assetSelection { path } } } } }",
+        "{ runsOrError(limit: 50) { ... on Runs { results { runId status "
+        "assetSelection { path } } } } }",
     )["runsOrError"]["results"]
 
 
@@ -151,7 +157,10 @@ def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
             page,
             dagster_dev,
             """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
-            ... on RepositoryLocation { repositories { sensors { name sensorState { status } } schedules { name scheduleState { status } } } } } } } } }""",
+            ... on RepositoryLocation { repositories {
+                sensors { name sensorState { status } }
+                schedules { name scheduleState { status } }
+            } } } } } } }""",
         )
         repo = automation["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"][
             "repositories"
