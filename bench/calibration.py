@@ -1,4 +1,4 @@
-"""Are the fitter's 95 % intervals honest? Refit many demo plants and count how often they hold the truth.
+"""Are the fitter's 95 % intervals honest? Refit many plants, count how often they hold the truth.
 
     python -m bench.calibration [--seeds 12] [--batches 8] [--jobs 2]      (make calibration)
 
@@ -123,13 +123,12 @@ def main() -> None:
     rows: list[dict] = []
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else nullcontext() as pool:
-        for seed, plant in zip(seeds, (pool.map if pool else map)(one_plant, *zip(*tasks))):
+        plants = (pool.map if pool else map)(one_plant, *zip(*tasks, strict=True))
+        for seed, plant in zip(seeds, plants, strict=True):
             rows += plant
             zs = " ".join(f"{r['name']} {r['z']:+.2f}" for r in plant)
-            print(
-                f"seed {seed}: {zs}  D² {plant[0]['d2']:.1f}  ({time.perf_counter() - started:.0f} s)",
-                flush=True,
-            )
+            elapsed = time.perf_counter() - started
+            print(f"seed {seed}: {zs}  D² {plant[0]['d2']:.1f}  ({elapsed:.0f} s)", flush=True)
     table = summarize(rows)
     joint_test = joint(rows)
     print("\n" + table.to_string(float_format=lambda x: f"{x:.2f}"))

@@ -25,7 +25,8 @@ def duckdb_copy(csv: str, out: str) -> None:
 
 
 def pandas_pandera(csv: str, out: str) -> None:
-    """Reference (b): what a user would write by hand: pandas + pandera (pandas backend) + to_parquet."""
+    """Reference (b): what a user would write by hand, pandas + pandera (pandas backend) +
+    to_parquet."""
     import pandas as pd
     import pandera.pandas as pa
 
@@ -83,7 +84,8 @@ def batchtwin_ingest(csv: str, lake_dir: str, tags_csv: str) -> None:
 
 
 def range_join(lake_dir: str, out: str) -> None:
-    """Reference for contextualization: the bare DuckDB range join of the same points on the same phases."""
+    """Reference for contextualization: the bare DuckDB range join of the same points on the
+    same phases."""
     import duckdb
 
     lake = Path(lake_dir)
@@ -102,7 +104,8 @@ def range_join(lake_dir: str, out: str) -> None:
 
 
 def contextualize(lake_dir: str, batch_ids: str) -> None:
-    """batchtwin: process_values, batch_trajectories, phase_summary and batch_kpis for the batches."""
+    """batchtwin: process_values, batch_trajectories, phase_summary and batch_kpis of the
+    batches."""
     from lake import contextualize as cx
     from lake.layout import Lake
 
@@ -113,7 +116,8 @@ def contextualize(lake_dir: str, batch_ids: str) -> None:
 
 
 def refit(lake_dir: str, batch_ids: str) -> None:
-    """batchtwin: the CHO fit on the given completed batches (data loading, multistart, intervals, validation)."""
+    """batchtwin: the CHO fit on the given completed batches (data loading, multistart,
+    intervals, validation)."""
     from lake.layout import Lake
     from models.data import load_batches
     from models.fit import Fitter
@@ -147,7 +151,6 @@ def _peak_rss_mb() -> float:
     return max(own, workers) / 1024.0
 
 
-if (
-    __name__ == "__main__"
-):  # the fitter's process pool re-imports this module: keep work under the guard
+# the fitter's process pool re-imports this module: keep work under the guard
+if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

@@ -43,13 +43,11 @@ def child(*args: str) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
     if status != 0:
-        raise RuntimeError(
-            f"bench.paths {args[0]} failed: {err.strip().splitlines()[-1] if err.strip() else status}"
-        )
+        reason = err.strip().splitlines()[-1] if err.strip() else status
+        raise RuntimeError(f"bench.paths {args[0]} failed: {reason}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.setdefault(
-        "peak_rss_mb", usage.ru_maxrss / 1024.0
-    )  # paths.py measures it itself where Linux allows
+    # paths.py measures it itself where Linux allows
+    result.setdefault("peak_rss_mb", usage.ru_maxrss / 1024.0)
     return result
 
 
@@ -129,19 +127,23 @@ def query_latency(lake: Lake, batch_ids: list[str], n: int = 30) -> dict:
     catalog.rebuild(lake)
     queries = {
         "one batch, one parameter trajectory": (
-            "SELECT t_batch_h, value FROM batch_trajectories WHERE batch_id = ? AND parameter = 'dissolved_oxygen' ORDER BY 1",
+            "SELECT t_batch_h, value FROM batch_trajectories "
+            "WHERE batch_id = ? AND parameter = 'dissolved_oxygen' ORDER BY 1",
             [batch_ids[0]],
         ),
         "one batch, one parameter, raw points": (
-            "SELECT ts, value FROM process_values WHERE batch_id = ? AND parameter = 'ph' ORDER BY ts",
+            "SELECT ts, value FROM process_values "
+            "WHERE batch_id = ? AND parameter = 'ph' ORDER BY ts",
             [batch_ids[-1]],
         ),
         "phase summary of one parameter, all batches": (
-            "SELECT batch_id, phase, twa FROM phase_summary WHERE parameter = 'temperature' ORDER BY 1, 2",
+            "SELECT batch_id, phase, twa FROM phase_summary "
+            "WHERE parameter = 'temperature' ORDER BY 1, 2",
             [],
         ),
         "golden profile of one parameter": (
-            "SELECT t_batch_h, mean, lower, upper FROM golden_profiles WHERE parameter = 'temperature' ORDER BY 1",
+            "SELECT t_batch_h, mean, lower, upper FROM golden_profiles "
+            "WHERE parameter = 'temperature' ORDER BY 1",
             [],
         ),
     }
@@ -189,15 +191,14 @@ def main() -> None:
         "machine": _machine(),
         "sizes": {},
     }
-    for size in [int(float(s)) for s in args.sizes.split(",")]:
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    for size in sizes:
         csv = work / "landing" / "historian" / f"BR101_bench_{size}.csv"
         if not csv.exists():
             t = time.perf_counter()
             long_historian_csv(csv, size)
-            print(
-                f"generated {size:,} rows ({csv.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
-                flush=True,
-            )
+            mb, secs = csv.stat().st_size / 1e6, time.perf_counter() - t
+            print(f"generated {size:,} rows ({mb:.0f} MB) in {secs:.0f} s", flush=True)
         lake_dir = work / f"lake_{size}"
         entry = {"file_mb": csv.stat().st_size / 1e6}
         entry["duckdb_copy"] = repeat(
@@ -224,9 +225,8 @@ def main() -> None:
             entry["queries"] = query_latency(Lake(lake_dir), batch_ids)
         results["sizes"][str(size)] = entry
         _print(size, entry)
-        shutil.rmtree(lake_dir, ignore_errors=True) if size != max(
-            int(float(s)) for s in args.sizes.split(",")
-        ) else None
+        if size != max(sizes):
+            shutil.rmtree(lake_dir, ignore_errors=True)
     if args.refit:
         results["refit"] = refit_times(work, [int(n) for n in args.refit.split(",")])
     out = ROOT / "bench" / "results.json"
@@ -235,7 +235,8 @@ def main() -> None:
 
 
 def refit_times(work: Path, counts: list[int]) -> dict:
-    """Wall time of the CHO fit on 6, 12, 24 completed batches of a demo plant (one run each: minutes)."""
+    """Wall time of the CHO fit on 6, 12, 24 completed batches of a demo plant (one run each:
+    minutes)."""
     from demo.plant import PlantSize, generate
     from lake.query import query
     from pipelines.runner import materialize_all
@@ -269,17 +270,19 @@ def _print(size: int, e: dict) -> None:
     ref, ours = e["duckdb_copy"], e["batchtwin_ingest"]
     print(f"\n== {size:,} rows ({e['file_mb']:.0f} MB)")
     print(
-        f"ingest   batchtwin {ours['median_s']:.2f} s [{ours['min_s']:.2f}–{ours['max_s']:.2f}] {ours['peak_rss_mb']:.0f} MB | "
-        f"duckdb copy {ref['median_s']:.2f} s {ref['peak_rss_mb']:.0f} MB | ratio {ours['median_s'] / ref['median_s']:.2f}x"
+        f"ingest   batchtwin {_run(ours)} | "
+        f"duckdb copy {ref['median_s']:.2f} s {ref['peak_rss_mb']:.0f} MB | "
+        f"ratio {ours['median_s'] / ref['median_s']:.2f}x"
     )
     if "pandas_pandera" in e:
         pd_ = e["pandas_pandera"]
         print(
-            f"         pandas+pandera {pd_['median_s']:.2f} s {pd_['peak_rss_mb']:.0f} MB | batchtwin / pandas {ours['median_s'] / pd_['median_s']:.2f}x"
+            f"         pandas+pandera {pd_['median_s']:.2f} s {pd_['peak_rss_mb']:.0f} MB | "
+            f"batchtwin / pandas {ours['median_s'] / pd_['median_s']:.2f}x"
         )
     cj, cx = e["range_join"], e["contextualize"]
     print(
-        f"context  batchtwin {cx['median_s']:.2f} s [{cx['min_s']:.2f}–{cx['max_s']:.2f}] {cx['peak_rss_mb']:.0f} MB | "
+        f"context  batchtwin {_run(cx)} | "
         f"range join {cj['median_s']:.2f} s | ratio {cx['median_s'] / cj['median_s']:.2f}x"
     )
     for name, q in e.get("queries", {}).items():
@@ -287,8 +290,16 @@ def _print(size: int, e: dict) -> None:
             print(f"query    {name}: p50 {q['p50_ms']:.1f} ms, p95 {q['p95_ms']:.1f} ms")
 
 
+def _run(r: dict) -> str:
+    """Median [min–max] seconds and peak memory of repeated runs, as the table prints them."""
+    return f"{r['median_s']:.2f} s [{r['min_s']:.2f}–{r['max_s']:.2f}] {r['peak_rss_mb']:.0f} MB"
+
+
 def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, {platform.platform()}"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_version()}, {platform.platform()}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,41 @@ A user trying the demo may drop their own exports beside it. A generator runs in
 `DemoFiles`: it refuses to replace a sources.yaml it did not write, removes only the files its
 previous run listed in `landing/.demo-files.json` (fewer batches, another seed), and lists
 what it wrote this time.
+
+Every demo site's generator has the same shape (`DemoGenerator`, sized by a `DemoSize`), so
+a caller can pick a site at run time.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 MANIFEST = ".demo-files.json"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much a demo generator simulates; each site's subclass sets its own defaults.
+
+    `batches` (the newest still running), `seconds_per_sample` (the instruments' scan interval
+    before archive compression) and `seed` (the same seed writes the same bytes).
+    """
+
+    batches: int
+    seconds_per_sample: float
+    seed: int
+
+
+class DemoGenerator(Protocol):
+    """A demo site's `generate`: write the site under `root` and return its truth."""
+
+    def __call__(
+        self, root: Path, size: DemoSize, progress: Callable[[str], None] = ...
+    ) -> dict: ...
 
 
 class DemoFiles:
@@ -41,7 +68,8 @@ class DemoFiles:
     def __exit__(self, *exc) -> None:
         if exc[0] is not None:
             return
-        # what is new or was rewritten: a file the user left there keeps its stat and stays off the list
+        # what is new or was rewritten: a file the user left there keeps its stat and stays
+        # off the list
         written = [rel for rel, stamp in self._files().items() if self.before.get(rel) != stamp]
         self.manifest.write_text(json.dumps(sorted(written), indent=0) + "\n")
 

@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.integrate import solve_ivp
 
 from demo.compression import deadband, swinging_door
-from demo.landing import DemoFiles
+from demo.landing import DemoFiles, DemoSize
 from schemas.units import conversion
 
 SITE, SITE_NAME, SITE_TZ = "PEN-SUED", "Werk Süd", "America/Chicago"
@@ -187,8 +187,8 @@ def tag_name(unit: str, tag: Tag) -> str:
 
 
 @dataclass(frozen=True)
-class PenicillinSize:
-    """How much to simulate: batches, the instruments' sampling interval, the seed."""
+class PenicillinSize(DemoSize):
+    """Werk Süd's defaults: 8 batches scanned every minute."""
 
     batches: int = 8
     seconds_per_sample: float = 60.0
@@ -236,7 +236,7 @@ class Batch:
 
 def generate(
     root: Path,
-    size: PenicillinSize = PenicillinSize(),
+    size: DemoSize = PenicillinSize(),
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Write `root/landing/…` (with sources.yaml) and `root/truth.json`; return the truth.
@@ -249,7 +249,7 @@ def generate(
         return _generate(Path(root), size, progress)
 
 
-def _generate(root: Path, size: PenicillinSize, progress: Callable[[str], None]) -> dict:
+def _generate(root: Path, size: DemoSize, progress: Callable[[str], None]) -> dict:
     landing = root / "landing"
     for sub in ("tags", "historian", "mes", "lims"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
@@ -365,15 +365,20 @@ def _plan(n: int, rng: np.random.Generator) -> list[Batch]:
     return out
 
 
+class _SugarSpent:
+    """`solve_ivp` event: the batch sugar falls through 0.5 g/L, which ends the integration."""
+
+    terminal = True
+    direction = -1
+
+    def __call__(self, t: float, y: np.ndarray, *_: float) -> float:
+        return y[1] - 0.5
+
+
 def _simulate(b: Batch) -> None:
     """Integrate segment by segment between input changes; the feed start comes from the
     kinetics (an hour after the batch sugar is spent, when operators see the DO rise)."""
-
-    def spent(t, y, *_):
-        return y[1] - 0.5
-
-    spent.terminal, spent.direction = True, -1
-    sol = solve_ivp(_rhs, (0.0, 80.0), b.y0, args=(0.0, 0.0), events=spent, **ODE)
+    sol = solve_ivp(_rhs, (0.0, 80.0), b.y0, args=(0.0, 0.0), events=_SugarSpent(), **ODE)
     b.feed_h = f = _minutes(sol.t_events[0][0] + 1.0)
     b.sugar = [(f + a, r) for a, r in SUGAR_RECIPE] + [(b.harvest_h, 0.0)]
     b.oil = [(f + a, r) for a, r in OIL_RECIPE] + [(b.harvest_h, 0.0)]
@@ -387,7 +392,7 @@ def _simulate(b: Batch) -> None:
     cuts = [c for c in sorted({0.0, *(t for t, _ in b.sugar + b.oil), *checks}) if c < b.harvest_h]
     grid = np.arange(0.0, b.harvest_h, 0.05)
     ts, ys, y = [], [], np.array(b.y0)
-    for a, z in zip(cuts, [*cuts[1:], b.harvest_h]):
+    for a, z in zip(cuts, [*cuts[1:], b.harvest_h], strict=True):
         if a in checks and y[3] > DRAW_ABOVE_L:  # broth drawn off before the vessel is too full
             b.draw_offs.append((a, round(float(y[3]) - DRAW_TO_L, -1)))
             y[3] -= b.draw_offs[-1][1]
@@ -411,7 +416,7 @@ def _lag(t: np.ndarray, target: np.ndarray, tau: float) -> np.ndarray:
     out = np.empty_like(target)
     edges = np.r_[0, np.flatnonzero(np.diff(target)) + 1, len(t)]
     y = target[0]
-    for a, z in zip(edges[:-1], edges[1:]):
+    for a, z in zip(edges[:-1], edges[1:], strict=True):
         out[a:z] = target[a] + (y - target[a]) * np.exp(-(t[a:z] - t[a]) / tau)
         if z < len(t):
             y = target[a] + (y - target[a]) * np.exp(-(t[z] - t[a]) / tau)
@@ -575,7 +580,7 @@ def _historian_csv(arc: pd.DataFrame) -> str:
     ts = pd.to_datetime(EPOCH.timestamp() + arc["t"].to_numpy(), unit="s", utc=True)
     stamps = ts.tz_convert(SITE_TZ).strftime("%m/%d/%Y %H:%M:%S")
     lines = ["Tagname;Zeitstempel;Wert;Qualitaet\n"]
-    for r, stamp in zip(arc.itertuples(index=False), stamps):
+    for r, stamp in zip(arc.itertuples(index=False), stamps, strict=True):
         value = r.state or f"{r.value:.{r.decimals}f}".replace(".", ",")
         lines.append(f"{r.tag};{stamp};{value};{r.quality}\n")
     return "".join(lines)
@@ -660,7 +665,7 @@ def _batch_xml(b: Batch, as_of: datetime) -> str:
     bpr = E(root, "BatchProductionRecord")
     for k, v in (
         ("ID", f"{b.batch_id}-BPR"),
-        ("PublishedDate", _z(end + timedelta(hours=1) if done else as_of)),
+        ("PublishedDate", _z(end + timedelta(hours=1) if end is not None else as_of)),
         ("BatchID", b.batch_id),
         ("RecordStatus", status),
         ("Version", "1"),
@@ -716,7 +721,8 @@ def _materials(b: Batch, phase: str) -> list[tuple]:
     out = [(b.feed_h + h, "PAA-99", "Consumed", "precursor_bolus", kg, "kg") for h, kg in PRECURSOR]
     out += [(h, "BROTH-PEN-G", "Produced", "draw_off", litres, "L") for h, litres in b.draw_offs]
     for material, steps in (("SUGAR-500", b.sugar), ("SOY-OIL", b.oil)):
-        total = sum(r * (z - a) for (a, r), (z, _) in zip(steps, steps[1:]))
+        # the last step switches the feed off, so the profile's pairs cover it all
+        total = sum(r * (z - a) for (a, r), (z, _) in zip(steps, steps[1:], strict=False))
         out.append((b.harvest_h, material, "Consumed", "feed_total", total, "L"))
     return out
 
@@ -852,11 +858,11 @@ models: {}                  # no model applies to PEN-G yet
 
 
 def _truth(
-    batches: list[Batch], as_of: datetime, size: PenicillinSize, faults: list[dict], tag_truth: dict
+    batches: list[Batch], as_of: datetime, size: DemoSize, faults: list[dict], tag_truth: dict
 ) -> dict:
     out = []
     for b in batches:
-        final = dict(zip(STATE_UNITS, map(float, b.states[:, -1])))
+        final = dict(zip(STATE_UNITS, map(float, b.states[:, -1]), strict=True))
         out.append(
             {
                 "batch_id": b.batch_id,
@@ -866,7 +872,7 @@ def _truth(
                 "start_ts": _z(b.start),
                 "end_ts": _z(b.at(b.end_h)) if b.status == "complete" else None,
                 "planned_end_ts": _z(b.at(b.end_h)),
-                "initial_state": dict(zip(STATE_UNITS, b.y0)),
+                "initial_state": dict(zip(STATE_UNITS, b.y0, strict=True)),
                 "phases": {
                     k: {"start_ts": _z(b.at(a)), "end_ts": _z(b.at(z)), "start_h": a, "end_h": z}
                     for k, (a, z) in b.bounds().items()
@@ -896,8 +902,8 @@ def _truth(
             "equations": (
                 "dX/dt = mu X - D X; dS/dt = -(mu/Y_XS + m_S) X + (F_s S_f + F_oil S_oil)/V - D S; "
                 "dP/dt = (alpha mu + beta) X - D P; dV/dt = F_s + F_oil; mu = mu_max S/(K_S + S); "
-                "D = (F_s + F_oil)/V; draw-offs remove volume only; the state holds through HARVEST; "
-                "the precursor (PAA) is not modelled"
+                "D = (F_s + F_oil)/V; draw-offs remove volume only; "
+                "the state holds through HARVEST; the precursor (PAA) is not modelled"
             ),
         },
         "true_parameters": {k: {"value": v, "unit": u} for k, (v, u) in TRUE_PARAMETERS.items()},

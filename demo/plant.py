@@ -35,7 +35,7 @@ import yaml
 
 from demo import process
 from demo.compression import swinging_door
-from demo.landing import DemoFiles
+from demo.landing import DemoFiles, DemoSize
 from demo.process import MODEL, PHASES, TAG_SPECS, BatchPlan, BatchRun, tag_name
 from sources.site import Site, parse_site
 
@@ -86,7 +86,9 @@ SITE_HEADER = "# demo plant (batchtwin demo): CHO fed-batch site BASEL"
 
 
 @dataclass(frozen=True)
-class PlantSize:
+class PlantSize(DemoSize):
+    """The CHO plant's defaults: 15 batches scanned every 5 s."""
+
     batches: int = 15
     seconds_per_sample: float = 5.0
     seed: int = DEFAULT_SEED
@@ -187,7 +189,7 @@ def demo_site(landing: Path = Path("landing")) -> Site:
 
 
 def write_site_config(landing: Path, config: dict) -> None:
-    """Write the plant's sources.yaml under its header line (`DemoFiles` checks it is the demo's)."""
+    """Write the plant's sources.yaml under its header line (`DemoFiles` checks it is ours)."""
     text = f"{SITE_HEADER}\n" + yaml.safe_dump(
         config, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
     )
@@ -195,9 +197,10 @@ def write_site_config(landing: Path, config: dict) -> None:
 
 
 def generate(
-    root: Path, size: PlantSize = PlantSize(), progress: Callable[[str], None] = lambda _: None
+    root: Path, size: DemoSize = PlantSize(), progress: Callable[[str], None] = lambda _: None
 ) -> dict:
-    """Write `root/landing` (with its sources.yaml), `root/sql/historian.sqlite` and `root/truth.json`; return the truth."""
+    """Write `root/landing` (with its sources.yaml), `root/sql/historian.sqlite` and
+    `root/truth.json`; return the truth."""
     if size.batches < 4:
         raise ValueError("the demo plant needs at least 4 batches to place every fault")
     root = Path(root)
@@ -205,7 +208,7 @@ def generate(
         return _generate(root, size, progress)
 
 
-def _generate(root: Path, size: PlantSize, progress: Callable[[str], None]) -> dict:
+def _generate(root: Path, size: DemoSize, progress: Callable[[str], None]) -> dict:
     landing = root / "landing"
     for sub in ("tags", "mes", "historian", "lims"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
@@ -313,11 +316,7 @@ def _write_tags(path: Path) -> None:
             if unit == "BR-102" and spec.parameter in ("temperature", "temperature_sp"):
                 # BR-102's transmitter was configured in Fahrenheit by its skid vendor
                 uom = "degF"
-                low, high = (
-                    (None, None)
-                    if low is None
-                    else (round(low * 9 / 5 + 32, 2), round(high * 9 / 5 + 32, 2))
-                )
+                low, high = (None if x is None else round(x * 9 / 5 + 32, 2) for x in (low, high))
             rows.append(
                 {
                     "tag": tag_name(unit, spec),
@@ -383,7 +382,10 @@ def _material_actuals(plan: BatchPlan, as_of: datetime) -> list[dict]:
         total = sum(
             r * (min(nxt, plan.harvest_h) - t)
             for t, r, nxt in zip(
-                plan.feed_times_h, plan.feed_rates_l_h, [*plan.feed_times_h[1:], plan.harvest_h]
+                plan.feed_times_h,
+                plan.feed_rates_l_h,
+                [*plan.feed_times_h[1:], plan.harvest_h],
+                strict=True,
             )
         )
         out.append(
@@ -789,7 +791,9 @@ def _write_lims(
             "fault": "lims_retest",
             "file": "lims",
             "batch_id": first_batch,
-            "detail": f"sample {retest.sample_id.iloc[0]} glucose reported twice; the later result wins",
+            "detail": (
+                f"sample {retest.sample_id.iloc[0]} glucose reported twice; the later result wins"
+            ),
         }
     )
     if len(loq):
@@ -932,7 +936,9 @@ def _write_long_csv(
             "file": "historian",
             "tag": tag("PH01.PV"),
             "batch_id": first.plan.batch_id,
-            "detail": f"{int(m.sum())} Questionable + {int(m2.sum())} Bad points at t_batch_h 200-201",
+            "detail": (
+                f"{int(m.sum())} Questionable + {int(m2.sum())} Bad points at t_batch_h 200-201"
+            ),
         }
     )
     # an unknown tag: a temporary probe nobody added to the dictionary
@@ -1129,7 +1135,8 @@ def _write_sql_historian(
     con = sqlite3.connect(path)
     with con:
         con.execute(
-            "CREATE TABLE history (name TEXT NOT NULL, ts TEXT NOT NULL, value REAL, status INTEGER NOT NULL)"
+            "CREATE TABLE history "
+            "(name TEXT NOT NULL, ts TEXT NOT NULL, value REAL, status INTEGER NOT NULL)"
         )
         con.executemany(
             "INSERT INTO history VALUES (?, ?, ?, ?)",
@@ -1138,6 +1145,7 @@ def _write_sql_historian(
                 ts_text,
                 pts["value"].tolist(),
                 pts["status"].astype(int).tolist(),
+                strict=True,
             ),
         )
         con.execute("CREATE INDEX history_ts ON history (ts)")
@@ -1147,7 +1155,7 @@ def _write_sql_historian(
 # ------------------------------------------------------------------ truth
 
 
-def _truth(runs: list[BatchRun], as_of: datetime, size: PlantSize, faults: list[dict]) -> dict:
+def _truth(runs: list[BatchRun], as_of: datetime, size: DemoSize, faults: list[dict]) -> dict:
     batches = []
     for run in runs:
         plan = run.plan
@@ -1172,12 +1180,13 @@ def _truth(runs: list[BatchRun], as_of: datetime, size: PlantSize, faults: list[
                             zip(
                                 ("temperature", "ph", "dissolved_oxygen", "agitation"),
                                 process.SETPOINTS[k],
+                                strict=True,
                             )
                         ),
                     }
                     for k, (a, b) in plan.phase_bounds_h.items()
                 },
-                "initial_state": dict(zip(MODEL.state_names(), plan.y0)),
+                "initial_state": dict(zip(MODEL.state_names(), plan.y0, strict=True)),
                 "feed_times_h": plan.feed_times_h,
                 "feed_rates_l_h": plan.feed_rates_l_h,
                 "boluses": [

@@ -166,7 +166,8 @@ class BatchRun:
 
 
 def sample_times(plan: BatchPlan, rng: np.random.Generator) -> list[float]:
-    # daily in-process sample at the morning round, plus one right after inoculation
+    """Lab sample times (h from inoculation): one right after inoculation, the daily
+    in-process sample at the morning round (±0.4 h), and one just before harvest."""
     times = [0.6]
     day = 1
     while 24.0 * day < plan.harvest_h:
@@ -184,7 +185,7 @@ def run_batch(plan: BatchPlan, rng: np.random.Generator, assay_noise) -> BatchRu
     """
     grid = np.arange(0.0, plan.harvest_h + 1e-9, 0.25)
     samples = sample_times(plan, rng)
-    states = simulate(MODEL, TRUE_PARAMETERS, plan.y0, plan.inputs(), grid)
+    states: np.ndarray | None = simulate(MODEL, TRUE_PARAMETERS, plan.y0, plan.inputs(), grid)
     for ts in samples[1:-1]:
         y = simulate(MODEL, TRUE_PARAMETERS, plan.y0, plan.inputs(), [0.0, ts])[:, -1]
         measured_glc = float(MODEL.observe(y[:, None])["glucose"][0]) * assay_noise("glucose")
@@ -198,7 +199,7 @@ def run_batch(plan: BatchPlan, rng: np.random.Generator, assay_noise) -> BatchRu
                     {"G": GLUCOSE_BOLUS_MM},
                 )
             )
-            states = None
+            states = None  # the bolus changes the trajectory: simulate it again at the end
     if states is None:
         states = simulate(MODEL, TRUE_PARAMETERS, plan.y0, plan.inputs(), grid)
     return BatchRun(plan, grid, states, samples)
@@ -360,6 +361,7 @@ TAG_SPECS = (
 
 
 def tag_name(unit: str, spec: TagSpec) -> str:
+    """Historian tag of `spec` on `unit`, the unit's dash dropped: e.g. BR101.TT01.PV."""
     return f"{unit.replace('-', '')}.{spec.suffix}"
 
 
@@ -405,7 +407,7 @@ def sensor_signals(
     follow their phase set-points and the gas/agitation cascade follows the cell mass.
     """
     n = t_s.size
-    sp = {k: np.full(n, v) for k, v in zip(("T", "pH", "DO", "AG"), IDLE_SETPOINTS)}
+    sp = {k: np.full(n, v) for k, v in zip(("T", "pH", "DO", "AG"), IDLE_SETPOINTS, strict=True)}
     xv = np.zeros(n)
     vol = np.zeros(n)
     feed_ml_min = np.zeros(n)
@@ -418,7 +420,7 @@ def sensor_signals(
         in_batch |= active
         for i, name in enumerate(PHASES):
             m = phase == i
-            for key, value in zip(("T", "pH", "DO", "AG"), SETPOINTS[name]):
+            for key, value in zip(("T", "pH", "DO", "AG"), SETPOINTS[name], strict=True):
                 sp[key][m] = value
         culture = active & (t_h >= 0)
         tt = np.clip(t_h[culture], 0.0, run.grid_h[-1])

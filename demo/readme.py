@@ -42,7 +42,8 @@ def status_text(data_dir: Path) -> str:
     per_dataset = query(
         lake,
         """
-        SELECT dataset, count(*) FILTER (status = 'ingested') AS files, count(*) FILTER (status = 'rejected') AS rejected,
+        SELECT dataset, count(*) FILTER (status = 'ingested') AS files,
+               count(*) FILTER (status = 'rejected') AS rejected,
                sum(rows_read)::BIGINT AS rows_read, sum(rows_accepted)::BIGINT AS rows_accepted,
                sum(rows_quarantined)::BIGINT AS rows_quarantined
         FROM ingest_log GROUP BY dataset ORDER BY dataset""",
@@ -78,6 +79,8 @@ def status_text(data_dir: Path) -> str:
 
 
 def sql_of(command: str) -> str:
+    """The statement between the outer quotes of a README `batchtwin sql` command, on one line
+    (its continuation lines are README layout, not SQL)."""
     statement = command.split('"', 1)[1].rsplit('"', 1)[0]
     return " ".join(statement.split())
 

@@ -72,7 +72,8 @@ class Inputs:
     boluses: Sequence[Bolus] = ()
 
     def feed_rate(self, t_h: float) -> float:
-        idx = np.searchsorted(np.asarray(self.feed_times_h, dtype=float), t_h, side="right") - 1
+        times = np.asarray(self.feed_times_h, dtype=float)
+        idx = int(np.searchsorted(times, t_h, side="right")) - 1
         return float(self.feed_rates_l_h[idx]) if idx >= 0 else 0.0
 
     def breakpoints(self) -> list[float]:
@@ -145,7 +146,7 @@ def simulate(
     params: Mapping[str, float],
     y0: Sequence[float],
     inputs: Inputs,
-    t_eval_h: Sequence[float],
+    t_eval_h: Sequence[float] | np.ndarray,
     solver: SolverSettings = SolverSettings(),
 ) -> np.ndarray:
     """Integrate `model` from t=0 and return states at `t_eval_h` (n_states × n_times).
@@ -163,7 +164,7 @@ def simulate_many(
     params: Mapping[str, np.ndarray | float],
     y0: np.ndarray,
     inputs: Inputs,
-    t_eval_h: Sequence[float],
+    t_eval_h: Sequence[float] | np.ndarray,
     solver: SolverSettings = SolverSettings(),
 ) -> np.ndarray:
     """Integrate an ensemble of `m` members of one batch at once: n_states × m × n_times.
@@ -188,13 +189,13 @@ def simulate_many(
     t_end = float(t_eval[-1])
     cuts = [0.0] + [b for b in inputs.breakpoints() if 0.0 < b < t_end] + [t_end]
     boluses_at: dict[float, list[Bolus]] = {}
-    for b in inputs.boluses:
-        boluses_at.setdefault(float(b.t_h), []).append(b)
+    for bolus in inputs.boluses:
+        boluses_at.setdefault(float(bolus.t_h), []).append(bolus)
 
     def rhs(t, flat, feed):
         return model.rhs(t, flat.reshape(n_states, m), p, feed).reshape(-1)
 
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
         for bolus in boluses_at.get(a, []):
             y = model.apply_bolus(y, bolus)
         out[:, :, t_eval == a] = y[:, :, None]

@@ -124,8 +124,10 @@ def load_batches(
     samples = query(
         lake,
         f"""
-        SELECT s.batch_id, s.sample_id, s.analyte, s.value, s.value_text, s.censored, s.uom, s.sampled_ts, s.reported_ts,
-               (epoch_us(s.sampled_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS t_batch_h
+        SELECT s.batch_id, s.sample_id, s.analyte, s.value, s.value_text, s.censored, s.uom,
+               s.sampled_ts, s.reported_ts,
+               (epoch_us(s.sampled_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
+               / 3.6e9 AS t_batch_h
         FROM samples s JOIN batches b USING (batch_id)
         WHERE s.batch_id IN (SELECT unnest(?)){cut}
         ORDER BY s.batch_id, s.sampled_ts, s.analyte""",
@@ -144,7 +146,8 @@ def load_batches(
         lake,
         f"""
         SELECT m.batch_id, m.material, m.quantity, m.uom, m.kind,
-               (epoch_us(m.ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS t_batch_h
+               (epoch_us(m.ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
+               / 3.6e9 AS t_batch_h
         FROM material_events m JOIN batches b USING (batch_id)
         WHERE m.batch_id IN (SELECT unnest(?)) AND m.ts IS NOT NULL{cut_ts.replace("ts", "m.ts")}
         ORDER BY m.batch_id, m.ts""",
@@ -163,11 +166,10 @@ def load_batches(
     for bid in ids:
         notes: list[str] = []
         s = samples[(samples.batch_id == bid) & samples.analyte.isin(list(units))].copy()
+        factors = (conversion(u, units[a]) for u, a in zip(s["uom"], s["analyte"], strict=True))
         s["value"] = [
             v * sc + off if v == v else np.nan
-            for v, (sc, off) in zip(
-                s["value"], (conversion(u, units[a]) for u, a in zip(s["uom"], s["analyte"]))
-            )
+            for v, (sc, off) in zip(s["value"], factors, strict=True)
         ]
         inputs = Inputs(
             *_feed_steps(feed[feed.batch_id == bid]),
@@ -235,8 +237,9 @@ def initial_state(
     weight: pd.DataFrame,
     notes: list[str],
 ) -> tuple[float, np.ndarray]:
-    """(t0_h, y0) from the first samples: Xv from vcd, Xd from viability, G/L from g/L, Q, A in mM,
-    P from titer (0 before the first titer), V from the MES charge + inoculum (else weight / density).
+    """(t0_h, y0) from the first samples: Xv from vcd, Xd from viability, G/L from g/L, Q, A
+    in mM, P from titer (0 before the first titer), V from the MES charge + inoculum (else
+    weight / density).
 
     Written for the CHO model's states; a model without these states needs its own loader.
     """
@@ -264,7 +267,10 @@ def initial_state(
     charge = events[events["kind"].isin(["charge", "inoculum"]) & (events["t_batch_h"] <= t0)]
     if {"charge", "inoculum"} <= set(charge["kind"]):
         vol = float(
-            sum(q * conversion(u, "L")[0] for q, u in zip(charge["quantity"], charge["uom"]))
+            sum(
+                q * conversion(u, "L")[0]
+                for q, u in zip(charge["quantity"], charge["uom"], strict=True)
+            )
         )
     elif len(weight):
         vol = float(weight["value"].median()) / BROTH_DENSITY_KG_L
@@ -300,7 +306,7 @@ def training_frame(batches: Sequence[BatchData]) -> pd.DataFrame:
     for b in batches:
         for r in b.samples.itertuples():
             rows.append((b.batch_id, "sample", r.analyte, float(r.t_batch_h), float(r.value)))
-        for t, v in zip(b.inputs.feed_times_h, b.inputs.feed_rates_l_h):
+        for t, v in zip(b.inputs.feed_times_h, b.inputs.feed_rates_l_h, strict=True):
             rows.append((b.batch_id, "feed_rate", "", float(t), float(v)))
         for bo in b.inputs.boluses:
             rows.append((b.batch_id, "bolus", bo.material, float(bo.t_h), float(bo.volume_l)))

@@ -35,14 +35,15 @@ import multiprocessing
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from models.base import Model, SolverSettings, simulate_many
+from models.base import Inputs, Model, SolverSettings, simulate_many
 from models.data import BatchData, fingerprint, training_frame
 
 # analyte -> (relative CV, absolute floor in the observable's unit). The demo lab's assay CVs;
@@ -139,7 +140,8 @@ class FitResult:
     seconds: float = 0.0
 
     def table(self) -> pd.DataFrame:
-        rows = []
+        # fixed parameters that were not probed have no identifiability verdict (None)
+        rows: list[tuple[str, float, float, float, float, bool, bool | None, str]] = []
         for name, value in self.params.items():
             if name in self.fitted:
                 s = self.sd_log[name]
@@ -194,16 +196,29 @@ class FitResult:
         return out
 
 
+@dataclass(frozen=True)
+class _PreparedBatch:
+    """One batch's observations as the residuals need them, computed once per problem."""
+
+    times: np.ndarray  # distinct sample times on the model clock (h), sorted
+    time_idx: np.ndarray  # per observation: its index into `times`
+    analyte_idx: np.ndarray  # per observation: its index into the model's observables
+    observed: np.ndarray  # per observation: the value, in the observable's unit
+    sd: np.ndarray  # per observation: the assay error that scales its residual
+    inputs: Inputs  # feed and boluses on the model clock
+    samples: pd.DataFrame  # the sample rows behind the observations, in the same order
+
+
 def _simulate_observe(
     model: Model,
     analytes: Sequence[str],
     p: dict,
     y0: np.ndarray,
-    inputs,
+    inputs: Inputs,
     times: np.ndarray,
     solver: SolverSettings,
 ) -> np.ndarray | None:
-    """Observables (analytes × members × times) of one batch's ensemble; None if the solver failed.
+    """Observables (analytes × members × times) of one batch's ensemble, None if the solver failed.
 
     A module-level function so a process pool can run batches in parallel; it is pure, so
     the answer does not depend on which process computed it.
@@ -237,7 +252,7 @@ class _Problem:
         self.ic_idx = [names.index(n) for n in settings.fit_initial]
         self.nic = len(self.ic_idx)
         analytes = [o.analyte for o in model.observables]
-        self.prep = []
+        self.prep: list[_PreparedBatch] = []
         for b in self.batches:
             smp = b.samples[b.samples["analyte"].isin(list(settings.assay_errors))]
             rel = np.clip(np.round(smp["t_batch_h"].to_numpy(float) - b.t0_h, 9), 0.0, None)
@@ -248,11 +263,11 @@ class _Problem:
             cv = np.array([settings.assay_errors[a][0] for a in smp["analyte"]])
             floor = np.array([settings.assay_errors[a][1] for a in smp["analyte"]])
             sd = np.sqrt((cv * np.abs(obs)) ** 2 + floor**2)
-            self.prep.append((times, ti, ai, obs, sd, b.model_inputs(), smp))
+            self.prep.append(_PreparedBatch(times, ti, ai, obs, sd, b.model_inputs(), smp))
         self.analytes = analytes
-        self.n_obs = sum(len(p[3]) for p in self.prep)
-        self._cache: tuple | None = None
-        self.pool = None  # an Executor: batches are simulated in parallel when set
+        self.n_obs = sum(len(p.observed) for p in self.prep)
+        self._cache: tuple[tuple, np.ndarray, np.ndarray | None] | None = None
+        self.pool: Executor | None = None  # batches are simulated in parallel when set
 
     def n_x(self) -> int:
         return self.k + self.nic * len(self.batches)
@@ -266,14 +281,12 @@ class _Problem:
         """
         preds = self.predictions(x)["predicted"].to_numpy()
         off, prep = 0, []
-        for times, ti, ai, obs, sd, inputs, smp in self.prep:
-            pr = preds[off : off + len(obs)]
-            off += len(obs)
-            cv = np.array([self.s.assay_errors[a][0] for a in smp["analyte"]])
-            floor = np.array([self.s.assay_errors[a][1] for a in smp["analyte"]])
-            prep.append(
-                (times, ti, ai, obs, np.sqrt((cv * np.abs(pr)) ** 2 + floor**2), inputs, smp)
-            )
+        for pb in self.prep:
+            pr = preds[off : off + len(pb.observed)]
+            off += len(pb.observed)
+            cv = np.array([self.s.assay_errors[a][0] for a in pb.samples["analyte"]])
+            floor = np.array([self.s.assay_errors[a][1] for a in pb.samples["analyte"]])
+            prep.append(replace(pb, sd=np.sqrt((cv * np.abs(pr)) ** 2 + floor**2)))
         self.prep = prep
         self._cache = None
 
@@ -290,7 +303,7 @@ class _Problem:
 
     def params_of(self, x: np.ndarray) -> dict[str, float]:
         p = dict(self.base)
-        p.update({n: float(np.exp(v)) for n, v in zip(self.s.fitted, x[: self.k])})
+        p.update({n: float(np.exp(v)) for n, v in zip(self.s.fitted, x[: self.k], strict=True)})
         return p
 
     def y0_of(self, x: np.ndarray, bi: int) -> np.ndarray:
@@ -302,6 +315,16 @@ class _Problem:
     def _observe(self, y: np.ndarray) -> np.ndarray:
         o = self.model.observe(y)
         return np.stack([np.asarray(o[a]) for a in self.analytes])  # analytes × members × times
+
+    @overload
+    def evaluate(
+        self, x: np.ndarray, jac: Literal[True], extra: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def evaluate(
+        self, x: np.ndarray, jac: Literal[False], extra: Sequence[str] = ()
+    ) -> tuple[np.ndarray, None]: ...
 
     def evaluate(
         self, x: np.ndarray, jac: bool, extra: Sequence[str] = ()
@@ -315,7 +338,7 @@ class _Problem:
         p0 = self.params_of(x)
         nx = self.n_x()
         tasks, cols_of = [], []
-        for bi, (times, ti, ai, obs, sd, inputs, _) in enumerate(self.prep):
+        for bi, pb in enumerate(self.prep):
             kin = list(range(self.k)) + [nx + e for e in range(len(extra))]
             ics = [self.k + bi * self.nic + j for j in range(self.nic)]
             cols = kin + ics if jac else []
@@ -332,25 +355,26 @@ class _Problem:
                 else:
                     state = self.ic_idx[(c - self.k) % self.nic]
                     y0[state, j] = np.exp(x[c] + FD_STEP)
-            tasks.append((self.model, self.analytes, p, y0, inputs, times, self.s.solver))
+            tasks.append((self.model, self.analytes, p, y0, pb.inputs, pb.times, self.s.solver))
             cols_of.append(cols)
         if self.pool is not None and len(tasks) > 1:
-            outs = list(self.pool.map(_simulate_observe, *zip(*tasks)))
+            outs = list(self.pool.map(_simulate_observe, *zip(*tasks, strict=True)))
         else:
             outs = [_simulate_observe(*t) for t in tasks]
-        for (times, ti, ai, obs, sd, inputs, _), cols, o in zip(self.prep, cols_of, outs):
+        for pb, cols, o in zip(self.prep, cols_of, outs, strict=True):
             m = 1 + len(cols)
+            n_obs = len(pb.observed)
             if o is None:
-                r = np.full((len(obs), m), PENALTY)
+                r = np.full((n_obs, m), PENALTY)
             else:
-                pred = o[ai, :, ti]  # observations × members
-                r = (pred - obs[:, None]) / sd[:, None]
+                pred = o[pb.analyte_idx, :, pb.time_idx]  # observations × members
+                r = (pred - pb.observed[:, None]) / pb.sd[:, None]
                 r = np.where(np.isfinite(r), r, PENALTY)
             res_parts.append(r[:, 0])
             if jac:
-                J = np.zeros((len(obs), nx + len(extra)))
-                J[:, cols] = (r[:, 1:] - r[:, :1]) / FD_STEP
-                jac_rows.append(J)
+                block = np.zeros((n_obs, nx + len(extra)))
+                block[:, cols] = (r[:, 1:] - r[:, :1]) / FD_STEP
+                jac_rows.append(block)
         res = np.concatenate(res_parts) if res_parts else np.zeros(0)
         J = np.vstack(jac_rows) if jac else None
         self._cache = (key, res, J)
@@ -365,20 +389,18 @@ class _Problem:
     def predictions(self, x: np.ndarray) -> pd.DataFrame:
         p0 = self.params_of(x)
         frames = []
-        for bi, (b, (times, ti, ai, obs, sd, inputs, smp)) in enumerate(
-            zip(self.batches, self.prep)
-        ):
-            y = simulate_many(self.model, p0, self.y0_of(x, bi), inputs, times, self.s.solver)
-            pred = self._observe(y)[ai, 0, ti]
+        for bi, (b, pb) in enumerate(zip(self.batches, self.prep, strict=True)):
+            y = simulate_many(self.model, p0, self.y0_of(x, bi), pb.inputs, pb.times, self.s.solver)
+            pred = self._observe(y)[pb.analyte_idx, 0, pb.time_idx]
             frames.append(
                 pd.DataFrame(
                     {
                         "batch_id": b.batch_id,
-                        "analyte": smp["analyte"].to_numpy(),
-                        "t_batch_h": smp["t_batch_h"].to_numpy(float),
+                        "analyte": pb.samples["analyte"].to_numpy(),
+                        "t_batch_h": pb.samples["t_batch_h"].to_numpy(float),
                         "predicted": pred,
-                        "observed": obs,
-                        "weighted_residual": (pred - obs) / sd,
+                        "observed": pb.observed,
+                        "weighted_residual": (pred - pb.observed) / pb.sd,
                     }
                 )
             )
@@ -412,7 +434,7 @@ class Fitter:
         self.model = model
         # processes simulating batches in parallel; the result does not depend on it
         self.workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-        self._pool = None
+        self._pool: Executor | None = None
         names = [p.name for p in model.parameters]
         if fitted is None:
             fitted = (
@@ -426,10 +448,9 @@ class Fitter:
         states = model.state_names()
         if fit_initial is None:
             fit_initial = [n for n in DEFAULT_FIT_INITIAL if n in states]
-        if [n for n in fit_initial if n not in states]:
-            raise KeyError(
-                f"{model.name} has no state(s) {', '.join(n for n in fit_initial if n not in states)}"
-            )
+        unknown_states = [n for n in fit_initial if n not in states]
+        if unknown_states:
+            raise KeyError(f"{model.name} has no state(s) {', '.join(unknown_states)}")
         base = model.defaults()
         base.update({k: float(v) for k, v in (fixed or {}).items()})
         self.settings = FitSettings(
@@ -503,11 +524,18 @@ class Fitter:
         eps = 1e-9
         return [np.clip(s, lo + eps, hi - eps) for s in starts]
 
-    def _solve(self, batches: Sequence[BatchData], n_starts: int, warm: np.ndarray | None = None):
-        """Multistart on observation-scaled weights, then one reweighted polish from the best start."""
+    def _solve(
+        self, batches: Sequence[BatchData], n_starts: int, warm: np.ndarray | None = None
+    ) -> tuple[_Problem, Any, list[dict[str, float | str]]]:
+        """Multistart on observation-scaled weights, then one reweighted polish from the best.
+
+        Returns the problem, scipy's `OptimizeResult` of the best start and one log entry per
+        solve. A warm start skips the polish: its weights already come from the warm point.
+        """
         prob = self._problem(batches)
         lo, hi = self._bounds(prob)
-        best, log = None, []
+        best = None
+        log: list[dict[str, float | str]] = []
         if warm is not None:
             prob.reweight(np.clip(warm, lo + 1e-9, hi - 1e-9))
         for i, x_start in enumerate(self._starts(prob, lo, hi, n_starts, warm)):
@@ -522,6 +550,7 @@ class Fitter:
             )
             if best is None or sol.cost < best.cost:
                 best = sol
+        assert best is not None  # _starts always yields at least one start
         if warm is None:
             prob.reweight(best.x)
             best = _lsq(prob, best.x, lo, hi)
@@ -581,7 +610,10 @@ class Fitter:
             "reduced_chi2": s2,
             "rmse_weighted": float(np.sqrt(np.mean(res**2))),
             "rel_rmse": _rel_rmse(preds),
-            "correlation": {a: dict(zip(names, map(float, row))) for a, row in zip(names, corr)},
+            "correlation": {
+                a: dict(zip(names, map(float, row), strict=True))
+                for a, row in zip(names, corr, strict=True)
+            },
             "starts": starts,
         }
         metrics.update(self._validate(batches, x))
@@ -592,12 +624,12 @@ class Fitter:
             fitted=tuple(names),
             bounds={p.name: p.bounds for p in self.model.parameters},
             units={p.name: p.unit for p in self.model.parameters},
-            sd_log=dict(zip(names, map(float, sd))),
+            sd_log=dict(zip(names, map(float, sd), strict=True)),
             corr=pd.DataFrame(corr, index=names, columns=names),
             identifiable=ident,
             probe=probe,
             initial={
-                b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i))))
+                b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i)), strict=True))
                 for i, b in enumerate(batches)
             },
             cov_log=cov_k,
@@ -613,7 +645,10 @@ class Fitter:
         )
 
     def _validate(self, batches: Sequence[BatchData], x: np.ndarray) -> dict:
-        """k-fold over batches: refit without each fold (warm start), predict the fold from its measured start."""
+        """k-fold over batches: refit without each fold (warm-started), then predict the fold.
+
+        The held-out batches start from their measured initial state: nothing of them is fitted.
+        """
         k = min(self.settings.folds, len(batches))
         if k < 2:
             return {"validation_rmse_weighted": None, "validation_rel_rmse": None, "folds": 0}
@@ -675,7 +710,7 @@ def _probe(Ja: np.ndarray, nx: int, kk: int, s2: float, names: Sequence[str]) ->
 
 
 def _rel_rmse(preds: pd.DataFrame) -> dict[str, float]:
-    """Per analyte: RMS of (predicted - observed) / mean observed (a plain, unit-free fit measure)."""
+    """Per analyte: RMS of (predicted - observed) / mean observed, a plain unit-free measure."""
     out = {}
     for a, g in preds.groupby("analyte"):
         scale = float(np.abs(g["observed"]).mean()) or 1.0

@@ -85,22 +85,20 @@ def harvest_durations(lake: Lake, product: str | None) -> np.ndarray:
     df = query(
         lake,
         f"""
-        SELECT (epoch_us(p.start_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts))) / 3.6e9 AS h
+        SELECT (epoch_us(p.start_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
+               / 3.6e9 AS h
         FROM phases p JOIN batches b USING (batch_id)
-        WHERE p.level = 'phase' AND p.phase = 'HARVEST' AND b.status = 'complete' {where} ORDER BY b.batch_id""",
+        WHERE p.level = 'phase' AND p.phase = 'HARVEST' AND b.status = 'complete' {where}
+        ORDER BY b.batch_id""",
         [product] if product else [],
     )
     h = df["h"].dropna().to_numpy(float)
     if h.size == 0:
         raise ValueError(
-            f"no completed batch of {product or 'any product'} with a HARVEST phase: cannot plan the harvest"
+            f"no completed batch of {product or 'any product'} with a HARVEST phase: "
+            "cannot plan the harvest"
         )
     return h
-
-
-def planned_harvest_h(lake: Lake, product: str | None) -> float:
-    """The product's typical culture duration: median inoculation -> HARVEST start of completed batches."""
-    return float(np.median(harvest_durations(lake, product)))
 
 
 def running_batches(lake: Lake, products: Sequence[str] | None = None) -> list[str]:
@@ -108,16 +106,20 @@ def running_batches(lake: Lake, products: Sequence[str] | None = None) -> list[s
     return query(
         lake,
         """SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped')
-                          AND ($products IS NULL OR list_contains($products, product)) ORDER BY 1""",
+             AND ($products IS NULL OR list_contains($products, product)) ORDER BY 1""",
         {"products": list(products) if products is not None else None},
     )["batch_id"].tolist()
 
 
 def latest_data_ts(lake: Lake, batch_id: str) -> pd.Timestamp:
+    """Time (UTC) of the newest sample report or process value the lake holds for the batch.
+
+    The default as-of of a forecast: the batch as the plant knows it now. ValueError if none.
+    """
     df = query(
         lake,
         """SELECT greatest((SELECT max(reported_ts) FROM samples WHERE batch_id = $b),
-                                        (SELECT max(ts) FROM process_values WHERE batch_id = $b)) AS t""",
+                           (SELECT max(ts) FROM process_values WHERE batch_id = $b)) AS t""",
         {"b": batch_id},
     )
     t = df["t"].iloc[0]
@@ -204,6 +206,11 @@ def forecast_batch(
     policy: FuturePolicy = FuturePolicy(),
     harvest_h: float | None = None,
 ) -> Forecast:
+    """p10 / p50 / p90 bands of one batch up to its harvest, from the champion (or `version`).
+
+    `as_of` defaults to the batch's latest data; `harvest_h` fixes the harvest time instead of
+    drawing it from completed batches. The steps are those of the module docstring.
+    """
     reg = Registry(lake)
     rec = reg.champion(model) if version is None else reg.version(model, version)
     if rec is None:
@@ -212,7 +219,7 @@ def forecast_batch(
     m = load_model(model)
     settings = reg.settings_of(model, version)
     pt = reg.parameters(model, version)
-    params = dict(zip(pt["name"], pt["value"].astype(float)))
+    params = dict(zip(pt["name"], pt["value"].astype(float), strict=True))
     fitted = list(settings.fitted)
     sd = pt.set_index("name").loc[fitted, "sd_log"].to_numpy(float)
     corr = _corr_of(reg, model, version, fitted)
@@ -349,7 +356,7 @@ def _integrate(
         t_eval = np.unique(np.r_[seg, b]) - a
         fi = Inputs(
             tuple(max(t - a, 0.0) for t in feed_times if t < b),
-            tuple(r for t, r in zip(feed_times, feed_rates) if t < b),
+            tuple(r for t, r in zip(feed_times, feed_rates, strict=True) if t < b),
         )
         # the rate running at a holds from the segment start
         times = np.asarray(fi.feed_times_h)

@@ -54,7 +54,7 @@ def fit_plots(
         y0 = np.array(
             [
                 result.initial.get(b.batch_id, {}).get(n, v)
-                for n, v in zip(model.state_names(), b.y0)
+                for n, v in zip(model.state_names(), b.y0, strict=True)
             ]
         )
         t_end = b.last_data_h
@@ -63,7 +63,7 @@ def fit_plots(
         obs = model.observe(y)
         analytes = [a for a in ANALYTES if a in obs]
         fig, axes = _axes(len(analytes))
-        for ax, a in zip(axes, analytes):
+        for ax, a in zip(axes, analytes, strict=True):
             s = b.samples[b.samples["analyte"] == a]
             ax.plot(s["t_batch_h"], s["value"], "o", ms=3, color="black", label="observed")
             ax.plot(grid + b.t0_h, np.asarray(obs[a])[0], "-", color="tab:blue", label="fit")
@@ -88,7 +88,7 @@ def forecast_plot(lake: Lake, fc: Forecast) -> Path:
     """The forecast fan (p10–p90 band and median) of one running batch, with its observations."""
     analytes = [a for a in ANALYTES if a in set(fc.bands["analyte"])]
     fig, axes = _axes(len(analytes))
-    for ax, a in zip(axes, analytes):
+    for ax, a in zip(axes, analytes, strict=True):
         b = fc.bands[fc.bands["analyte"] == a].sort_values("t_batch_h")
         ax.fill_between(
             b["t_batch_h"], b["p10"], b["p90"], color="tab:orange", alpha=0.3, label="p10–p90"

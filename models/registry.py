@@ -39,10 +39,15 @@ DEFAULT_TOLERANCE = 0.05
 
 
 def load_model(name: str) -> Model:
+    """A fresh instance of the model registered as `name`, or imported from 'module:Class'.
+
+    KeyError for a name that is neither registered nor an import path.
+    """
     path = MODELS.get(name, name)
     if ":" not in path:
         raise KeyError(
-            f"unknown model {name!r}: known are {', '.join(MODELS)}, or give an import path 'module:Class'"
+            f"unknown model {name!r}: known are {', '.join(MODELS)}, "
+            "or give an import path 'module:Class'"
         )
     module, cls = path.split(":", 1)
     return getattr(importlib.import_module(module), cls)()
@@ -171,9 +176,8 @@ class Registry:
                         "reason": f"version {version} promoted",
                     }
                 )
-            audit.record_many(
-                self.lake, events
-            )  # the version row changes status; the trail keeps what it was
+            # the version row changes status; the trail keeps what it was
+            audit.record_many(self.lake, events)
         return Decision(version, status, reason, retire)
 
     def _decide(
@@ -201,18 +205,14 @@ class Registry:
                 int(c["version"]),
             )
         limit = cval * (1.0 + self.tolerance)
+        versus = f"champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g})"
         if val <= limit:
             return (
                 "champion",
-                f"validation error {val:.4g} <= champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g}); "
-                "parameters inside bounds",
+                f"validation error {val:.4g} <= {versus}; parameters inside bounds",
                 int(c["version"]),
             )
-        return (
-            "rejected",
-            f"validation error {val:.4g} > champion v{int(c['version'])} {cval:.4g} x (1 + {self.tolerance:g})",
-            None,
-        )
+        return "rejected", f"validation error {val:.4g} > {versus}", None
 
     def _write_version(self, row: dict) -> None:
         df = pd.DataFrame([row])
@@ -307,7 +307,8 @@ class Registry:
             fp = fingerprint(training_frame(batches))
             if fp != rec["data_fingerprint"]:
                 raise ValueError(
-                    f"training data of {model} v{version} changed since the fit (fingerprint {fp[:12]} != {rec['data_fingerprint'][:12]})"
+                    f"training data of {model} v{version} changed since the fit "
+                    f"(fingerprint {fp[:12]} != {rec['data_fingerprint'][:12]})"
                 )
         return Fitter.from_settings(m, self.settings_of(model, version)).fit(batches)
 
@@ -320,7 +321,8 @@ def completed_batches(lake: Lake, product: str | None = None) -> list[str]:
     df = query(
         lake,
         f"""SELECT b.batch_id FROM batches b WHERE b.status = 'complete'{where}
-                         AND EXISTS (SELECT 1 FROM samples s WHERE s.batch_id = b.batch_id) ORDER BY b.batch_id""",
+              AND EXISTS (SELECT 1 FROM samples s WHERE s.batch_id = b.batch_id)
+            ORDER BY b.batch_id""",
         [product] if product else [],
     )
     return df["batch_id"].tolist()
