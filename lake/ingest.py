@@ -215,37 +215,36 @@ def ingest_sql(
     base["bytes"] = len(data)
     if not lake.raw(sha, ".csv").exists():
         atomic_write_bytes(lake.raw(sha, ".csv"), data)
-    outcome = _store(lake, base, sql_historian.parse(raw, profile, sha), tags_known)
+    parsed = sql_historian.parse(raw, profile, sha)
+    outcome = _store(lake, base, parsed, tags_known)
     _remember_quarantined(lake, profile, raw, sha)
-    new_wm = pd.to_datetime(raw["ts"].astype(str), format="ISO8601", errors="coerce").max()
-    if pd.notna(new_wm):
-        # a local time repeated or skipped by DST: take the earlier instant (the next pull re-reads a little more)
-        new_wm = (
-            new_wm.tz_localize(profile.timezone, ambiguous=True, nonexistent="shift_backward")
-            if new_wm.tzinfo is None
-            else new_wm
-        )
-        if watermark is None or new_wm > watermark:
-            atomic_write_bytes(
-                wm_path, json.dumps({"watermark": new_wm.tz_convert("UTC").isoformat()}).encode()
-            )
+    # the newest instant read, by the readers' one timestamp rule (a local time DST skips or
+    # repeats was quarantined, not guessed, and does not move the watermark)
+    new_wm = parsed.tables["historian_points"]["ts"].max()
+    if pd.notna(new_wm) and (watermark is None or new_wm > watermark):
+        atomic_write_bytes(wm_path, json.dumps({"watermark": new_wm.isoformat()}).encode())
     return outcome
 
 
+def _row_text(raw: pd.DataFrame) -> pd.Series:
+    """A pulled row as one text (tag, time, value, status): what identifies a row the lake
+    quarantined. The time text alone does not: the hour the autumn DST change repeats gives two
+    rows of one tag the same naive local time."""
+    text = raw["tag"].map(str)
+    for column in ("ts", "value", "status"):
+        text = text + "\x00" + raw[column].map(str)  # map(str): a NULL is the text 'None'/'nan'
+    return text
+
+
 def _remember_quarantined(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, sha: str) -> None:
-    """Keep the keys of rows this pull quarantined, so the next pull's look-back skips them too."""
+    """Keep the rows this pull quarantined, so the next pull's look-back skips them too."""
     q_path = lake.silver("quarantine") / f"{sha}.parquet"
     if not q_path.exists():
         return
     rows = sorted(
         set(pd.read_parquet(q_path, columns=["source_row"])["source_row"].dropna().astype(int) - 1)
     )
-    keys = pd.DataFrame(
-        {
-            "tag": raw["tag"].iloc[rows].astype(str).to_numpy(),
-            "ts_text": raw["ts"].iloc[rows].astype(str).to_numpy(),
-        }
-    )
+    keys = pd.DataFrame({"row_text": _row_text(raw.iloc[rows]).to_numpy()})
     atomic_write_parquet(
         lake.state(f"sql_quarantined/{profile.name}") / f"{sha}.parquet",
         pa_arrow.Table.from_pandas(keys, preserve_index=False),
@@ -259,23 +258,35 @@ def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since
     if raw.empty or since is None or not (silver or quarantined):
         return raw
     with duckdb.connect() as con:
-        held = pd.concat(
-            [
-                con.execute(
-                    "SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
-                    [silver, f"sql:{profile.name}", since.to_pydatetime()],
-                ).df()
-                if silver
-                else None,
-                con.execute("SELECT tag, ts_text FROM read_parquet(?)", [quarantined]).df()
-                if quarantined
-                else None,
-            ]
+        accepted = (
+            con.execute(
+                "SELECT tag, ts_text FROM read_parquet(?) WHERE source_path = ? AND ts > ?",
+                [silver, f"sql:{profile.name}", since.to_pydatetime()],
+            ).df()
+            if silver
+            else pd.DataFrame(columns=["tag", "ts_text"])
         )
-    if held.empty:
-        return raw
+        rejected = (
+            con.execute(
+                "SELECT row_text FROM read_parquet(?, union_by_name = true)"
+                " WHERE row_text IS NOT NULL",
+                [quarantined],
+            ).df()["row_text"]
+            if quarantined and _has_row_text(con, quarantined)
+            else pd.Series(dtype=str)
+        )
     key = raw["tag"].astype(str) + "\x00" + raw["ts"].astype(str)
-    return raw[~key.isin(held["tag"] + "\x00" + held["ts_text"])].reset_index(drop=True)
+    held = key.isin(accepted["tag"] + "\x00" + accepted["ts_text"]) | _row_text(raw).isin(rejected)
+    return raw[~held].reset_index(drop=True)
+
+
+def _has_row_text(con: duckdb.DuckDBPyConnection, files: list[str]) -> bool:
+    """Whether any state file has `row_text` (older lakes kept (tag, ts_text) only: their rows
+    are pulled once more and quarantined again, never lost)."""
+    described = con.execute(
+        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]
+    ).fetchall()
+    return "row_text" in {r[0] for r in described}
 
 
 def _drop_points_held_elsewhere(

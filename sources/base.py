@@ -240,12 +240,20 @@ def require_columns(df: pd.DataFrame, columns, what: str) -> None:
 _OFFSET = r"(?:Z|[+-]\d\d:?\d\d)\s*$"
 
 
-def parse_timestamps(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
+def timestamp_reason(fmt: str | None, tz: str) -> str:
+    """The quarantine reason of a timestamp `parse_timestamps` (or its SQL twin) refused."""
+    return (
+        "unparseable timestamp, or a local time the DST change skips or repeats"
+        f" (format {fmt or 'ISO 8601'}, zone {tz})"
+    )
+
+
+def parse_timestamps(
+    text: pd.Series, fmt: str | None, tz: str, in_time_order: bool = False
+) -> pd.Series:
     """Text -> UTC timestamps; NaT where the text is unparseable or names no real local time.
 
-    Naive local times are placed in `tz`. A local time skipped by the spring DST change does
-    not exist and one repeated in autumn is ambiguous: both become NaT (and are quarantined)
-    rather than guessed, unless the rows are in time order, which resolves the repeated hour.
+    Text with an offset needs no zone; naive local times are placed in `tz` by `localize`.
     """
     if fmt is None:
         has_offset = text.str.contains(_OFFSET, regex=True, na=False)
@@ -256,7 +264,7 @@ def parse_timestamps(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
             )
         if (~has_offset).any():
             naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
-            out[~has_offset] = _localize(naive, tz)
+            out[~has_offset] = localize(naive, tz, in_time_order)
         return out
     if (
         "%z" in fmt or "%Z" in fmt
@@ -264,17 +272,29 @@ def parse_timestamps(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
         return pd.to_datetime(text, format=fmt, errors="coerce", utc=True).astype(
             "datetime64[us, UTC]"
         )
-    return _localize(pd.to_datetime(text, format=fmt, errors="coerce"), tz).astype(
-        "datetime64[us, UTC]"
-    )
+    return localize(pd.to_datetime(text, format=fmt, errors="coerce"), tz, in_time_order)
 
 
-def _localize(naive: pd.Series, tz: str) -> pd.Series:
-    try:
-        out = naive.dt.tz_localize(tz, ambiguous="infer", nonexistent="NaT").dt.tz_convert("UTC")
-    except (ValueError, TypeError):
-        out = naive.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
-    return out.astype("datetime64[us, UTC]")
+def localize(naive: pd.Series, tz: str, in_time_order: bool = False) -> pd.Series:
+    """Naive local times in `tz` -> UTC: the one DST rule of every reader.
+
+    A local time the spring change skips does not exist: NaT, so the row is quarantined. One
+    the autumn change repeats names two instants and is quarantined too, never guessed, unless
+    the rows are one time series in time order (`in_time_order`: a wide export, one row per
+    instant), where the repeat itself tells the two hours apart; if the order does not show it,
+    they are quarantined all the same. Elsewhere order proves nothing (a SQL pull orders by
+    text, a long file may be sorted by tag). The streamed CSV path applies the rule in SQL
+    (`sources.historian_stream`).
+    """
+    placed = None
+    if in_time_order:
+        try:
+            placed = naive.dt.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+        except (ValueError, TypeError):  # the order does not resolve the repeated hour
+            placed = None
+    if placed is None:
+        placed = naive.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    return placed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
 
 def rejects_where(

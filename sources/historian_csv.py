@@ -18,6 +18,7 @@ from sources.base import (
     read_csv_text,
     rejects_where,
     require_columns,
+    timestamp_reason,
 )
 from sources.historian_stream import stage_long
 from sources.profiles import FileProfile
@@ -78,7 +79,10 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
         raise SourceRejected(
             f"{rel_path}: wide historian export has a timestamp column but no tag columns"
         )
-    ts = parse_timestamps(df[ts_col], profile.timestamp_format, profile.timezone)
+    # one row per instant, in time order: the order resolves an autumn hour (sources.base.localize)
+    ts = parse_timestamps(
+        df[ts_col], profile.timestamp_format, profile.timezone, in_time_order=True
+    )
     long = df.melt(
         id_vars=[ts_col], value_vars=tags, var_name="tag", value_name="text", ignore_index=False
     )
@@ -97,7 +101,7 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             row_lines,
             ts_col,
             "timestamp",
-            f"unparseable or non-existent local timestamp (format {profile.timestamp_format or 'ISO 8601'}, zone {profile.timezone})",
+            timestamp_reason(profile.timestamp_format, profile.timezone),
             sha256,
             rel_path,
         ),

@@ -24,6 +24,7 @@ from sources.base import (
     csv_header,
     empty_lines,
     require_columns,
+    timestamp_reason,
 )
 from sources.profiles import FileProfile
 
@@ -72,10 +73,11 @@ class Staged:
 def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
     """(local_sql, ts_sql): `ts_text` -> naive local TIMESTAMP -> TIMESTAMPTZ, NULL when unparseable.
 
-    A naive local time is placed in the profile's zone and must map back to the same wall
-    clock (a time skipped by the spring change does not) and must not also be reachable one
-    hour earlier (a time repeated in autumn is ambiguous): both are quarantined, never guessed.
-    Text with an explicit offset (ISO 8601) needs no zone.
+    The DST rule of `sources.base.localize`, in SQL: a naive local time is placed in the
+    profile's zone and must map back to the same wall clock (a time skipped by the spring
+    change does not) and must not also be reachable one hour earlier (a time repeated in
+    autumn is ambiguous); both are quarantined, never guessed. (One hour: the shift of every
+    zone but Lord Howe's half hour.) Text with an explicit offset (ISO 8601) needs no zone.
     """
     if profile.timestamp_format and "%z" in profile.timestamp_format:
         return "NULL::TIMESTAMP", "try_strptime(ts_text, $ts_format)::TIMESTAMPTZ"
@@ -170,6 +172,7 @@ def stage_long(
         "value_col": cols["value"],
         "status_col": cols["status"],
         **PARSE_REASON_PARAMS,
+        "why_timestamp": timestamp_reason(profile.timestamp_format, profile.timezone),
         **check_params,
         **{f"why_{i}": c.reason for i, c in enumerate(checks)},
         **({"ts_format": profile.timestamp_format} if "$ts_format" in local_sql + ts_sql else {}),
@@ -235,7 +238,6 @@ def stage_long(
 
 
 PARSE_REASON_PARAMS = {
-    "why_timestamp": "unparseable, ambiguous or non-existent local timestamp",
     "why_value_parse": VALUE_PARSE_REASON,
     "why_quality_code": "status is not in the profile's quality mapping",
 }

@@ -16,6 +16,7 @@ from sources.base import (
     read_csv_text,
     rejects_where,
     require_columns,
+    timestamp_reason,
 )
 from sources.profiles import FileProfile
 
@@ -61,7 +62,7 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             lines,
             col["sampled_at"],
             "timestamp",
-            "unparseable sample time",
+            "sample time: " + timestamp_reason(profile.timestamp_format, profile.timezone),
             sha256,
             rel_path,
         ),
@@ -71,7 +72,7 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             lines,
             col["reported_at"],
             "timestamp",
-            "unparseable report time",
+            "report time: " + timestamp_reason(profile.timestamp_format, profile.timezone),
             sha256,
             rel_path,
         ),

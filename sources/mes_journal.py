@@ -18,6 +18,7 @@ from sources.base import (
     read_csv_text,
     rejects_where,
     require_columns,
+    timestamp_reason,
 )
 from sources.profiles import FileProfile
 
@@ -57,7 +58,7 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
             lines,
             col["time"],
             "timestamp",
-            f"unparseable or non-existent local time (zone {profile.timezone})",
+            timestamp_reason(profile.timestamp_format, profile.timezone),
             sha256,
             rel_path,
         )

@@ -22,7 +22,9 @@ from sources.base import (
     ReadResult,
     add_lineage,
     historian_values,
+    parse_timestamps,
     rejects_where,
+    timestamp_reason,
 )
 from sources.profiles import SqlProfile
 
@@ -115,19 +117,9 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
     sha = sha256 or content_sha256(raw)
     rel = f"sql:{profile.name}"
     lines = np.arange(1, len(raw) + 1, dtype=np.int64)
-    ts = pd.to_datetime(raw["ts"].astype(str), format="ISO8601", errors="coerce")
-    # a naive local time repeated (autumn) or skipped (spring) by DST names no single instant: NaT, so the
-    # row is quarantined. Raising failed every later pull too, while the row stayed in the look-back window.
-    # Not "infer": rows come ordered by (ts text, tag), which interleaves the two occurrences of the hour.
-    ts = (
-        (
-            ts.dt.tz_localize(profile.timezone, ambiguous="NaT", nonexistent="NaT")
-            if ts.dt.tz is None
-            else ts
-        )
-        .dt.tz_convert("UTC")
-        .astype("datetime64[us, UTC]")
-    )
+    # the readers' one rule (sources.base.parse_timestamps): a local time DST skips or repeats is
+    # quarantined (raising instead failed every later pull, the row staying in the look-back window)
+    ts = parse_timestamps(raw["ts"].astype(str), None, profile.timezone)
     status = raw["status"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
     quality = status.map(profile.quality)
     # a number column arrives as floats, a text column as text: the same rule as the CSV readers
@@ -148,7 +140,7 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
             lines,
             "ts",
             "timestamp",
-            f"unparseable, ambiguous or non-existent local timestamp (zone {profile.timezone})",
+            timestamp_reason(None, profile.timezone),
             sha,
             rel,
         ),

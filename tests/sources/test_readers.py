@@ -217,7 +217,8 @@ def test_a_record_re_exported_after_completion_is_newer_than_the_running_one(tmp
 
 
 def test_a_dst_fold_in_a_naive_local_export_maps_to_the_right_utc_instants(tmp_path):
-    """Autumn: 02:00–03:00 local happens twice. Rows in time order resolve the repeated hour."""
+    """Autumn: 02:00–03:00 local happens twice. A wide export, one row per instant in time order,
+    resolves the repeated hour by its order (sources.base.localize)."""
     path = tmp_path / "BR102_fold_wide.csv"
     stamps = [
         "25.10.2026 01:30:00",

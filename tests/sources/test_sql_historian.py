@@ -402,8 +402,8 @@ def test_source_in_local_time_west_of_utc_is_pulled_incrementally(history, lake)
 
 def test_local_times_repeated_by_the_autumn_dst_change_are_quarantined_not_fatal(history, lake):
     """Naive local times in the hour repeated on 2026-10-25 (Europe/Zurich, 03:00 CEST -> 02:00 CET)
-    name two instants each: they are quarantined, the rest is ingested, and a pull whose latest
-    row is in that hour still sets a watermark (the earlier instant) so later pulls go on."""
+    name two instants each: they are quarantined, the rest is ingested, and the watermark is the
+    newest instant read, so later pulls go on."""
     day = datetime(2026, 10, 25)
     first_hour = [
         day.replace(hour=h, minute=m) for h in (1, 2) for m in (0, 15, 30, 45)
@@ -417,9 +417,8 @@ def test_local_times_repeated_by_the_autumn_dst_change_are_quarantined_not_fatal
         4,
         4,
     )
-    assert watermark(lake) == pd.Timestamp(
-        "2026-10-25 00:45:00", tz="UTC"
-    )  # 02:45 taken as CEST, the earlier instant
+    # the newest instant read: 01:45 CEST (the 02:xx rows were quarantined, not guessed)
+    assert watermark(lake) == pd.Timestamp("2026-10-24 23:45:00", tz="UTC")
     q = quarantine(lake)
     assert set(q["check"]) == {"timestamp"} and sorted(q["failure_value"].str[11:16]) == [
         "02:00",
@@ -438,12 +437,17 @@ def test_local_times_repeated_by_the_autumn_dst_change_are_quarantined_not_fatal
     )
     second = pull(lake, history, timezone="Europe/Zurich")
 
-    # re-read from 02:35 local: both 02:45 rows (ambiguous, quarantined) and the four 03:xx CET rows
+    # re-read from 01:35 local: the four new 02:xx rows (CET: same text, other values) are
+    # quarantined as ambiguous too, not taken for the CEST rows already quarantined; the 03:xx
+    # CET rows are accepted; nothing is skipped unseen
     assert (
         second.log["rows_read"],
         second.log["rows_accepted"],
         second.log["rows_quarantined"],
-    ) == (6, 4, 2)
+    ) == (8, 4, 4)
+    assert sorted(quarantine(lake)["failure_value"].str[11:16]) == sorted(
+        [f"02:{m:02d}" for m in (0, 15, 30, 45)] * 2
+    )
     utc = [pd.Timestamp(f"2026-10-24 23:{m:02d}", tz="UTC") for m in (0, 15, 30, 45)] + [
         pd.Timestamp(f"2026-10-25 02:{m:02d}", tz="UTC") for m in (0, 15, 30, 45)
     ]  # 01:xx CEST and 03:xx CET
