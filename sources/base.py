@@ -21,7 +21,8 @@ from schemas.validate import quarantine_frame
 
 @dataclass
 class ReadResult:
-    """Tables parsed from one source (by silver table name), unparseable rows, and the count read."""
+    """Tables parsed from one source (by silver table name), unparseable rows, and the count
+    read."""
 
     tables: dict[str, pd.DataFrame]
     rejects: pd.DataFrame = field(default_factory=lambda: quarantine_frame([]))
@@ -34,12 +35,15 @@ class SourceRejected(ValueError):
 
 
 def _first_line(err: BaseException) -> str:
-    """The first non-blank line of an error message (SourceRejected messages are one line; some errors have none)."""
+    """The first non-blank line of an error message (SourceRejected messages are one line; some
+    errors have none)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[0] if lines else type(err).__name__
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256 (hex), read in chunks: the identity of a landing file, its raw copy and
+    every row read from it."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -48,6 +52,8 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def add_lineage(df: pd.DataFrame, sha256: str, rows, rel_path: str) -> pd.DataFrame:
+    """Add the lineage columns in place (file hash, each row's line or ordinal `rows`, relative
+    path) and return `df`."""
     df[lineage.SOURCE_SHA256] = sha256
     df[lineage.SOURCE_ROW] = np.asarray(rows, dtype=np.int64)
     df[lineage.SOURCE_PATH] = rel_path
@@ -80,10 +86,10 @@ def read_csv_text(
         return "skip"
 
     try:
-        # The header is parsed here and handed to pyarrow (column_names + skip_rows), so the names that
-        # get string types are exactly the names of the table: a guessed name that missed (BOM, quotes,
-        # spaces) let pyarrow infer numbers/timestamps and lose the source text, and a duplicated name
-        # made pyarrow keep one of the columns silently.
+        # The header is parsed here and handed to pyarrow (column_names + skip_rows), so the names
+        # that get string types are exactly the names of the table: a guessed name that missed
+        # (BOM, quotes, spaces) let pyarrow infer numbers/timestamps and lose the source text, and
+        # a duplicated name made pyarrow keep one of the columns silently.
         names, header_only = _header_names(path, delimiter, encoding)
         if header_only:
             return (
@@ -125,8 +131,9 @@ def read_csv_text(
     records = np.setdiff1d(
         np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64), rejected, assume_unique=True
     )
-    for b in bad:
-        b["source_row"] = int(line_of(np.int64(b["source_row"])))
+    bad_lines = line_of(np.array([b["source_row"] for b in bad], dtype=np.int64))
+    for b, line in zip(bad, bad_lines, strict=True):
+        b["source_row"] = int(line)
     return frame, line_of(records), quarantine_frame(bad)
 
 
@@ -168,7 +175,8 @@ _HEAD = 1 << 16  # the header line must fit in the first 64 KiB
 
 
 def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str], bool]:
-    """(column names of the first line, whether the file is that line alone); SourceRejected if unusable."""
+    """(column names of the first line, whether the file is that line alone); SourceRejected if
+    unusable."""
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(_HEAD + 1)
     text = head[:_HEAD].decode(encoding, errors="replace").lstrip("\ufeff")
@@ -186,12 +194,14 @@ def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str],
         raise SourceRejected(
             f"duplicate column name(s) in the header: {', '.join(repr(d[:50]) for d in dupes[:5])}"
         )
-    # nothing but line ends after the header (pyarrow skips empty lines; it cannot skip a header with no data)
+    # nothing but line ends after the header (pyarrow skips empty lines; it cannot skip a header
+    # with no data)
     return names, len(head) <= _HEAD and (not rest or rest[0].strip("\r\n") == "")
 
 
 def csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    """Column names of the first line, read as `read_csv_text` reads them; SourceRejected if unusable."""
+    """Column names of the first line, read as `read_csv_text` reads them; SourceRejected if
+    unusable."""
     try:
         return _header_names(path, delimiter, encoding)[0]
     except (pa.ArrowInvalid, OSError) as err:
@@ -224,16 +234,20 @@ def plausible_unit(text: str) -> bool:
         _parse(text)
     except (pint.errors.PintError, ValueError, AttributeError):
         return True  # an unknown or odd unit: conversion() reports it as a UnitError, cleanly
-    except Exception:  # noqa: BLE001 - see docstring: pint's parser fails in arbitrary ways on garbage
+    # see docstring: pint's parser fails in arbitrary ways on garbage
+    except Exception:  # noqa: BLE001
         return False
     return True
 
 
 def require_columns(df: pd.DataFrame, columns, what: str) -> None:
+    """SourceRejected, naming the missing and the found columns, unless `df` has every one of
+    `columns`: a file without them cannot be read as its dataset at all."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise SourceRejected(
-            f"{what}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, df.columns))}"
+            f"{what}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"found {', '.join(map(repr, df.columns))}"
         )
 
 
@@ -329,6 +343,17 @@ def rejects_where(
     )
 
 
+def qualities(status: pd.Series, mapping: dict[str, str]) -> pd.Series:
+    """A source's status texts -> quality words by the profile's mapping (case and surrounding
+    blanks ignored); NaN for a status the mapping lacks (quarantined). A blank status means the
+    source gave none, as a file without a status column: good. The streamed CSV path applies
+    the same rule in SQL (`sources.historian_stream`)."""
+    text = status.astype("str").str.strip().str.lower()
+    words = {str(k).strip().lower(): v for k, v in mapping.items()}
+    return text.map(words).where(text.fillna("") != "", "good")
+
+
+QUALITY_REASON = "status is not in the profile's quality mapping"
 VALUE_PARSE_REASON = "value is neither a finite number nor a known digital state"
 
 
@@ -351,7 +376,8 @@ def historian_values(
 
 
 def finish_records(rows: list[dict], sha256: str, rel_path: str) -> pd.DataFrame:
-    """Records built row by row (MES readers) -> typed frame; each record's `line` becomes lineage."""
+    """Records built row by row (MES readers) -> typed frame; each record's `line` becomes
+    lineage."""
     df = pd.DataFrame(rows)
     if df.empty:
         return df

@@ -11,6 +11,7 @@ identifiers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from schemas.sql_checks import SqlCheck, first_failure_sql
 from sources.base import (
+    QUALITY_REASON,
     VALUE_PARSE_REASON,
     SourceRejected,
     csv_header,
@@ -40,6 +42,8 @@ _OFFSET = r"(Z|[+-]\d\d:?\d\d)\s*$"
 
 
 def ident(name: str) -> str:
+    """`name` as a quoted SQL identifier (embedded quotes doubled): CSV header names are data and
+    may hold any character."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -71,7 +75,8 @@ class Staged:
 
 
 def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
-    """(local_sql, ts_sql): `ts_text` -> naive local TIMESTAMP -> TIMESTAMPTZ, NULL when unparseable.
+    """(local_sql, ts_sql): `ts_text` -> naive local TIMESTAMP -> TIMESTAMPTZ, NULL when
+    unparseable.
 
     The DST rule of `sources.base.localize`, in SQL: a naive local time is placed in the
     profile's zone and must map back to the same wall clock (a time skipped by the spring
@@ -87,7 +92,10 @@ def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
         else "try_cast(ts_text AS TIMESTAMP)"
     )
     placed = "timezone($tz, local_ts)"
-    naive = f"CASE WHEN timezone($tz, {placed}) = local_ts AND timezone($tz, {placed} - INTERVAL 1 HOUR) <> local_ts THEN {placed} END"
+    naive = (
+        f"CASE WHEN timezone($tz, {placed}) = local_ts"
+        f" AND timezone($tz, {placed} - INTERVAL 1 HOUR) <> local_ts THEN {placed} END"
+    )
     if profile.timestamp_format:
         return local, naive
     if profile.timezone.upper() == "UTC":
@@ -97,7 +105,8 @@ def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
         )  # the session zone is UTC: naive text is UTC, offsets are honoured
     return (
         local,
-        f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ) ELSE {naive} END",
+        f"CASE WHEN regexp_matches(ts_text, '{_OFFSET}') THEN try_cast(ts_text AS TIMESTAMPTZ)"
+        f" ELSE {naive} END",
     )
 
 
@@ -112,11 +121,13 @@ def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
     steps = [s - k for k, s in enumerate(sorted(skipped), start=1)]
     con.execute(
         """CREATE OR REPLACE TEMP TABLE skip_steps AS
-                   SELECT t, max(k) AS k FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""",
+                   SELECT t, max(k) AS k
+                   FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""",
         {"t": steps},
     )
     con.execute("""CREATE OR REPLACE TEMP TABLE parsed_lines AS
-                   SELECT p.*, p.rn + 1 + coalesce(s.k, 0) AS line FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
+                   SELECT p.*, p.rn + 1 + coalesce(s.k, 0) AS line
+                   FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
                    ORDER BY p.rn""")
     con.execute(
         "DROP TABLE parsed; ALTER TABLE parsed_lines RENAME TO parsed; DROP TABLE skip_steps"
@@ -124,7 +135,10 @@ def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
 
 
 def stage_long(
-    con: duckdb.DuckDBPyConnection, path: Path, profile: FileProfile, checks: list[SqlCheck] = ()
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    profile: FileProfile,
+    checks: Sequence[SqlCheck] = (),
 ) -> Staged:
     """Read and parse a long historian CSV into temp table `parsed` (see module docstring).
 
@@ -142,14 +156,15 @@ def stage_long(
     encoding = ENCODINGS.get(profile.encoding.lower())
     if encoding is None:
         raise SourceRejected(
-            f"encoding {profile.encoding!r} is not supported for streamed historian files ({', '.join(sorted(ENCODINGS))})"
+            f"encoding {profile.encoding!r} is not supported for streamed historian files"
+            f" ({', '.join(sorted(ENCODINGS))})"
         )
     local_sql, ts_sql = _timestamp_sql(profile)
     check_sql, column_sql, check_params = first_failure_sql(list(checks))
     reason_cases = " ".join(f"WHEN $chk_{i} THEN $why_{i}" for i in range(len(checks)))
     check_reason = f"CASE check_problem {reason_cases} END" if checks else "NULL"
     # a CASE over bound parameters: a MAP built from parameters would be rebuilt for every row
-    qkeys = [str(k).lower() for k in profile.quality]
+    qkeys = [str(k).strip().lower() for k in profile.quality]
     quality_case = (
         (
             "CASE lower(trim(status_text)) "
@@ -179,47 +194,68 @@ def stage_long(
         **({"tz": profile.timezone} if "$tz" in ts_sql else {}),
     }
     con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
+    tag_id, ts_id, value_id = ident(cols["tag"]), ident(cols["ts"]), ident(cols["value"])
     try:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE parsed AS
                 WITH raw AS (
-                    SELECT row_number() OVER () AS rn, trim({ident(cols["tag"])}) AS tag, {ident(cols["ts"])} AS ts_text,
-                           trim({ident(cols["value"])}) AS value_text, {status_sql} AS status_text
-                    FROM read_csv($path, header = true, all_varchar = true, delim = $delim, quote = '"', escape = '"',
-                                  encoding = $encoding, strict_mode = true, null_padding = false, auto_detect = false,
+                    SELECT row_number() OVER () AS rn, trim({tag_id}) AS tag, {ts_id} AS ts_text,
+                           trim({value_id}) AS value_text, {status_sql} AS status_text
+                    FROM read_csv($path, header = true, all_varchar = true, delim = $delim,
+                                  quote = '"', escape = '"', encoding = $encoding,
+                                  strict_mode = true, null_padding = false, auto_detect = false,
                                   columns = $columns, ignore_errors = true, store_rejects = true)),
                 p0 AS (SELECT *, {local_sql} AS local_ts FROM raw),
                 p1 AS (
                     SELECT *, {ts_sql} AS ts,
-                           try_cast(CASE WHEN $decimal = '.' THEN value_text ELSE replace(value_text, $decimal, '.') END AS DOUBLE) AS n,
-                           -- not finite (inf, 1e309, NaN) is not a value (as sources.base.historian_values)
+                           try_cast(CASE WHEN $decimal = '.' THEN value_text
+                                         ELSE replace(value_text, $decimal, '.') END AS DOUBLE)
+                             AS n,
+                           -- not finite (inf, 1e309, NaN) is not a value
+                           -- (as sources.base.historian_values)
                            CASE WHEN isfinite(n) THEN n END AS num,
-                           CASE WHEN status_text IS NULL THEN 'good' ELSE {quality_case} END AS q
+                           -- a blank status is none given: good (as sources.base.qualities)
+                           CASE WHEN coalesce(trim(status_text), '') = '' THEN 'good'
+                                ELSE {quality_case} END AS q
                     FROM p0),
                 p2 AS (
                     SELECT rn, tag, ts, num AS value, ts_text, value_text, status_text,
-                           CASE WHEN num IS NULL THEN lower(value_text) IN (SELECT unnest($states)) ELSE false END AS is_state, q
+                           -- coalesce: an empty value is NULL text,
+                           -- and NULL IN (...) is NULL, not false
+                           CASE WHEN num IS NULL
+                                THEN coalesce(lower(value_text) IN (SELECT unnest($states)), false)
+                                ELSE false END AS is_state, q
                     FROM p1),
                 pt AS (
                     SELECT rn, tag, ts, value, CASE WHEN is_state THEN value_text END AS state,
                            CASE WHEN is_state THEN 'bad' ELSE q END AS quality, ts_text,
-                           CASE WHEN ts IS NULL THEN 'timestamp' WHEN value IS NULL AND NOT is_state THEN 'value_parse'
+                           CASE WHEN ts IS NULL THEN 'timestamp'
+                                WHEN value IS NULL AND NOT is_state THEN 'value_parse'
                                 WHEN q IS NULL THEN 'quality_code' END AS parse_problem,
-                           CASE WHEN ts IS NULL THEN $ts_col WHEN value IS NULL AND NOT is_state THEN $value_col
+                           CASE WHEN ts IS NULL THEN $ts_col
+                                WHEN value IS NULL AND NOT is_state THEN $value_col
                                 WHEN q IS NULL THEN $status_col END AS parse_column,
-                           CASE WHEN ts IS NULL THEN ts_text WHEN value IS NULL AND NOT is_state THEN value_text
+                           CASE WHEN ts IS NULL THEN ts_text
+                                WHEN value IS NULL AND NOT is_state THEN value_text
                                 WHEN q IS NULL THEN status_text END AS parse_value
                     FROM p2),
-                chk AS (SELECT *, CASE WHEN parse_problem IS NULL THEN {check_sql} END AS check_problem,
-                                  CASE WHEN parse_problem IS NULL THEN {column_sql} END AS check_column FROM pt)
+                chk AS (SELECT *,
+                               CASE WHEN parse_problem IS NULL THEN {check_sql} END
+                                 AS check_problem,
+                               CASE WHEN parse_problem IS NULL THEN {column_sql} END
+                                 AS check_column
+                        FROM pt)
                 SELECT rn, tag, ts, value, state, quality, ts_text,
                        coalesce(parse_problem, check_problem) AS problem,
                        coalesce(parse_column, check_column) AS problem_column,
                        CASE WHEN parse_problem IS NOT NULL THEN parse_value
-                            WHEN check_column = 'tag' THEN tag WHEN check_column = 'quality' THEN quality
+                            WHEN check_column = 'tag' THEN tag
+                            WHEN check_column = 'quality' THEN quality
                             WHEN check_column = 'ts_text' THEN ts_text END AS failure_value,
-                       CASE parse_problem WHEN 'timestamp' THEN $why_timestamp WHEN 'value_parse' THEN $why_value_parse
-                            WHEN 'quality_code' THEN $why_quality_code ELSE {check_reason} END AS reason
+                       CASE parse_problem WHEN 'timestamp' THEN $why_timestamp
+                            WHEN 'value_parse' THEN $why_value_parse
+                            WHEN 'quality_code' THEN $why_quality_code ELSE {check_reason} END
+                         AS reason
                 FROM chk""",
             params,
         )
@@ -227,7 +263,8 @@ def stage_long(
         # what a bad file causes; a binder or parser error would be a bug here and must surface
         raise SourceRejected(f"not a readable CSV: {str(err).splitlines()[0]}") from None
     malformed = con.execute(
-        """SELECT line, any_value(error_type::VARCHAR) AS error_type, any_value(csv_line) AS text, any_value(error_message) AS message
+        """SELECT line, any_value(error_type::VARCHAR) AS error_type, any_value(csv_line) AS text,
+                  any_value(error_message) AS message
            FROM reject_errors GROUP BY line ORDER BY line"""
     ).df()
     n = con.execute("SELECT count(*) FROM parsed").fetchall()[0][0]
@@ -239,5 +276,5 @@ def stage_long(
 
 PARSE_REASON_PARAMS = {
     "why_value_parse": VALUE_PARSE_REASON,
-    "why_quality_code": "status is not in the profile's quality mapping",
+    "why_quality_code": QUALITY_REASON,
 }

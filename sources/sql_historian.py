@@ -18,11 +18,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 from sources.base import (
+    QUALITY_REASON,
     VALUE_PARSE_REASON,
     ReadResult,
     add_lineage,
     historian_values,
     parse_timestamps,
+    qualities,
     rejects_where,
     timestamp_reason,
 )
@@ -36,20 +38,22 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
     query = sa.select(*(table.c[c[k]].label(k) for k in ("tag", "ts", "value", "status")))
     if since is not None:
         # untyped (NullType): the database converts the text to the column's type. A typed string
-        # would be sent as VARCHAR (PostgreSQL: "operator does not exist: timestamp > character varying").
+        # would be sent as VARCHAR
+        # (PostgreSQL: "operator does not exist: timestamp > character varying").
         query = query.where(
             table.c[c["ts"]]
             > sa.bindparam("since", _sql_text(since, profile.timezone), type_=sa.types.NullType())
         )
     query = query.order_by(table.c[c["ts"]], table.c[c["tag"]])
-    # Errors name the source, never the URL, and are raised outside the `except` blocks so that no
-    # exception chain (__context__) carries the driver's original message; anything a driver echoes
-    # back from the URL (a password in a query parameter, say) is redacted as well.
+    # Errors name the source, never the URL, and are raised outside the `except` blocks so that
+    # no exception chain (__context__) carries the driver's original message; anything a driver
+    # echoes back from the URL (a password in a query parameter, say) is redacted as well.
     failure = None
     try:
         engine = sa.create_engine(profile.resolved_url())
     except (sa.exc.ArgumentError, ValueError) as err:
-        # a parser's message may quote part of the URL (and so the password): only a missing driver is named
+        # a parser's message may quote part of the URL (and so the password): only a missing
+        # driver is named
         failure = (
             f"invalid URL: {_first_line(err)}"
             if isinstance(err, sa.exc.NoSuchModuleError)
@@ -61,7 +65,8 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
         with engine.connect() as conn:
             raw = pd.read_sql(query, conn)
     except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as err:
-        # pandas wraps a failing query in its own DatabaseError (quoting the SQL): report the driver's error
+        # pandas wraps a failing query in its own DatabaseError (quoting the SQL): report the
+        # driver's error
         err = (
             err.__cause__
             if isinstance(err, pd.errors.DatabaseError) and err.__cause__ is not None
@@ -74,9 +79,10 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
     if failure is not None:
         raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
     if pd.api.types.is_datetime64_any_dtype(raw["ts"]):
-        # a timestamp column: each value as its own ISO text. Series.astype(str) formats all rows alike
-        # ('2026-03-16' when every row is at midnight, '.500' on all when one has a fraction), and the
-        # text identifies rows already held, so it must not depend on which other rows came with it.
+        # a timestamp column: each value as its own ISO text. Series.astype(str) formats all rows
+        # alike ('2026-03-16' when every row is at midnight, '.500' on all when one has a
+        # fraction), and the text identifies rows already held, so it must not depend on which
+        # other rows came with it.
         raw["ts"] = raw["ts"].map(lambda t: t.isoformat(sep=" "), na_action="ignore")
     return raw, parse(raw, profile)
 
@@ -87,7 +93,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def _redact(message: str, profile: SqlProfile) -> str:
-    """`message` with every value the URL took from the environment, and the URL's password, replaced by ***."""
+    """`message` with every value the URL took from the environment, and the URL's password,
+    replaced by ***."""
     secrets = {
         os.environ.get(a or b, "") for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", profile.url)
     }
@@ -102,7 +109,8 @@ def _redact(message: str, profile: SqlProfile) -> str:
 
 
 def _sql_text(ts: datetime, timezone: str = "UTC") -> str:
-    """`ts` as naive text in the zone the source stores its timestamps in (the profile's timezone)."""
+    """`ts` as naive text in the zone the source stores its timestamps in (the profile's
+    timezone)."""
     return pd.Timestamp(ts).tz_convert(timezone).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -114,14 +122,17 @@ def content_sha256(raw: pd.DataFrame) -> str:
 
 
 def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> ReadResult:
+    """Pulled rows -> historian points, by the same timestamp, quality and value rules as the CSV
+    readers; lineage is `sql:<name>` and the row's ordinal in the pull, failures are quarantined."""
     sha = sha256 or content_sha256(raw)
     rel = f"sql:{profile.name}"
     lines = np.arange(1, len(raw) + 1, dtype=np.int64)
     # the readers' one rule (sources.base.parse_timestamps): a local time DST skips or repeats is
     # quarantined (raising instead failed every later pull, the row staying in the look-back window)
     ts = parse_timestamps(raw["ts"].astype(str), None, profile.timezone)
-    status = raw["status"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
-    quality = status.map(profile.quality)
+    # a number column arrives as floats: status 0 reads '0.0'
+    status = raw["status"].astype("str").str.replace(r"\.0$", "", regex=True)
+    quality = qualities(status, profile.quality)
     # a number column arrives as floats, a text column as text: the same rule as the CSV readers
     text = raw["value"].map(
         lambda v: (
@@ -144,23 +155,24 @@ def parse(raw: pd.DataFrame, profile: SqlProfile, sha256: str | None = None) -> 
             sha,
             rel,
         ),
+        # a row failing several ways is quarantined for the first, in the streamed path's order
         rejects_where(
-            quality.isna() & ts.notna(),
-            raw,
-            lines,
-            "status",
-            "quality_code",
-            "status is not in the profile's quality mapping",
-            sha,
-            rel,
-        ),
-        rejects_where(
-            unparseable & quality.notna() & ts.notna(),
+            unparseable & ts.notna(),
             raw,
             lines,
             "value",
             "value_parse",
             VALUE_PARSE_REASON,
+            sha,
+            rel,
+        ),
+        rejects_where(
+            quality.isna() & ~unparseable & ts.notna(),
+            raw,
+            lines,
+            "status",
+            "quality_code",
+            QUALITY_REASON,
             sha,
             rel,
         ),
