@@ -36,7 +36,8 @@ class BatchLake:
         self.lake = Lake(Path(root))
 
     def query(self, sql: str, params: list | dict | None = None, *, arrow: bool = False):
-        """Run read-only SQL over the catalog; pandas by default, a pyarrow Table with arrow=True."""
+        """Run read-only SQL over the catalog; pandas by default, a pyarrow Table with
+        arrow=True."""
         with connect(self.lake) as con:
             check_read_only(con, sql)
             result = con.execute(sql, params or [])
@@ -65,50 +66,66 @@ class BatchLake:
             con.execute(EXACT_SUM)
             catalog.attach_views(con, self.lake)
             self._interval(con, batch, unit, start, end)
-            # raw points come from silver, no segments needed; segments by the same gap rule gold used
+            # raw points come from silver, no segments needed;
+            # segments by the same gap rule gold used
             points_and_segments(
                 con, params, points=mode != "raw", default_gap_s=site_gap_s(self.lake)
             )
             if mode == "raw":
                 return con.execute(
-                    f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h, t.parameter,
-                               p.value * t.scale + t."offset" AS value, t.canonical_uom AS uom, p.quality, p.tag
+                    f"""SELECT p.ts, (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
+                               t.parameter, p.value * t.scale + t."offset" AS value,
+                               t.canonical_uom AS uom, p.quality, p.tag
                         {good_points_sql("p.ts >= b.start_ts AND p.ts < b.end_eff")}
                         ORDER BY t.parameter, p.ts"""
                 ).df()
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE win AS
-                   SELECT batch_id, k, t0, start_ts + to_microseconds((k * $step * 1e6)::BIGINT) AS ws,
+                   SELECT batch_id, k, t0,
+                          start_ts + to_microseconds((k * $step * 1e6)::BIGINT) AS ws,
                           start_ts + to_microseconds(((k + 1) * $step * 1e6)::BIGINT) AS we
-                   FROM (SELECT *, unnest(range(0, ceil((epoch_us(end_eff) - epoch_us(start_ts)) / 1e6 / $step)::BIGINT)) AS k FROM b)""",
+                   FROM (SELECT *,
+                                unnest(range(0, ceil((epoch_us(end_eff) - epoch_us(start_ts))
+                                                     / 1e6 / $step)::BIGINT)) AS k
+                         FROM b)""",
                 {"step": step},
             )
             grid = """SELECT w.batch_id, w.k, w.ws, w.t0, t.parameter, t.canonical_uom AS uom
                       FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id"""
             if mode in ("twa", "min", "max"):
                 value = {
-                    "twa": "CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END",
+                    "twa": (
+                        "CASE WHEN a.covered_s >= $step * (1 - 1e-9)"
+                        " THEN a.integral / a.covered_s END"
+                    ),
                     "min": "a.vmin",
                     "max": "a.vmax",
                 }[mode]
-                sql = f"""WITH agg AS ({integrals_sql("win", "i.k", spread=False)}), grid AS ({grid})
-                          SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h, g.parameter,
-                                 {value} AS value, least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage, g.uom
-                          FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.k = g.k AND a.parameter = g.parameter
+                agg = integrals_sql("win", "i.k", spread=False)
+                sql = f"""WITH agg AS ({agg}), grid AS ({grid})
+                          SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h,
+                                 g.parameter, {value} AS value,
+                                 least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage, g.uom
+                          FROM grid g LEFT JOIN agg a
+                            ON a.batch_id = g.batch_id AND a.k = g.k AND a.parameter = g.parameter
                           ORDER BY g.parameter, g.ws"""
                 return con.execute(sql, {"step": step}).df()
             if mode == "interpolated":
                 sql = f"""WITH grid AS ({grid})
-                          SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h, g.parameter,
+                          SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h,
+                                 g.parameter,
                                  CASE WHEN s.interpolation = 'step' THEN s.v0
-                                      ELSE s.v0 + (s.v1 - s.v0) * (epoch_us(g.ws) - epoch_us(s.t0)) / (epoch_us(s.t1) - epoch_us(s.t0)) END AS value,
+                                      ELSE s.v0 + (s.v1 - s.v0) * (epoch_us(g.ws) - epoch_us(s.t0))
+                                                  / (epoch_us(s.t1) - epoch_us(s.t0)) END AS value,
                                  g.uom
-                          FROM grid g LEFT JOIN seg s ON s.batch_id = g.batch_id AND s.parameter = g.parameter AND s.t0 <= g.ws AND s.t1 > g.ws
+                          FROM grid g LEFT JOIN seg s
+                            ON s.batch_id = g.batch_id AND s.parameter = g.parameter
+                           AND s.t0 <= g.ws AND s.t1 > g.ws
                           ORDER BY g.parameter, g.ws"""
                 return con.execute(sql).df()
             sql = f"""WITH grid AS ({grid})
-                      SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h, g.parameter, p.v AS value,
-                             p.ts AS recorded_ts, g.uom
+                      SELECT g.ws AS ts, (epoch_us(g.ws) - epoch_us(g.t0)) / 3.6e9 AS t_batch_h,
+                             g.parameter, p.v AS value, p.ts AS recorded_ts, g.uom
                       FROM grid g ASOF LEFT JOIN (SELECT * FROM pts WHERE ok) p
                         ON p.batch_id = g.batch_id AND p.parameter = g.parameter AND p.ts <= g.ws
                       ORDER BY g.parameter, g.ws"""
@@ -116,12 +133,15 @@ class BatchLake:
 
     @staticmethod
     def _interval(con, batch, unit, start, end) -> None:
-        """Temp table `b`: the batch (its unit, bounds, inoculation) or a unit between start and end."""
+        """Temp table `b`: the batch (its unit, bounds, inoculation) or a unit between start and
+        end."""
         if batch is not None:
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE b AS
-                   SELECT batch_id, unit_id, coalesce(CAST($start AS TIMESTAMPTZ), start_ts) AS start_ts,
-                          coalesce(CAST($end AS TIMESTAMPTZ), end_ts, $now) AS end_eff, coalesce(inoculation_ts, start_ts) AS t0
+                   SELECT batch_id, unit_id,
+                          coalesce(CAST($start AS TIMESTAMPTZ), start_ts) AS start_ts,
+                          coalesce(CAST($end AS TIMESTAMPTZ), end_ts, $now) AS end_eff,
+                          coalesce(inoculation_ts, start_ts) AS t0
                    FROM batches WHERE batch_id = $batch""",
                 {
                     "batch": batch,
@@ -136,7 +156,8 @@ class BatchLake:
         if unit is None or start is None or end is None:
             raise ValueError("read needs a batch, or a unit with start and end")
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE b AS SELECT $unit AS batch_id, $unit AS unit_id, $start AS start_ts, $end AS end_eff, $start AS t0",
+            "CREATE OR REPLACE TEMP TABLE b AS SELECT $unit AS batch_id, $unit AS unit_id,"
+            " $start AS start_ts, $end AS end_eff, $start AS t0",
             {"unit": unit, "start": _ts(start), "end": _ts(end)},
         )
 

@@ -19,8 +19,10 @@ from lake.layout import Lake, atomic_write_parquet
 from schemas.tables import AuditEvent
 from schemas.validate import as_arrow
 
+
 def actor() -> str:
-    """Who acts: `BATCHTWIN_ACTOR` (set by a service account or the UI) or the OS user, plus the host."""
+    """Who acts: `BATCHTWIN_ACTOR` (set by a service account or the UI) or the OS user, plus the
+    host."""
     who = os.environ.get("BATCHTWIN_ACTOR")
     if not who:
         try:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 from filelock import FileLock
 
 from lake.layout import Lake, sweep_stale_temporaries
@@ -49,10 +48,7 @@ RAW_VIEW_NAME = {
 
 def _empty_select(model) -> str:
     schema = model.to_schema()
-    cols = [
-        f'CAST(NULL AS {duck_type(c.dtype)}) AS "{name}"'
-        for name, c in schema.columns.items()
-    ]
+    cols = [f'CAST(NULL AS {duck_type(c.dtype)}) AS "{name}"' for name, c in schema.columns.items()]
     return f"SELECT {', '.join(cols)} WHERE false"
 
 
@@ -91,7 +87,9 @@ def view_definitions(lake: Lake) -> dict[str, str]:
         SELECT r.* EXCLUDE (superseded_by), r.superseded_by FROM (
             SELECT *, CASE WHEN latest <> source_sha256 THEN latest END AS superseded_by FROM (
                 SELECT *, first_value(source_sha256) OVER (
-                    PARTITION BY batch_id ORDER BY record_version DESC, record_ts DESC NULLS LAST, source_sha256) AS latest
+                    PARTITION BY batch_id
+                    ORDER BY record_version DESC, record_ts DESC NULLS LAST, source_sha256)
+                  AS latest
                 FROM batch_record_files)) r"""
     # a retest reported in a later file supersedes the earlier result (both stay in sample_records)
     key, order = key_sql(_rule(Sample))
@@ -102,11 +100,13 @@ def view_definitions(lake: Lake) -> dict[str, str]:
         views[table] = _source(lake, lake.gold(table), model)
     # each batch against the golden profile of its product (completed and running batches alike)
     views["batch_deviation"] = """
-        SELECT t.batch_id, b.product, t.parameter, t.t_batch_h, t.value, g.mean, g.std, g.lower, g.upper,
+        SELECT t.batch_id, b.product, t.parameter, t.t_batch_h, t.value,
+               g.mean, g.std, g.lower, g.upper,
                t.value - g.mean AS deviation, (t.value - g.mean) / nullif(g.std, 0) AS z,
                t.value NOT BETWEEN g.lower AND g.upper AS outside
         FROM batch_trajectories t JOIN batches b USING (batch_id)
-        JOIN golden_profiles g ON g.product = b.product AND g.parameter = t.parameter AND g.t_batch_h = t.t_batch_h
+        JOIN golden_profiles g
+          ON g.product = b.product AND g.parameter = t.parameter AND g.t_batch_h = t.t_batch_h
         WHERE t.value IS NOT NULL"""
     views["batches"] = (
         "SELECT * EXCLUDE (superseded_by) FROM batch_records WHERE superseded_by IS NULL"

@@ -18,6 +18,7 @@ on its own and a crash leaves every other batch intact.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,16 +42,19 @@ GOLD_TABLES = ("process_values", "batch_trajectories", "phase_summary", "batch_k
 
 @dataclass(frozen=True)
 class Settings:
-    """How gold tables are computed; the site's part comes from its sources.yaml (`Settings.for_site`)."""
+    """How gold tables are computed; the site's part comes from its sources.yaml
+    (`Settings.for_site`)."""
 
     grid_minutes: float = 15.0
     golden_k: float = 3.0  # golden band: mean ± k·σ
     max_gap_s: float = DEFAULT_MAX_GAP_S  # linear tags without a max_gap_s of their own
-    # operating limits (parameter, phase, low, high) in canonical units: what pct_in_limits measures
+    # operating limits (parameter, phase, low, high) in canonical units:
+    # what pct_in_limits measures
     limits: tuple[tuple[str, str, float | None, float | None], ...] = ()
     kpis: KpiInputs = KpiInputs()
     feed_to_l_per_h: tuple[tuple[str, float], ...] = ()  # each feed-rate parameter's factor to L/h
-    # qP in pg/cell/day per (product unit / (cell-density unit · h)); None: not cells and a mass titer
+    # qP in pg/cell/day per (product unit / (cell-density unit · h));
+    # None: not cells and a mass titer
     qp_factor: float | None = None
 
     @classmethod
@@ -73,7 +77,8 @@ def site_gap_s(lake: Lake) -> float:
 
 def _qp_factor(site: Site) -> float | None:
     """qP = slope of product against integral cell density; 24000 turns g/L per (1e6 cells/mL·h)
-    into pg/cell/day. Only for a cell count and a mass concentration (a biomass in g/L has no qP)."""
+    into pg/cell/day. Only for a cell count and a mass concentration (a biomass in g/L has no
+    qP)."""
     density, product = (
         site.analytes.get(site.kpis.cell_density or ""),
         site.analytes.get(site.kpis.product or ""),
@@ -100,18 +105,23 @@ def _setup(
     con.execute(
         # a running batch ends, for now, at its unit's last archived point (never after as_of)
         """CREATE OR REPLACE TEMP TABLE b AS
-           WITH chosen AS (SELECT * FROM batches WHERE batch_id IN (SELECT unnest($ids)) AND start_ts IS NOT NULL),
-           horizon AS (SELECT t.unit_id, max(p.ts) AS last_ts FROM historian_points p JOIN tags t USING (tag)
-                       WHERE t.unit_id IN (SELECT unit_id FROM chosen WHERE end_ts IS NULL) GROUP BY 1)
+           WITH chosen AS (SELECT * FROM batches
+                           WHERE batch_id IN (SELECT unnest($ids)) AND start_ts IS NOT NULL),
+           horizon AS (SELECT t.unit_id, max(p.ts) AS last_ts
+                       FROM historian_points p JOIN tags t USING (tag)
+                       WHERE t.unit_id IN (SELECT unit_id FROM chosen WHERE end_ts IS NULL)
+                       GROUP BY 1)
            SELECT batch_id, unit_id, product, status, start_ts,
-                  coalesce(end_ts, greatest(least($as_of, coalesce(h.last_ts, $as_of)), start_ts)) AS end_eff,
+                  coalesce(end_ts, greatest(least($as_of, coalesce(h.last_ts, $as_of)), start_ts))
+                    AS end_eff,
                   coalesce(inoculation_ts, start_ts) AS t0
            FROM chosen LEFT JOIN horizon h USING (unit_id)""",
         {"ids": list(batch_ids), "as_of": as_of},
     )
     points_and_segments(con, default_gap_s=settings.max_gap_s)
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE lim (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)"
+        "CREATE OR REPLACE TEMP TABLE lim"
+        " (parameter VARCHAR, phase VARCHAR, low DOUBLE, high DOUBLE)"
     )
     if settings.limits:
         con.executemany("INSERT INTO lim VALUES (?, ?, ?, ?)", [list(r) for r in settings.limits])
@@ -128,9 +138,9 @@ def points_and_segments(
     points: bool = True,
     default_gap_s: float = DEFAULT_MAX_GAP_S,
 ) -> None:
-    """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases `ph`,
-    tags `tg` and, with `points`, the unit's points `pts` (canonical units) and the valid segments
-    `seg` between them.
+    """From the intervals in temp table `b` (batch_id, unit_id, start_ts, end_eff, t0): phases
+    `ph`, tags `tg` and, with `points`, the unit's points `pts` (canonical units) and the valid
+    segments `seg` between them.
 
     Historian archives are exception-reported and compressed: an archived value holds until the
     next one, and a long interval between two archived values is data within the compression
@@ -143,7 +153,8 @@ def points_and_segments(
     """
     con.execute(
         """CREATE OR REPLACE TEMP TABLE ph AS
-           SELECT p.batch_id, p.phase, p.seq, p.start_ts, coalesce(p.end_ts, b.end_eff) AS end_eff
+           SELECT p.batch_id, p.phase, p.seq, p.start_ts,
+                  coalesce(p.end_ts, b.end_eff) AS end_eff
            FROM phases p JOIN b USING (batch_id)
            WHERE p.level = 'phase' AND p.start_ts IS NOT NULL"""
     )
@@ -151,7 +162,8 @@ def points_and_segments(
         """CREATE OR REPLACE TEMP TABLE tg AS
            SELECT tag, unit_id, parameter, canonical_uom, scale, "offset", interpolation,
                   -- NULL: no limit (a step tag holds its value until the next archived one)
-                  CASE WHEN interpolation = 'linear' THEN coalesce(max_gap_s, $gap) END AS max_gap_s
+                  CASE WHEN interpolation = 'linear' THEN coalesce(max_gap_s, $gap) END
+                    AS max_gap_s
            FROM tags WHERE $parameters IS NULL OR list_contains($parameters, parameter)""",
         {"parameters": list(parameters) if parameters else None, "gap": float(default_gap_s)},
     )
@@ -170,17 +182,23 @@ def points_and_segments(
     # end: sorting the whole historian for them cost O(lake) on every call
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE pts AS
-            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset" AS v, {POINT_OK} AS ok
-            FROM bt JOIN historian_points p ON p.tag = bt.tag AND p.ts >= bt.start_ts AND p.ts < bt.end_eff
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset" AS v,
+                   {POINT_OK} AS ok
+            FROM bt JOIN historian_points p
+              ON p.tag = bt.tag AND p.ts >= bt.start_ts AND p.ts < bt.end_eff
             UNION ALL
-            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset",
+                   {POINT_OK}
             FROM bt ASOF JOIN (SELECT * FROM historian_points
-                               WHERE tag IN (SELECT tag FROM bt) AND ts < (SELECT max(start_ts) FROM bt)) p
+                               WHERE tag IN (SELECT tag FROM bt)
+                                 AND ts < (SELECT max(start_ts) FROM bt)) p
               ON p.tag = bt.tag AND bt.start_ts > p.ts
             UNION ALL
-            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset", {POINT_OK}
+            SELECT bt.batch_id, bt.tag, bt.parameter, p.ts, p.value * bt.scale + bt."offset",
+                   {POINT_OK}
             FROM bt ASOF JOIN (SELECT * FROM historian_points
-                               WHERE tag IN (SELECT tag FROM bt) AND ts >= (SELECT min(end_eff) FROM bt)) p
+                               WHERE tag IN (SELECT tag FROM bt)
+                                 AND ts >= (SELECT min(end_eff) FROM bt)) p
               ON p.tag = bt.tag AND bt.end_eff <= p.ts"""
     )
     # the end of each unit's data: the latest point of any of its tags (all of them, not only the
@@ -192,16 +210,20 @@ def points_and_segments(
     )
     con.execute(
         """CREATE OR REPLACE TEMP TABLE seg AS
-           SELECT w.batch_id, t.parameter, t.interpolation, w.t0, w.v0, coalesce(w.t1, e.last_ts) AS t1,
-                  -- a linear value holds towards a point the source marked bad, and past the last one
+           SELECT w.batch_id, t.parameter, t.interpolation, w.t0, w.v0,
+                  coalesce(w.t1, e.last_ts) AS t1,
+                  -- a linear value holds towards a point the source marked bad,
+                  -- and past the last one
                   CASE WHEN coalesce(w.ok1, false) THEN w.v1 ELSE w.v0 END AS v1
            FROM (
              -- the window's sort is most of the cost: only the columns it needs go through it
-             SELECT batch_id, tag, ok, ts AS t0, v AS v0, lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
+             SELECT batch_id, tag, ok, ts AS t0, v AS v0,
+                    lead(ts) OVER w AS t1, lead(v) OVER w AS v1, lead(ok) OVER w AS ok1
              FROM pts WINDOW w AS (PARTITION BY batch_id, tag ORDER BY ts)) w
            JOIN tg t USING (tag) JOIN data_end e ON e.unit_id = t.unit_id
            WHERE w.ok AND coalesce(w.t1, e.last_ts) > w.t0
-             AND (t.max_gap_s IS NULL OR (epoch_us(coalesce(w.t1, e.last_ts)) - epoch_us(w.t0)) / 1e6 <= t.max_gap_s)"""
+             AND (t.max_gap_s IS NULL
+                  OR (epoch_us(coalesce(w.t1, e.last_ts)) - epoch_us(w.t0)) / 1e6 <= t.max_gap_s)"""
     )
 
 
@@ -225,12 +247,22 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
         pairs = f"""
             -- windows of the segment's part inside its batch: a set-point archived months before
             -- would otherwise list every window since
-            FROM (SELECT s.*, unnest(range(floor((epoch_us(greatest(s.t0, b.start_ts)) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT,
-                                           ceil((epoch_us(least(s.t1, b.end_eff)) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT)) AS k
+            FROM (SELECT s.*,
+                         unnest(range(floor((epoch_us(greatest(s.t0, b.start_ts)) - epoch_us(b.t0))
+                                            / ($step * 1e6))::BIGINT,
+                                      ceil((epoch_us(least(s.t1, b.end_eff)) - epoch_us(b.t0))
+                                           / ($step * 1e6))::BIGINT)) AS k
                   FROM seg s JOIN b USING (batch_id)) s
             JOIN {intervals} i ON i.batch_id = s.batch_id AND i.k = s.k"""
     else:
-        pairs = f"FROM {intervals} i JOIN seg s ON s.batch_id = i.batch_id AND s.t0 < i.we AND s.t1 > i.ws"
+        pairs = (
+            f"FROM {intervals} i JOIN seg s"
+            " ON s.batch_id = i.batch_id AND s.t0 < i.we AND s.t1 > i.ws"
+        )
+    spread_sql = SPREAD_SQL if spread else ""
+    limits_join = (
+        " LEFT JOIN lim ON lim.parameter = y.parameter AND lim.phase = y.phase" if spread else ""
+    )
     return f"""
         WITH x AS (
             SELECT {keys}, i.batch_id, s.parameter, s.interpolation, s.t0, s.t1, s.v0, s.v1,
@@ -239,16 +271,18 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
         ), y AS (
             SELECT *, (epoch_us(z) - epoch_us(a)) / 1e6 AS d,
                    CASE WHEN interpolation = 'step' THEN v0
-                        ELSE v0 + (v1 - v0) * (epoch_us(a) - epoch_us(t0)) / (epoch_us(t1) - epoch_us(t0)) END AS va,
+                        ELSE v0 + (v1 - v0) * (epoch_us(a) - epoch_us(t0))
+                                  / (epoch_us(t1) - epoch_us(t0)) END AS va,
                    CASE WHEN interpolation = 'step' THEN v0
-                        ELSE v0 + (v1 - v0) * (epoch_us(z) - epoch_us(t0)) / (epoch_us(t1) - epoch_us(t0)) END AS vb
+                        ELSE v0 + (v1 - v0) * (epoch_us(z) - epoch_us(t0))
+                                  / (epoch_us(t1) - epoch_us(t0)) END AS vb
             FROM x
         )
         SELECT y.batch_id, {keys.replace("i.", "y.")}, y.parameter,
                exact_sum(d) AS covered_s,
                exact_sum((va + vb) / 2 * d) AS integral,
-               min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax{SPREAD_SQL if spread else ""}
-        FROM y{" LEFT JOIN lim ON lim.parameter = y.parameter AND lim.phase = y.phase" if spread else ""}
+               min(least(va, vb)) AS vmin, max(greatest(va, vb)) AS vmax{spread_sql}
+        FROM y{limits_join}
         GROUP BY ALL"""
 
 
@@ -257,46 +291,63 @@ def integrals_sql(intervals: str, keys: str, grid: bool = False, spread: bool = 
 # is the instrument range, not an operating limit.
 SPREAD_SQL = """,
                exact_sum((va * va + va * vb + vb * vb) / 3 * d) AS integral_sq,
-               -- time inside [low, high]: exact for a linear segment (the fraction of its value range inside)
+               -- time inside [low, high]: exact for a linear segment
+               -- (the fraction of its value range inside)
                exact_sum(CASE WHEN lim.low IS NULL AND lim.high IS NULL THEN NULL
-                        WHEN va = vb THEN d * (va BETWEEN coalesce(lim.low, -1e308) AND coalesce(lim.high, 1e308))::INT
+                        WHEN va = vb
+                          THEN d * (va BETWEEN coalesce(lim.low, -1e308)
+                                           AND coalesce(lim.high, 1e308))::INT
                         ELSE d * greatest(0, least(greatest(va, vb), coalesce(lim.high, 1e308))
-                                            - greatest(least(va, vb), coalesce(lim.low, -1e308))) / abs(vb - va) END) AS in_limits_s"""
+                                            - greatest(least(va, vb), coalesce(lim.low, -1e308)))
+                               / abs(vb - va) END) AS in_limits_s"""
 
 
 # Not materialized: its rows go straight from silver into the per-batch files (the widest table;
 # ten million rows did not fit the memory limit). No ORDER BY: sorting ten million wide rows cost
 # more than everything else here together; rows keep the silver order (a historian export's,
 # usually tag by tag in time), which the files' row-group statistics prune on.
+_IN_BATCH_AND_PHASE = good_points_sql(
+    "p.ts >= b.start_ts AND p.ts < b.end_eff",
+    "JOIN ph ON ph.batch_id = b.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff",
+)
 PROCESS_VALUES_SQL = f"""
     SELECT b.batch_id, b.unit_id, ph.phase, t.parameter, p.ts,
            (epoch_us(p.ts) - epoch_us(b.t0)) / 3.6e9 AS t_batch_h,
            (epoch_us(p.ts) - epoch_us(ph.start_ts)) / 3.6e9 AS t_phase_h,
-           p.value * t.scale + t."offset" AS value, t.canonical_uom AS uom, p.quality, p.tag, p.source_sha256, p.source_row
-    {good_points_sql("p.ts >= b.start_ts AND p.ts < b.end_eff", "JOIN ph ON ph.batch_id = b.batch_id AND p.ts >= ph.start_ts AND p.ts < ph.end_eff")}"""
+           p.value * t.scale + t."offset" AS value, t.canonical_uom AS uom, p.quality, p.tag,
+           p.source_sha256, p.source_row
+    {_IN_BATCH_AND_PHASE}"""
 
 
 def batch_trajectories(con, grid_minutes: float) -> None:
+    """Temp table `gold_batch_trajectories`: each parameter's time-weighted average per regular
+    window of `grid_minutes` from inoculation, with points counted and coverage (NULL value
+    where valid data do not cover the whole window)."""
     step = float(grid_minutes) * 60.0
     con.execute(
         """CREATE OR REPLACE TEMP TABLE win AS
            SELECT batch_id, k, b.t0 + to_microseconds((k * $step * 1e6)::BIGINT) AS ws,
                   b.t0 + to_microseconds(((k + 1) * $step * 1e6)::BIGINT) AS we
-           FROM (SELECT batch_id, t0, unnest(range(floor((epoch_us(start_ts) - epoch_us(t0)) / 1e6 / $step)::BIGINT,
-                                                    ceil((epoch_us(end_eff) - epoch_us(t0)) / 1e6 / $step)::BIGINT)) AS k
+           FROM (SELECT batch_id, t0,
+                        unnest(range(
+                            floor((epoch_us(start_ts) - epoch_us(t0)) / 1e6 / $step)::BIGINT,
+                            ceil((epoch_us(end_eff) - epoch_us(t0)) / 1e6 / $step)::BIGINT)) AS k
                  FROM b) b""",
         {"step": step},
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_batch_trajectories AS
             WITH agg AS ({integrals_sql("win", "i.k", grid=True, spread=False)}),
-            npts AS (SELECT p.batch_id, floor((epoch_us(p.ts) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT AS k, p.parameter, count(*) AS n_points
+            npts AS (SELECT p.batch_id,
+                            floor((epoch_us(p.ts) - epoch_us(b.t0)) / ($step * 1e6))::BIGINT AS k,
+                            p.parameter, count(*) AS n_points
                      FROM pts p JOIN b USING (batch_id) WHERE p.ok
                      GROUP BY ALL),
             grid AS (SELECT w.batch_id, w.k, t.parameter, t.canonical_uom
                      FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
             SELECT g.batch_id, g.parameter, g.k * $step / 3600.0 AS t_batch_h,
-                   CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END AS value,
+                   CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END
+                     AS value,
                    coalesce(n.n_points, 0) AS n_points,
                    least(coalesce(a.covered_s, 0) / $step, 1.0) AS coverage,
                    g.canonical_uom AS uom
@@ -309,8 +360,12 @@ def batch_trajectories(con, grid_minutes: float) -> None:
 
 
 def phase_summary(con) -> None:
+    """Temp table `gold_phase_summary`: per batch, ISA-88 phase and parameter the duration,
+    time-weighted average, min, max, standard deviation, time within the site's limits and
+    coverage."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE phase_iv AS SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph"
+        "CREATE OR REPLACE TEMP TABLE phase_iv AS"
+        " SELECT batch_id, phase, seq, start_ts AS ws, end_eff AS we FROM ph"
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE gold_phase_summary AS
@@ -321,16 +376,20 @@ def phase_summary(con) -> None:
                    (epoch_us(g.we) - epoch_us(g.ws)) / 3.6e9 AS duration_h,
                    a.integral / nullif(a.covered_s, 0) AS twa,
                    a.vmin AS min, a.vmax AS max,
-                   -- E[x²] − E[x]² cancels: a difference below the resolution of E[x²] is no variance
-                   -- (a constant set-point reads 0, not 1e-7)
+                   -- E[x²] − E[x]² cancels: a difference below the resolution of E[x²] is no
+                   -- variance (a constant set-point reads 0, not 1e-7)
                    CASE WHEN a.covered_s > 0 THEN
-                       CASE WHEN a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2) <= 1e-12 * abs(a.integral_sq / a.covered_s) THEN 0.0
-                            ELSE sqrt(a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2)) END END AS std,
+                       CASE WHEN a.integral_sq / a.covered_s - power(a.integral / a.covered_s, 2)
+                                 <= 1e-12 * abs(a.integral_sq / a.covered_s) THEN 0.0
+                            ELSE sqrt(a.integral_sq / a.covered_s
+                                      - power(a.integral / a.covered_s, 2)) END END AS std,
                    100.0 * a.in_limits_s / nullif(a.covered_s, 0) AS pct_in_limits,
                    lim.low AS limit_low, lim.high AS limit_high,
-                   coalesce(a.covered_s, 0) / nullif((epoch_us(g.we) - epoch_us(g.ws)) / 1e6, 0) AS coverage,
+                   coalesce(a.covered_s, 0) / nullif((epoch_us(g.we) - epoch_us(g.ws)) / 1e6, 0)
+                     AS coverage,
                    g.canonical_uom AS uom, g.seq AS phase_seq
-            FROM grid g LEFT JOIN agg a ON a.batch_id = g.batch_id AND a.phase = g.phase AND a.parameter = g.parameter
+            FROM grid g LEFT JOIN agg a
+              ON a.batch_id = g.batch_id AND a.phase = g.phase AND a.parameter = g.parameter
             LEFT JOIN lim ON lim.parameter = g.parameter AND lim.phase = g.phase
             ORDER BY g.batch_id, g.seq, g.parameter"""
     )
@@ -347,30 +406,41 @@ def batch_kpis(con, settings: Settings) -> None:
                SELECT s.batch_id, s.sample_id, s.analyte, s.canonical_value AS value,
                       (epoch_us(s.sampled_ts) - epoch_us(b.t0)) / 3.6e9 AS t_h
                FROM samples s JOIN b USING (batch_id)
-               WHERE s.canonical_value IS NOT NULL AND s.sampled_ts >= b.t0 AND s.sampled_ts < b.end_eff),
+               WHERE s.canonical_value IS NOT NULL
+                 AND s.sampled_ts >= b.t0 AND s.sampled_ts < b.end_eff),
            vcd AS (
                SELECT batch_id, sample_id, t_h, value,
-                      coalesce(sum((value + prev_v) / 2 * (t_h - prev_t)) OVER (PARTITION BY batch_id ORDER BY t_h), 0) AS ivcd
+                      coalesce(sum((value + prev_v) / 2 * (t_h - prev_t))
+                                 OVER (PARTITION BY batch_id ORDER BY t_h), 0) AS ivcd
                FROM (SELECT *, lag(value) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_v,
                                lag(t_h) OVER (PARTITION BY batch_id ORDER BY t_h) AS prev_t
                      FROM s WHERE analyte = $density)),
            titer AS (SELECT batch_id, t_h, value FROM s WHERE analyte = $product),
            qp AS (SELECT t.batch_id, regr_slope(t.value, v.ivcd ORDER BY t.t_h, v.t_h) AS slope
-                  FROM titer t JOIN vcd v ON v.batch_id = t.batch_id AND abs(v.t_h - t.t_h) < 0.5 GROUP BY ALL),
-           feed AS (SELECT s.batch_id, exact_sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0 ELSE s.v1 END) / 2 * f.to_l_per_h
-                                            * (epoch_us(least(s.t1, b.end_eff)) - epoch_us(greatest(s.t0, b.t0))) / 3.6e9) AS feed_l
+                  FROM titer t JOIN vcd v ON v.batch_id = t.batch_id AND abs(v.t_h - t.t_h) < 0.5
+                  GROUP BY ALL),
+           feed AS (SELECT s.batch_id,
+                           exact_sum((s.v0 + CASE WHEN s.interpolation = 'step' THEN s.v0
+                                                  ELSE s.v1 END)
+                                     / 2 * f.to_l_per_h
+                                     * (epoch_us(least(s.t1, b.end_eff))
+                                        - epoch_us(greatest(s.t0, b.t0)))
+                                     / 3.6e9) AS feed_l
                     FROM seg s JOIN b USING (batch_id) JOIN kfeed f USING (parameter)
                     WHERE s.t1 > b.t0 AND s.t0 < b.end_eff GROUP BY ALL),
-           bolus AS (SELECT batch_id, exact_sum(quantity) AS bolus_l FROM material_events JOIN b USING (batch_id)
+           bolus AS (SELECT batch_id, exact_sum(quantity) AS bolus_l
+                     FROM material_events JOIN b USING (batch_id)
                      WHERE kind = 'bolus' AND lower(uom) IN ('l', 'liter', 'litre') GROUP BY ALL)
            SELECT b.batch_id, b.product, b.unit_id, b.status,
                   (epoch_us(b.end_eff) - epoch_us(b.start_ts)) / 3.6e9 AS duration_h,
                   (epoch_us(b.end_eff) - epoch_us(b.t0)) / 3.6e9 AS culture_h,
                   (SELECT max(value) FROM vcd WHERE vcd.batch_id = b.batch_id) AS peak_vcd,
                   (SELECT max(ivcd) FROM vcd WHERE vcd.batch_id = b.batch_id) AS ivcd,
-                  (SELECT arg_max(value, t_h) FROM titer WHERE titer.batch_id = b.batch_id) AS final_titer,
+                  (SELECT arg_max(value, t_h) FROM titer WHERE titer.batch_id = b.batch_id)
+                    AS final_titer,
                   (SELECT slope FROM qp WHERE qp.batch_id = b.batch_id) * $qp_factor AS qp,
-                  (SELECT arg_max(value, t_h) FROM s WHERE s.batch_id = b.batch_id AND s.analyte = $viability) AS harvest_viability,
+                  (SELECT arg_max(value, t_h) FROM s
+                   WHERE s.batch_id = b.batch_id AND s.analyte = $viability) AS harvest_viability,
                   coalesce(feed.feed_l, 0) AS feed_added_l,
                   coalesce(bolus.bolus_l, 0) AS bolus_added_l,
                   coalesce(feed.feed_l, 0) + coalesce(bolus.bolus_l, 0) AS total_feed_added_l
@@ -415,14 +485,15 @@ def contextualize(
                 select,
                 "batch_id",
                 targets,
-                check=lambda rel, t=table: _assert_valid(con, rel, GOLD_MODELS[t]),
+                check=functools.partial(_assert_valid, con, model=GOLD_MODELS[table]),
             )
             counts[table] = sum(written.values())
     return counts
 
 
 def _assert_valid(con, relation: str, model) -> None:
-    """The pandera model's checks, in SQL and in one scan: a failure here is a bug in the SQL above, not bad data."""
+    """The pandera model's checks, in SQL and in one scan: a failure here is a bug in the SQL
+    above, not bad data."""
     columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
     missing = set(model.to_schema().columns) - columns
     if missing:
@@ -436,7 +507,7 @@ def _assert_valid(con, relation: str, model) -> None:
     )
     params = {k: v for c in checks for k, v in c.params.items()}
     failing = con.execute(f"SELECT {counts} FROM {relation}", params).fetchall()[0]
-    for check, bad in zip(checks, failing):
+    for check, bad in zip(checks, failing, strict=True):
         if bad:
             raise AssertionError(
                 f"{model.__name__}: {bad} row(s) fail {check.column} {check.check}"
@@ -449,7 +520,8 @@ def golden_profiles(
     """Mean ± k·σ per product, parameter and t_batch_h over the chosen good batches (default:
     every completed batch). Historian parameters come from `batch_trajectories`; offline
     analytes (vcd, titer, …) are interpolated linearly between a batch's samples onto the same
-    grid (never extrapolated past the first or last sample). Written whole to gold/golden_profiles."""
+    grid (never extrapolated past the first or last sample). Written whole to
+    gold/golden_profiles."""
     folder = lake.gold("batch_trajectories")
     if not any(folder.glob("*.parquet")):
         return 0
@@ -459,9 +531,11 @@ def golden_profiles(
         frame = con.execute(
             """WITH chosen AS (
                    SELECT batch_id, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches
-                   WHERE status = 'complete' AND ($chosen IS NULL OR list_contains($chosen, batch_id))),
+                   WHERE status = 'complete'
+                     AND ($chosen IS NULL OR list_contains($chosen, batch_id))),
                s AS (
-                   SELECT s.batch_id, s.analyte AS parameter, s.canonical_value AS v, s.canonical_uom AS uom,
+                   SELECT s.batch_id, s.analyte AS parameter, s.canonical_value AS v,
+                          s.canonical_uom AS uom,
                           (epoch_us(s.sampled_ts) - epoch_us(c.t0)) / 1e6 AS t_s
                    FROM samples s JOIN chosen c USING (batch_id)
                    WHERE s.canonical_value IS NOT NULL),
@@ -471,16 +545,23 @@ def golden_profiles(
                offline AS (
                    SELECT batch_id, parameter, k * $step / 3600.0 AS t_batch_h,
                           v + (v1 - v) * (k * $step - t_s) / (t1 - t_s) AS value, uom
-                   FROM (SELECT *, unnest(range(ceil(t_s / $step)::BIGINT, ceil(t1 / $step)::BIGINT)) AS k
+                   FROM (SELECT *,
+                                unnest(range(ceil(t_s / $step)::BIGINT,
+                                             ceil(t1 / $step)::BIGINT)) AS k
                          FROM pairs WHERE t1 > t_s)),
                online AS (
                    SELECT batch_id, parameter, t_batch_h, value, uom FROM read_parquet($files)
                    WHERE batch_id IN (SELECT batch_id FROM chosen)),
                every AS (SELECT * FROM online UNION ALL BY NAME SELECT * FROM offline)
-               -- ordered by batch: the same additions in the same order on every run (bit-identical)
-               SELECT c.product, e.parameter, e.t_batch_h, avg(e.value ORDER BY e.batch_id) AS mean, stddev_samp(e.value ORDER BY e.batch_id) AS std,
-                      avg(e.value ORDER BY e.batch_id) - $k * stddev_samp(e.value ORDER BY e.batch_id) AS lower,
-                      avg(e.value ORDER BY e.batch_id) + $k * stddev_samp(e.value ORDER BY e.batch_id) AS upper,
+               -- ordered by batch: the same additions in the same order on every run
+               -- (bit-identical)
+               SELECT c.product, e.parameter, e.t_batch_h,
+                      avg(e.value ORDER BY e.batch_id) AS mean,
+                      stddev_samp(e.value ORDER BY e.batch_id) AS std,
+                      avg(e.value ORDER BY e.batch_id)
+                        - $k * stddev_samp(e.value ORDER BY e.batch_id) AS lower,
+                      avg(e.value ORDER BY e.batch_id)
+                        + $k * stddev_samp(e.value ORDER BY e.batch_id) AS upper,
                       count(e.value) AS n_batches, any_value(e.uom) AS uom
                FROM every e JOIN chosen c USING (batch_id)
                GROUP BY ALL HAVING count(e.value) >= 2

@@ -31,11 +31,15 @@ EXACT_SUM = """
 
 
 def sql_string(text: str | Path) -> str:
-    """A SQL string literal's body (for the few statements that take no bound parameters, e.g. COPY … TO)."""
+    """A SQL string literal's body (for the few statements that take no bound parameters, e.g.
+    COPY … TO)."""
     return str(text).replace("'", "''")
 
 
 def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection for the lake's heavy SQL: UTC, a memory limit
+    (BATCHTWIN_DUCKDB_MEMORY) with spilling to the lake's state folder, file order kept, and the
+    `exact_sum` macro."""
     con = duckdb.connect()
     # one spill folder per process: DuckDB names its spill files alike in every process
     spill = lake.state("duckdb_tmp") / str(os.getpid())
@@ -106,14 +110,17 @@ def copy_per_key(
         ):  # one batch (a Dagster partition's run): a plain COPY, no partitioning work
             files[keys[0]] = tmp / "0.parquet"
             con.execute(
-                f"COPY (SELECT * FROM ({select_sql}) WHERE {key} = $copy_key) TO '{sql_string(files[keys[0]])}' (FORMAT parquet, COMPRESSION zstd)",
+                f"COPY (SELECT * FROM ({select_sql}) WHERE {key} = $copy_key)"
+                f" TO '{sql_string(files[keys[0]])}' (FORMAT parquet, COMPRESSION zstd)",
                 {**(params or {}), "copy_key": keys[0]},
             )
         else:
             # partition on the key's position in `targets`: hive folder names need no escaping then
             written = con.execute(
-                f"""COPY (SELECT *, list_position($copy_keys, {key}) AS copy_part FROM ({select_sql}) WHERE {key} IN (SELECT unnest($copy_keys)))
-                    TO '{sql_string(tmp)}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (copy_part), RETURN_FILES)""",
+                f"""COPY (SELECT *, list_position($copy_keys, {key}) AS copy_part
+                          FROM ({select_sql}) WHERE {key} IN (SELECT unnest($copy_keys)))
+                    TO '{sql_string(tmp)}'
+                    (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (copy_part), RETURN_FILES)""",
                 {**(params or {}), "copy_keys": keys},
             ).fetchall()[0][1]
             for f in map(Path, written):
@@ -125,7 +132,8 @@ def copy_per_key(
         if missing:  # one empty file with the query's schema, copied for each value without rows
             empty = tmp / "empty_0.parquet"
             con.execute(
-                f"COPY (SELECT * FROM ({select_sql}) WHERE false) TO '{sql_string(empty)}' (FORMAT parquet)",
+                f"COPY (SELECT * FROM ({select_sql}) WHERE false)"
+                f" TO '{sql_string(empty)}' (FORMAT parquet)",
                 params or {},
             )
             for i, k in enumerate(missing):

@@ -31,7 +31,10 @@ from sources.profiles import FileProfile
 POINT_KEY = key_rule(HistorianPoint)
 # Points already in silver stay, for the pandas path (lake.ingest: wide exports, SQL pulls) and
 # this streamed one alike.
-ACROSS_SOURCES_RULE = "duplicate (tag, ts) of a point already ingested from an earlier source: the first ingested value stays (silver is never rewritten)"
+ACROSS_SOURCES_RULE = (
+    "duplicate (tag, ts) of a point already ingested from an earlier source: "
+    "the first ingested value stays (silver is never rewritten)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,10 @@ def known_tags(lake: Lake) -> TagDictionary | None:
         unusable = (
             dict(
                 con.execute(
-                    """SELECT row_key, arg_max(reason, ingested_at) FROM read_parquet(?, union_by_name = true)
-               WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL GROUP BY ALL""",
+                    """SELECT row_key, arg_max(reason, ingested_at)
+               FROM read_parquet(?, union_by_name = true)
+               WHERE dataset = 'tags' AND "check" = 'uom_conversion' AND row_key IS NOT NULL
+               GROUP BY ALL""",
                     [quarantine],
                 ).fetchall()
             )
@@ -113,7 +118,10 @@ def ingest_long_csv(
     profile: FileProfile,
     tags_known: TagDictionary | None,
 ) -> tuple[int, int, pd.DataFrame]:
-    """Write silver/historian_points/<sha>.parquet; return (rows_read, rows_accepted, quarantine rows)."""
+    """Write silver/historian_points/<sha>.parquet.
+
+    Returns (rows_read, rows_accepted, quarantine rows).
+    """
     with connect(lake) as con:
         staged = stage_long(con, path, profile, point_checks(tags_known))
         line_sql = staged.line_sql
@@ -134,13 +142,16 @@ def ingest_long_csv(
         target = lake.silver("historian_points") / f"{sha256}.parquet"
         copy_to_parquet(con, points, target, params)  # insertion order = file order
         # counted from what was written, not derived from what was read
-        accepted = con.execute("SELECT count(*) FROM read_parquet(?)", [str(target)]).fetchall()[0][0]
+        written = con.execute("SELECT count(*) FROM read_parquet(?)", [str(target)]).fetchall()
+        accepted = written[0][0]
         rejected = con.execute(
-            f"""SELECT {line_sql} AS source_row, problem_column AS "column", problem AS "check", failure_value, reason
+            f"""SELECT {line_sql} AS source_row, problem_column AS "column", problem AS "check",
+                       failure_value, reason
                 FROM parsed WHERE problem IS NOT NULL
                 UNION ALL
                 SELECT {line_sql}, 'tag,ts', check_name, tag || ' @ ' || ts_text, loser_reason
-                FROM (SELECT p.*, x.check_name, x.reason AS loser_reason FROM losers x JOIN parsed p USING (rn))
+                FROM (SELECT p.*, x.check_name, x.reason AS loser_reason
+                      FROM losers x JOIN parsed p USING (rn))
                 ORDER BY 1"""
         ).df()
     malformed = pd.DataFrame(
@@ -167,7 +178,8 @@ def _duplicates_within(con) -> list[tuple]:
     assert POINT_KEY is not None
     key, order = key_sql(POINT_KEY, {"source_row": "rn"})
     rows = con.execute(
-        f"""WITH keys AS (SELECT {key} FROM parsed WHERE problem IS NULL GROUP BY ALL HAVING count(*) > 1)
+        f"""WITH keys AS (
+                SELECT {key} FROM parsed WHERE problem IS NULL GROUP BY ALL HAVING count(*) > 1)
             SELECT rn FROM (
                 SELECT rn, row_number() OVER (PARTITION BY {key} ORDER BY {order}) AS k
                 FROM parsed SEMI JOIN keys USING ({key}) WHERE problem IS NULL)
@@ -186,7 +198,8 @@ def _duplicates_across(con, lake: Lake, sha256: str) -> list[tuple]:
 
 def held_elsewhere(con, lake: Lake, sha256: str, incoming_sql: str) -> list[int]:
     """The ids of `incoming_sql`'s rows (id, tag, ts) whose (tag, ts) another silver file already
-    holds: ACROSS_SOURCES_RULE, for this streamed path and the pandas one (wide exports, SQL pulls)."""
+    holds: ACROSS_SOURCES_RULE, for this streamed path and the pandas one (wide exports, SQL
+    pulls)."""
     others = [str(p) for p in lake.silver("historian_points").glob("*.parquet") if p.stem != sha256]
     if not others:
         return []
@@ -195,7 +208,8 @@ def held_elsewhere(con, lake: Lake, sha256: str, incoming_sql: str) -> list[int]
         return []
     rows = con.execute(
         f"""SELECT i.id FROM ({incoming_sql}) i
-            SEMI JOIN (SELECT tag, ts FROM read_parquet($others) WHERE ts BETWEEN $lo AND $hi) h ON h.tag = i.tag AND h.ts = i.ts""",
+            SEMI JOIN (SELECT tag, ts FROM read_parquet($others) WHERE ts BETWEEN $lo AND $hi) h
+                ON h.tag = i.tag AND h.ts = i.ts""",
         {"others": others, "lo": lo, "hi": hi},
     ).fetchall()
     return [r[0] for r in rows]

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -43,7 +44,8 @@ from sources.site import Site
 
 # readers that convert rows with the site's dictionaries (the tag dictionary's parameter units)
 SITE_READERS = {"tags"}
-READERS = {
+# (path, sha256, rel_path, profile) -> ReadResult; those in SITE_READERS also take the site
+READERS: dict[str, Callable[..., ReadResult]] = {
     "tags": tags.read_tags,
     "historian_long": historian_csv.read_long,
     "historian_wide": historian_csv.read_wide,
@@ -55,6 +57,8 @@ READERS = {
 
 @functools.cache
 def code_version() -> str:
+    """The package version plus the git commit (`0.1.0+gabc1234`), stamped on every ingest_log
+    row so each row names the code that produced it; cached for the process."""
     try:
         version = metadata.version("batchtwin")
     except metadata.PackageNotFoundError:
@@ -110,9 +114,10 @@ def profile_fingerprint(profile: FileProfile) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
-def _already_read(marker: Path, profile: FileProfile) -> bool:
+def already_read(lake: Lake, profile: FileProfile, sha256: str) -> bool:
     """A file is read once; a rejected one again when its profile changed (the fix for the
     rejection is a profile change: raw data are never altered)."""
+    marker = lake.ingested_marker(profile.dataset, sha256)
     if not marker.exists():
         return False
     held = json.loads(marker.read_text())
@@ -152,7 +157,7 @@ def ingest_file(
         "run_id": run_id,
         "started_at": started,
     }
-    if _already_read(lake.ingested_marker(profile.dataset, sha), profile):
+    if already_read(lake, profile, sha):
         return _log(lake, base, "unchanged", 0, 0, 0, None)
     base["profile"] = profile_fingerprint(profile)
     copy_write_once(path, lake.raw(sha, "".join(path.suffixes[-2:]) or ".bin"))
@@ -370,7 +375,9 @@ def _store(
         if any(len(x) for x in quarantined)
         else quarantined[0]
     )
-    return _finish(lake, base, result.rows_read, q, accepted_counts, "; ".join(result.notes) or None)
+    return _finish(
+        lake, base, result.rows_read, q, accepted_counts, "; ".join(result.notes) or None
+    )
 
 
 def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -386,11 +393,13 @@ def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFr
     reason = pd.Series(None, index=samples.index, dtype=object)
     for (name, unit), idx in samples.groupby(["analyte", "uom"]).groups.items():
         entry = dictionary.get(name)
-        problem = (
-            f"analyte {name[:80]!r} is not in the site's analyte dictionary (sources.yaml `analytes`)"
-            if entry is None
-            else entry.accepts(unit)
-        )
+        if entry is None:
+            reason[idx] = (
+                f"analyte {name[:80]!r} is not in the site's analyte dictionary"
+                " (sources.yaml `analytes`)"
+            )
+            continue
+        problem = entry.accepts(unit)
         if problem is not None:
             reason[idx] = problem
             continue
@@ -422,7 +431,7 @@ def analyte_results(samples: pd.DataFrame, site: Site | None) -> tuple[pd.DataFr
             "reason": why,
             "row_key": f"{r.sample_id}/{r.analyte}",
         }
-        for r, why in zip(bad.itertuples(), reason[reason.notna()])
+        for r, why in zip(bad.itertuples(), reason[reason.notna()], strict=True)
     )
     return samples[reason.isna()], rejects
 
@@ -462,7 +471,8 @@ def _conflicting_results(
             con.register("incoming", samples[key])
             held = con.execute(
                 """SELECT h.* FROM read_parquet($files, union_by_name = true) h SEMI JOIN incoming i
-                   ON i.sample_id = h.sample_id AND i.analyte = h.analyte AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
+                   ON i.sample_id = h.sample_id AND i.analyte = h.analyte
+                  AND i.reported_ts IS NOT DISTINCT FROM h.reported_ts""",
                 {"files": earlier},
             ).df()
         for column, fallback in (
@@ -485,13 +495,13 @@ def _conflicting_results(
     rows = []
     for _, group in inside.groupby(key, dropna=False):
         values = ", ".join(
-            f"{v} (line {r})" for v, r in zip(group["identity"], group["source_row"])
+            f"{v} (line {r})" for v, r in zip(group["identity"], group["source_row"], strict=True)
         )
         rows += [
             _conflict_row(
                 r,
-                f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: "
-                f"{values}; none is used",
+                f"conflicting results in one file for sample {r.sample_id}, {r.analyte}, "
+                f"reported {r.reported_ts}: {values}; none is used",
             )
             for r in group.itertuples()
         ]
@@ -499,9 +509,9 @@ def _conflicting_results(
         rows.append(
             _conflict_row(
                 r,
-                f"conflicting re-send for sample {r.sample_id}, {r.analyte}, reported {r.reported_ts}: {r.identity} "
-                f"here, {r.identity_held} already held from {r.source_path_held} line {r.source_row_held}; "
-                "the first stays",
+                f"conflicting re-send for sample {r.sample_id}, {r.analyte}, "
+                f"reported {r.reported_ts}: {r.identity} here, {r.identity_held} already held "
+                f"from {r.source_path_held} line {r.source_row_held}; the first stays",
             )
         )
     if not rows:
@@ -553,7 +563,8 @@ def _finish(
 
 
 def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
-    """Record in the audit trail which batch record versions this file supersedes (or is superseded by)."""
+    """Record in the audit trail which batch record versions this file supersedes (or is
+    superseded by)."""
     others = [
         str(p) for p in lake.silver("batch_records").glob("*.parquet") if p.stem != base["sha256"]
     ]
@@ -561,7 +572,8 @@ def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
         return
     with duckdb.connect() as con:
         earlier = con.execute(
-            "SELECT batch_id, record_version, record_ts, source_sha256 FROM read_parquet(?) WHERE batch_id IN (SELECT unnest(?))",
+            "SELECT batch_id, record_version, record_ts, source_sha256 FROM read_parquet(?)"
+            " WHERE batch_id IN (SELECT unnest(?))",
             [others, records["batch_id"].tolist()],
         ).df()
     events = []
@@ -573,10 +585,19 @@ def _audit_supersessions(lake: Lake, records: pd.DataFrame, base: dict) -> None:
                 {
                     "action": "record_superseded",
                     "object": f"batch {rec.batch_id}",
-                    "old_value": f"version {loser.record_version} of {loser.record_ts} ({loser.source_sha256})",
-                    "new_value": f"version {winner.record_version} of {winner.record_ts} ({winner.source_sha256})",
-                    "reason": f"record version {winner.record_version} changed {winner.record_ts} supersedes version "
-                    f"{loser.record_version} changed {loser.record_ts}; both are kept",
+                    "old_value": (
+                        f"version {loser.record_version} of {loser.record_ts}"
+                        f" ({loser.source_sha256})"
+                    ),
+                    "new_value": (
+                        f"version {winner.record_version} of {winner.record_ts}"
+                        f" ({winner.source_sha256})"
+                    ),
+                    "reason": (
+                        f"record version {winner.record_version} changed {winner.record_ts}"
+                        f" supersedes version {loser.record_version} changed {loser.record_ts};"
+                        " both are kept"
+                    ),
                     "run_id": base.get("run_id"),
                 }
             )

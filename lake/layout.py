@@ -80,6 +80,8 @@ _SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10}){1,2}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` all or nothing: a synced temporary file in the same folder, then
+    renamed over it, so readers and a crash never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=PARTIAL)
     try:
@@ -94,6 +96,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    """Write `table` as zstd Parquet to `path` all or nothing (temporary file in the same folder,
+    then renamed), so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=PARTIAL)
     os.close(fd)
@@ -131,8 +135,9 @@ def safe_name(key: str) -> str:
     import hashlib
     from urllib.parse import quote
 
-    # '~' is encoded too (quote() keeps it) so that it only ever marks a shortened name: otherwise an id
-    # spelled like another id's shortened name would share its file, and one batch would overwrite another
+    # '~' is encoded too (quote() keeps it) so that it only ever marks a shortened name: otherwise
+    # an id spelled like another id's shortened name would share its file, and one batch would
+    # overwrite another
     name = quote(key, safe="-_.,=+@ ").replace(" ", "%20").replace("~", "%7E")
     if name.startswith("."):
         name = "%2E" + name[1:]

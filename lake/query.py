@@ -36,7 +36,10 @@ class QueryRefused(ValueError):
     """The statement is not a read-only query (the message is one line)."""
 
 
-READ_ONLY_HINT = "batchtwin sql is read-only: one SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement"
+READ_ONLY_HINT = (
+    "batchtwin sql is read-only: "
+    "one SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement"
+)
 _EXPLAIN = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
@@ -49,14 +52,26 @@ def _allowed_directories(lake: Lake, allow_files: bool) -> list[str]:
     return ["/"] if allow_files else [lake.root.as_posix().rstrip("/") + "/"]
 
 
+def _settings(con: duckdb.DuckDBPyConnection, *names: str) -> tuple:
+    """The current values of DuckDB settings `names`, in order. Without them the sandbox cannot
+    be verified, so a missing result row refuses the query rather than assuming."""
+    row = con.execute(
+        "SELECT " + ", ".join(f"current_setting({_sql_literal(n)})" for n in names)
+    ).fetchone()
+    if row is None:
+        raise QueryRefused("could not read the connection's settings; refusing to run the query")
+    return row
+
+
 def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> None:
-    """Lock the connection's database instance down (settings are global and, once locked, final)."""
+    """Lock the connection's database instance down (settings are global and, once locked,
+    final)."""
     wanted = _allowed_directories(lake, allow_files)
-    locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]
+    (locked,) = _settings(con, "lock_configuration")
     if not locked:
-        con.execute(
-            "SET TimeZone = 'UTC'"
-        ).fetchall()  # timestamps are UTC everywhere; show them so (fetched: DuckDB 2 keeps an unread result open)
+        # timestamps are UTC everywhere; show them so
+        # (fetched: DuckDB 2 keeps an unread result open)
+        con.execute("SET TimeZone = 'UTC'").fetchall()
         for setting in (
             "autoinstall_known_extensions",
             "autoload_known_extensions",
@@ -67,11 +82,11 @@ def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> N
         con.execute(f"SET allowed_directories = [{', '.join(map(_sql_literal, wanted))}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-    # DuckDB shares one database instance between the connections a process opens to the same file:
-    # another connection may have locked it first. Verify rather than assume.
-    external, allowed, locked = con.execute(
-        "SELECT current_setting('enable_external_access'), current_setting('allowed_directories'), current_setting('lock_configuration')"
-    ).fetchone()
+    # DuckDB shares one database instance between the connections a process opens to the same
+    # file: another connection may have locked it first. Verify rather than assume.
+    external, allowed, locked = _settings(
+        con, "enable_external_access", "allowed_directories", "lock_configuration"
+    )
     if (
         external
         or not locked
@@ -79,7 +94,8 @@ def _sandbox(con: duckdb.DuckDBPyConnection, lake: Lake, allow_files: bool) -> N
         or (not allow_files and "/" in allowed)
     ):
         raise QueryRefused(
-            "the catalog is already open in this process with other file-access settings; close that connection first"
+            "the catalog is already open in this process with other file-access settings;"
+            " close that connection first"
         )
 
 
@@ -99,7 +115,8 @@ def connect(lake: Lake, allow_files: bool = False) -> duckdb.DuckDBPyConnection:
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """QueryRefused unless `sql` is exactly one read-only statement (parse errors raise duckdb.Error)."""
+    """QueryRefused unless `sql` is exactly one read-only statement (parse errors raise
+    duckdb.Error)."""
     statements = con.extract_statements(sql)
     if len(statements) != 1:
         raise QueryRefused(f"{READ_ONLY_HINT}, not {len(statements)} statements")
@@ -118,6 +135,8 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 def query(
     lake: Lake, sql: str, params: list | dict | None = None, *, allow_files: bool = False
 ) -> pd.DataFrame:
+    """Run one read-only statement against the catalog in a sandboxed connection and return its
+    result; anything but a single read raises QueryRefused before it runs."""
     with connect(lake, allow_files=allow_files) as con:
         check_read_only(con, sql)
         return con.execute(sql, params or []).df()

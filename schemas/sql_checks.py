@@ -52,10 +52,13 @@ def column_checks(
     schema = model.to_schema()
     if schema.checks:
         names = ", ".join(str(c.name) for c in schema.checks)
-        raise UntranslatableCheck(f"{model.__name__}: no SQL translation for dataframe check(s) {names}")
+        raise UntranslatableCheck(
+            f"{model.__name__}: no SQL translation for dataframe check(s) {names}"
+        )
     if schema.unique and not key_resolved:
         raise UntranslatableCheck(
-            f"{model.__name__}: key {schema.unique} must be resolved by its duplicate rule (key_sql)"
+            f"{model.__name__}: key {schema.unique} must be resolved by its duplicate rule"
+            " (key_sql)"
         )
     out: list[SqlCheck] = []
     for name, col in schema.columns.items():
@@ -64,7 +67,9 @@ def column_checks(
         if not col.nullable:
             out.append(SqlCheck(name, "not_nullable", f"{_ident(name)} IS NOT NULL", {}))
         if col.unique:
-            raise UntranslatableCheck(f"{model.__name__}.{name}: a unique column; declare keys in Config")
+            raise UntranslatableCheck(
+                f"{model.__name__}.{name}: a unique column; declare keys in Config"
+            )
         out.extend(
             check_sql(name, check, f"p_{name}_{i}", model.__name__)
             for i, check in enumerate(col.checks)
@@ -183,10 +188,7 @@ def first_failure_sql(checks: list[SqlCheck]) -> tuple[str, str, dict]:
     for i, c in enumerate(checks):
         params.update(c.params)
         params[f"chk_{i}"], params[f"col_{i}"] = c.check, c.column
-        check_case.append(
-            f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $chk_{i}"
-        )
-        column_case.append(
-            f"WHEN NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'}) THEN $col_{i}"
-        )
+        failed = f"NOT coalesce({c.ok_sql}, {'true' if c.check != 'not_nullable' else 'false'})"
+        check_case.append(f"WHEN {failed} THEN $chk_{i}")
+        column_case.append(f"WHEN {failed} THEN $col_{i}")
     return f"CASE {' '.join(check_case)} END", f"CASE {' '.join(column_case)} END", params

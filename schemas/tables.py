@@ -31,7 +31,9 @@ class Lineage(pa.DataFrameModel):
     )
     source_row: Series[int] = pa.Field(
         ge=1,
-        description="line number in the source file (header is line 1); row ordinal for XML and SQL sources",
+        description=(
+            "line number in the source file (header is line 1); row ordinal for XML and SQL sources"
+        ),
     )
     source_path: Series[str] = pa.Field(
         description="path of the source file relative to the landing zone, or sql:<source>"
@@ -62,7 +64,10 @@ class Tag(Lineage):
     max_gap_s: Series[float] = pa.Field(
         gt=0,
         nullable=True,
-        description="longest interval between archived values a linear tag interpolates across (NULL: the site's historian.max_gap_s); step tags hold their value however long",
+        description=(
+            "longest interval between archived values a linear tag interpolates across (NULL: the "
+            "site's historian.max_gap_s); step tags hold their value however long"
+        ),
     )
     description: Series[str] = pa.Field(nullable=True, description="free-text tag description")
     canonical_uom: Series[str] = pa.Field(
@@ -90,7 +95,10 @@ class HistorianPoint(Lineage):
     ts: Series[UtcTimestamp] = pa.Field(description="time of the value, UTC")
     value: Series[float] = pa.Field(
         nullable=True,
-        description="numeric value in the tag's engineering unit; NULL when the historian recorded a digital state",
+        description=(
+            "numeric value in the tag's engineering unit; NULL when the historian recorded a "
+            "digital state"
+        ),
     )
     state: Series[str] = pa.Field(
         nullable=True,
@@ -98,7 +106,9 @@ class HistorianPoint(Lineage):
     )
     quality: Series[str] = pa.Field(
         isin=QUALITIES,
-        description="good / uncertain / bad / substituted, mapped from the source's quality convention",
+        description=(
+            "good / uncertain / bad / substituted, mapped from the source's quality convention"
+        ),
     )
     ts_text: Series[str] = pa.Field(
         nullable=True, description="timestamp exactly as the source wrote it"
@@ -193,17 +203,25 @@ class Sample(Lineage):
     uom: Series[str] = pa.Field(description="unit as reported")
     canonical_value: Series[float] = pa.Field(
         nullable=True,
-        description="value in the site's unit of the analyte (sources.yaml `analytes`); NULL when censored",
+        description=(
+            "value in the site's unit of the analyte (sources.yaml `analytes`); NULL when censored"
+        ),
     )
     canonical_uom: Series[str] = pa.Field(
-        description="the site's unit of the analyte; the reported unit for an analyte the site does not list"
+        description=(
+            "the site's unit of the analyte; the reported unit for an analyte the site does not "
+            "list"
+        )
     )
     sampled_ts: Series[UtcTimestamp] = pa.Field(
         description="when the sample was drawn: models and contextualization use this"
     )
     reported_ts: Series[UtcTimestamp] = pa.Field(
         nullable=True,
-        description="when the lab released the result: forecasts may only use results reported before their as-of time",
+        description=(
+            "when the lab released the result: forecasts may only use results reported before "
+            "their as-of time"
+        ),
     )
 
     @pa.dataframe_check(error="reported_ts before sampled_ts")
@@ -234,7 +252,10 @@ class QuarantineRow(pa.DataFrameModel):
     reason: Series[str]
     row_key: Series[str] = pa.Field(
         nullable=True,
-        description="what the rejected row was about, where the reader knows it (the tag of a dictionary row)",
+        description=(
+            "what the rejected row was about, where the reader knows it (the tag of a dictionary "
+            "row)"
+        ),
     )
     ingested_at: Series[UtcTimestamp]
 
@@ -245,7 +266,10 @@ class AuditEvent(pa.DataFrameModel):
     ts: Series[UtcTimestamp]
     actor: Series[str] = pa.Field(description="user or service account, @host")
     action: Series[str] = pa.Field(
-        description="file_ingested, file_rejected, file_unchanged, record_superseded, asset_materialized, model_promoted, …"
+        description=(
+            "file_ingested, file_rejected, file_unchanged, record_superseded, asset_materialized, "
+            "model_promoted, …"
+        )
     )
     object: Series[str] = pa.Field(
         description="what the event is about: a file path, a batch, a model version"
@@ -269,14 +293,19 @@ class IngestLogEntry(pa.DataFrameModel):
     rows_quarantined: Series[int] = pa.Field(ge=0)
     status: Series[str] = pa.Field(
         isin=("ingested", "rejected", "unchanged", "failed"),
-        description="failed: the source could not be read at all (e.g. an unreachable SQL historian)",
+        description=(
+            "failed: the source could not be read at all (e.g. an unreachable SQL historian)"
+        ),
     )
     error: Series[str] = pa.Field(
         nullable=True, description="one-line reason a file was rejected or a source failed"
     )
     notes: Series[str] = pa.Field(
         nullable=True,
-        description="what the reader derived rather than read (e.g. start times missing from a vendor record)",
+        description=(
+            "what the reader derived rather than read (e.g. start times missing from a vendor "
+            "record)"
+        ),
     )
     run_id: Series[str] = pa.Field(nullable=True)
     code_version: Series[str]
@@ -361,11 +390,16 @@ class PhaseSummary(pa.DataFrameModel):
         nullable=True,
         ge=0,
         le=100.000001,
-        description="% of covered time inside the site's limits for this parameter and phase; NULL where the site sets none",
+        description=(
+            "% of covered time inside the site's limits for this parameter and phase; NULL where "
+            "the site sets none"
+        ),
     )
     limit_low: Series[float] = pa.Field(
         nullable=True,
-        description="lower limit of the parameter in this phase (sources.yaml `limits`), canonical unit",
+        description=(
+            "lower limit of the parameter in this phase (sources.yaml `limits`), canonical unit"
+        ),
     )
     limit_high: Series[float] = pa.Field(
         nullable=True, description="upper limit of the parameter in this phase, canonical unit"
@@ -435,7 +469,8 @@ GOLD_MODELS: dict[str, type[pa.DataFrameModel]] = {
 
 
 class ModelVersion(pa.DataFrameModel):
-    """One fit of a model: enough to reproduce it (data, code, settings, seed) and why it was (not) promoted."""
+    """One fit of a model: enough to reproduce it (data, code, settings, seed) and why it was
+    (not) promoted."""
 
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)
@@ -462,7 +497,8 @@ class ModelVersion(pa.DataFrameModel):
 
 
 class ModelParameter(pa.DataFrameModel):
-    """A parameter of a model version: estimate, standard error and 95 % interval (fitted), or the fixed value."""
+    """A parameter of a model version: estimate, standard error and 95 % interval (fitted), or
+    the fixed value."""
 
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)

@@ -20,7 +20,9 @@ class UnitError(ValueError):
 
 @functools.cache
 def registry() -> pint.UnitRegistry:
-    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+    """The one pint registry, built once, with the units lab and historian data use that pint
+    lacks (pH, cells, osmoles); an offset unit (degC) in a product becomes its base unit."""
+    ureg: pint.UnitRegistry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
     ureg.define("pH = [acidity]")  # a unit of its own: pH converts only to pH
     ureg.define("cell = [cell_count] = cells")
     ureg.define("osmole = mole = Osm")

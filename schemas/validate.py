@@ -3,15 +3,15 @@
 Row-level failures (a value out of range, an unknown tag) quarantine that row with the column,
 check and value that failed: one quarantine row per rejected row, so quarantine rows count
 rejected source rows. Rows sharing the model's key are resolved by the model's duplicate rule
-(`schemas.keys`): one stays, the others are quarantined with the rule as their reason. Schema-level failures (a missing column, a
-wrong type) mean the file cannot be read as this dataset at all: `SchemaRejected` carries a
-one-line reason and the caller rejects the whole file.
+(`schemas.keys`): one stays, the others are quarantined with the rule as their reason.
+Schema-level failures (a missing column, a wrong type) mean the file cannot be read as this
+dataset at all: `SchemaRejected` carries a one-line reason and the caller rejects the whole file.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 import pandera.pandas as pa
@@ -38,6 +38,8 @@ class SchemaRejected(ValueError):
 
 
 def quarantine_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """Quarantine rows in the one column layout every path writes (`source_row` nullable Int64),
+    even when there are none, so frames from different checks concatenate cleanly."""
     df = pd.DataFrame(list(rows), columns=list(QUARANTINE_COLUMNS))
     df["source_row"] = df["source_row"].astype("Int64")
     return df
@@ -66,9 +68,9 @@ def _row_rejects(
 def split(
     df: pd.DataFrame,
     model: type[pa.DataFrameModel],
-    extra_checks: dict[str, Sequence[pa.Check]] | None = None,
+    extra_checks: Mapping[str, Sequence[pa.Check]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate lazily against `model`; return (accepted, quarantined) with every row in one of them.
+    """Validate lazily against `model`; return (accepted, quarantined), every row in one of them.
 
     The model's key is not checked here: duplicates are resolved by its rule
     (`resolve_duplicates`), not all rejected.

@@ -43,7 +43,8 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     bad_value = (value.isna() & ~censored) | np.isinf(value)
     bad_sampled = sampled.isna()
     bad_reported = reported.isna() & (df[col["reported_at"]].str.strip() != "")
-    # units go to pint later (contextualization, models): text pint cannot safely evaluate stops here
+    # units go to pint later (contextualization, models):
+    # text pint cannot safely evaluate stops here
     bad_unit = ~df[col["unit"]].str.strip().map(plausible_unit).astype(bool)
     problems = [
         rejects_where(
@@ -82,7 +83,8 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             lines,
             col["unit"],
             "uom_syntax",
-            "unit is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)",
+            "unit is not a unit expression "
+            "(letters, digits, / * ^ % ( ), small powers; at most 40 characters)",
             sha256,
             rel_path,
         ),

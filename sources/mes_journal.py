@@ -31,6 +31,9 @@ def _element_name(path: str) -> str:
 
 
 def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    """Rebuild batches and their procedural elements from an MES event journal's state changes,
+    and material events from its material charges; rows_read counts records built plus lines
+    quarantined (the note gives the journal lines read)."""
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
     col = {
         k: profile.column(k)

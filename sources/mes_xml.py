@@ -19,6 +19,7 @@ What is read:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -48,19 +49,24 @@ def _parser() -> etree.XMLParser:
 
 
 def local(el) -> str:
+    """An element's name without its namespace ('' for comments and processing instructions),
+    so elements match whatever B2MML version or vendor namespace they carry."""
     return etree.QName(el).localname if isinstance(el.tag, str) else ""
 
 
-def child(el, name: str):
+def child(el, name: str) -> etree._Element | None:
+    """The first direct child of `el` named `name` (by local name), or None."""
     return next((c for c in el if local(c) == name), None)
 
 
 def text(el, name: str) -> str | None:
+    """The stripped text of `el`'s child `name`; None when the child is missing or blank."""
     c = child(el, name)
     return c.text.strip() if c is not None and c.text and c.text.strip() else None
 
 
-def descendants(el, name: str):
+def descendants(el, name: str) -> Iterator[etree._Element]:
+    """Every element below `el` (and `el` itself) named `name`, by local name, in document order."""
     return (d for d in el.iter() if local(d) == name)
 
 
@@ -71,6 +77,11 @@ def _ts(value: str | None):
 
 
 def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
+    """Read a BatchML / B2MML batch record into batch, phase, material-event and sample rows.
+
+    The whole file is rejected when it is not well-formed, declares a DTD or entities, is in an
+    unknown namespace or holds no batch record at all.
+    """
     try:
         tree = etree.parse(str(path), _parser())
     except etree.XMLSyntaxError as err:
@@ -85,12 +96,17 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     namespace = etree.QName(root).namespace
     if namespace not in profile.namespaces:
         raise SourceRejected(
-            f"root <{local(root)}> is in namespace {str(namespace)[:120]!r}, not a known B2MML/BatchML one "
+            f"root <{local(root)}> is in namespace {str(namespace)[:120]!r}, "
+            "not a known B2MML/BatchML one "
             "(V0401…V0700; a profile's `namespaces` may add a vendor's)"
         )
     version, record_ts = _record_version(root)
     ordinal = iter(range(1, 10**9))
-    batches, phases, materials, samples, notes = [], [], [], [], []
+    batches: list[dict] = []
+    phases: list[dict] = []
+    materials: list[dict] = []
+    samples: list[dict] = []
+    notes: list[str] = []
     for entry in (
         e
         for e in descendants(root, "BatchListEntry")
@@ -120,8 +136,9 @@ def read_batchml(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     rows_read = sum(len(t) for t in tables.values())
     if rows_read == 0:
         raise SourceRejected(
-            f"<{local(root)}> holds no batch record: no BatchListEntry of type Batch, ExecutedControlRecipe, "
-            "material actual or sample (other B2MML documents are not read yet)"
+            f"<{local(root)}> holds no batch record: no BatchListEntry of type Batch, "
+            "ExecutedControlRecipe, material actual or sample "
+            "(other B2MML documents are not read yet)"
         )
     return ReadResult(tables, rows_read=rows_read, notes=[n for n in notes if n])
 
@@ -152,7 +169,9 @@ def _record_version(root) -> tuple[int, object]:
     return version or 1, changed
 
 
-def _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases) -> None:
+def _batch_entry(
+    entry, version, record_ts, profile, ordinal, batches: list[dict], phases: list[dict]
+) -> None:
     batch_id = text(entry, "BatchID") or text(entry, "ID")
     row = next(ordinal)
     seq: dict[str, int] = {}
@@ -202,7 +221,9 @@ def _batch_entry(entry, version, record_ts, profile, ordinal, batches, phases) -
     )
 
 
-def _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches, phases) -> str:
+def _executed_control_recipe(
+    ecr, version, record_ts, profile, ordinal, batches: list[dict], phases: list[dict]
+) -> str:
     batch_id = text(ecr, "BatchID") or text(ecr, "ID")
     header = child(ecr, "Header")
     product = text(header, "ProductID") if header is not None else None
@@ -260,8 +281,9 @@ def _executed_control_recipe(ecr, version, record_ts, profile, ordinal, batches,
         }
     )
     return (
-        f"{batch_id}: ExecutedControlRecipe gives completion times only; phase start_ts is derived as the previous "
-        "element's completion (NULL for the first element at each level); batch start_ts is unknown"
+        f"{batch_id}: ExecutedControlRecipe gives completion times only; "
+        "phase start_ts is derived as the previous element's completion "
+        "(NULL for the first element at each level); batch start_ts is unknown"
     )
 
 

@@ -75,8 +75,9 @@ IP21_QUALITY = {
 }
 DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-# Profile names end up in file names under the lake (watermarks/<name>.json, sql_quarantined/<name>/) and
-# in lineage (`sql:<name>`): a name from sources.yaml must not carry '/', '..', NUL or a leading dot.
+# Profile names end up in file names under the lake (watermarks/<name>.json,
+# sql_quarantined/<name>/) and in lineage (`sql:<name>`): a name from sources.yaml must not carry
+# '/', '..', NUL or a leading dot.
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -134,8 +135,8 @@ class SqlProfile:
 
     def __post_init__(self) -> None:
         _check_name(self.name)
-        # table and column names are quoted by SQLAlchemy, and still only plain identifiers are accepted:
-        # nothing from sources.yaml is ever formatted into SQL text
+        # table and column names are quoted by SQLAlchemy, and still only plain identifiers are
+        # accepted: nothing from sources.yaml is ever formatted into SQL text
         for ident in (self.table, *self.columns.values()):
             if not isinstance(ident, str) or not _IDENTIFIER.fullmatch(
                 ident
@@ -164,4 +165,6 @@ def build_profile(cls, name: str, spec: dict):
 
 
 def profile_for(rel_path: str, profiles: list[FileProfile]) -> FileProfile | None:
+    """The first profile (in sources.yaml order) whose glob matches `rel_path`; None leaves the
+    file unread."""
     return next((p for p in profiles if p.matches(rel_path)), None)

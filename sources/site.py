@@ -263,7 +263,8 @@ def _analytes(section: dict) -> dict[str, Analyte]:
         key = f"analytes.{name}"
         if str(name).lower() in out:  # readers lower-case analyte names
             raise ValueError(
-                f"{key}: names the same analyte as {str(name).lower()!r} (analyte names ignore case)"
+                f"{key}: names the same analyte as {str(name).lower()!r}"
+                " (analyte names ignore case)"
             )
         if isinstance(spec, str):
             spec = {"unit": spec}
@@ -308,9 +309,11 @@ def _limits(
         if not isinstance(phases, dict):
             raise ValueError(f"limits.{parameter}: a mapping of phase -> [low, high]")
         if parameter not in parameters:
-            # without a site unit each tag keeps its own, and °C limits would be applied to °F values
+            # without a site unit each tag keeps its own,
+            # and °C limits would be applied to °F values
             raise ValueError(
-                f"limits.{parameter}: give {parameter} its unit under `parameters` (limits are in that unit)"
+                f"limits.{parameter}: give {parameter} its unit under `parameters`"
+                " (limits are in that unit)"
             )
         for phase, bounds in phases.items():
             key = f"limits.{parameter}.{phase}"
@@ -318,7 +321,8 @@ def _limits(
                 extra = set(bounds) - {"low", "high"}
                 if extra:
                     raise ValueError(
-                        f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))} (known: low, high)"
+                        f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))}"
+                        " (known: low, high)"
                     )
                 bounds = [bounds.get("low"), bounds.get("high")]
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
@@ -359,14 +363,16 @@ def _kpis(section: dict, parameters: dict[str, str], analytes: dict[str, Analyte
     unknown = set(section) - set(KPI_KEYS)
     if unknown:
         raise ValueError(
-            f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(KPI_KEYS)})"
+            f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
+            f" (known: {', '.join(KPI_KEYS)})"
         )
     feeds = section.get("feed_rates") or []
     feeds = [feeds] if isinstance(feeds, str) else feeds
     for p in feeds:
         if p not in parameters:
             raise ValueError(
-                f"kpis.feed_rates: give {p!r} its unit under `parameters` (a volume per time, e.g. L/h)"
+                f"kpis.feed_rates: give {p!r} its unit under `parameters`"
+                " (a volume per time, e.g. L/h)"
             )
         try:
             conversion(parameters[p], "L/h")

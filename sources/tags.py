@@ -29,7 +29,8 @@ def _conversion(
             canonical,
             float("nan"),
             float("nan"),
-            f"tag {tag[:80]!r}: {uom[:50]!r} is not a unit expression (letters, digits, / * ^ % ( ), small powers; at most 40 characters)",
+            f"tag {tag[:80]!r}: {uom[:50]!r} is not a unit expression "
+            "(letters, digits, / * ^ % ( ), small powers; at most 40 characters)",
         )
     try:
         scale, offset = conversion(uom, canonical)
@@ -40,13 +41,15 @@ def _conversion(
             float("nan"),
             f"tag {tag[:80]!r}: {err} (the site's unit of {parameter})",
         )
-    except Exception as err:  # noqa: BLE001 - pint's parser fails on garbage (e.g. '\x1b') with AssertionError,
-        # TokenError, RecursionError…: that is an unconvertible unit (a quarantined row), not a crashed read
+    # pint's parser fails on garbage (e.g. '\x1b') with AssertionError, TokenError,
+    # RecursionError…: that is an unconvertible unit (a quarantined row), not a crashed read
+    except Exception as err:  # noqa: BLE001
         return (
             canonical,
             float("nan"),
             float("nan"),
-            f"tag {tag[:80]!r}: cannot convert {uom[:50]!r} to {canonical!r}: unparseable unit ({type(err).__name__})",
+            f"tag {tag[:80]!r}: cannot convert {uom[:50]!r} to {canonical!r}: "
+            f"unparseable unit ({type(err).__name__})",
         )
     return canonical, scale, offset, None
 
@@ -93,7 +96,10 @@ def read_tags(
         ok &= ~bad
         out[k] = num
     out["description"] = df[col["description"]] if col["description"] in df else None
-    conv = [_conversion(t, p, u, site) for t, p, u in zip(out["tag"], out["parameter"], out["uom"])]
+    conv = [
+        _conversion(t, p, u, site)
+        for t, p, u in zip(out["tag"], out["parameter"], out["uom"], strict=True)
+    ]
     out["canonical_uom"] = [c[0] for c in conv]
     out["scale"] = [c[1] for c in conv]
     out["offset"] = [c[2] for c in conv]

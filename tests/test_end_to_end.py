@@ -1,4 +1,5 @@
-"""One materialization of the whole asset graph on the small demo plant, checked against the truth."""
+"""One materialization of the whole asset graph on the small demo plant, checked against the
+truth."""
 
 import duckdb
 import pandas as pd
@@ -74,7 +75,8 @@ def test_the_amended_record_supersedes_and_both_versions_are_kept(pipeline_run):
     data, _ = pipeline_run
     with _con(data) as con:
         rows = con.execute(
-            "select record_version, superseded_by from batch_records where batch_id = 'B26-001' order by 1"
+            "select record_version, superseded_by from batch_records"
+            " where batch_id = 'B26-001' order by 1"
         ).fetchall()
         current = con.execute(
             "select record_version from batches where batch_id = 'B26-001'"
@@ -101,7 +103,8 @@ def test_rows_are_conserved_and_faults_quarantined_with_reasons(pipeline_run):
             "select count(*) from historian_points where tag = 'BR101.TT99.PV'"
         ).fetchone()[0]
         dupes = con.execute(
-            "select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)"
+            "select count(*) from"
+            " (select tag, ts from historian_points group by all having count(*) > 1)"
         ).fetchone()[0]
     assert unbalanced == 0
     merged = per_file.merge(q, left_on="sha256", right_on="source_sha256", how="left").fillna(
@@ -118,10 +121,10 @@ def test_the_fahrenheit_and_dst_sources_land_in_utc(pipeline_run):
         f = con.execute(
             "select min(value), max(value) from historian_points where tag = 'BR102.TT01.SP'"
         ).fetchone()
-        dst = con.execute("""select count(*) from historian_points where tag = 'BR102.TT01.SP'
-                             and ts >= '2026-03-29 00:00:00+00' and ts < '2026-03-29 02:00:00+00'""").fetchone()[
-            0
-        ]
+        dst = con.execute(
+            """select count(*) from historian_points where tag = 'BR102.TT01.SP'
+               and ts >= '2026-03-29 00:00:00+00' and ts < '2026-03-29 02:00:00+00'"""
+        ).fetchone()[0]
     assert 59.0 <= f[0] and f[1] <= 99.0
     assert dst == 120  # two UTC hours of one-minute rows, none lost or doubled at the DST change
 

@@ -101,7 +101,7 @@ def _lake(tmp_path, running: bool = False, bad_window_h: tuple[float, float] | N
     t, sig = signals(hours, rng)
     lake = Lake(tmp_path / "lake")
     rows = []
-    for parameter, (interp, exc_dev, comp_dev) in TAGS.items():
+    for parameter, (_interp, exc_dev, comp_dev) in TAGS.items():
         keep = archive(t, sig[parameter], exc_dev, comp_dev)
         for i in keep:
             rows.append(
@@ -295,7 +295,8 @@ def test_reads_agree_with_gold_and_an_old_set_point_holds_into_the_batch(tmp_pat
     from lake.api import BatchLake
 
     lake, t_h, sig, _ = _lake(tmp_path)
-    # the feed pump's last archived value is its change at 50 h: it holds to the unit's data end (72 h)
+    # the feed pump's last archived value is its change at 50 h:
+    # it holds to the unit's data end (72 h)
     path = lake.silver("historian_points") / f"{SHA}.parquet"
     points = pd.read_parquet(path)
     late = (points["tag"] == "U1.feed_rate") & (

@@ -1,4 +1,5 @@
-"""Contextualization on small constructed cases with hand-computed answers, then on the demo plant."""
+"""Contextualization on small constructed cases with hand-computed answers, then on the demo
+plant."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -119,7 +120,8 @@ def _batch(
 
 @pytest.fixture()
 def small_lake(tmp_path) -> Lake:
-    """Tags L (linear) and S (step) with the same points; G with a short allowed gap; Q with one bad point."""
+    """Tags L (linear) and S (step) with the same points; G with a short allowed gap; Q with one
+    bad point."""
     lake = Lake(tmp_path / "lake")
     _batch(lake)
     _write(
@@ -163,7 +165,8 @@ def small(small_lake):
 
 def _traj(con, parameter):
     return con.execute(
-        "select t_batch_h, value, coverage, n_points from batch_trajectories where parameter = ? order by 1",
+        "select t_batch_h, value, coverage, n_points from batch_trajectories"
+        " where parameter = ? order by 1",
         [parameter],
     ).fetchall()
 
@@ -175,7 +178,8 @@ def test_time_weighted_mean_is_linear_for_linear_tags_and_previous_value_for_ste
     assert stp == pytest.approx([0.0, 10.0, 10.0, 10.0])
     twa = dict(
         small.execute(
-            "select parameter || ':' || phase, twa from phase_summary where parameter in ('lin', 'stp')"
+            "select parameter || ':' || phase, twa from phase_summary"
+            " where parameter in ('lin', 'stp')"
         ).fetchall()
     )
     assert twa == pytest.approx({"lin:P1": 7.5, "lin:P2": 20.0, "stp:P1": 5.0, "stp:P2": 10.0})
@@ -204,7 +208,8 @@ def test_bad_quality_points_are_excluded_and_end_a_segment(small):
     rows = _traj(small, "qual")
     assert rows[2][1] is None and rows[2][2] == pytest.approx(0.75)
     twa, mx, cov, pct = small.execute(
-        "select twa, max, coverage, pct_in_limits from phase_summary where parameter = 'qual' and phase = 'P2'"
+        "select twa, max, coverage, pct_in_limits from phase_summary"
+        " where parameter = 'qual' and phase = 'P2'"
     ).fetchone()
     assert (twa, mx, cov, pct) == pytest.approx((1.0, 1.0, 0.875, 100.0))
     assert (
@@ -216,7 +221,8 @@ def test_bad_quality_points_are_excluded_and_end_a_segment(small):
 
 
 def test_pct_in_limits_uses_the_sites_phase_limits_never_the_instrument_range(small):
-    """Q's tag range is [0.5, 1.5] but only P2 has site limits; L has an upper limit of 5 in P1 only."""
+    """Q's tag range is [0.5, 1.5] but only P2 has site limits; L has an upper limit of 5 in P1
+    only."""
     rows = dict(
         small.execute(
             "select parameter || ':' || phase, pct_in_limits from phase_summary "
@@ -228,7 +234,8 @@ def test_pct_in_limits_uses_the_sites_phase_limits_never_the_instrument_range(sm
         and rows["qual:P2"] == pytest.approx(100.0)
         and rows["lin:P2"] is None
     )
-    # L rises linearly 0 -> 10 over the first hour, then holds 10: inside [-inf, 5] for half an hour of two
+    # L rises linearly 0 -> 10 over the first hour, then holds 10:
+    # inside [-inf, 5] for half an hour of two
     assert rows["lin:P1"] == pytest.approx(25.0)
     low, high = small.execute(
         "select limit_low, limit_high from phase_summary where parameter = 'lin' and phase = 'P1'"
@@ -295,7 +302,8 @@ def test_phase_std_is_exactly_zero_for_a_set_point_and_exact_for_a_ramp(tmp_path
 
 
 def test_sums_do_not_depend_on_the_order_rows_arrive_in(tmp_path):
-    """Parallel float sums differ between runs in the last bits; exact_sum (fixed point) does not."""
+    """Parallel float sums differ between runs in the last bits; exact_sum (fixed point) does
+    not."""
     import math
 
     from lake.duck import connect
@@ -303,7 +311,8 @@ def test_sums_do_not_depend_on_the_order_rows_arrive_in(tmp_path):
     con = connect(Lake(tmp_path / "lake"))
     con.execute("SET threads = 2")
     con.execute(
-        "CREATE TABLE t AS SELECT i % 7 AS g, (random() - 0.3) * pow(10, (random() * 8 - 4)) AS x FROM range(600000) r(i)"
+        "CREATE TABLE t AS SELECT i % 7 AS g, (random() - 0.3) * pow(10, (random() * 8 - 4)) AS x"
+        " FROM range(600000) r(i)"
     )
     q = "SELECT g, exact_sum(x) FROM (SELECT * FROM t ORDER BY {}) GROUP BY g ORDER BY g"
     results = {
@@ -312,7 +321,7 @@ def test_sums_do_not_depend_on_the_order_rows_arrive_in(tmp_path):
     }
     assert len(results) == 1
     values = con.execute("SELECT g, list(x) FROM t GROUP BY g ORDER BY g").fetchall()
-    for (g, s), (_, xs) in zip(next(iter(results)), values):
+    for (_g, s), (_, xs) in zip(next(iter(results)), values, strict=True):
         assert s == pytest.approx(math.fsum(xs), rel=1e-12, abs=len(xs) * 1e-12)
     # a term beyond the fixed-point range falls back to a float sum; an empty group stays NULL
     edge = (
@@ -378,7 +387,7 @@ def test_a_batch_across_the_dst_change_counts_real_hours(tmp_path):
         "historian_points",
         [
             {"tag": "L", "ts": t, "value": float(i), "state": None, "quality": "good", "ts_text": s}
-            for i, (t, s) in enumerate(zip(utc, local))
+            for i, (t, s) in enumerate(zip(utc, local, strict=True))
         ],
     )
     contextualize(lake, ["B1"], Settings(grid_minutes=60))
@@ -447,14 +456,16 @@ def test_phase_temperature_matches_the_simulator_set_points(pipeline_run, truth)
     data, _ = pipeline_run
     with duckdb.connect(str(data / "lake" / "catalog.duckdb"), read_only=True) as con:
         ps = con.execute(
-            "select batch_id, phase, twa, coverage from phase_summary where parameter = 'temperature'"
+            "select batch_id, phase, twa, coverage from phase_summary"
+            " where parameter = 'temperature'"
         ).df()
     complete = [b for b in truth["batches"] if b["status"] == "complete"]
     for b in complete:
         mine = ps[ps.batch_id == b["batch_id"]].set_index("phase")
         assert set(mine.index) == set(b["phases"]), "every completed batch has every phase"
         for phase in ("GROWTH", "FED_BATCH", "PRODUCTION"):
-            # noise 0.03 °C; °F (BR-102) converted back; allow the first-order lag after a set-point step
+            # noise 0.03 °C; °F (BR-102) converted back;
+            # allow the first-order lag after a set-point step
             assert mine.loc[phase, "twa"] == pytest.approx(
                 b["phases"][phase]["setpoints"]["temperature"], abs=0.1
             )
@@ -466,12 +477,14 @@ def test_kpis_agree_with_the_simulated_batches(pipeline_run, truth):
         kpis = con.execute("select * from batch_kpis").df().set_index("batch_id")
         feed = dict(
             con.execute(
-                "select batch_id, sum(quantity) from material_events where kind = 'feed_total' group by 1"
+                "select batch_id, sum(quantity) from material_events"
+                " where kind = 'feed_total' group by 1"
             ).fetchall()
         )
     for b in (b for b in truth["batches"] if b["status"] == "complete"):
         k = kpis.loc[b["batch_id"]]
-        # IVCD from daily samples (trapezoid) vs the integral of the simulated VCD: within sampling + assay noise
+        # IVCD from daily samples (trapezoid) vs the integral of the simulated VCD:
+        # within sampling + assay noise
         assert k["ivcd"] == pytest.approx(b["ivcd_1e6_cells_h_per_ml"], rel=0.08)
         assert k["peak_vcd"] == pytest.approx(b["peak_vcd"], rel=0.2)
         assert k["final_titer"] == pytest.approx(b["final"]["titer"], rel=0.15)
@@ -489,7 +502,8 @@ def test_golden_profile_and_deviation(pipeline_run):
             "select * from golden_profiles where parameter = 'temperature' and t_batch_h = 100"
         ).df()
         dev = con.execute(
-            "select count(*), count(distinct batch_id) from batch_deviation where parameter = 'temperature'"
+            "select count(*), count(distinct batch_id) from batch_deviation"
+            " where parameter = 'temperature'"
         ).fetchone()
     assert len(g) == 1 and g["n_batches"].iloc[0] >= 2
     assert (
@@ -499,7 +513,8 @@ def test_golden_profile_and_deviation(pipeline_run):
     assert dev[0] > 0 and dev[1] >= 3
     with duckdb.connect(str(data / "lake" / "catalog.duckdb"), read_only=True) as con:
         vcd = con.execute(
-            "select t_batch_h, mean, n_batches, uom from golden_profiles where parameter = 'vcd' order by 1"
+            "select t_batch_h, mean, n_batches, uom from golden_profiles"
+            " where parameter = 'vcd' order by 1"
         ).df()
     assert vcd["uom"].iloc[0] == "1e6 cells/mL" and vcd["n_batches"].min() >= 2
     assert vcd["mean"].iloc[0] == pytest.approx(0.45, abs=0.2) and vcd["mean"].max() > 10.0
@@ -518,7 +533,8 @@ def test_gold_files_are_written_per_batch_in_one_pass_and_appear_only_whole(tmp_
     (folder / "C.parquet").write_bytes(b"stale rows of a batch that now has none")
     con = connect(lake)
     con.execute(
-        "CREATE TEMP TABLE x AS SELECT CASE WHEN i % 3 = 0 THEN 'A/1' ELSE 'B' END AS batch_id, i FROM range(1000) r(i)"
+        "CREATE TEMP TABLE x AS"
+        " SELECT CASE WHEN i % 3 = 0 THEN 'A/1' ELSE 'B' END AS batch_id, i FROM range(1000) r(i)"
     )
     targets = {b: folder / f"{b.replace('/', '_')}.parquet" for b in ("A/1", "B", "C", "D")}
     assert copy_per_key(con, "SELECT * FROM x", "batch_id", targets) == {
@@ -528,7 +544,8 @@ def test_gold_files_are_written_per_batch_in_one_pass_and_appear_only_whole(tmp_
         "D": 0,
     }
     got = con.execute(
-        f"SELECT batch_id, count(*), sum(i) FROM read_parquet('{folder}/*.parquet') GROUP BY 1 ORDER BY 1"
+        f"SELECT batch_id, count(*), sum(i) FROM read_parquet('{folder}/*.parquet')"
+        " GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert got == [
         ("A/1", 334, sum(range(0, 1000, 3))),

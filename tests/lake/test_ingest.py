@@ -41,7 +41,8 @@ def test_an_overlapping_export_quarantines_the_repeated_points(fresh_data):
     catalog.rebuild(lake)
     with duckdb.connect(str(lake.catalog), read_only=True) as con:
         dupes = con.execute(
-            "select count(*) from (select tag, ts from historian_points group by all having count(*) > 1)"
+            "select count(*) from"
+            " (select tag, ts from historian_points group by all having count(*) > 1)"
         ).fetchone()[0]
         checks = con.execute(
             'select distinct "check" from quarantine where source_sha256 = ?',
@@ -187,9 +188,15 @@ def test_the_lake_tables_have_their_model_types(fresh_data):
     _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
     catalog.rebuild(lake)
     with duckdb.connect(str(lake.catalog), read_only=True) as con:
-        log = dict(con.execute("select column_name, column_type from (describe ingest_log)").fetchall())
-        q = dict(con.execute("select column_name, column_type from (describe quarantine)").fetchall())
-        audit = dict(con.execute("select column_name, column_type from (describe audit_log)").fetchall())
+        log = dict(
+            con.execute("select column_name, column_type from (describe ingest_log)").fetchall()
+        )
+        q = dict(
+            con.execute("select column_name, column_type from (describe quarantine)").fetchall()
+        )
+        audit = dict(
+            con.execute("select column_name, column_type from (describe audit_log)").fetchall()
+        )
     assert log["error"] == log["notes"] == log["run_id"] == "VARCHAR"
     assert log["rows_read"] == "BIGINT" and log["started_at"] == "TIMESTAMP WITH TIME ZONE"
     assert q["source_row"] == "BIGINT" and q["row_key"] == "VARCHAR"
@@ -211,7 +218,8 @@ def test_the_conservation_check_fails_on_a_reader_that_loses_a_row(fresh_data, m
 
     monkeypatch.setitem(ingest.READERS, "lims", lossy)
     result = dg.materialize(
-        [lims_samples], instance=dg.DagsterInstance.ephemeral(),
+        [lims_samples],
+        instance=dg.DagsterInstance.ephemeral(),
         resources=resources_from_env(fresh_data),
     )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}

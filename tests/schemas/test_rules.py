@@ -92,10 +92,21 @@ def test_a_declared_preference_orders_text_by_its_ranking():
 
 def test_the_ingest_log_model_catches_a_lost_row():
     row = {
-        "source": "s", "path": "p", "sha256": "x", "bytes": 1, "dataset": "lims",
-        "rows_read": 10, "rows_accepted": 8, "rows_quarantined": 1, "status": "ingested",
-        "error": None, "notes": None, "run_id": None, "code_version": "0",
-        "started_at": pd.Timestamp.now(tz="UTC"), "finished_at": pd.Timestamp.now(tz="UTC"),
+        "source": "s",
+        "path": "p",
+        "sha256": "x",
+        "bytes": 1,
+        "dataset": "lims",
+        "rows_read": 10,
+        "rows_accepted": 8,
+        "rows_quarantined": 1,
+        "status": "ingested",
+        "error": None,
+        "notes": None,
+        "run_id": None,
+        "code_version": "0",
+        "started_at": pd.Timestamp.now(tz="UTC"),
+        "finished_at": pd.Timestamp.now(tz="UTC"),
     }
     with pytest.raises(pa.errors.SchemaError, match="rows_read != rows_accepted"):
         IngestLogEntry.validate(pd.DataFrame([row]))

@@ -39,14 +39,16 @@ def _in_ci() -> bool:
 def _unavailable(message: str):
     if _in_ci():
         pytest.fail(
-            f"{message} (CI is set, so the PostgreSQL tests must not be skipped; .ci/run installs PostgreSQL)",
+            f"{message} (CI is set, so the PostgreSQL tests must not be skipped;"
+            " .ci/run installs PostgreSQL)",
             pytrace=False,
         )
     pytest.skip(message)
 
 
 def pg_bindir() -> Path | None:
-    """Directory holding initdb, pg_ctl and postgres: PATH first, then the Debian and RHEL layouts."""
+    """Directory holding initdb, pg_ctl and postgres: PATH first, then the Debian and RHEL
+    layouts."""
     on_path = shutil.which("pg_ctl")
     if on_path:
         real = Path(on_path).resolve()  # not a wrapper script's directory
@@ -116,7 +118,8 @@ def _as_server_user() -> list[str]:
         pw = pwd.getpwnam(SERVER_USER)
     except KeyError:
         pytest.fail(
-            f"running as root, but there is no {SERVER_USER!r} system user to run the PostgreSQL server as",
+            f"running as root, but there is no {SERVER_USER!r} system user"
+            " to run the PostgreSQL server as",
             pytrace=False,
         )
     if shutil.which("runuser"):
@@ -124,18 +127,21 @@ def _as_server_user() -> list[str]:
     if shutil.which("setpriv"):
         return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
     pytest.fail(
-        "running as root, but neither runuser nor setpriv is available to drop to the postgres user",
+        "running as root, but neither runuser nor setpriv is available"
+        " to drop to the postgres user",
         pytrace=False,
     )
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A PostgreSQL server of our own, with role `batchtwin` (password auth over TCP); stopped at the end."""
+    """A PostgreSQL server of our own, with role `batchtwin` (password auth over TCP); stopped at
+    the end."""
     bindir = pg_bindir()
     if bindir is None:
         _unavailable(
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or under /usr/lib/postgresql/*/bin; "
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH"
+            " or under /usr/lib/postgresql/*/bin; "
             "install them with `apt-get install -y postgresql`"
         )
     as_user = _as_server_user()
@@ -166,9 +172,11 @@ def postgres_server():
                 f"initdb failed ({shlex.join(init.args)}):\n{init.stdout}{init.stderr}",
                 pytrace=False,
             )
-        # the server's own time zone is deliberately not UTC: `timestamp without time zone` holding UTC must not depend on it
+        # the server's own time zone is deliberately not UTC: `timestamp without time zone`
+        # holding UTC must not depend on it
         options = (
-            f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+            f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c timezone=America/New_York"
         )
         start = server.run(
@@ -189,7 +197,8 @@ def postgres_server():
         if not started:
             log = server.log.read_text(errors="replace")[-3000:] if server.log.exists() else ""
             pytest.fail(
-                f"PostgreSQL did not start ({shlex.join(start.args)}):\n{start.stdout}{start.stderr}\n{log}",
+                f"PostgreSQL did not start ({shlex.join(start.args)}):\n"
+                f"{start.stdout}{start.stderr}\n{log}",
                 pytrace=False,
             )
         with server.admin_connect() as con:
@@ -205,7 +214,8 @@ def postgres_server():
 
 @pytest.fixture()
 def postgres_url(postgres_server) -> str:
-    """A fresh, empty database owned by `batchtwin` for one test; its SQLAlchemy URL (with the password)."""
+    """A fresh, empty database owned by `batchtwin` for one test; its SQLAlchemy URL (with the
+    password)."""
     name = f"t{next(_databases)}"
     with postgres_server.admin_connect() as con:
         con.execute(f'CREATE DATABASE "{name}" OWNER {PG_USER}')

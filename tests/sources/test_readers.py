@@ -116,7 +116,8 @@ def test_the_real_rockwell_record_parses_into_batch_bx10():
 def test_xml_with_an_entity_declaration_is_refused(tmp_path):
     evil = tmp_path / "evil.xml"
     evil.write_text(
-        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><BatchList><BatchListEntry><ID>&x;</ID></BatchListEntry></BatchList>'
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        "<BatchList><BatchListEntry><ID>&x;</ID></BatchListEntry></BatchList>"
     )
     with pytest.raises(SourceRejected, match="DTD or entities"):
         mes_xml.read_batchml(evil, sha256_of(evil), "mes/evil.xml", PROFILES["mes_batchml"])
@@ -181,7 +182,9 @@ def test_tag_units_convert_to_canonical_and_an_unknown_unit_is_quarantined(tmp_p
     path = tmp_path / "tags.csv"
     path.write_text(
         "tag,unit_id,parameter,uom,role,interpolation\n"
-        "T1,BR-1,temperature,degF,pv,linear\nF1,BR-1,feed_rate,mL/min,pv,step\nX1,BR-1,temperature,furlong,pv,linear\n"
+        "T1,BR-1,temperature,degF,pv,linear\n"
+        "F1,BR-1,feed_rate,mL/min,pv,step\n"
+        "X1,BR-1,temperature,furlong,pv,linear\n"
     )
     res = tags.read_tags(path, sha256_of(path), "tags/tags.csv", PROFILES["tag_dictionary"], SITE)
     t = res.tables["tags"].set_index("tag")
@@ -376,9 +379,8 @@ def test_many_skipped_lines_are_numbered_in_one_pass(tmp_path):
     lines, expect = ["Tag,Timestamp,Value,Status"], []
     for i in range(3000):
         lines.append("" if i % 3 else "BR101.TT01.PV,bad")
-        lines.append(
-            f"BR101.TT01.PV,{(pd.Timestamp('2026-03-16T09:00:00Z') + pd.Timedelta(seconds=i)).isoformat()},{i},Good"
-        )
+        ts = pd.Timestamp("2026-03-16T09:00:00Z") + pd.Timedelta(seconds=i)
+        lines.append(f"BR101.TT01.PV,{ts.isoformat()},{i},Good")
         expect.append(len(lines))
     path.write_text("\n".join(lines) + "\n")
     res = historian_csv.read_long(
@@ -397,7 +399,8 @@ NON_FINITE = ["inf", "-inf", "Infinity", "1e309", "NaN"]
 
 
 def test_non_finite_numbers_are_quarantined_by_every_reader(tmp_path):
-    """One rule in every path: a value that is not finite is no value (it would poison every mean)."""
+    """One rule in every path: a value that is not finite is no value (it would poison every
+    mean)."""
     import sqlite3
 
     from lake import ingest

@@ -252,8 +252,9 @@ def test_a_conflicting_re_send_is_quarantined_with_both_values(tmp_path):
                 f"S3,B1,titer,1.1,g/L,{t}",
                 f"S3,B1,titer,1.3,g/L,{t}",  # two values in one file
                 f"S4,B1,lactate,1.5,mg/dL,{t}",  # the same number in another unit: 100 times less
+                # S5: conflicting inside and against a.csv: each row quarantined once
                 f"S5,B1,titer,2.1,g/L,{t}",
-                f"S5,B1,titer,2.2,g/L,{t}",  # conflicting inside and against a.csv: quarantined once each
+                f"S5,B1,titer,2.2,g/L,{t}",
             ],
         ),
         site,
@@ -264,10 +265,10 @@ def test_a_conflicting_re_send_is_quarantined_with_both_values(tmp_path):
     ) == (1, 6)
     q = _quarantine(lake)
     assert len(q) == again.log["rows_quarantined"]  # one quarantine row per quarantined line
-    reasons = dict(zip(q["row_key"] + ":" + q["source_row"].astype(str), q["reason"]))
+    reasons = dict(zip(q["row_key"] + ":" + q["source_row"].astype(str), q["reason"], strict=True))
     assert reasons["S1/glucose:2"] == (
-        "conflicting re-send for sample S1, glucose, reported 2026-03-20 12:00:00+00:00: 4.6 g/L here, "
-        "4.1 g/L already held from lims/a.csv line 2; the first stays"
+        "conflicting re-send for sample S1, glucose, reported 2026-03-20 12:00:00+00:00: "
+        "4.6 g/L here, 4.1 g/L already held from lims/a.csv line 2; the first stays"
     )
     assert (
         reasons["S4/lactate:6"].startswith("conflicting re-send")
@@ -304,7 +305,9 @@ def test_a_tag_whose_unit_the_site_cannot_use_is_quarantined_and_its_points_name
     )
     (landing / "historian").mkdir()
     (landing / "historian" / "BR101.csv").write_text(
-        "Tag,Timestamp,Value,Status\nBR101.DO01.PV,2026-03-16T06:00:00Z,41.0,Good\nBR101.TT01.PV,2026-03-16T06:00:00Z,36.8,Good\n"
+        "Tag,Timestamp,Value,Status\n"
+        "BR101.DO01.PV,2026-03-16T06:00:00Z,41.0,Good\n"
+        "BR101.TT01.PV,2026-03-16T06:00:00Z,36.8,Good\n"
         "BR101.NOPE.PV,2026-03-16T06:00:00Z,1.0,Good\n"
     )
     site, lake = load_site(landing), Lake(tmp_path / "lake")

@@ -32,7 +32,8 @@ QUALITY = {0: "good", 1: "uncertain", 2: "bad"}
 
 
 class History:
-    """The source table in one backend. Rows are (name, ts as a naive datetime in the source's zone, value, status)."""
+    """The source table in one backend. Rows are (name, ts as a naive datetime in the source's
+    zone, value, status)."""
 
     def __init__(self, backend: str, url: str):
         self.backend, self.url = backend, url
@@ -45,7 +46,8 @@ class History:
         with self.engine.begin() as con:
             con.execute(
                 sa.text(
-                    f"CREATE TABLE history (name TEXT NOT NULL, ts {ts_type} NOT NULL, value {value_type}, status INTEGER NOT NULL)"
+                    f"CREATE TABLE history (name TEXT NOT NULL, ts {ts_type} NOT NULL,"
+                    f" value {value_type}, status INTEGER NOT NULL)"
                 )
             )
             con.execute(sa.text("CREATE INDEX history_ts ON history (ts)"))
@@ -60,7 +62,8 @@ class History:
         with self.engine.begin() as con:
             con.execute(
                 sa.text(
-                    "INSERT INTO history (name, ts, value, status) VALUES (:name, :ts, :value, :status)"
+                    "INSERT INTO history (name, ts, value, status)"
+                    " VALUES (:name, :ts, :value, :status)"
                 ),
                 params,
             )
@@ -91,7 +94,8 @@ def lake(tmp_path) -> Lake:
 
 
 def minutes(start: datetime, n: int, tags=TAGS, statuses=(0, 1, 2)) -> list[tuple]:
-    """One row per tag and minute; status cycles through `statuses`; value encodes tag and minute."""
+    """One row per tag and minute; status cycles through `statuses`; value encodes tag and
+    minute."""
     return [
         (tag, start + timedelta(minutes=m), 10.0 * k + m + 0.25, statuses[(m + k) % len(statuses)])
         for m in range(n)
@@ -133,7 +137,8 @@ def duplicates(lake: Lake) -> int:
         return 0
     with duckdb.connect() as con:
         return con.execute(
-            "SELECT count(*) FROM (SELECT tag, ts FROM read_parquet(?) GROUP BY tag, ts HAVING count(*) > 1)",
+            "SELECT count(*) FROM"
+            " (SELECT tag, ts FROM read_parquet(?) GROUP BY tag, ts HAVING count(*) > 1)",
             [str(folder / "*.parquet")],
         ).fetchone()[0]
 
@@ -144,7 +149,7 @@ def keys(rows) -> set[tuple[str, pd.Timestamp]]:
 
 def held_keys(lake: Lake) -> list[tuple[str, pd.Timestamp]]:
     s = silver(lake)
-    return list(zip(s["tag"], s["ts"]))
+    return list(zip(s["tag"], s["ts"], strict=True))
 
 
 def watermark(lake: Lake) -> pd.Timestamp:
@@ -171,7 +176,7 @@ def test_first_pull_ingests_every_row_with_quality_from_status(history, lake):
     assert str(s["ts"].dtype) == "datetime64[us, UTC]"
     got = {
         (tag, ts): (value, quality)
-        for tag, ts, value, quality in zip(s["tag"], s["ts"], s["value"], s["quality"])
+        for tag, ts, value, quality in zip(s["tag"], s["ts"], s["value"], s["quality"], strict=True)
     }
     expected = {
         (tag, pd.Timestamp(ts, tz="UTC")): (pytest.approx(value, rel=1e-6), QUALITY[status])
