@@ -6,7 +6,7 @@ DATA ?= data
 DAGSTER_HOME ?= $(abspath $(DATA)/dagster_home)
 UI_PORT ?= 3000
 
-.PHONY: demo readme test ui bench calibration lock clean
+.PHONY: demo readme test style ui bench calibration lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,22 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## write both demo sites a
 readme: $(BIN)/.installed  ## regenerate the README's demo outputs from the lakes of `make demo`
 	$(BIN)/python -m demo.readme $(DATA)
 
-test: $(BIN)/.installed  ## run the test suite
+LIBRARY := sources schemas lake models pipelines demo
+
+test: $(BIN)/.installed  ## house style (ruff lint and format, mypy), then the test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(addprefix -p ,$(LIBRARY))
 	$(BIN)/python -m pytest -q
 
+style: $(BIN)/.installed  ## apply the formatter and the linter's safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
 ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI and daemon (sensors, schedules) on 127.0.0.1
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+	DAGSTER_HOME=$(DAGSTER_HOME) BATCHTWIN_LAKE=$${BATCHTWIN_LAKE:-$(abspath $(DATA)/lake)} \
+	  BATCHTWIN_LANDING=$${BATCHTWIN_LANDING:-$(abspath $(DATA)/landing)} \
+	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 lock:  ## re-resolve the locked set after changing pyproject.toml dependencies
 	rm -rf /tmp/batchtwin-lock && $(PYTHON) -m venv /tmp/batchtwin-lock

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from lake import audit
+from lake import audit, ingest
 from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, completed_batches_sensor
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS, INGEST_DATASETS
 from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
-from pipelines.resources import LakeResource, LandingResource, resources_from_env
+from pipelines.resources import LakeResource, LandingResource, deployed_resources
 from sources.base import sha256_of
 from sources.profiles import profile_for
 from sources.site import SiteConfigError
@@ -48,19 +48,22 @@ ASSET_FOR_DATASET = {ds: name for name, datasets in INGEST_DATASETS.items() for 
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
+def landing_zone_sensor(
+    context: dg.SensorEvaluationContext, landing: LandingResource, lake: LakeResource
+):
     """Request ingest runs for new or changed landing files: one run per ingest asset that has
     new files (an asset ingests every new file of its datasets at once), keyed by the files' hashes.
 
     The cursor remembers (size, mtime) per file so only new or touched files are hashed; the
-    run key makes files that reappear unchanged a no-op.
+    run key makes files that reappear unchanged a no-op, and a file the lake already read (by
+    `batchtwin run` or `batchtwin demo`, say) requests nothing.
     """
     seen = json.loads(context.cursor) if context.cursor else {}
     try:
         files = landing.site().files
     except SiteConfigError as err:
         return dg.SkipReason(str(err))
-    root = Path(landing.root)
+    root, the_lake = Path(landing.root), lake.lake()
     new: dict[str, list[tuple[str, str]]] = {}
     for path in sorted(root.rglob("*")) if root.exists() else []:
         if not path.is_file() or path.name.startswith("."):
@@ -74,9 +77,11 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
         if seen.get(rel) == stamp:
             continue
         seen[rel] = stamp
-        new.setdefault(ASSET_FOR_DATASET[prof.dataset], []).append((rel, sha256_of(path)))
+        sha = sha256_of(path)
+        if not ingest.already_read(the_lake, prof, sha):
+            new.setdefault(ASSET_FOR_DATASET[prof.dataset], []).append((rel, sha))
     if not new:
-        return dg.SkipReason("no new landing files")
+        return dg.SensorResult(skip_reason="no new landing files", cursor=json.dumps(seen))
     requests = [
         dg.RunRequest(
             run_key=hashlib.sha256(
@@ -144,5 +149,5 @@ defs = dg.Definitions(
             default_status=dg.DefaultSensorStatus.RUNNING,
         ),
     ],
-    resources=resources_from_env(),
+    resources=deployed_resources(),
 )

@@ -54,6 +54,22 @@ class PipelineResources(TypedDict):
     settings: ContextSettings
 
 
+def deployed_resources() -> PipelineResources:
+    """The resources of the deployed `Definitions` (webserver and daemon): the lake and landing
+    roots are `dg.EnvVar`s, read when a run starts and shown as such in the UI, never frozen at
+    import (`make ui` sets both; an unset one fails the run naming the variable)."""
+    return {
+        "lake": LakeResource(root=dg.EnvVar("BATCHTWIN_LAKE")),
+        "landing": LandingResource(root=dg.EnvVar("BATCHTWIN_LANDING")),
+        # dg.EnvVar carries text and integers only: this float is read when the code loads
+        "settings": ContextSettings(grid_minutes=_grid_minutes()),
+    }
+
+
+def _grid_minutes() -> float:
+    return float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))
+
+
 def resources_from_env(data_dir: Path = DEFAULT_DATA) -> PipelineResources:
     """Resources for `data_dir` (landing/, lake/, sql/), each overridable by its environment
     variable."""
@@ -61,7 +77,5 @@ def resources_from_env(data_dir: Path = DEFAULT_DATA) -> PipelineResources:
     return {
         "lake": LakeResource(root=os.environ.get("BATCHTWIN_LAKE", str(data / "lake"))),
         "landing": LandingResource(root=os.environ.get("BATCHTWIN_LANDING", str(data / "landing"))),
-        "settings": ContextSettings(
-            grid_minutes=float(os.environ.get("BATCHTWIN_GRID_MINUTES", "15"))
-        ),
+        "settings": ContextSettings(grid_minutes=_grid_minutes()),
     }

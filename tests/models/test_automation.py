@@ -53,9 +53,12 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     lake_res = LakeResource(root=str(lake.root))
 
     # the daemon's state before the drop: sensors and automation have seen the current lake
-    landing_cursor = landing_zone_sensor(
-        dg.build_sensor_context(resources={"landing": landing})
-    ).cursor
+    # files `materialize_all` ingested request nothing, though the sensor never saw them
+    before = landing_zone_sensor(
+        dg.build_sensor_context(resources={"landing": landing, "lake": lake_res})
+    )
+    assert not before.run_requests
+    landing_cursor = before.cursor
     done_cursor = completed_batches_sensor(
         dg.build_sensor_context(instance=instance, resources={"lake": lake_res})
     ).cursor
@@ -68,7 +71,9 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     shutil.copy(held_back, record)
 
     sensed = landing_zone_sensor(
-        dg.build_sensor_context(cursor=landing_cursor, resources={"landing": landing})
+        dg.build_sensor_context(
+            cursor=landing_cursor, resources={"landing": landing, "lake": lake_res}
+        )
     )
     assert [
         r.tags.get("batchtwin/file") or r.tags.get("batchtwin/first_file")

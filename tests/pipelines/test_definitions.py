@@ -6,7 +6,7 @@ import shutil
 import dagster as dg
 
 from pipelines.definitions import defs, landing_zone_sensor
-from pipelines.resources import LandingResource
+from pipelines.resources import LakeResource, LandingResource
 
 
 def test_definitions_load_with_groups_checks_sensor_and_schedule():
@@ -26,7 +26,8 @@ def test_definitions_load_with_groups_checks_sensor_and_schedule():
 
 def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     landing = LandingResource(root=str(fresh_data / "landing"))
-    first = landing_zone_sensor(dg.build_sensor_context(resources={"landing": landing}))
+    res = {"landing": landing, "lake": LakeResource(root=str(fresh_data / "lake"))}
+    first = landing_zone_sensor(dg.build_sensor_context(resources=res))
     assets = [r.asset_selection[0].path[-1] for r in first.run_requests]
     assert assets == ["historian_files", "lims_samples", "mes_batch_records", "tag_dictionary"]
     assert all(r.asset_selection[-1] == dg.AssetKey("lake_catalog") for r in first.run_requests)
@@ -40,16 +41,12 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
         len({r.run_key for r in first.run_requests}) == 4
     )  # keys are hashes of the files' contents
 
-    again = landing_zone_sensor(
-        dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing})
-    )
-    assert isinstance(again, dg.SkipReason)
+    again = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources=res))
+    assert not again.run_requests and again.skip_reason
 
     new = fresh_data / "landing" / "lims" / "lims_extra.csv"
     shutil.copy(next((fresh_data / "landing" / "lims").glob("*.csv")), new)
-    third = landing_zone_sensor(
-        dg.build_sensor_context(cursor=first.cursor, resources={"landing": landing})
-    )
+    third = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources=res))
     assert [
         (r.asset_selection[0].path[-1], r.tags["batchtwin/first_file"]) for r in third.run_requests
     ] == [("lims_samples", "lims/lims_extra.csv")]
@@ -86,3 +83,20 @@ def test_finished_runs_are_written_to_the_audit_trail(fresh_data):
         result.dagster_run.job_name
     ]
     assert (events[events.action == "file_ingested"].run_id == result.run_id).all()
+
+
+def test_files_the_lake_already_read_request_no_run(fresh_data):
+    from pipelines.runner import materialize_all
+
+    assert materialize_all(fresh_data, models=False).success
+    res = {
+        "landing": LandingResource(root=str(fresh_data / "landing")),
+        "lake": LakeResource(root=str(fresh_data / "lake")),
+    }
+    # a daemon started after `batchtwin run` (a fresh sensor cursor) redoes nothing
+    first = landing_zone_sensor(dg.build_sensor_context(resources=res))
+    assert not first.run_requests and json.loads(first.cursor)
+    new = fresh_data / "landing" / "lims" / "lims_extra.csv"
+    new.write_text(next((fresh_data / "landing" / "lims").glob("*.csv")).read_text() + "\n")
+    second = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources=res))
+    assert [r.tags["batchtwin/first_file"] for r in second.run_requests] == ["lims/lims_extra.csv"]
