@@ -83,6 +83,7 @@ class IngestOutcome:
     log: dict
     accepted: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    retryable: bool = False  # a failed source that may answer on a retry (a network outage)
 
     @property
     def status(self) -> str:
@@ -202,7 +203,9 @@ def ingest_sql(
             "run_id": run_id,
             "started_at": started,
         }
-        return _log(lake, base, "failed", 0, 0, 0, str(err))
+        failed = _log(lake, base, "failed", 0, 0, 0, str(err))
+        failed.retryable = isinstance(err, sql_historian.SourceUnreachable) and err.transient
+        return failed
     raw = _drop_already_held(lake, profile, raw, since)
     sha = sql_historian.content_sha256(raw)
     base = {

@@ -5,6 +5,7 @@ are recognized by their SHA-256 and skipped), reports counts and the top quarant
 as metadata, and carries two checks: rows are conserved, and validation quarantined nothing.
 """
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -39,9 +40,11 @@ def _summary(
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         # the other sources of this asset were ingested and stay; the asset fails with the cause
+        # retried (the asset's retry policy) only when a source may answer later: a network outage
         raise dg.Failure(
             description="; ".join(o.log["error"] for o in failed),
             metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)},
+            allow_retries=any(o.retryable for o in failed),
         )
     unbalanced = [
         o.log["path"]
@@ -177,11 +180,23 @@ lims_samples = _file_asset(
 )
 
 
+# A network historian that refused or timed out is tried again after 30 s, then 60 s, 120 s
+# (BATCHTWIN_SQL_RETRY_DELAY_S sets the first wait; read when the code loads, as Dagster binds a
+# retry policy to its asset).
+SQL_RETRY = dg.RetryPolicy(
+    max_retries=3,
+    delay=float(os.environ.get("BATCHTWIN_SQL_RETRY_DELAY_S", "30")),
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
+)
+
+
 @dg.asset(
     group_name="ingest",
     kinds={"sql", "parquet"},
     deps=["tag_dictionary"],
     check_specs=_checks("historian_sql"),
+    retry_policy=SQL_RETRY,
 )
 def historian_sql(
     context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource

@@ -31,6 +31,18 @@ from sources.base import (
 from sources.profiles import SqlProfile
 
 
+class SourceUnreachable(ConnectionError):
+    """The SQL historian could not be read (the message names the source, never the URL).
+
+    `transient`: a retry may succeed — a database over the network refused, timed out or
+    dropped the connection. A wrong URL, a missing driver or a local file never is.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
 def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, ReadResult]:
     """Read rows newer than `since` (UTC); return (raw rows as read, parsed result)."""
     c = profile.columns
@@ -60,7 +72,8 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
             else "invalid URL: the URL cannot be parsed"
         )
     if failure is not None:
-        raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
+        raise SourceUnreachable(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
+    transient = False
     try:
         with engine.connect() as conn:
             raw = pd.read_sql(query, conn)
@@ -74,10 +87,13 @@ def pull(profile: SqlProfile, since: datetime | None) -> tuple[pd.DataFrame, Rea
         )
         orig = getattr(err, "orig", None) or err
         failure = f"{type(orig).__name__}: {_first_line(orig)}"
+        network = bool(engine.url.host)
+        transient = network and isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError))
     finally:
         engine.dispose()
     if failure is not None:
-        raise ConnectionError(f"SQL historian {profile.name!r}: {_redact(failure, profile)}")
+        message = f"SQL historian {profile.name!r}: {_redact(failure, profile)}"
+        raise SourceUnreachable(message, transient)
     if pd.api.types.is_datetime64_any_dtype(raw["ts"]):
         # a timestamp column: each value as its own ISO text. Series.astype(str) formats all rows
         # alike ('2026-03-16' when every row is at midnight, '.500' on all when one has a

@@ -11,6 +11,8 @@ import pytest
 
 # tests never write into a developer's Dagster home: every run uses an ephemeral instance
 os.environ.pop("DAGSTER_HOME", None)
+# a refused SQL connection is retried (pipelines.ingest_assets.SQL_RETRY): seconds, not minutes
+os.environ["BATCHTWIN_SQL_RETRY_DELAY_S"] = "0.2"
 
 from demo.plant import PlantSize, generate
 

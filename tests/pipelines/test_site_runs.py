@@ -1,6 +1,7 @@
 """Whole runs on sites that differ from the demo: a failing source fails its own asset only,
 a site without a SQL historian or a model runs clean."""
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -128,3 +129,28 @@ def test_under_the_daemon_a_failed_source_does_not_keep_the_others_out_of_the_ca
             resources=resources,
         )
     assert query(Lake(fresh_data / "lake"), "SELECT count(*) AS n FROM batches")["n"].iloc[0] > 0
+
+
+def test_a_network_outage_is_retried_and_a_wrong_url_is_not(tmp_path):
+    import socket
+
+    import dagster as dg
+
+    from lake.ingest import ingest_sql
+    from pipelines.ingest_assets import _summary, historian_sql
+    from sources.profiles import SqlProfile
+
+    assert historian_sql.op.retry_policy is not None
+    assert historian_sql.op.retry_policy.max_retries >= 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens once the socket is closed
+    for url, retried in (
+        (f"postgresql+psycopg://u:p@127.0.0.1:{port}/ip21", True),
+        ("sqlite:////nonexistent-dir/historian.sqlite", False),
+        ("postgresql+nosuchdriver://u:p@127.0.0.1/ip21", False),
+    ):
+        outcome = ingest_sql(Lake(tmp_path / "lake"), SqlProfile("ip21", url))
+        with pytest.raises(dg.Failure) as failure:
+            _summary(dg.build_asset_context(), "historian_sql", [outcome])
+        assert failure.value.allow_retries is retried, url

@@ -447,6 +447,8 @@ def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_pat
             },
         )
         assert not result.success
+        retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert len(retried) == 3  # a refused connection is retried; the retries leak nothing either
         records = instance.all_logs(result.run_id)
         text = "\n".join(repr(r) for r in records)
     assert "ip21_secret" in text  # the failure is there, naming the source

@@ -496,6 +496,8 @@ def test_an_unreachable_source_is_logged_failed_naming_it_without_the_password(u
     )
     assert not lake.state(f"watermarks/{SOURCE}.json").exists()
     assert not any(lake.silver("historian_points").glob("*.parquet"))
+    # only the network outage may answer on a retry; a wrong URL or a missing file never will
+    assert outcome.retryable == url.startswith("postgresql+psycopg://batchtwin:s3cret@127.0.0.1:{")
 
 
 def test_wrong_password_is_logged_failed_without_the_password(postgres_server, lake):
