@@ -343,9 +343,15 @@ def batch_trajectories(con, grid_minutes: float) -> None:
                             p.parameter, count(*) AS n_points
                      FROM pts p JOIN b USING (batch_id) WHERE p.ok
                      GROUP BY ALL),
-            grid AS (SELECT w.batch_id, w.k, t.parameter, t.canonical_uom
-                     FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id)
-            SELECT g.batch_id, g.parameter, g.k * $step / 3600.0 AS t_batch_h,
+            -- the phase a window starts in; overlapping phases (a malformed record): the later
+            wph AS (SELECT w.batch_id, w.k, arg_max(ph.phase, ph.start_ts) AS phase
+                    FROM win w JOIN ph ON ph.batch_id = w.batch_id
+                     AND w.ws >= ph.start_ts AND w.ws < ph.end_eff
+                    GROUP BY ALL),
+            grid AS (SELECT w.batch_id, w.k, wph.phase, t.parameter, t.canonical_uom
+                     FROM win w JOIN b USING (batch_id) JOIN tg t ON t.unit_id = b.unit_id
+                     LEFT JOIN wph USING (batch_id, k))
+            SELECT g.batch_id, g.phase, g.parameter, g.k * $step / 3600.0 AS t_batch_h,
                    CASE WHEN a.covered_s >= $step * (1 - 1e-9) THEN a.integral / a.covered_s END
                      AS value,
                    coalesce(n.n_points, 0) AS n_points,

@@ -358,6 +358,10 @@ class BatchTrajectory(pa.DataFrameModel):
     """A batch's parameter on a regular grid of t_batch_h: time-weighted average per window."""
 
     batch_id: Series[str]
+    phase: Series[str] = pa.Field(
+        nullable=True,
+        description="ISA-88 phase the window starts in (NULL outside every phase of the batch)",
+    )
     parameter: Series[str]
     t_batch_h: Series[float] = pa.Field(description="window start, hours since inoculation")
     value: Series[float] = pa.Field(

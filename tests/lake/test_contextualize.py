@@ -185,6 +185,13 @@ def test_time_weighted_mean_is_linear_for_linear_tags_and_previous_value_for_ste
     assert twa == pytest.approx({"lin:P1": 7.5, "lin:P2": 20.0, "stp:P1": 5.0, "stp:P2": 10.0})
 
 
+def test_each_trajectory_window_names_the_phase_it_starts_in(small):
+    rows = small.execute(
+        "select t_batch_h, phase from batch_trajectories where parameter = 'lin' order by 1"
+    ).fetchall()
+    assert rows == [(0.0, "P1"), (1.0, "P1"), (2.0, "P2"), (3.0, "P2")]
+
+
 def test_a_window_starting_between_two_points_takes_its_boundary_value_from_before(small):
     rows = {r[0]: r[1] for r in _traj(small, "between")}
     # [1 h, 2 h): 5 → 10 linearly until 1.5 h (mean 7.5), then 10 until 2 h
