@@ -17,6 +17,7 @@ from pipelines.ingest_assets import site_of
 from pipelines.resources import ContextSettings, LakeResource, LandingResource
 
 BATCH_PARTITIONS = "batches"
+RECORDS_KEY = "batch_records"
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
@@ -34,10 +35,19 @@ def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.Ma
         "SELECT avg(coverage) AS c FROM batch_trajectories WHERE batch_id IN (SELECT unnest(?))",
         [ids],
     )["c"].iloc[0]
+    records = query(
+        lake,
+        "SELECT batch_id, source_sha256 FROM batches WHERE batch_id IN (SELECT unnest(?))",
+        [ids],
+    )
     context.log.info(f"gold tables for {len(ids)} batch(es): {counts}")
     return dg.MaterializeResult(
         metadata={
             "batches": len(ids),
+            # which version of each batch record the gold tables were computed from
+            RECORDS_KEY: dg.MetadataValue.json(
+                dict(zip(records["batch_id"], records["source_sha256"], strict=True))
+            ),
             **{f"rows_{t}": int(n) for t, n in counts.items()},
             "mean_trajectory_coverage": float(coverage) if coverage == coverage else 0.0,
             "kpis": dg.MetadataValue.md(kpis.to_markdown(index=False) if len(kpis) else "none"),
@@ -146,18 +156,37 @@ def completed_batches_sensor(context: dg.SensorEvaluationContext, lake: LakeReso
     seen = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS))
     new = [b for b in done["batch_id"] if b not in known]
+    # gold already computed from the current record (by `batchtwin run`, or before a daemon
+    # restart that lost the cursor) is not requested again
+    for batch in done["batch_id"]:
+        if batch not in seen and batch in known:
+            seen.update(_computed_from(context.instance, batch))
     changed = [
         (b, sha)
         for b, sha in zip(done["batch_id"], done["source_sha256"], strict=True)
         if seen.get(b) != sha
     ]
     if not new and not changed:
-        return dg.SkipReason("no newly completed or amended batches")
+        return dg.SensorResult(
+            skip_reason="no newly completed or amended batches", cursor=json.dumps(seen)
+        )
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=b, run_key=f"{b}:{sha}") for b, sha in changed],
         dynamic_partitions_requests=[batch_partitions.build_add_request(new)] if new else [],
         cursor=json.dumps({**seen, **dict(changed)}),
     )
+
+
+def _computed_from(instance: dg.DagsterInstance, batch_id: str) -> dict[str, str]:
+    """The batch-record hash the latest gold materialization of `batch_id` was computed from."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey("batch_gold"), asset_partitions=[batch_id]), limit=1
+    ).records
+    if not found or found[0].asset_materialization is None:
+        return {}
+    meta = found[0].asset_materialization.metadata.get(RECORDS_KEY)
+    held = meta.value if isinstance(meta, dg.JsonMetadataValue) else None
+    return {batch_id: held[batch_id]} if isinstance(held, dict) and batch_id in held else {}
 
 
 CONTEXTUALIZE_ASSETS = [batch_gold, running_batch_gold, golden_profiles]

@@ -15,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 
 from lake import audit
-from lake.query import query
 from pipelines.contextualize_assets import (
     BATCH_PARTITIONS,
     batch_gold,
+    completed_batches_sensor,
     golden_profiles,
     running_batch_gold,
 )
@@ -101,14 +101,19 @@ def materialize_all(
     results.append(materialize([lake_catalog]))
     if not results[-1].success:
         return _audited(resources["lake"].lake(), PipelineRun(results))
-    done = query(
-        resources["lake"].lake(),
-        "SELECT batch_id FROM batches WHERE status = 'complete' ORDER BY batch_id",
-    )["batch_id"].tolist()
-    known = set(instance.get_dynamic_partitions(BATCH_PARTITIONS))
-    instance.add_dynamic_partitions(BATCH_PARTITIONS, [b for b in done if b not in known])
+    # the completed batches are the sensor's partitions (added as the daemon adds them); the CLI
+    # then recomputes every one, so historian data that arrived late for a batch is taken in
+    sensed = completed_batches_sensor(
+        dg.build_sensor_context(instance=instance, resources={"lake": resources["lake"]})
+    )
+    if isinstance(sensed, dg.SensorResult):  # else a SkipReason: nothing completed yet
+        for request in sensed.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(BATCH_PARTITIONS, list(request.partition_keys))
     keys = instance.get_dynamic_partitions(BATCH_PARTITIONS)
     if keys:
+        # one run over the partition range, as a single-run backfill of the UI does (these are
+        # the tags Dagster reads a range from; materialize() takes one key only)
         results.append(
             materialize(
                 [batch_gold],
