@@ -15,9 +15,9 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
-from lake.layout import Lake, sweep_stale_temporaries
+from lake.layout import Lake, atomic_write_parquet, sweep_stale_temporaries
 from schemas.keys import KeyRule, key_rule
-from schemas.sql_checks import duck_type, key_sql
+from schemas.sql_checks import key_sql
 from schemas.tables import (
     GOLD_MODELS,
     MODEL_MODELS,
@@ -28,6 +28,7 @@ from schemas.tables import (
     Sample,
     Tag,
 )
+from schemas.validate import arrow_schema
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
 # version of each batch record; older versions stay visible in the *_records views.
@@ -46,16 +47,20 @@ RAW_VIEW_NAME = {
 }
 
 
-def _empty_select(model) -> str:
-    schema = model.to_schema()
-    cols = [f'CAST(NULL AS {duck_type(c.dtype)}) AS "{name}"' for name, c in schema.columns.items()]
-    return f"SELECT {', '.join(cols)} WHERE false"
+# Beside each table's folder, `<table>~schema/empty.parquet`: no rows, the model's columns and
+# types. A view reads `<table>*/*.parquet`, which matches that file and the table's own files, so
+# it is valid before the first file is written and sees every later file without a rebuild:
+# the catalog is written once per layout (by the `lake_catalog` asset), not after every write.
+SCHEMA_SUFFIX = "~schema"
 
 
-def _source(lake: Lake, folder: Path, model) -> str:
-    if any(folder.glob("*.parquet")):
-        return f"SELECT * FROM read_parquet('{folder.as_posix()}/*.parquet', union_by_name = true)"
-    return _empty_select(model)
+def _source(lake: Lake, folder: Path, model, order_by: str = "") -> str:
+    seed = folder.with_name(folder.name + SCHEMA_SUFFIX) / "empty.parquet"
+    if not seed.exists():
+        atomic_write_parquet(seed, arrow_schema(model).empty_table())
+    return f"SELECT * FROM read_parquet('{folder.as_posix()}*/*.parquet', union_by_name = true)" + (
+        f" ORDER BY {order_by}" if order_by else ""
+    )
 
 
 def _rule(model) -> KeyRule:
@@ -68,11 +73,7 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     """View name -> SQL. Paths come from the lake root, never from user input."""
     views: dict[str, str] = {}
     views["ingest_log"] = _source(lake, lake.silver("ingest_log"), IngestLogEntry)
-    views["audit_log"] = (
-        f"SELECT * FROM read_parquet('{(lake.root / 'audit').as_posix()}/*.parquet') ORDER BY ts"
-        if any((lake.root / "audit").glob("*.parquet"))
-        else _empty_select(AuditEvent)
-    )
+    views["audit_log"] = _source(lake, lake.root / "audit", AuditEvent, order_by="ts")
     views["quarantine"] = _source(lake, lake.silver("quarantine"), QuarantineRow)
     for table, model in SILVER_MODELS.items():
         views[RAW_VIEW_NAME.get(table, table)] = _source(lake, lake.silver(table), model)

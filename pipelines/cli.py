@@ -307,7 +307,6 @@ def fit(
 (promotion by the registry rule)."""
     from rich.markup import escape
 
-    from lake import catalog
     from lake.query import CatalogMissing
     from models.registry import fit_and_register
 
@@ -326,7 +325,6 @@ def fit(
     if result is None:
         console.print(f"{model}: {decision.reason} ({decision.status}); use --force to refit")
         return
-    catalog.rebuild(lake)
     console.print(
         f"{model} v{decision.version}: {decision.status} — {decision.reason} "
         f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)"
@@ -353,7 +351,6 @@ def forecast(
 and record it."""
     from rich.markup import escape
 
-    from lake import catalog
     from lake.query import CatalogMissing
     from models.forecast import forecast_batch, write_forecast
     from models.plots import forecast_plot
@@ -367,7 +364,6 @@ and record it."""
     except (KeyError, ValueError, LookupError) as e:
         _fail(escape(str(e).strip("'\"")))
     write_forecast(lake, fc)
-    catalog.rebuild(lake)
     png = forecast_plot(lake, fc)
     b = fc.bands[(fc.bands["analyte"] == analyte) & (fc.bands["kind"] == "trajectory")]
     if b.empty:

@@ -10,7 +10,7 @@ import warnings
 
 import dagster as dg
 
-from lake import catalog, contextualize
+from lake import contextualize
 from lake.query import CatalogMissing, query
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import site_of
@@ -22,7 +22,6 @@ batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
 def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.MaterializeResult:
-    catalog.rebuild(lake)
     kpis = query(
         lake,
         "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, "
@@ -132,7 +131,6 @@ def golden_profiles(
     t_batch_h; the `batch_deviation` view compares every batch with it."""
     the_lake = lake.lake()
     n = contextualize.golden_profiles(the_lake, _settings(settings, landing))
-    catalog.rebuild(the_lake)
     return dg.MaterializeResult(metadata={"rows": n, "k_sigma": settings.golden_k})
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from lake import catalog
 from lake.query import CatalogMissing
 from models import forecast as fc_mod
 from models import plots
@@ -120,7 +119,6 @@ def model_fit(
                 "reason": decision.reason,
             }
         )
-    catalog.rebuild(the_lake)
     model = load_model(config.model)
     pngs = plots.fit_plots(the_lake, result, decision.version, load_batches(the_lake, model, ids))
     table = result.table()
@@ -226,7 +224,6 @@ def forecasts(
         )
     except CatalogMissing:
         return dg.MaterializeResult(metadata={"batches": 0, "reason": "no catalog yet"})
-    catalog.rebuild(the_lake)
     pngs = [plots.forecast_plot(the_lake, f) for f in fcs]
     rows = "\n".join(
         f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} "

@@ -238,3 +238,21 @@ def test_the_conservation_check_fails_on_a_reader_that_loses_a_row(fresh_data, m
     )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["check_rows_conserved"].passed
+
+
+def test_the_catalog_sees_files_written_after_it_was_built(fresh_data):
+    lake, landing = Lake(fresh_data / "lake"), fresh_data / "landing"
+    _ingest(lake, landing, "historian/BR101_2026-03-15.csv")
+    catalog.rebuild(lake)
+    with duckdb.connect(str(lake.catalog), read_only=True) as con:
+        empty = con.execute("select count(*) from sample_records").fetchone()[0]
+        kpis = dict(
+            con.execute("select column_name, column_type from (describe batch_kpis)").fetchall()
+        )
+    # an empty table already has its model's columns and types
+    assert empty == 0 and kpis["peak_vcd"] == "DOUBLE" and kpis["batch_id"] == "VARCHAR"
+    lims = sorted((landing / "lims").glob("*.csv"))[0].relative_to(landing).as_posix()
+    read = _ingest(lake, landing, lims)
+    with duckdb.connect(str(lake.catalog), read_only=True) as con:  # no rebuild in between
+        n = con.execute("select count(*) from sample_records").fetchone()[0]
+    assert n == read.log["rows_accepted"] > 0
