@@ -301,7 +301,7 @@ def check_reader(reader, path: Path, rel: str, profile, table: str | None):
             produced,
             len(res.rejects),
         )
-    assert res.rows_read >= 0
+    assert res.rows_read >= produced  # every produced row was read (several readers aggregate)
     assert res.rejects["source_row"].notna().all()
     for frame in res.tables.values():
         if len(frame):
@@ -495,7 +495,6 @@ def check_ingest(lake: Lake, landing: Path, rel: str, profile) -> dict:
     log = outcome.log
     assert log["status"] in ("ingested", "rejected"), log
     assert log["rows_read"] == log["rows_accepted"] + log["rows_quarantined"], log
-    assert min(log["rows_read"], log["rows_accepted"], log["rows_quarantined"]) >= 0, log
     if log["status"] == "rejected":
         assert log["error"] and _one_line(log["error"]), log["error"]
     else:
