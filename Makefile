@@ -33,7 +33,7 @@ test: $(BIN)/.installed  ## house style (ruff lint and format, mypy), then the t
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(addprefix -p ,$(LIBRARY))
-	$(BIN)/python -m pytest -q -n auto  # one worker per core: each owns its session plant
+	$(BIN)/python -m pytest -q -n auto --dist loadfile  # a worker per core; files stay whole
 
 style: $(BIN)/.installed  ## apply the formatter and the linter's safe fixes
 	$(BIN)/ruff format .
