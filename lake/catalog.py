@@ -28,7 +28,7 @@ from schemas.tables import (
     Sample,
     Tag,
 )
-from schemas.validate import arrow_schema
+from schemas.types import arrow_schema
 
 # Silver tables whose rows carry record versions: the user-facing view keeps the latest
 # version of each batch record; older versions stay visible in the *_records views.

@@ -2,7 +2,7 @@
 
 The pandera model stays the one definition of a table; this module translates its column
 checks (ranges, allowed values, string lengths, nullability) into SQL predicates, its key and
-duplicate rule into a window (`key_sql`) and its dtypes into column types (`duck_type`,
+duplicate rule into a window (`key_sql`) and its dtypes into column types (`schemas.types`,
 `require_types`), so that large files are validated while they stream through DuckDB.
 Anything it cannot translate (a dataframe-level check, a check without an SQL form, a key
 the caller does not resolve) raises `UntranslatableCheck`, so a model can never be enforced
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandera.pandas as pa
 
 from schemas.keys import KeyRule
+from schemas.types import duckdb_types
 
 
 class UntranslatableCheck(ValueError):
@@ -139,23 +140,13 @@ def check_sql(column: str, check: pa.Check, key: str, owner: str = "") -> SqlChe
     )
 
 
-def duck_type(dtype: object) -> str:
-    """The DuckDB column type of a pandera dtype (the catalog's empty views and the streamed
-    path's type check use the same)."""
-    text = str(dtype)
-    if "datetime64" in text:
-        return "TIMESTAMP WITH TIME ZONE" if "UTC" in text or "tz" in text else "TIMESTAMP"
-    kind = getattr(getattr(dtype, "type", dtype), "kind", "O")
-    return {"f": "DOUBLE", "i": "BIGINT", "u": "UBIGINT", "b": "BOOLEAN"}.get(kind, "VARCHAR")
-
-
 def require_types(
     described: list[tuple[str, str]], model: type[pa.DataFrameModel], what: str
 ) -> None:
     """Raise unless `described` ((column, DuckDB type) of a query) has the model's columns
     with the model's types, in any order: the streamed path's dtype check."""
     got = dict(described)
-    want = {n: duck_type(c.dtype) for n, c in model.to_schema().columns.items()}
+    want = duckdb_types(model)
     wrong = {n: (got.get(n), t) for n, t in want.items() if got.get(n) != t}
     if wrong:
         detail = ", ".join(f"{n}: {g or 'missing'} (model: {t})" for n, (g, t) in wrong.items())

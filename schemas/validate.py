@@ -20,6 +20,7 @@ import pyarrow as pa_arrow
 from schemas import lineage
 from schemas.keys import KeyRule
 from schemas.sql_checks import reason_text
+from schemas.types import arrow_schema
 
 QUARANTINE_COLUMNS = (
     "source_sha256",
@@ -140,21 +141,6 @@ def resolve_duplicates(df: pd.DataFrame, rule: KeyRule) -> tuple[pd.DataFrame, p
         df, losers.index, ",".join(keys), "duplicate_key", losers[keys[-1]].tolist(), rule.rule
     )
     return df.drop(index=losers.index), rejects
-
-
-def arrow_schema(model: type[pa.DataFrameModel]) -> pa_arrow.Schema:
-    """The Parquet (Arrow) schema of a model's table: its columns, in order, with its types."""
-    fields = []
-    for name, col in model.to_schema().columns.items():
-        text = str(col.dtype)
-        if "datetime64" in text:
-            kind = pa_arrow.timestamp("us", tz="UTC")
-        else:
-            kind = {"f": pa_arrow.float64(), "i": pa_arrow.int64(), "b": pa_arrow.bool_()}.get(
-                getattr(getattr(col.dtype, "type", None), "kind", "O"), pa_arrow.string()
-            )
-        fields.append(pa_arrow.field(name, kind, nullable=True))
-    return pa_arrow.schema(fields)
 
 
 def as_arrow(
