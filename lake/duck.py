@@ -149,3 +149,12 @@ def copy_per_key(
         return counts
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parquet_columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> set[str]:
+    """The columns of any of `files` (union by name): files written before a column existed
+    lack it, and a query naming it must not be run on them alone."""
+    described = con.execute(
+        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]
+    ).fetchall()
+    return {r[0] for r in described}

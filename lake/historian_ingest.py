@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 import pandera.pandas as pa
 
-from lake.duck import connect, copy_to_parquet
+from lake.duck import connect, copy_to_parquet, parquet_columns
 from lake.layout import Lake
 from schemas import lineage
 from schemas.keys import key_rule
@@ -69,19 +69,10 @@ def known_tags(lake: Lake) -> TagDictionary | None:
                     [quarantine],
                 ).fetchall()
             )
-            if quarantine and _has_row_key(con, quarantine)
+            if quarantine and "row_key" in parquet_columns(con, quarantine)
             else {}
         )
     return TagDictionary(known, {t: r for t, r in unusable.items() if t not in known})
-
-
-def _has_row_key(con, files: list[str]) -> bool:
-    return "row_key" in {
-        r[0]
-        for r in con.execute(
-            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]
-        ).fetchall()
-    }
 
 
 def tag_checks(tags: TagDictionary | None) -> dict[str, list[pa.Check]] | None:

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa_arrow
 
 from lake import audit, historian_ingest
-from lake.duck import connect
+from lake.duck import connect, parquet_columns
 from lake.historian_ingest import TagDictionary, known_tags, tag_checks  # noqa: F401 - known_tags is this module's API too
 from lake.layout import Lake, atomic_write_bytes, atomic_write_parquet, copy_write_once
 from schemas.keys import key_rule
@@ -280,21 +280,14 @@ def _drop_already_held(lake: Lake, profile: SqlProfile, raw: pd.DataFrame, since
                 " WHERE row_text IS NOT NULL",
                 [quarantined],
             ).df()["row_text"]
-            if quarantined and _has_row_text(con, quarantined)
+            # older lakes kept (tag, ts_text) only: their rows are pulled once more and
+            # quarantined again, never lost
+            if quarantined and "row_text" in parquet_columns(con, quarantined)
             else pd.Series(dtype=str)
         )
     key = raw["tag"].astype(str) + "\x00" + raw["ts"].astype(str)
     held = key.isin(accepted["tag"] + "\x00" + accepted["ts_text"]) | _row_text(raw).isin(rejected)
     return raw[~held].reset_index(drop=True)
-
-
-def _has_row_text(con: duckdb.DuckDBPyConnection, files: list[str]) -> bool:
-    """Whether any state file has `row_text` (older lakes kept (tag, ts_text) only: their rows
-    are pulled once more and quarantined again, never lost)."""
-    described = con.execute(
-        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]
-    ).fetchall()
-    return "row_text" in {r[0] for r in described}
 
 
 def _drop_points_held_elsewhere(
