@@ -179,8 +179,38 @@ def site_config() -> dict:
             "viability": "viability",
             "feed_rates": ["feed_rate"],
         },
-        "models": {process.PRODUCT: ["cho_fedbatch"]},
+        "models": {process.PRODUCT: [MODEL_CATALOG_ENTRY]},
     }
+
+
+# The plant's model catalog entry (models.catalog): the lab's analytes and assay errors, the
+# FEED-A medium, the 450 g/L glucose bolus, the MES charge and inoculum volumes, the bolus rule.
+MODEL_CATALOG_ENTRY = {
+    "model": "cho_fedbatch",
+    "observables": {
+        "vcd": {"analyte": "vcd", "cv": 0.07, "floor": 0.01},
+        "viability": {"analyte": "viability", "cv": 0.0, "floor": 1.0},
+        "glucose": {"analyte": "glucose", "cv": 0.03, "floor": 0.01},
+        "lactate": {"analyte": "lactate", "cv": 0.04, "floor": 0.01},
+        "glutamine": {"analyte": "glutamine", "cv": 0.06, "floor": 0.01},
+        "ammonia": {"analyte": "ammonia", "cv": 0.06, "floor": 0.01},
+        "titer": {"analyte": "titer", "cv": 0.05, "floor": 0.005},
+    },
+    "feeds": {"feed_rate": {k: f"{v:g} mM" for k, v in process.FEED_COMPOSITION.items()}},
+    "boluses": {process.GLUCOSE_BOLUS_MATERIAL: {"G": "450 g/L"}},
+    "volume": [
+        {"materials": ["charge", "inoculum"]},
+        {"parameter": "weight", "density": "1.02 kg/L"},
+    ],
+    "bolus_rule": {
+        "material": process.GLUCOSE_BOLUS_MATERIAL,
+        "observable": "glucose",
+        "below": process.GLUCOSE_TRIGGER_G_L,
+        "to": process.GLUCOSE_TARGET_G_L,
+        "every_h": 24.0,
+        "delay_h": 1.0,
+    },
+}
 
 
 def demo_site(landing: Path = Path("landing")) -> Site:

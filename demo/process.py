@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from models.base import Bolus, Inputs, simulate
+from models.base import Bolus, Feed, Inputs, simulate
 from models.cho_fedbatch import GLUCOSE_G_PER_MMOL, ChoFedBatch
 
 MODEL = ChoFedBatch()
@@ -42,6 +42,7 @@ SITE_TZ = "Europe/Zurich"
 GLUCOSE_BOLUS_MATERIAL = "GLC-450"  # 450 g/L glucose solution
 GLUCOSE_BOLUS_MM = 450.0 / GLUCOSE_G_PER_MMOL
 FEED_MATERIAL = "FEED-A"
+FEED_COMPOSITION = {"G": 420.0, "Q": 110.0}  # mM glucose and glutamine in FEED-A
 SEED_MATERIAL = "SEED-CHO-K1"
 BASE_MEDIUM = "MED-BASAL-7"
 GLUCOSE_TRIGGER_G_L = 3.0
@@ -95,7 +96,8 @@ class BatchPlan:
         return out
 
     def inputs(self) -> Inputs:
-        return Inputs(self.feed_times_h, self.feed_rates_l_h, tuple(self.boluses))
+        feed = Feed(FEED_MATERIAL, self.feed_times_h, self.feed_rates_l_h, FEED_COMPOSITION)
+        return Inputs((feed,), tuple(self.boluses))
 
 
 def plan_batches(n_batches: int, rng: np.random.Generator) -> list[BatchPlan]:

@@ -30,16 +30,23 @@ class Parameter:
 
 @dataclass(frozen=True)
 class State:
+    """A state variable; `floor` is the smallest initial value a fit starts from (a state
+    measured as zero still needs a positive start in log space); `molar_mass_g_mol` lets a
+    site give a molar state's concentrations in g/L."""
+
     name: str
     unit: str
     description: str = ""
+    floor: float = 1e-6
+    molar_mass_g_mol: float | None = None
 
 
 @dataclass(frozen=True)
 class Observable:
-    """How a model quantity is measured: `analyte` matches `samples.analyte`, in `uom`."""
+    """A model quantity a lab can measure, in `uom`; the site's catalog says which analyte of
+    `samples` it is (models.catalog)."""
 
-    analyte: str
+    name: str
     uom: str
     description: str = ""
 
@@ -49,7 +56,8 @@ class Bolus:
     """An instantaneous addition (MES material event) at model time `t_h`.
 
     `concentrations` maps state names to the concentration of the added liquid, in the
-    state's unit (e.g. glucose in mM).
+    state's unit (e.g. glucose in mM). A negative `volume_l` is broth drawn off: the volume
+    falls and every concentration stays.
     """
 
     t_h: float
@@ -59,40 +67,84 @@ class Bolus:
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """Known inputs of one batch: a piecewise-constant feed rate and bolus additions.
+class Feed:
+    """A continuous feed: a piecewise-constant rate and the liquid's composition.
 
-    The continuous feed rate is `feed_rates_l_h[i]` from `feed_times_h[i]` until the next
-    change point; before the first change point the feed is off. Pumps are set-point driven,
-    so piecewise-constant is the physical truth, not an approximation.
+    The rate is `rates_l_h[i]` from `times_h[i]` until the next change point; before the
+    first change point the feed is off. Pumps are set-point driven, so piecewise-constant is
+    the physical truth, not an approximation. `composition` maps state names to their
+    concentration in the feed, in the state's unit.
     """
 
-    feed_times_h: Sequence[float] = ()
-    feed_rates_l_h: Sequence[float] = ()
+    name: str
+    times_h: Sequence[float] = ()
+    rates_l_h: Sequence[float] = ()
+    composition: Mapping[str, float] = field(default_factory=dict)
+
+    def rate(self, t_h: float) -> float:
+        times = np.asarray(self.times_h, dtype=float)
+        idx = int(np.searchsorted(times, t_h, side="right")) - 1
+        return float(self.rates_l_h[idx]) if idx >= 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FeedNow:
+    """What flows in during one stretch of constant rates: the total rate and the mixed
+    liquid's concentration of each state (0 for states the feeds do not carry)."""
+
+    rate_l_h: float = 0.0
+    conc: Mapping[str, float] = field(default_factory=dict)
+
+    def of(self, state: str) -> float:
+        return float(self.conc.get(state, 0.0))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Known inputs of one batch: continuous feeds and bolus additions (or draw-offs)."""
+
+    feeds: Sequence[Feed] = ()
     boluses: Sequence[Bolus] = ()
 
-    def feed_rate(self, t_h: float) -> float:
-        times = np.asarray(self.feed_times_h, dtype=float)
-        idx = int(np.searchsorted(times, t_h, side="right")) - 1
-        return float(self.feed_rates_l_h[idx]) if idx >= 0 else 0.0
+    def at(self, t_h: float) -> FeedNow:
+        rates = [(f.rate(t_h), f.composition) for f in self.feeds]
+        total = sum(r for r, _ in rates)
+        if total <= 0:
+            return FeedNow()
+        states = {s for _, comp in rates for s in comp}
+        return FeedNow(
+            total, {s: sum(r * comp.get(s, 0.0) for r, comp in rates) / total for s in states}
+        )
 
     def breakpoints(self) -> list[float]:
-        return sorted({*map(float, self.feed_times_h), *(b.t_h for b in self.boluses)})
+        times = {float(t) for f in self.feeds for t in f.times_h}
+        return sorted(times | {float(b.t_h) for b in self.boluses})
 
 
 class Model(ABC):
-    """Base class: subclasses fill the ClassVars and implement `rhs` and `observe`."""
+    """Base class: subclasses fill the ClassVars and implement `rhs`, `observe` and
+    `initial_state`. A model names its own states, parameters and observables; what they are
+    at a site (analytes, feeds, materials) is the site's model catalog (models.catalog)."""
 
     name: ClassVar[str]
     states: ClassVar[tuple[State, ...]]
     parameters: ClassVar[tuple[Parameter, ...]]
     observables: ClassVar[tuple[Observable, ...]]
-    feed_composition: ClassVar[Mapping[str, str]] = {}
-    """state name -> parameter holding that state's concentration in the continuous feed."""
+    fit_initial: ClassVar[tuple[str, ...]] = ()
+    """States whose initial value a fit estimates per batch (the first sample carries assay
+    error); the others are taken as measured."""
+    volume_state: ClassVar[str] = "V"
 
     @classmethod
     def state_names(cls) -> list[str]:
         return [s.name for s in cls.states]
+
+    @classmethod
+    def state(cls, name: str) -> State:
+        for s in cls.states:
+            if s.name == name:
+                return s
+        raise KeyError(f"{cls.name} has no state {name!r}")
 
     @classmethod
     def parameter(cls, name: str) -> Parameter:
@@ -102,23 +154,43 @@ class Model(ABC):
         raise KeyError(f"{cls.name} has no parameter {name!r}")
 
     @classmethod
+    def observable(cls, name: str) -> Observable:
+        for o in cls.observables:
+            if o.name == name:
+                return o
+        raise KeyError(f"{cls.name} has no observable {name!r}")
+
+    @classmethod
     def defaults(cls) -> dict[str, float]:
         return {p.name: p.default for p in cls.parameters}
 
     @abstractmethod
-    def rhs(self, t: float, y: np.ndarray, p: Mapping[str, float], feed_l_h: float) -> np.ndarray:
-        """Time derivative of the states; `feed_l_h` is the continuous feed rate."""
+    def rhs(self, t: float, y: np.ndarray, p: Mapping[str, float], feed: FeedNow) -> np.ndarray:
+        """Time derivative of the states under the continuous feed `feed`."""
 
     @abstractmethod
     def observe(self, y: np.ndarray) -> dict[str, np.ndarray]:
-        """Map a state trajectory (n_states × n_times) to analyte values in their `uom`."""
+        """Map a state trajectory (n_states × …) to every observable, in its `uom`."""
+
+    @abstractmethod
+    def initial_state(
+        self, first: Mapping[str, float], volume_l: float, given: Mapping[str, float]
+    ) -> dict[str, float]:
+        """Initial states from the first sample's observables (`first`, in their units; an
+        observable not measured is absent), the broth volume, and values the site's catalog
+        gives (`given`, per state). ValueError naming what is missing."""
 
     def apply_bolus(self, y: np.ndarray, bolus: Bolus) -> np.ndarray:
-        """Mix a bolus into the broth: volume adds, every concentration dilutes."""
+        """Mix a bolus into the broth: volume adds, every concentration dilutes; a draw-off
+        (negative volume) takes broth out and leaves the concentrations."""
         names = self.state_names()
-        v_idx = names.index("V")
+        v_idx = names.index(self.volume_state)
         v_old = y[v_idx]
-        v_new = v_old + bolus.volume_l
+        v_new = np.maximum(v_old + bolus.volume_l, 0.0)
+        if bolus.volume_l < 0:
+            out = y.copy()
+            out[v_idx] = v_new
+            return out
         out = y * (v_old / v_new)
         out[v_idx] = v_new
         for state, conc in bolus.concentrations.items():
@@ -201,7 +273,7 @@ def simulate_many(
         out[:, :, t_eval == a] = y[:, :, None]
         if b <= a:
             continue
-        feed = inputs.feed_rate(a)
+        feed = inputs.at(a)
         last = i == len(cuts) - 2
         mask = (t_eval > a) & ((t_eval <= b) if last else (t_eval < b))
         sol = solve_ivp(

@@ -3,18 +3,19 @@
 Everything comes through the catalog views (`batches`, `samples`, `phases`,
 `material_events`, `process_values`), never from raw files, so a model sees exactly what an
 analyst querying the lake would see: latest record versions, retests resolved, units
-checked, times in UTC.
+checked, times in UTC. What the data are to the model is the site's model catalog
+(`models.catalog.ModelSpec`); nothing here names an analyte, state or material.
 
 Per batch:
-- offline samples in the model's observable units (LIMS "mmol/L" is the model's "mM";
-  `schemas.units.conversion` does the arithmetic and refuses what it cannot convert);
-- `t_batch_h` counted from the batch's `inoculation_ts`;
-- the continuous feed as a piecewise-constant input, reconstructed from the change points of
-  the `feed_rate` process values (a set-point-driven pump is piecewise constant, and the
-  historian archives a step tag on change, so its points are the change points);
-- bolus additions from `material_events` (kind 'bolus'), with their composition from
-  `BOLUS_MATERIALS`;
-- initial conditions from the first samples (see `initial_state`).
+- offline samples of the catalog's analytes, renamed to the model's observables and
+  converted to their units (`schemas.units.conversion` refuses what it cannot convert);
+- `t_batch_h` counted from the catalog's clock phase (default: the batch's inoculation);
+- each continuous feed as a piecewise-constant input, reconstructed from the change points of
+  its process parameter (a set-point-driven pump is piecewise constant, and the historian
+  archives a step tag on change, so its points are the change points);
+- boluses from `material_events` of the catalog's materials, draw-offs from its event kinds;
+- initial conditions from the first samples (the model's `initial_state`), the catalog's
+  given values and the volume rule.
 
 For a forecast, `as_of` hides every sample not yet reported and every process value or
 material event after that time: the forecast sees what the plant knew then.
@@ -23,7 +24,7 @@ material event after that time: the forecast sees what the plant knew then.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,17 +32,10 @@ import pandas as pd
 
 from lake.layout import Lake
 from lake.query import query
-from models.base import Bolus, Inputs, Model
-from models.cho_fedbatch import GLUCOSE_G_PER_MMOL, LACTATE_G_PER_MMOL
+from models.base import Bolus, Feed, Inputs
+from models.catalog import ModelSpec
 from schemas.units import conversion
 
-# material id -> {state: concentration of that state in the added liquid, in the state's unit}.
-# A site adds its own materials here (or passes `bolus_materials=`); an unknown bolus
-# material still adds volume (it dilutes) but no substrate, and is listed in `BatchData.notes`.
-BOLUS_MATERIALS: dict[str, dict[str, float]] = {
-    "GLC-450": {"G": 450.0 / GLUCOSE_G_PER_MMOL},  # 450 g/L glucose solution
-}
-BROTH_DENSITY_KG_L = 1.02
 # censored results ("<0.5") enter initial conditions at half the quantitation limit
 CENSORED_FRACTION = 0.5
 # samples this close to the first one count as "the first sample" (the MES inoculation
@@ -57,11 +51,11 @@ class BatchData:
     batch_id: str
     status: str
     product: str | None
-    inoculation_ts: pd.Timestamp
+    inoculation_ts: pd.Timestamp  # the clock's origin (t_batch_h = 0)
     t0_h: float
     y0: np.ndarray
-    inputs: Inputs  # times in t_batch_h (hours since inoculation)
-    samples: pd.DataFrame  # analyte, t_batch_h, value (model units), sampled_ts, reported_ts
+    inputs: Inputs  # times in t_batch_h
+    samples: pd.DataFrame  # analyte (the model's observable), t_batch_h, value (model units), …
     as_of: pd.Timestamp | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -77,18 +71,21 @@ class BatchData:
 def shift_inputs(inputs: Inputs, t0_h: float) -> Inputs:
     """Inputs on a clock starting at `t0_h`; a rate running at t0 holds from 0, earlier boluses drop
     (the initial state was measured after them)."""
-    times = np.asarray(inputs.feed_times_h, dtype=float) - t0_h
-    rates = np.asarray(inputs.feed_rates_l_h, dtype=float)
-    keep = times > 0
-    if (~keep).any():
-        times = np.concatenate([[0.0], times[keep]])
-        rates = np.concatenate([[rates[~keep][-1]], rates[keep]])
+    feeds = []
+    for f in inputs.feeds:
+        times = np.asarray(f.times_h, dtype=float) - t0_h
+        rates = np.asarray(f.rates_l_h, dtype=float)
+        keep = times > 0
+        if (~keep).any():
+            times = np.concatenate([[0.0], times[keep]])
+            rates = np.concatenate([[rates[~keep][-1]], rates[keep]])
+        feeds.append(Feed(f.name, tuple(times.tolist()), tuple(rates.tolist()), f.composition))
     boluses = tuple(
         Bolus(b.t_h - t0_h, b.volume_l, b.material, dict(b.concentrations))
         for b in inputs.boluses
         if b.t_h - t0_h > 0
     )
-    return Inputs(tuple(times.tolist()), tuple(rates.tolist()), boluses)
+    return Inputs(tuple(feeds), boluses)
 
 
 def _ts_param(value) -> pd.Timestamp | None:
@@ -99,85 +96,88 @@ def _ts_param(value) -> pd.Timestamp | None:
 
 
 def load_batches(
-    lake: Lake,
-    model: Model,
-    batch_ids: Sequence[str],
-    as_of=None,
-    bolus_materials: Mapping[str, Mapping[str, float]] | None = None,
+    lake: Lake, spec: ModelSpec, batch_ids: Sequence[str], as_of=None
 ) -> list[BatchData]:
-    """Load `batch_ids` (in that order) for `model`; KeyError if a batch is not in the lake."""
+    """Load `batch_ids` (in that order) as `spec` maps them; KeyError if a batch is not in the
+    lake, ValueError (naming the batch) if its initial state cannot be built."""
     ids = list(dict.fromkeys(batch_ids))
     if not ids:
         return []
     as_of = _ts_param(as_of)
-    materials = BOLUS_MATERIALS if bolus_materials is None else bolus_materials
+    # the clock: the start of the catalog's phase, else inoculation, else the batch start
+    clock = """WITH clock AS (
+        SELECT b.batch_id, coalesce(
+            (SELECT min(p.start_ts) FROM phases p WHERE p.batch_id = b.batch_id
+               AND p.level = 'phase' AND p.phase = $phase),
+            b.inoculation_ts, b.start_ts) AS t0
+        FROM batches b WHERE b.batch_id IN (SELECT unnest($ids)))"""
+    params = {"ids": ids, "phase": spec.clock}
     hdr = query(
         lake,
-        "SELECT batch_id, status, product, coalesce(inoculation_ts, start_ts) AS t0 FROM batches "
-        "WHERE batch_id IN (SELECT unnest(?))",
-        [ids],
+        f"{clock} SELECT b.batch_id, b.status, b.product, c.t0 "
+        "FROM batches b JOIN clock c USING (batch_id)",
+        params,
     ).set_index("batch_id")
     missing = [b for b in ids if b not in hdr.index]
     if missing:
         raise KeyError(f"batches not in the lake: {', '.join(missing)}")
-    cut = "" if as_of is None else " AND s.reported_ts <= ?"
+    hours = "(epoch_us({ts}) - epoch_us(c.t0)) / 3.6e9"
+    cut = "" if as_of is None else " AND s.reported_ts <= $as_of"
+    analyte_of = {m.analyte: o for o, m in spec.observables.items()}
     samples = query(
         lake,
-        f"""
+        f"""{clock}
         SELECT s.batch_id, s.sample_id, s.analyte, s.value, s.value_text, s.censored, s.uom,
-               s.sampled_ts, s.reported_ts,
-               (epoch_us(s.sampled_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
-               / 3.6e9 AS t_batch_h
-        FROM samples s JOIN batches b USING (batch_id)
-        WHERE s.batch_id IN (SELECT unnest(?)){cut}
+               s.sampled_ts, s.reported_ts, {hours.format(ts="s.sampled_ts")} AS t_batch_h
+        FROM samples s JOIN clock c USING (batch_id)
+        WHERE s.analyte IN (SELECT unnest($analytes)){cut}
         ORDER BY s.batch_id, s.sampled_ts, s.analyte""",
-        [ids] + ([as_of] if as_of is not None else []),
+        {**params, "analytes": list(analyte_of)} | ({} if as_of is None else {"as_of": as_of}),
     )
-    cut_ts = "" if as_of is None else " AND ts <= ?"
-    extra = [as_of] if as_of is not None else []
-    feed = query(
+    cut_ts = "" if as_of is None else " AND v.ts <= $as_of"
+    extra = {} if as_of is None else {"as_of": as_of}
+    rule_params = [r.parameter for r in spec.volume if r.parameter]
+    pvs = query(
         lake,
-        f"""SELECT batch_id, t_batch_h, value FROM process_values
-                           WHERE parameter = 'feed_rate' AND batch_id IN (SELECT unnest(?)){cut_ts}
-                           ORDER BY batch_id, ts""",
-        [ids] + extra,
+        f"""{clock}
+        SELECT v.batch_id, v.parameter, v.uom, v.value, {hours.format(ts="v.ts")} AS t_batch_h
+        FROM process_values v JOIN clock c USING (batch_id)
+        WHERE v.parameter IN (SELECT unnest($parameters)){cut_ts}
+        ORDER BY v.batch_id, v.parameter, v.ts""",
+        {**params, "parameters": [*spec.feeds, *rule_params], **extra},
     )
     events = query(
         lake,
-        f"""
+        f"""{clock}
         SELECT m.batch_id, m.material, m.quantity, m.uom, m.kind,
-               (epoch_us(m.ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
-               / 3.6e9 AS t_batch_h
-        FROM material_events m JOIN batches b USING (batch_id)
-        WHERE m.batch_id IN (SELECT unnest(?)) AND m.ts IS NOT NULL{cut_ts.replace("ts", "m.ts")}
+               {hours.format(ts="m.ts")} AS t_batch_h
+        FROM material_events m JOIN clock c USING (batch_id)
+        WHERE m.ts IS NOT NULL{cut_ts.replace("v.ts", "m.ts")}
         ORDER BY m.batch_id, m.ts""",
-        [ids] + extra,
-    )
-    weight = query(
-        lake,
-        f"""SELECT batch_id, t_batch_h, value FROM process_values
-                             WHERE parameter = 'weight' AND t_batch_h >= 0 AND t_batch_h < 24
-                               AND batch_id IN (SELECT unnest(?)){cut_ts} ORDER BY batch_id, ts""",
-        [ids] + extra,
+        {**params, **extra},
     )
 
-    units = {o.analyte: o.uom for o in model.observables}
+    units = {o: spec.model.observable(o).uom for o in spec.observables}
     out = []
     for bid in ids:
         notes: list[str] = []
-        s = samples[(samples.batch_id == bid) & samples.analyte.isin(list(units))].copy()
+        s = samples[samples.batch_id == bid].copy()
+        s["analyte"] = s["analyte"].map(analyte_of)
         factors = (conversion(u, units[a]) for u, a in zip(s["uom"], s["analyte"], strict=True))
         s["value"] = [
             v * sc + off if v == v else np.nan
             for v, (sc, off) in zip(s["value"], factors, strict=True)
         ]
+        pv = pvs[pvs.batch_id == bid]
+        ev = events[events.batch_id == bid]
         inputs = Inputs(
-            *_feed_steps(feed[feed.batch_id == bid]),
-            boluses=tuple(_boluses(events[events.batch_id == bid], materials, notes)),
+            tuple(_feed(pv[pv.parameter == p], p, comp) for p, comp in spec.feeds.items()),
+            tuple(_boluses(ev, spec, notes)),
         )
-        t0_h, y0 = initial_state(
-            model, s, events[events.batch_id == bid], weight[weight.batch_id == bid], notes
-        )
+        try:
+            t0_h, y0 = initial_state(spec, s, ev, pv, notes)
+        except ValueError as err:
+            raise ValueError(f"batch {bid}: {err}") from None
         obs = s[s["value"].notna() & ~s["censored"].astype(bool)]
         obs = obs[
             ["analyte", "t_batch_h", "value", "sampled_ts", "reported_ts", "sample_id"]
@@ -200,94 +200,103 @@ def load_batches(
     return out
 
 
-def _feed_steps(pv: pd.DataFrame) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Change points of the feed pump: (times, rates) in t_batch_h and L/h."""
+def _feed(pv: pd.DataFrame, name: str, composition) -> Feed:
+    """Change points of a feed pump (times in t_batch_h, rates in L/h)."""
     if pv.empty:
-        return (), ()
+        return Feed(name, (), (), dict(composition))
+    scale, offset = conversion(str(pv["uom"].iloc[0]), "L/h")
     t = pv["t_batch_h"].to_numpy(float)
-    v = pv["value"].to_numpy(float)
+    v = pv["value"].to_numpy(float) * scale + offset
     change = np.r_[True, np.abs(np.diff(v)) > FEED_CHANGE_TOL_L_H]
     times, rates = t[change], np.round(v[change], 6)
     keep = times >= 0
-    if (~keep).any():  # the rate already running at inoculation holds from t=0
+    if (~keep).any():  # the rate already running at t = 0 holds from t = 0
         times = np.r_[[0.0], times[keep]]
         rates = np.r_[[rates[~keep][-1]], rates[keep]]
-    return tuple(times.tolist()), tuple(rates.tolist())
+    return Feed(name, tuple(times.tolist()), tuple(rates.tolist()), dict(composition))
 
 
-def _boluses(ev: pd.DataFrame, materials, notes: list[str]) -> list[Bolus]:
+def _boluses(ev: pd.DataFrame, spec: ModelSpec, notes: list[str]) -> list[Bolus]:
     out = []
-    for r in ev[ev["kind"] == "bolus"].itertuples():
-        scale, _ = conversion(r.uom, "L")
-        comp = materials.get(r.material)
-        if comp is None:
-            notes.append(
-                f"bolus material {r.material!r} has no composition in BOLUS_MATERIALS: volume only"
-            )
-        out.append(
-            Bolus(float(r.t_batch_h), float(r.quantity) * scale, str(r.material), dict(comp or {}))
-        )
+    for r in ev.itertuples():
+        if r.material in spec.boluses:
+            volume = float(r.quantity) * conversion(r.uom, "L")[0]
+            out.append(Bolus(float(r.t_batch_h), volume, str(r.material), spec.boluses[r.material]))
+        elif r.kind in spec.draw_off_kinds:
+            volume = float(r.quantity) * conversion(r.uom, "L")[0]
+            out.append(Bolus(float(r.t_batch_h), -volume, str(r.material)))
     return out
 
 
 def initial_state(
-    model: Model,
+    spec: ModelSpec,
     samples: pd.DataFrame,
     events: pd.DataFrame,
-    weight: pd.DataFrame,
+    pvs: pd.DataFrame,
     notes: list[str],
 ) -> tuple[float, np.ndarray]:
-    """(t0_h, y0) from the first samples: Xv from vcd, Xd from viability, G/L from g/L, Q, A
-    in mM, P from titer (0 before the first titer), V from the MES charge + inoculum (else
-    weight / density).
-
-    Written for the CHO model's states; a model without these states needs its own loader.
-    """
-    names = model.state_names()
+    """(t0_h, y0): the first samples' observables (a censored result at half its limit), the
+    volume from the catalog's first applicable rule, the catalog's given states, through the
+    model's `initial_state`."""
+    model = spec.model
     if samples.empty:
-        raise ValueError("no samples: initial conditions come from the first samples")
-    t0 = float(samples["t_batch_h"].min())
-    first = samples[samples["t_batch_h"] <= t0 + FIRST_SAMPLE_WINDOW_H]
-
-    def first_value(analyte: str, default: float | None = None) -> float:
-        rows = first[first["analyte"] == analyte]
-        for r in rows.itertuples():
-            if r.value == r.value and not r.censored:
-                return float(r.value)
-            limit = _censored_limit(r.value_text)
-            if limit is not None:
-                return CENSORED_FRACTION * limit
-        if default is None:
-            raise ValueError(f"no first-sample {analyte} for the initial state")
-        notes.append(f"no first-sample {analyte}: initial value {default}")
-        return default
-
-    xv = first_value("vcd")
-    via = min(max(first_value("viability", 97.0), 1.0), 100.0)
-    charge = events[events["kind"].isin(["charge", "inoculum"]) & (events["t_batch_h"] <= t0)]
-    if {"charge", "inoculum"} <= set(charge["kind"]):
-        vol = float(
-            sum(
-                q * conversion(u, "L")[0]
-                for q, u in zip(charge["quantity"], charge["uom"], strict=True)
-            )
+        raise ValueError(
+            "no samples of "
+            + ", ".join(m.analyte for m in spec.observables.values())
+            + ": initial conditions come from the first samples"
         )
-    elif len(weight):
-        vol = float(weight["value"].median()) / BROTH_DENSITY_KG_L
-        notes.append("initial volume from the weight tag")
-    else:
-        raise ValueError("no MES charge/inoculum volumes and no weight data for the initial volume")
-    y = {
-        "Xv": xv,
-        "Xd": xv * (100.0 / via - 1.0),
-        "G": first_value("glucose") / GLUCOSE_G_PER_MMOL,
-        "Q": first_value("glutamine"),
-        "L": first_value("lactate", 0.0) / LACTATE_G_PER_MMOL,
-        "A": first_value("ammonia", 0.0),
-        "P": first_value("titer", 0.0) if (first["analyte"] == "titer").any() else 0.0,
-        "V": vol,
-    }
-    return t0, np.array([y[n] for n in names], dtype=float)
+    t0 = float(samples["t_batch_h"].min())
+    first_rows = samples[samples["t_batch_h"] <= t0 + FIRST_SAMPLE_WINDOW_H]
+    first: dict[str, float] = {}
+    for r in first_rows.itertuples():
+        if r.analyte in first:
+            continue
+        if r.value == r.value and not r.censored:
+            first[r.analyte] = float(r.value)
+        elif (limit := _censored_limit(r.value_text)) is not None:
+            first[r.analyte] = CENSORED_FRACTION * limit
+    absent = [o for o in spec.observables if o not in first]
+    if absent:
+        notes.append(f"not in the first sample: {', '.join(absent)}")
+    volume = _initial_volume(spec, t0, events, pvs, notes)
+    y = model.initial_state(first, volume, spec.initial)
+    return t0, np.array([y[n] for n in model.state_names()], dtype=float)
+
+
+def _initial_volume(
+    spec: ModelSpec, t0: float, events: pd.DataFrame, pvs: pd.DataFrame, notes: list[str]
+) -> float:
+    tried = []
+    for rule in spec.volume:
+        if rule.kinds:
+            ev = events[events["kind"].isin(rule.kinds) & (events["t_batch_h"] <= t0)]
+            if set(rule.kinds) <= set(ev["kind"]):
+                return float(
+                    sum(
+                        q * conversion(u, "L")[0]
+                        for q, u in zip(ev["quantity"], ev["uom"], strict=True)
+                    )
+                )
+            tried.append(f"material events {', '.join(rule.kinds)}")
+        else:
+            pv = pvs[pvs["parameter"] == rule.parameter]
+            if len(pv):
+                uom = str(pv["uom"].iloc[0])
+                value = float(np.interp(t0, pv["t_batch_h"], pv["value"]))
+                if rule.density_kg_l:
+                    litres = value * conversion(uom, "kg")[0] / rule.density_kg_l
+                else:
+                    litres = value * conversion(uom, "L")[0]
+                if tried:
+                    notes.append(f"initial volume from {rule.parameter} ({'; '.join(tried)}: none)")
+                return litres
+            tried.append(f"process values of {rule.parameter}")
+    if spec.model.volume_state in spec.initial:
+        return spec.initial[spec.model.volume_state]
+    raise ValueError(
+        "no initial volume: "
+        + ("; ".join(tried) + " not found" if tried else "the catalog has no `volume` rule")
+    )
 
 
 def _censored_limit(text) -> float | None:
@@ -306,8 +315,9 @@ def training_frame(batches: Sequence[BatchData]) -> pd.DataFrame:
     for b in batches:
         for r in b.samples.itertuples():
             rows.append((b.batch_id, "sample", r.analyte, float(r.t_batch_h), float(r.value)))
-        for t, v in zip(b.inputs.feed_times_h, b.inputs.feed_rates_l_h, strict=True):
-            rows.append((b.batch_id, "feed_rate", "", float(t), float(v)))
+        for f in b.inputs.feeds:
+            for t, v in zip(f.times_h, f.rates_l_h, strict=True):
+                rows.append((b.batch_id, "feed", f.name, float(t), float(v)))
         for bo in b.inputs.boluses:
             rows.append((b.batch_id, "bolus", bo.material, float(bo.t_h), float(bo.volume_l)))
         rows.append((b.batch_id, "t0", "", float(b.t0_h), 0.0))

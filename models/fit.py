@@ -1,19 +1,21 @@
 """Parameter estimation: all training batches at once, shared kinetics, per-batch initial state.
 
-    fitter = Fitter(ChoFedBatch(), seed=7, n_starts=3)
-    result = fitter.fit(load_batches(lake, model, ids))
-    result.table()            # value, stderr, 95 % interval, identifiable, per parameter
+    fitter = Fitter(spec, seed=7, n_starts=3).fit(load_batches(lake, spec, ids))
+    fitter.intervals_        # value, stderr, 95 % interval, identifiable, per parameter
+
+`spec` is the site's catalog entry (models.catalog): which analytes are the model's
+observables, the feeds and boluses, which parameters are fitted.
 
 Weighted least squares on the offline samples: each residual is (model - observed) / sd,
-with sd from the assay's coefficient of variation (`ASSAY_ERRORS`) and a floor at the
-reporting resolution, so every analyte counts by its precision rather than its unit. The
+with sd from the assay's coefficient of variation and a floor at the reporting resolution
+(the catalog's `cv` and `floor`), so every analyte counts by its precision, not its unit. The
 multistart uses sd from the observations; the best optimum is then polished once with sd
 from the model's predictions (observation-scaled relative weights bias estimates low).
 Kinetic parameters are fitted as logarithms within the model's bounds (they span orders of
 magnitude and must stay positive), with scipy's trust-region reflective method and a fixed-
 seed multistart (literature values first, then random points within a factor 3). Each
-batch's initial state starts from its first sample and is fitted too (`fit_initial`),
-because a 3-7 % assay error there biases the yields (see DEFAULT_FIT_INITIAL).
+batch's initial state starts from its first sample and is fitted too (the model's
+`fit_initial`), because a 3-7 % assay error there biases the yields.
 
 The Jacobian comes from forward differences integrated as one ensemble per batch
 (`models.base.simulate_many`): the perturbed runs share the base run's steps, so the
@@ -31,6 +33,7 @@ predicting them from their measured initial state.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
@@ -44,37 +47,15 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from models.base import Inputs, Model, SolverSettings, simulate_many
+from models.catalog import ModelSpec, parse
 from models.data import BatchData, fingerprint, training_frame
 
-# analyte -> (relative CV, absolute floor in the observable's unit). The demo lab's assay CVs;
-# viability is an absolute error in percentage points. The floors are the reporting resolution.
-ASSAY_ERRORS: dict[str, tuple[float, float]] = {
-    "vcd": (0.07, 0.01),
-    "viability": (0.0, 1.0),
-    "glucose": (0.03, 0.01),
-    "lactate": (0.04, 0.01),
-    "glutamine": (0.06, 0.01),
-    "ammonia": (0.06, 0.01),
-    "titer": (0.05, 0.005),
-}
-# The CHO parameters the demo's daily samples can determine: growth and death, the yields,
-# glucose maintenance and non-growth-associated productivity. The growth-associated
-# productivity (alpha) moves the titer by ~2 % (σ(log alpha) ≈ 0.2 and |corr| ≈ 0.9 with beta
-# on 12 demo batches), and the half-saturation / inhibition constants act far below the
-# substrate levels of a fed batch: the identifiability probe of every fit reports them.
-DEFAULT_FITTED = ("mu_max", "mu_d_max", "Y_XG", "Y_XQ", "Y_LG", "Y_AQ", "m_G", "beta")
-# not kinetics: recipe data, never probed
-NOT_PROBED = ("G_f", "Q_f")
 CORR_LIMIT = 0.95
 SD_LOG_LIMIT = 0.1  # σ of log θ above this (±20 % at 95 %) means the data do not pin θ down
 FD_STEP = 1e-6  # forward-difference step in log θ
-# Initial states fitted per batch (in log space, within a factor IC_RANGE of the measured
-# value, floored where a state may be measured as zero). The first sample carries assay
-# error; glucose in a fed batch is a small difference of large feed and uptake terms, so a
-# 3 % error in G0 or 7 % in Xv0 otherwise biases the yields far beyond their standard errors.
-DEFAULT_FIT_INITIAL = ("Xv", "Xd", "G", "Q", "L", "A")
+# Initial states fitted per batch (the model's `fit_initial`, or the catalog's) move in log
+# space within a factor IC_RANGE of the measured value, from at least the state's floor.
 IC_RANGE = 3.0
-IC_FLOOR = {"Xv": 0.01, "Xd": 0.002, "G": 0.1, "Q": 0.05, "L": 0.05, "A": 0.05}
 # The fitter integrates with looser tolerances than the demo simulator: 1e-5 relative is
 # three orders below the best assay CV, and it halves the cost of a fit.
 FIT_SOLVER = SolverSettings(method="LSODA", rtol=1e-5, atol=1e-8, max_step_h=24.0)
@@ -93,7 +74,9 @@ class FitSettings:
     fit_initial: tuple[str, ...]
     folds: int
     solver: SolverSettings
-    assay_errors: dict[str, tuple[float, float]]
+    assay_errors: dict[str, tuple[float, float]]  # observable -> (cv, floor)
+    product: str = ""
+    catalog: str = "{}"  # the catalog entry (JSON) that mapped the lake to the model
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -113,12 +96,19 @@ class FitSettings:
             folds=int(d["folds"]),
             solver=SolverSettings(**d["solver"]),
             assay_errors={k: tuple(v) for k, v in d["assay_errors"].items()},
+            product=str(d.get("product", "")),
+            catalog=str(d.get("catalog", "{}")),
         )
+
+    def spec(self) -> ModelSpec:
+        """The catalog entry this fit used, parsed again (a refit reads the lake through it)."""
+        return parse(self.product, json.loads(self.catalog))
 
 
 @dataclass
 class FitResult:
     model: str
+    product: str
     params: dict[str, float]  # every model parameter, fitted or fixed
     fitted: tuple[str, ...]
     bounds: dict[str, tuple[float, float]]
@@ -251,7 +241,7 @@ class _Problem:
         names = model.state_names()
         self.ic_idx = [names.index(n) for n in settings.fit_initial]
         self.nic = len(self.ic_idx)
-        analytes = [o.analyte for o in model.observables]
+        analytes = [o.name for o in model.observables]
         self.prep: list[_PreparedBatch] = []
         for b in self.batches:
             smp = b.samples[b.samples["analyte"].isin(list(settings.assay_errors))]
@@ -295,7 +285,7 @@ class _Problem:
         names = self.model.state_names()
         return np.array(
             [
-                np.log(max(b.y0[i], IC_FLOOR.get(names[i], 1e-6)))
+                np.log(max(b.y0[i], self.model.state(names[i]).floor))
                 for b in self.batches
                 for i in self.ic_idx
             ]
@@ -408,83 +398,63 @@ class _Problem:
 
 
 class Fitter:
-    """sklearn-style estimator of a model's kinetic parameters from a set of batches.
+    """Estimator of a model's kinetic parameters from a set of batches, shaped like a
+    scikit-learn estimator: configuration in the constructor, `fit(batches)` returns the
+    fitter, the result in `result_` (and `params_`, `intervals_` for a glance).
 
-    `fitted`: parameter names to estimate (default `DEFAULT_FITTED` for the CHO model, else the
-    model's non-fixed parameters); `fixed`: values for the parameters kept fixed (default the
-    model's literature values); `fit_initial`: states whose initial value is fitted per batch
-    (the rest are the first sample); `probe`: fixed parameters whose identifiability is
-    checked at the optimum.
+    `spec` (the site's catalog entry, models.catalog) says which parameters are fitted, the
+    values of the fixed ones, the states fitted per batch and each observable's assay error;
+    `probe`: fixed parameters whose identifiability is checked at the optimum (default all).
     """
 
     def __init__(
         self,
-        model: Model,
-        fitted: Sequence[str] | None = None,
-        fixed: Mapping[str, float] | None = None,
+        spec: ModelSpec,
         seed: int = 20260316,
         n_starts: int = 3,
-        fit_initial: Sequence[str] | None = None,
         folds: int = 3,
         solver: SolverSettings = FIT_SOLVER,
-        assay_errors: Mapping[str, tuple[float, float]] | None = None,
         probe: Sequence[str] | None = None,
         workers: int | None = None,
     ):
-        self.model = model
+        self.spec = spec
+        self.model = spec.model
         # processes simulating batches in parallel; the result does not depend on it
         self.workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
         self._pool: Executor | None = None
-        names = [p.name for p in model.parameters]
-        if fitted is None:
-            fitted = (
-                DEFAULT_FITTED
-                if model.name == "cho_fedbatch"
-                else [p.name for p in model.parameters if not p.fixed]
-            )
-        unknown = [n for n in [*fitted, *(fixed or {})] if n not in names]
-        if unknown:
-            raise KeyError(f"{model.name} has no parameter(s) {', '.join(unknown)}")
-        states = model.state_names()
-        if fit_initial is None:
-            fit_initial = [n for n in DEFAULT_FIT_INITIAL if n in states]
-        unknown_states = [n for n in fit_initial if n not in states]
-        if unknown_states:
-            raise KeyError(f"{model.name} has no state(s) {', '.join(unknown_states)}")
-        base = model.defaults()
-        base.update({k: float(v) for k, v in (fixed or {}).items()})
         self.settings = FitSettings(
-            fitted=tuple(fitted),
-            fixed={n: base[n] for n in names if n not in fitted},
+            fitted=tuple(spec.fitted),
+            fixed=dict(spec.fixed),
             seed=int(seed),
             n_starts=max(int(n_starts), 1),
-            fit_initial=tuple(fit_initial),
+            fit_initial=tuple(spec.fit_initial),
             folds=int(folds),
             solver=solver,
-            assay_errors=dict(assay_errors or ASSAY_ERRORS),
+            assay_errors={o: (m.cv, m.floor) for o, m in spec.observables.items()},
+            product=spec.product,
+            catalog=spec.entry_json(),
         )
-        self.probe = (
-            tuple(probe)
-            if probe is not None
-            else tuple(n for n in names if n not in fitted and n not in NOT_PROBED)
-        )
+        self.probe = tuple(spec.fixed) if probe is None else tuple(probe)
 
     @classmethod
-    def from_settings(
-        cls, model: Model, settings: FitSettings, probe: Sequence[str] | None = None
-    ) -> Fitter:
+    def from_settings(cls, settings: FitSettings, probe: Sequence[str] | None = None) -> Fitter:
+        """The fitter a recorded version used: its catalog entry, seed, starts and solver."""
         return cls(
-            model,
-            fitted=settings.fitted,
-            fixed=settings.fixed,
+            settings.spec(),
             seed=settings.seed,
             n_starts=settings.n_starts,
-            fit_initial=settings.fit_initial,
             folds=settings.folds,
             solver=settings.solver,
-            assay_errors=settings.assay_errors,
             probe=probe,
         )
+
+    @property
+    def params_(self) -> dict[str, float]:
+        return self.result_.params
+
+    @property
+    def intervals_(self) -> pd.DataFrame:
+        return self.result_.table()
 
     # ------------------------------------------------------------------ fitting
 
@@ -564,7 +534,12 @@ class Fitter:
             )
         return prob, best, log
 
-    def fit(self, batches: Sequence[BatchData]) -> FitResult:
+    def fit(self, batches: Sequence[BatchData]) -> Fitter:
+        """Fit on `batches`; the result is `self.result_`."""
+        self.result_ = self._fit_pooled(batches)
+        return self
+
+    def _fit_pooled(self, batches: Sequence[BatchData]) -> FitResult:
         if not batches:
             raise ValueError("no training batches")
         if self.workers > 1 and len(batches) >= MIN_BATCHES_FOR_POOL:
@@ -605,6 +580,7 @@ class Fitter:
         preds = prob.predictions(x)
         metrics = {
             "n_obs": int(n),
+            "n_parameters": int(nx),
             "n_batches": len(batches),
             "cost": float(sol.cost),
             "reduced_chi2": s2,
@@ -620,6 +596,7 @@ class Fitter:
         states = self.model.state_names()
         return FitResult(
             model=self.model.name,
+            product=self.spec.product,
             params=prob.params_of(x),
             fitted=tuple(names),
             bounds={p.name: p.bounds for p in self.model.parameters},

@@ -7,11 +7,12 @@ For a running batch at time `as_of` (default: the latest data the lake holds for
    forecast starts from what the batch has shown so far rather than from one noisy sample;
 3. draw `n_draws` kinetic parameter sets from the champion's multivariate normal in log
    space and initial states from the estimate's covariance (fixed seed), and integrate every
-   draw as one ensemble: known inputs up to as_of, then the recipe's future inputs
-   (`FuturePolicy`): the feed schedule continued (same interval, same step ratio) and the
-   glucose bolus rule operators apply at the daily sample;
-4. report p10 / p50 / p90 per analyte on a grid up to the planned harvest, which is the
-   median culture duration (inoculation to HARVEST start) of completed batches of the product
+   draw as one ensemble: known inputs up to as_of, then the recipe's future inputs: each
+   feed's schedule continued (same interval, same step ratio) and the catalog's bolus rule
+   (`bolus_rule`: the dosing operators apply at the routine sample), if it has one;
+4. report p10 / p50 / p90 per observable (named by its lab analyte) on a grid up to the
+   planned harvest, the median culture duration (clock start to HARVEST start) of completed
+   batches of the product
    (rows of kind 'trajectory'), and at harvest (one row per analyte of kind 'at_harvest'):
    since harvest day varies, each draw is harvested at the duration of a completed batch
    drawn at random, so the final-titer band includes the harvest-time spread.
@@ -22,6 +23,7 @@ include assay noise (it is a band for the true value, not for the next lab resul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -31,43 +33,28 @@ from scipy.optimize import least_squares
 
 from lake.layout import Lake
 from lake.query import query
-from models.base import Inputs, Model, simulate_many
-from models.cho_fedbatch import GLUCOSE_G_PER_MMOL
-from models.data import BOLUS_MATERIALS, BatchData, load_batches, shift_inputs
+from models.base import Bolus, Feed, Inputs, Model, simulate_many
+from models.catalog import BolusRule, ModelSpec
+from models.data import BatchData, load_batches, shift_inputs
 from models.fit import FitSettings, _Problem
-from models.registry import Registry, load_model
+from models.registry import Registry
 
 GRID_H = 6.0
 DEFAULT_DRAWS = 200
 DEFAULT_SEED = 20260316
 
 
-@dataclass(frozen=True)
-class FuturePolicy:
-    """How the recipe drives a batch after as_of (the demo plant's recipe; a site sets its own).
-
-    Glucose bolus rule: at each daily sample (every `sample_every_h` after the last sample),
-    if glucose is below `trigger_g_l`, add `material` `bolus_delay_h` later to bring glucose
-    back to `target_g_l`. The continuous feed keeps its schedule: a change every median
-    interval, each step the median ratio of the past steps.
-    """
-
-    material: str = "GLC-450"
-    trigger_g_l: float = 3.0
-    target_g_l: float = 5.5
-    sample_every_h: float = 24.0
-    bolus_delay_h: float = 1.0
-
-
 @dataclass
 class Forecast:
     batch_id: str
+    product: str
     model: str
     version: int
     as_of: pd.Timestamp
     now_h: float  # t_batch_h of as_of
     harvest_h: float
     bands: pd.DataFrame  # analyte, kind, t_batch_h, p10, p50, p90, observed
+    units: dict[str, str]  # analyte -> unit of its bands
     samples: pd.DataFrame  # the observations used
     draws_final: dict[str, np.ndarray]  # analyte -> values at each draw's harvest time
 
@@ -198,42 +185,48 @@ def _estimate_state(
 def forecast_batch(
     lake: Lake,
     batch_id: str,
-    model: str = "cho_fedbatch",
+    model: str | None = None,
     version: int | None = None,
     as_of=None,
     n_draws: int = DEFAULT_DRAWS,
     seed: int = DEFAULT_SEED,
-    policy: FuturePolicy = FuturePolicy(),
     harvest_h: float | None = None,
 ) -> Forecast:
-    """p10 / p50 / p90 bands of one batch up to its harvest, from the champion (or `version`).
+    """p10 / p50 / p90 bands of one batch up to its harvest, from its product's champion (or
+    `model` `version`).
 
     `as_of` defaults to the batch's latest data; `harvest_h` fixes the harvest time instead of
     drawing it from completed batches. The steps are those of the module docstring.
     """
     reg = Registry(lake)
-    rec = reg.champion(model) if version is None else reg.version(model, version)
-    if rec is None:
-        raise LookupError(f"no champion of {model!r} in the registry: run `batchtwin fit` first")
-    version = int(rec["version"])
-    m = load_model(model)
-    settings = reg.settings_of(model, version)
-    pt = reg.parameters(model, version)
+    product = _product_of(lake, batch_id)
+    if model is None or version is None:
+        rec = reg.champion(product)
+        if rec is None:
+            raise LookupError(
+                f"no champion model for {product} (batch {batch_id}): "
+                "its catalog entry is missing or no fit was promoted yet (`batchtwin status`)"
+            )
+    else:
+        rec = reg.version(product, model, version)
+    model, version = str(rec["model"]), int(rec["version"])
+    settings = reg.settings_of(product, model, version)
+    spec = settings.spec()
+    m = spec.model
+    pt = reg.parameters(product, model, version)
     params = dict(zip(pt["name"], pt["value"].astype(float), strict=True))
     fitted = list(settings.fitted)
     sd = pt.set_index("name").loc[fitted, "sd_log"].to_numpy(float)
-    corr = _corr_of(reg, model, version, fitted)
+    corr = _corr_of(rec, fitted)
     cov_k = corr * np.outer(sd, sd)
 
     as_of_ts = latest_data_ts(lake, batch_id) if as_of is None else _utc(as_of)
-    (batch,) = load_batches(lake, m, [batch_id], as_of=as_of_ts)
+    (batch,) = load_batches(lake, spec, [batch_id], as_of=as_of_ts)
     if batch.samples.empty:
         raise ValueError(f"batch {batch_id} has no samples reported by {as_of_ts}")
     # "final" means at harvest, and when the harvest happens varies: each draw is harvested at
     # the culture duration of a completed batch drawn at random (a fixed harvest_h: no spread)
-    durations = (
-        np.array([harvest_h]) if harvest_h is not None else harvest_durations(lake, batch.product)
-    )
+    durations = np.array([harvest_h]) if harvest_h is not None else harvest_durations(lake, product)
     end_h = float(np.median(durations))
     now_h = (as_of_ts - batch.inoculation_ts).total_seconds() / 3600.0
     x_ic, cov_ic, prob = _estimate_state(m, batch, params, settings)
@@ -264,13 +257,12 @@ def forecast_batch(
     grid = grid[(grid >= batch.t0_h) & (grid <= end_h)]
     harvest_at = np.maximum(rng.choice(durations, size=n_draws), batch.t0_h)
     full = np.unique(np.r_[grid, harvest_at])
-    y = _integrate(m, p, y0, batch, full, now_h, float(full[-1]), policy)
-    obs = m.observe(y)  # analyte -> members × times
+    y = _integrate(spec, p, y0, batch, full, now_h, float(full[-1]))
+    obs = {spec.analyte(o): np.asarray(v) for o, v in m.observe(y).items()}
     on_grid = np.searchsorted(full, grid)
     at_harvest = np.searchsorted(full, harvest_at)
     rows = []
     for analyte, v in obs.items():
-        v = np.asarray(v)
         q = np.nanpercentile(v[:, on_grid], [10, 50, 90], axis=0)
         for i, t in enumerate(grid):
             rows.append(
@@ -290,30 +282,44 @@ def forecast_batch(
     bands = pd.DataFrame(
         rows, columns=["analyte", "kind", "t_batch_h", "p10", "p50", "p90", "observed"]
     )
+    samples = batch.samples.assign(analyte=batch.samples["analyte"].map(spec.analyte))
     return Forecast(
         batch_id,
+        product,
         model,
         version,
         as_of_ts,
         now_h,
         end_h,
         bands,
-        batch.samples,
-        {a: np.asarray(v)[np.arange(n_draws), at_harvest] for a, v in obs.items()},
+        {spec.analyte(o.name): o.uom for o in m.observables},
+        samples,
+        {a: v[np.arange(n_draws), at_harvest] for a, v in obs.items()},
     )
 
 
+def _product_of(lake: Lake, batch_id: str) -> str:
+    df = query(lake, "SELECT product FROM batches WHERE batch_id = ?", [batch_id])
+    if df.empty:
+        raise KeyError(f"batch {batch_id!r} is not in the lake")
+    product = df["product"].iloc[0]
+    if product is None or pd.isna(product):
+        raise ValueError(f"batch {batch_id} has no product: no model applies to it")
+    return str(product)
+
+
 def _integrate(
-    m: Model,
+    spec: ModelSpec,
     p,
     y0,
     batch: BatchData,
     grid: np.ndarray,
     now_h: float,
     end_h: float,
-    policy: FuturePolicy,
 ) -> np.ndarray:
-    """States (n_states × draws × grid) from t0 to end_h: known inputs, then the future policy."""
+    """States (n_states × draws × grid) from t0 to end_h: known inputs, then the future: each
+    feed continues its schedule, boluses follow the catalog's rule."""
+    m = spec.model
     t0 = batch.t0_h
     known = batch.inputs
     cut_h = min(max(now_h, t0), end_h)
@@ -327,72 +333,78 @@ def _integrate(
     state = np.maximum(y[:, :, -1], 0.0)
     if cut_h >= end_h:
         return out
-    # future: the feed continues its schedule; boluses follow the glucose rule
-    ft, fr = _future_feed(known.feed_times_h, known.feed_rates_l_h, cut_h, end_h)
-    rate_now = known.feed_rate(cut_h)
-    feed_times = [cut_h, *ft]
-    feed_rates = [rate_now, *fr]
+    feeds = []
+    for f in known.feeds:
+        ft, fr = _future_feed(f.times_h, f.rates_l_h, cut_h, end_h)
+        feeds.append(Feed(f.name, (cut_h, *ft), (f.rate(cut_h), *fr), f.composition))
+    future = Inputs(tuple(feeds))
+    rule = spec.bolus_rule
     last_sample = float(batch.samples["t_batch_h"].max())
-    checks = [
-        t
-        for t in np.arange(last_sample + policy.sample_every_h, end_h, policy.sample_every_h)
-        if t > cut_h
-    ]
-    comp = BOLUS_MATERIALS.get(policy.material, {})
-    conc_g_l = comp.get("G", 0.0) * GLUCOSE_G_PER_MMOL
-    names = m.state_names()
-    gi, vi = names.index("G"), names.index("V")
-    events = sorted(
-        {
-            *(checks),
-            *(c + policy.bolus_delay_h for c in checks if c + policy.bolus_delay_h < end_h),
-            end_h,
-        }
+    checks = (
+        [
+            t
+            for t in np.arange(last_sample + rule.every_h, end_h, rule.every_h)
+            if t > cut_h and t + rule.delay_h < end_h
+        ]
+        if rule
+        else []
     )
+    events = sorted({*checks, *(c + rule.delay_h for c in checks if rule), end_h})
     pending = None
     a = cut_h
     for b in events:
         seg = grid[(grid > a) & (grid <= b)]
         t_eval = np.unique(np.r_[seg, b]) - a
-        fi = Inputs(
-            tuple(max(t - a, 0.0) for t in feed_times if t < b),
-            tuple(r for t, r in zip(feed_times, feed_rates, strict=True) if t < b),
-        )
-        # the rate running at a holds from the segment start
-        times = np.asarray(fi.feed_times_h)
-        rates = np.asarray(fi.feed_rates_l_h)
-        run = times <= 0
-        if run.any():
-            times = np.r_[0.0, times[~run]]
-            rates = np.r_[rates[run][-1], rates[~run]]
-        y = simulate_many(m, p, state, Inputs(tuple(times), tuple(rates)), t_eval)
+        y = simulate_many(m, p, state, shift_inputs(future, a), t_eval)
         if seg.size:
             out[:, :, np.searchsorted(grid, seg)] = y[:, :, np.searchsorted(t_eval + a, seg)]
         state = np.maximum(y[:, :, -1], 0.0)
-        if pending is not None and np.isclose(b, pending[0]):
-            vol = pending[1]
-            v_new = state[vi] + vol
-            state = state * (state[vi] / v_new)
-            state[vi] = v_new
-            state[gi] += comp.get("G", 0.0) * vol / v_new
+        if rule is not None and pending is not None and np.isclose(b, pending[0]):
+            state = _dose(m, state, pending[1], spec, rule)
             pending = None
-        if any(np.isclose(b, c) for c in checks) and conc_g_l > policy.target_g_l:
-            g = state[gi] * GLUCOSE_G_PER_MMOL
-            vol = np.where(
-                g < policy.trigger_g_l,
-                state[vi] * (policy.target_g_l - g) / (conc_g_l - policy.target_g_l),
-                0.0,
-            )
-            pending = (b + policy.bolus_delay_h, vol)
+        if rule is not None and any(np.isclose(b, c) for c in checks):
+            pending = (b + rule.delay_h, _dose_volume(m, state, spec, rule))
         a = b
     return out
 
 
-def _corr_of(reg: Registry, model: str, version: int, fitted: list[str]) -> np.ndarray:
-    """The fitted parameters' correlation, stored in the version's metrics."""
-    import json
+def _bolus_level(m: Model, spec: ModelSpec, rule: BolusRule) -> float:
+    """The observable's value in the bolus liquid itself (its composition as a state), which
+    the dosing arithmetic needs; the observable is taken as proportional to its states."""
+    names = m.state_names()
+    y = np.zeros((len(names), 1))
+    for state, conc in spec.boluses[rule.material].items():
+        y[names.index(state), 0] = conc
+    y[names.index(m.volume_state), 0] = 1.0
+    return float(np.asarray(m.observe(y)[rule.observable])[0])
 
-    metrics = json.loads(reg.version(model, version)["metrics"])
+
+def _dose_volume(m: Model, state: np.ndarray, spec: ModelSpec, rule: BolusRule) -> np.ndarray:
+    """Per draw, the volume of the rule's material that brings the observable to `to` (0 where
+    it is not below `below`)."""
+    level = _bolus_level(m, spec, rule)
+    if level <= rule.to:
+        return np.zeros(state.shape[1])
+    now = np.asarray(m.observe(state[:, :, None])[rule.observable])[:, 0]
+    vol = state[m.state_names().index(m.volume_state)]
+    return np.where(now < rule.below, vol * (rule.to - now) / (level - rule.to), 0.0)
+
+
+def _dose(
+    m: Model, state: np.ndarray, volumes: np.ndarray, spec: ModelSpec, rule: BolusRule
+) -> np.ndarray:
+    """Mix each draw's dose (one volume per draw) into the broth."""
+    comp = spec.boluses[rule.material]
+    out = state.copy()
+    for j, vol in enumerate(volumes):
+        if vol > 0:
+            out[:, j : j + 1] = m.apply_bolus(state[:, j : j + 1], Bolus(0.0, float(vol), "", comp))
+    return out
+
+
+def _corr_of(rec: dict, fitted: list[str]) -> np.ndarray:
+    """The fitted parameters' correlation, stored in the version's metrics."""
+    metrics = json.loads(rec["metrics"])
     c = metrics.get("correlation")
     if not c:
         return np.eye(len(fitted))
@@ -408,6 +420,7 @@ def _utc(value) -> pd.Timestamp:
 def write_forecast(lake: Lake, fc: Forecast) -> int:
     """Append the forecast to the `forecasts` table (one file per version, batch and as-of)."""
     df = fc.bands.assign(
+        product=fc.product,
         model=fc.model,
         version=fc.version,
         batch_id=fc.batch_id,
@@ -418,6 +431,7 @@ def write_forecast(lake: Lake, fc: Forecast) -> int:
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True).astype("datetime64[us, UTC]")
     df["version"] = df["version"].astype("int64")
     cols = [
+        "product",
         "model",
         "version",
         "batch_id",
@@ -431,24 +445,29 @@ def write_forecast(lake: Lake, fc: Forecast) -> int:
         "observed",
         "created_at",
     ]
-    Registry(lake).write_forecast(df[cols], fc.model, fc.version, fc.batch_id, fc.as_of)
+    Registry(lake).write_forecast(df[cols], fc.product, fc.model, fc.version, fc.batch_id, fc.as_of)
     return len(df)
 
 
 def forecast_running(
     lake: Lake,
-    model: str = "cho_fedbatch",
+    products: Sequence[str],
     n_draws: int = DEFAULT_DRAWS,
     seed: int = DEFAULT_SEED,
-    products: Sequence[str] | None = None,
-) -> list[Forecast]:
-    """Forecast and record every running batch with samples (of `products`, when given)."""
-    out = []
-    for b in running_batches(lake, products):
-        try:
-            fc = forecast_batch(lake, b, model, n_draws=n_draws, seed=seed)
-        except ValueError:
-            continue  # no samples yet: nothing to start from
-        write_forecast(lake, fc)
-        out.append(fc)
-    return out
+) -> tuple[list[Forecast], list[str]]:
+    """Forecast and record every running batch of `products` that has a champion. Returns the
+    forecasts and one line per batch that could not be forecast, with the reason."""
+    reg = Registry(lake)
+    out, skipped = [], []
+    for product in products:
+        if reg.champion(product) is None:
+            continue
+        for b in running_batches(lake, [product]):
+            try:
+                fc = forecast_batch(lake, b, n_draws=n_draws, seed=seed)
+            except (ValueError, LookupError, ArithmeticError, RuntimeError) as err:
+                skipped.append(f"{b}: {' '.join(str(err).split())[:200]}")
+                continue
+            write_forecast(lake, fc)
+            out.append(fc)
+    return out, skipped

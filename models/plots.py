@@ -20,9 +20,6 @@ from models.base import simulate_many  # noqa: E402
 from models.data import BatchData  # noqa: E402
 from models.fit import FitResult  # noqa: E402
 from models.forecast import Forecast  # noqa: E402
-from models.registry import load_model  # noqa: E402
-
-ANALYTES = ("vcd", "viability", "glucose", "lactate", "glutamine", "ammonia", "titer")
 
 
 def _axes(n: int):
@@ -46,9 +43,10 @@ def _save(fig, path: Path) -> Path:
 def fit_plots(
     lake: Lake, result: FitResult, version: int, batches: Sequence[BatchData]
 ) -> list[Path]:
-    """One PNG per training batch: observations and the fitted model for every analyte."""
-    model = load_model(result.model)
-    units = {o.analyte: o.uom for o in model.observables}
+    """One PNG per training batch: observations and the fitted model for every observable,
+    titled by its lab analyte and unit."""
+    spec = result.settings.spec()
+    model = spec.model
     out = []
     for b in batches:
         y0 = np.array(
@@ -61,35 +59,38 @@ def fit_plots(
         grid = np.linspace(0.0, t_end - b.t0_h, 200)
         y = simulate_many(model, result.params, y0, b.model_inputs(), grid, result.settings.solver)
         obs = model.observe(y)
-        analytes = [a for a in ANALYTES if a in obs]
-        fig, axes = _axes(len(analytes))
-        for ax, a in zip(axes, analytes, strict=True):
-            s = b.samples[b.samples["analyte"] == a]
+        observables = [o for o in model.observables if o.name in obs]
+        fig, axes = _axes(len(observables))
+        for ax, o in zip(axes, observables, strict=True):
+            s = b.samples[b.samples["analyte"] == o.name]
             ax.plot(s["t_batch_h"], s["value"], "o", ms=3, color="black", label="observed")
-            ax.plot(grid + b.t0_h, np.asarray(obs[a])[0], "-", color="tab:blue", label="fit")
-            ax.set_title(f"{a} [{units.get(a, '')}]", fontsize=9)
+            ax.plot(grid + b.t0_h, np.asarray(obs[o.name])[0], "-", color="tab:blue", label="fit")
+            ax.set_title(f"{spec.analyte(o.name)} [{o.uom}]", fontsize=9)
+            ax.set_xlabel("h", fontsize=7)
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=7)
         fig.suptitle(
-            f"{result.model} v{version}: {b.batch_id} (t since inoculation, h)", fontsize=10
+            f"{result.product} {result.model} v{version}: {b.batch_id} "
+            f"(h since {spec.clock or 'inoculation'})",
+            fontsize=10,
         )
         fig.tight_layout()
-        out.append(
-            _save(
-                fig,
-                lake.models("plots")
-                / f"{safe_name(result.model)}-v{version:04d}-fit-{safe_name(b.batch_id)}.png",
-            )
+        name = (
+            f"{safe_name(result.product)}-{safe_name(result.model)}-v{version:04d}"
+            f"-fit-{safe_name(b.batch_id)}.png"
         )
+        out.append(_save(fig, lake.models("plots") / name))
     return out
 
 
 def forecast_plot(lake: Lake, fc: Forecast) -> Path:
-    """The forecast fan (p10–p90 band and median) of one running batch, with its observations."""
-    analytes = [a for a in ANALYTES if a in set(fc.bands["analyte"])]
+    """The forecast fan (p10–p90 band and median) of one running batch, with its observations;
+    every panel titled with its analyte and unit."""
+    analytes = list(dict.fromkeys(fc.bands["analyte"]))
     fig, axes = _axes(len(analytes))
     for ax, a in zip(axes, analytes, strict=True):
-        b = fc.bands[fc.bands["analyte"] == a].sort_values("t_batch_h")
+        b = fc.bands[(fc.bands["analyte"] == a) & (fc.bands["kind"] == "trajectory")]
+        b = b.sort_values("t_batch_h")
         ax.fill_between(
             b["t_batch_h"], b["p10"], b["p90"], color="tab:orange", alpha=0.3, label="p10–p90"
         )
@@ -97,7 +98,8 @@ def forecast_plot(lake: Lake, fc: Forecast) -> Path:
         s = fc.samples[fc.samples["analyte"] == a]
         ax.plot(s["t_batch_h"], s["value"], "o", ms=3, color="black", label="observed")
         ax.axvline(fc.now_h, color="grey", lw=0.8, ls="--")
-        ax.set_title(a, fontsize=9)
+        ax.set_title(f"{a} [{fc.units.get(a, '')}]", fontsize=9)
+        ax.set_xlabel("h", fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle(
@@ -105,5 +107,8 @@ def forecast_plot(lake: Lake, fc: Forecast) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    name = f"{safe_name(fc.model)}-v{fc.version:04d}-forecast-{safe_name(fc.batch_id)}.png"
+    name = (
+        f"{safe_name(fc.product)}-{safe_name(fc.model)}-v{fc.version:04d}"
+        f"-forecast-{safe_name(fc.batch_id)}.png"
+    )
     return _save(fig, lake.models("plots") / name)

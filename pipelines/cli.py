@@ -262,7 +262,7 @@ def status(data_dir: Path = DATA_OPTION) -> None:
 
 
 def _print_models(lake: Lake) -> None:
-    """The latest champion of each model and its parameters (status's model section)."""
+    """The champion of each product and its fitted parameters (status's model section)."""
     from models.registry import Registry
 
     reg = Registry(lake)
@@ -270,30 +270,40 @@ def _print_models(lake: Lake) -> None:
     if versions.empty:
         console.print("models: no model versions recorded in the lake")
         return
-    for model, v in versions.groupby("model"):
-        champ = reg.champion(model)
-        counts = ", ".join(f"{n} {s}" for s, n in v["status"].value_counts().sort_index().items())
+    for product, v in versions.groupby("product"):
+        champ = reg.champion(str(product))
+        counts = "; ".join(
+            f"{m}: "
+            + ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().sort_index().items())
+            for m, g in v.groupby("model")
+        )
         if champ is None:
-            console.print(f"models: {model}: no champion ({counts})")
+            console.print(f"models: {product}: no champion ({counts})")
             continue
+        name = f"{champ['model']} v{int(champ['version'])}"
         console.print(
-            f"models: {model} champion v{int(champ['version'])}, "
+            f"models: {product} champion {name}, "
             f"fitted {champ['fitted_at']:%Y-%m-%d %H:%M} UTC "
             f"on {len(json.loads(champ['training_batches']))} batches, "
             f"validation error {champ['validation_error']:.3g} ({counts})"
         )
-        p = reg.parameters(model, int(champ["version"]))
+        p = reg.parameters(str(product), str(champ["model"]), int(champ["version"]))
         p = p[~p["fixed"]][["name", "value", "ci_low", "ci_high", "uom", "identifiable"]]
         _print_frame(
             p.assign(**{c: p[c].map(lambda x: f"{x:.4g}") for c in ("value", "ci_low", "ci_high")}),
-            f"{model} v{int(champ['version'])} fitted parameters",
+            f"{product} {name} fitted parameters",
         )
 
 
 @app.command()
 def fit(
     data_dir: Path = DATA_OPTION,
-    model: str = typer.Option("cho_fedbatch", help="model name or import path module:Class"),
+    product: str | None = typer.Option(
+        None, help="product to fit (default: every product of the site's model catalog)"
+    ),
+    model: str | None = typer.Option(
+        None, help="model of the product's catalog to fit (default: each of them)"
+    ),
     batches: str | None = typer.Option(
         None, help="comma-separated training batch ids (default: every completed batch)"
     ),
@@ -303,86 +313,117 @@ def fit(
         False, "--force", help="refit even when a version with the same data and settings exists"
     ),
 ) -> None:
-    """Fit a model on completed batches and record the version in the registry \
-(promotion by the registry rule)."""
+    """Fit the site's catalog models (sources.yaml `models:`) on completed batches and \
+record each version in the registry (promotion by the registry rule)."""
     from rich.markup import escape
 
     from lake.query import CatalogMissing
+    from models.catalog import CatalogError, specs
     from models.registry import fit_and_register
+    from sources.site import SiteConfigError, load_site
 
     lake = _lake(data_dir)
-    ids = [b.strip() for b in batches.split(",") if b.strip()] if batches else None
-    started = time.perf_counter()
     try:
-        with console.status(f"fitting {model}…"):
-            result, decision = fit_and_register(
-                lake, model, ids, force=force, n_starts=n_starts, seed=seed
+        site = load_site(Path(data_dir) / "landing")
+    except SiteConfigError as e:
+        _fail(escape(str(e)))
+    chosen = [
+        s
+        for s in specs(site.models)
+        if isinstance(s, CatalogError)
+        or ((product is None or s.product == product) and (model is None or s.name == model))
+    ]
+    for err in [s for s in chosen if isinstance(s, CatalogError)]:
+        console.print(f"[yellow]skipped[/yellow] {escape(str(err))}")
+    entries = [s for s in chosen if not isinstance(s, CatalogError)]
+    if not entries:
+        _fail(
+            escape(
+                f"no catalog entry for product {product or 'any'} and model {model or 'any'} "
+                "in sources.yaml `models:` (README 'Models per product')"
             )
-    except CatalogMissing as e:
-        _fail(str(e))
-    except (KeyError, ValueError) as e:
-        _fail(escape(str(e).strip("'\"")))
-    if result is None:
-        console.print(f"{model}: {decision.reason} ({decision.status}); use --force to refit")
-        return
-    console.print(
-        f"{model} v{decision.version}: {decision.status} — {decision.reason} "
-        f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)"
-    )
-    t = result.table()
-    t = t[~t["fixed"]][["name", "value", "stderr", "ci_low", "ci_high", "identifiable", "uom"]]
-    _print_frame(
-        t.assign(
-            **{c: t[c].map(lambda x: f"{x:.4g}") for c in ("value", "stderr", "ci_low", "ci_high")}
-        ),
-        "fitted parameters (95 % intervals)",
-    )
+        )
+    ids = [b.strip() for b in batches.split(",") if b.strip()] if batches else None
+    for spec in entries:
+        started = time.perf_counter()
+        what = f"{spec.product} {spec.name}"
+        try:
+            with console.status(f"fitting {what}…"):
+                result, decision = fit_and_register(
+                    lake, spec, ids, force=force, n_starts=n_starts, seed=seed
+                )
+        except CatalogMissing as e:
+            _fail(str(e))
+        except (KeyError, ValueError, ArithmeticError, RuntimeError) as e:
+            console.print(
+                f"[red]{escape(what)}: not fitted[/red] — {escape(str(e).strip(chr(39)))}"
+            )
+            continue
+        if result is None:
+            console.print(f"{what}: {decision.reason} ({decision.status}); use --force to refit")
+            continue
+        console.print(
+            f"{what} v{decision.version}: {decision.status} — {decision.reason} "
+            f"({len(result.training_batches)} batches, {time.perf_counter() - started:.1f} s)"
+        )
+        t = result.table()
+        t = t[~t["fixed"]][["name", "value", "stderr", "ci_low", "ci_high", "identifiable", "uom"]]
+        cols = ("value", "stderr", "ci_low", "ci_high")
+        _print_frame(
+            t.assign(**{c: t[c].map(lambda x: f"{x:.4g}") for c in cols}),
+            f"{what} fitted parameters (95 % intervals)",
+        )
 
 
 @app.command()
 def forecast(
     batch: str = typer.Argument(..., help="id of a batch with samples, e.g. B26-014"),
     data_dir: Path = DATA_OPTION,
-    model: str = typer.Option("cho_fedbatch", help="model name; its champion forecasts"),
     draws: int = typer.Option(200, help="parameter draws"),
-    analyte: str = typer.Option("titer", help="analyte to print (all are recorded)"),
+    analyte: str | None = typer.Option(
+        None, help="analyte to print (default: the site's kpis.product; all are recorded)"
+    ),
 ) -> None:
-    """Forecast a batch to its planned harvest with the champion model (p10/p50/p90) \
-and record it."""
+    """Forecast a batch to its planned harvest with its product's champion model \
+(p10/p50/p90) and record it."""
     from rich.markup import escape
 
     from lake.query import CatalogMissing
     from models.forecast import forecast_batch, write_forecast
     from models.plots import forecast_plot
+    from sources.site import SiteConfigError, load_site
 
     lake = _lake(data_dir)
     try:
         with console.status(f"forecasting {batch}…"):
-            fc = forecast_batch(lake, batch, model, n_draws=draws)
+            fc = forecast_batch(lake, batch, n_draws=draws)
     except CatalogMissing as e:
         _fail(str(e))
     except (KeyError, ValueError, LookupError) as e:
         _fail(escape(str(e).strip("'\"")))
     write_forecast(lake, fc)
     png = forecast_plot(lake, fc)
+    if analyte is None:
+        try:
+            analyte = load_site(Path(data_dir) / "landing").kpis.product
+        except SiteConfigError:
+            analyte = None
+        analyte = analyte if analyte in fc.units else next(iter(fc.units))
     b = fc.bands[(fc.bands["analyte"] == analyte) & (fc.bands["kind"] == "trajectory")]
     if b.empty:
-        _fail(
-            escape(
-                f"no analyte {analyte!r}; recorded: {', '.join(sorted(set(fc.bands['analyte'])))}"
-            )
-        )
+        _fail(escape(f"no analyte {analyte!r}; recorded: {', '.join(sorted(fc.units))}"))
+    unit = fc.units[analyte]
     step = max(len(b) // 12, 1)
     shown = b.iloc[::step][["t_batch_h", "p10", "p50", "p90"]]
     _print_frame(
         shown.assign(**{c: shown[c].map(lambda x: f"{x:.3g}") for c in shown.columns}),
-        f"{batch} {analyte}: {fc.model} v{fc.version}, "
-        f"as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)",
+        f"{batch} {analyte} [{unit}], band at the planned harvest time: {fc.model} "
+        f"v{fc.version}, as of {fc.as_of:%Y-%m-%d %H:%M} UTC (t = {fc.now_h:.0f} h)",
     )
     p10, p50, p90 = fc.final(analyte)
     console.print(
-        f"{analyte} at harvest (~{fc.harvest_h:.0f} h): "
-        f"p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g}; plot: {png}"
+        f"{analyte} at harvest, harvest time drawn from completed batches (median "
+        f"{fc.harvest_h:.0f} h): p10 {p10:.3g}, p50 {p50:.3g}, p90 {p90:.3g} {unit}; plot: {png}"
     )
 
 

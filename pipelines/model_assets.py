@@ -1,10 +1,13 @@
 """Model assets: refit when completed batches land, forecast running batches from the champion.
 
-`model_fit` depends on the per-batch gold tables; its eager automation condition fires when a
-`batch_gold` partition is (re)materialized, i.e. when a batch completes or its record is
-amended, and waits while any completed batch still lacks its gold tables. Every fit is a new
-registry version (candidate -> champion or rejected by the promotion rule). `forecasts`
-follows the champion and every update of the running batches.
+What is fitted is the site's model catalog (`models:` in sources.yaml, models.catalog): for
+each product, one or more models and what the lake's data are to them. `model_fit` depends
+on the per-batch gold tables; its eager automation condition fires when a `batch_gold`
+partition is (re)materialized, i.e. when a batch completes or its record is amended. Every
+fit is a new registry version (candidate -> champion or rejected by the promotion rule, one
+champion per product). `forecasts` follows the champions and every update of the running
+batches. A product without a model, a catalog entry that cannot be used, too few batches or
+a fit that fails is one line of metadata: curated data never wait on a model.
 """
 
 import base64
@@ -13,17 +16,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from lake.query import CatalogMissing
+from lake.query import CatalogMissing, query
 from models import forecast as fc_mod
 from models import plots
+from models.catalog import CatalogError, ModelSpec, specs
 from models.data import load_batches
-from models.registry import (
-    DEFAULT_TOLERANCE,
-    Registry,
-    completed_batches,
-    fit_and_register,
-    load_model,
-)
+from models.registry import DEFAULT_TOLERANCE, Registry, completed_batches, fit_and_register
 from pipelines.contextualize_assets import batch_gold, running_batch_gold
 from pipelines.ingest_assets import site_of
 from pipelines.resources import LakeResource, LandingResource
@@ -34,7 +32,6 @@ MAX_EMBEDDED_PLOTS = 3  # metadata stays small; every plot's path is listed
 class FitConfig(dg.Config):
     """Fit settings (run config); the defaults are what automation uses."""
 
-    model: str = "cho_fedbatch"
     n_starts: int = 3
     folds: int = 3
     seed: int = 20260316
@@ -42,7 +39,6 @@ class FitConfig(dg.Config):
 
 
 class ForecastConfig(dg.Config):
-    model: str = "cho_fedbatch"
     n_draws: int = 200
     seed: int = 20260316
 
@@ -58,6 +54,42 @@ def _png_md(paths: list[Path]) -> dg.MetadataValue:
     )
 
 
+def _fit_one(
+    context: dg.AssetExecutionContext, config: FitConfig, lake, spec: ModelSpec
+) -> tuple[dict, list[Path]]:
+    """Fit and register one catalog entry; the outcome as a row of the asset's table."""
+    row = {"product": spec.product, "model": spec.name, "version": "", "status": "not fitted"}
+    try:
+        ids = completed_batches(lake, spec.product)
+    except CatalogMissing:
+        ids = []
+    if not ids:
+        return {**row, "reason": "no completed batch with samples yet"}, []
+    try:
+        result, decision = fit_and_register(
+            lake,
+            spec,
+            ids,
+            tolerance=config.tolerance,
+            n_starts=config.n_starts,
+            folds=config.folds,
+            seed=config.seed,
+        )
+    except (ValueError, LookupError, ArithmeticError, RuntimeError) as err:
+        reason = f"the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}"
+        context.log.warning(f"{spec.product} {spec.name}: {reason}")
+        return {**row, "reason": reason}, []
+    row.update(version=f"v{decision.version}", status=decision.status, reason=decision.reason)
+    if result is None:
+        return row, []
+    context.log.info(
+        f"{spec.product} {spec.name} v{decision.version}: {decision.status} "
+        f"({decision.reason}) in {result.seconds:.1f} s"
+    )
+    pngs = plots.fit_plots(lake, result, decision.version, load_batches(lake, spec, ids))
+    return {**row, "batches": len(ids), "seconds": round(result.seconds, 1)}, pngs
+
+
 @dg.asset(
     group_name="models",
     kinds={"scipy", "parquet"},
@@ -70,89 +102,52 @@ def model_fit(
     lake: LakeResource,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """Fit the model on every completed batch of the products the site assigns it (`models:` in
-    sources.yaml; shared kinetics, per-batch initial states, weighted least squares in log space,
-    multistart) and record the version in the registry; promotion to champion follows the rule
-    in models.registry. Metadata: parameters with 95 % intervals, validation error, decision,
-    fit plots. No product using the model, no completed batch or a fit that fails is reported in
-    one line (metadata `reason`): curated data never wait on a model."""
+    """Fit every model of the site's catalog on the completed batches of its product (shared
+    kinetics, per-batch initial states, weighted least squares in log space, multistart) and
+    record each version in the registry; promotion to the product's champion follows the rule
+    in models.registry. Metadata: one row per catalog entry (version, status, reason), the
+    fit plots. A product with no model, an unusable entry, no completed batch or a failing fit
+    is its row's reason: the run stays green."""
     the_lake = lake.lake()
-    products = products_of(landing, config.model)
-    if not products:
-        return _not_fitted(
-            context,
-            f"{config.model}: no product of this site uses it (sources.yaml `models:`); "
-            "nothing to fit",
-        )
+    site = site_of(landing)
+    rows, pngs = [], []
+    for spec in specs(site.models):
+        if isinstance(spec, CatalogError):
+            context.log.warning(str(spec))
+            rows.append({"status": "not fitted", "reason": f"catalog: {spec}"})
+            continue
+        row, p = _fit_one(context, config, the_lake, spec)
+        rows.append(row)
+        pngs += p
     try:
-        ids = [b for p in products for b in completed_batches(the_lake, p)]
+        without = sorted(set(_products(the_lake)) - set(site.models))
     except CatalogMissing:
-        ids = []
-    if not ids:
-        return _not_fitted(
-            context, f"{config.model}: no completed batch with samples of {', '.join(products)} yet"
-        )
-    try:
-        result, decision = fit_and_register(
-            the_lake,
-            config.model,
-            sorted(ids),
-            tolerance=config.tolerance,
-            n_starts=config.n_starts,
-            folds=config.folds,
-            seed=config.seed,
-        )
-    except (ValueError, LookupError, ArithmeticError) as err:
-        return _not_fitted(
-            context,
-            f"{config.model}: the fit failed on {len(ids)} batches: "
-            f"{' '.join(str(err).split())[:300]}",
-        )
-    if result is None:
-        context.log.info(f"{config.model}: {decision.reason}")
-        return dg.MaterializeResult(
-            metadata={
-                "fitted": False,
-                "model": config.model,
-                "version": decision.version,
-                "status": decision.status,
-                "reason": decision.reason,
-            }
-        )
-    model = load_model(config.model)
-    pngs = plots.fit_plots(the_lake, result, decision.version, load_batches(the_lake, model, ids))
-    table = result.table()
-    table = table[~table["fixed"] | table["name"].isin(result.probe["name"])]
-    context.log.info(
-        f"{config.model} v{decision.version}: {decision.status} ({decision.reason}) "
-        f"in {result.seconds:.1f} s"
-    )
+        without = []
+    for product in without:
+        rows.append({"product": product, "status": "not fitted", "reason": "no model in catalog"})
+    if not rows:
+        rows.append({"status": "not fitted", "reason": "the site's catalog has no model"})
     return dg.MaterializeResult(
         metadata={
-            "fitted": True,
-            "model": config.model,
-            "version": decision.version,
-            "status": decision.status,
-            "reason": decision.reason,
-            "training_batches": len(ids),
-            "fit_seconds": round(result.seconds, 2),
-            "reduced_chi2": float(result.metrics["reduced_chi2"]),
-            "validation_error": float(result.metrics["validation_rmse_weighted"] or float("nan")),
-            "data_fingerprint": result.data_fingerprint,
-            "parameters": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".4g")),
+            "fitted": sum(r.get("version", "") != "" for r in rows),
+            "entries": dg.MetadataValue.md(_table(rows)),
+            "reason": "; ".join(
+                f"{r.get('product', '')} {r.get('model', '')}: {r['reason']}".strip() for r in rows
+            ),
             "plots": _png_md(pngs),
         }
     )
 
 
-def products_of(landing: LandingResource, model: str) -> list[str]:
-    """The products the site assigns `model` to (sources.yaml `models:`)."""
-    return sorted(p for p, names in site_of(landing).models.items() if model in names)
+def _products(lake) -> list[str]:
+    df = query(lake, "SELECT DISTINCT product FROM batches WHERE product IS NOT NULL")
+    return df["product"].tolist()
 
 
-def _not_fitted(context: dg.AssetExecutionContext, reason: str) -> dg.MaterializeResult:
-    context.log.warning(reason)
-    return dg.MaterializeResult(metadata={"fitted": False, "reason": reason})
+def _table(rows: list[dict]) -> str:
+    cols = ["product", "model", "version", "status", "reason"]
+    body = "\n".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows)
+    return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + body
 
 
 @dg.asset_check(
@@ -161,7 +156,8 @@ def _not_fitted(context: dg.AssetExecutionContext, reason: str) -> dg.Materializ
     "every fitted parameter inside its bounds and identifiable",
 )
 def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
-    """Check the latest registry version (of any model) for fit, bounds and identifiability.
+    """Check the latest registry version (of any product and model) for fit, bounds and
+    identifiability.
 
     Severity WARN: the version is already recorded and its promotion is the registry's rule."""
     reg = Registry(lake.lake())
@@ -170,7 +166,7 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=True, metadata={"versions": 0})
     latest = versions.sort_values("fitted_at").iloc[-1]
     metrics = json.loads(latest["metrics"])
-    params = reg.parameters(latest["model"], int(latest["version"]))
+    params = reg.parameters(latest["product"], latest["model"], int(latest["version"]))
     fitted = params[~params["fixed"]]
     unidentifiable = fitted.loc[fitted["identifiable"] != "yes", "name"].tolist()
     at_bounds = fitted.loc[
@@ -184,6 +180,7 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
+            "product": latest["product"],
             "model": latest["model"],
             "version": int(latest["version"]),
             "status": latest["status"],
@@ -207,39 +204,40 @@ def forecasts(
     lake: LakeResource,
     landing: LandingResource,
 ) -> dg.MaterializeResult:
-    """p10/p50/p90 forecasts of every running batch of the model's products to its planned
-    harvest from the champion and its parameter uncertainty (models.forecast), written to the
-    `forecasts` table; metadata has the final-titer bands and fans."""
+    """p10/p50/p90 forecasts of every running batch whose product has a champion, to its
+    planned harvest, from the champion and its parameter uncertainty (models.forecast),
+    written to the `forecasts` table; metadata has the bands at harvest of the site's product
+    analyte (`kpis.product`) and the fans. A batch that cannot be forecast is one line."""
     the_lake = lake.lake()
-    products = products_of(landing, config.model)
-    if not products:
-        return dg.MaterializeResult(
-            metadata={"batches": 0, "reason": f"{config.model}: no product of this site uses it"}
-        )
+    site = site_of(landing)
     try:
-        if Registry(the_lake).champion(config.model) is None:
-            return dg.MaterializeResult(metadata={"batches": 0, "reason": "no champion model yet"})
-        fcs = fc_mod.forecast_running(
-            the_lake, config.model, n_draws=config.n_draws, seed=config.seed, products=products
+        fcs, skipped = fc_mod.forecast_running(
+            the_lake, sorted(site.models), n_draws=config.n_draws, seed=config.seed
         )
     except CatalogMissing:
         return dg.MaterializeResult(metadata={"batches": 0, "reason": "no catalog yet"})
+    for line in skipped:
+        context.log.warning(f"not forecast: {line}")
     pngs = [plots.forecast_plot(the_lake, f) for f in fcs]
-    rows = "\n".join(
-        f"| {f.batch_id} | v{f.version} | {f.as_of:%Y-%m-%d %H:%M} "
-        f"| {f.now_h:.0f} | {f.harvest_h:.0f} | "
-        + " | ".join(f"{v:.3g}" for v in f.final("titer"))
-        + " |"
-        for f in fcs
-    )
+    rows = []
+    for f in fcs:
+        for analyte in [a for a in (site.kpis.product,) if a in f.units] or list(f.units):
+            p10, p50, p90 = f.final(analyte)
+            rows.append(
+                f"| {f.batch_id} | {f.model} v{f.version} | {f.as_of:%Y-%m-%d %H:%M} "
+                f"| {f.now_h:.0f} | {f.harvest_h:.0f} | {analyte} [{f.units[analyte]}] "
+                f"| {p10:.3g} | {p50:.3g} | {p90:.3g} |"
+            )
     return dg.MaterializeResult(
         metadata={
             "batches": len(fcs),
-            "final_titer": dg.MetadataValue.md(
-                "| batch | model | as of | now h | harvest h | p10 | p50 | p90 |\n"
-                "|---|---|---|---|---|---|---|---|\n" + rows
+            "not_forecast": "; ".join(skipped) or "none",
+            "at_harvest": dg.MetadataValue.md(
+                "| batch | model | as of | now h | planned harvest h | analyte "
+                "| p10 | p50 | p90 |\n"
+                "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
                 if fcs
-                else "no running batches"
+                else "no running batch of a product with a champion"
             ),
             "plots": _png_md(pngs),
         }

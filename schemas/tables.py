@@ -476,6 +476,7 @@ class ModelVersion(pa.DataFrameModel):
     """One fit of a model: enough to reproduce it (data, code, settings, seed) and why it was
     (not) promoted."""
 
+    product: Series[str] = pa.Field(description="the product (batches.product) it models")
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)
     status: Series[str] = pa.Field(isin=("candidate", "champion", "rejected", "retired"))
@@ -504,6 +505,7 @@ class ModelParameter(pa.DataFrameModel):
     """A parameter of a model version: estimate, standard error and 95 % interval (fitted), or
     the fixed value."""
 
+    product: Series[str] = pa.Field(description="the product (batches.product) it models")
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)
     name: Series[str]
@@ -514,8 +516,15 @@ class ModelParameter(pa.DataFrameModel):
     fixed: Series[bool]
     uom: Series[str]
     identifiable: Series[str] = pa.Field(
-        isin=("yes", "no", "not checked"),
-        description="fitted: from the fit; fixed: would it be identifiable if freed",
+        isin=(
+            "yes",
+            "no",
+            "fixed",
+            "fixed; identifiable if freed",
+            "fixed; not identifiable if freed",
+        ),
+        description="fitted: from the fit's covariance and profile; fixed: not estimated (the "
+        "probe says whether the data could pin it down if it were freed)",
     )
     sd_log: Series[float] = pa.Field(nullable=True, description="standard deviation of log(value)")
     max_abs_corr: Series[float] = pa.Field(
@@ -528,10 +537,13 @@ class ModelParameter(pa.DataFrameModel):
 class ModelPrediction(pa.DataFrameModel):
     """Fit versus observation for every training sample of a model version."""
 
+    product: Series[str] = pa.Field(description="the product (batches.product) it models")
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)
     batch_id: Series[str]
-    analyte: Series[str]
+    analyte: Series[str] = pa.Field(
+        description="the lab analyte the catalog maps the model's observable to"
+    )
     t_batch_h: Series[float]
     predicted: Series[float] = pa.Field(nullable=True)
     observed: Series[float]
@@ -540,6 +552,7 @@ class ModelPrediction(pa.DataFrameModel):
 class ForecastRow(pa.DataFrameModel):
     """A running batch's forecast band (10th, 50th, 90th percentile) at one time."""
 
+    product: Series[str] = pa.Field(description="the product (batches.product) it models")
     model: Series[str]
     version: Series[int] = pa.Field(ge=1)
     batch_id: Series[str]

@@ -88,7 +88,8 @@ class Site:
     # (parameter, phase) -> (low, high) in the parameter's canonical unit
     limits: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
     max_gap_s: float = DEFAULT_MAX_GAP_S
-    models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # product -> model names
+    # product -> its model catalog entries, as written (models.catalog checks them)
+    models: dict[str, tuple[dict, ...]] = field(default_factory=dict)
     kpis: KpiInputs = KpiInputs()
 
     def canonical_unit(self, parameter: str, uom: str) -> str:
@@ -348,14 +349,22 @@ def _max_gap(section: dict) -> float:
     return value
 
 
-def _models(section: dict) -> dict[str, tuple[str, ...]]:
+def _models(section: dict) -> dict[str, tuple[dict, ...]]:
+    """product -> catalog entries; a bare name is an entry with only `model:` (models.catalog
+    checks each entry against its model when the model assets run)."""
     out = {}
-    for product, names in section.items():
-        if isinstance(names, str):
-            names = [names]
-        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"models.{product}: a list of model names or import paths")
-        out[str(product)] = tuple(names)
+    for product, entries in section.items():
+        entries = entries if isinstance(entries, list) else [entries]
+        parsed = []
+        for i, e in enumerate(entries):
+            e = {"model": e} if isinstance(e, str) else e
+            if not isinstance(e, dict) or not isinstance(e.get("model"), str):
+                raise ValueError(
+                    f"models.{product}[{i}]: a mapping with `model: <name or module:Class>` "
+                    "and its catalog keys (README 'Models per product')"
+                )
+            parsed.append(e)
+        out[str(product)] = tuple(parsed)
     return out
 
 
