@@ -56,5 +56,6 @@ clean:
 bench: $(BIN)/.installed  ## benchmarks against the bare engines (large data; ~20 minutes)
 	$(BIN)/python -m bench.run
 
-calibration: $(BIN)/.installed  ## do the fit's 95 % intervals hold the truth? (12 demo plants, two at a time; ~5 minutes)
-	$(BIN)/python -m bench.calibration --jobs 2
+calibration: $(BIN)/.installed  ## do the fits' 95 % intervals hold the truth? (12 plants per demo site, two at a time)
+	$(BIN)/python -m bench.calibration --site cho --jobs 2
+	$(BIN)/python -m bench.calibration --site penicillin --jobs 2

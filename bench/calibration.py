@@ -1,7 +1,9 @@
 """Are the fitter's 95 % intervals honest? Refit many plants, count how often they hold the truth.
 
-    python -m bench.calibration [--seeds 12] [--batches 8] [--jobs 2]      (make calibration)
+    python -m bench.calibration [--site cho|penicillin] [--seeds 12] [--batches 8] [--jobs 2]
+                                                                          (make calibration)
 
+Each demo site fits its own catalog model (cho: cho_fedbatch, penicillin: monod_fedbatch).
 One plant says little: with eight correlated parameters, calibrated 95 % intervals hold all
 eight at once only about 70 % of the time. So this generates `--seeds` plants (each with its
 own noise), runs the pipeline's ingest and contextualization on each, fits the completed
@@ -33,27 +35,42 @@ from scipy.stats import chi2
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_plant(work: Path, seed: int, batches: int, workers: int) -> list[dict]:
-    from demo.plant import PlantSize, generate
+def _generate(site: str, data: Path, batches: int, seed: int) -> dict[str, float]:
+    """Write a demo plant of `site`; its true kinetic parameters."""
+    if site == "cho":
+        from demo.plant import PlantSize, generate
+
+        truth = generate(data, PlantSize(batches=batches, seconds_per_sample=120.0, seed=seed))
+        return dict(truth["parameters"])
+    from demo.penicillin import PenicillinSize
+    from demo.penicillin import generate as generate_penicillin
+
+    truth = generate_penicillin(
+        data, PenicillinSize(batches=batches, seconds_per_sample=600.0, seed=seed)
+    )
+    return {k: v["value"] for k, v in truth["true_parameters"].items()}
+
+
+def one_plant(site: str, work: Path, seed: int, batches: int, workers: int) -> list[dict]:
     from lake.layout import Lake
-    from models.cho_fedbatch import ChoFedBatch
+    from models.catalog import parse
     from models.data import load_batches
     from models.fit import Fitter
     from models.registry import completed_batches
     from pipelines.runner import materialize_all
+    from sources.site import load_site
 
-    data = work / f"seed_{seed}"
+    data = work / f"{site}_seed_{seed}"
     shutil.rmtree(data, ignore_errors=True)
-    generate(data, PlantSize(batches=batches, seconds_per_sample=120.0, seed=seed))
+    truth = _generate(site, data, batches, seed)
     if not materialize_all(data, models=False).success:
         raise RuntimeError(f"pipeline failed on the plant of seed {seed}")
     lake = Lake(data / "lake")
-    truth = json.loads((data / "truth.json").read_text())["parameters"]
-    model = ChoFedBatch()
+    ((product, entries),) = load_site(data / "landing").models.items()
+    spec = parse(product, entries[0])
     t = time.perf_counter()
-    fit = Fitter(model, n_starts=3, folds=1, workers=workers).fit(
-        load_batches(lake, model, completed_batches(lake))
-    )
+    fitter = Fitter(spec, n_starts=3, folds=1, workers=workers)
+    fit = fitter.fit(load_batches(lake, spec, completed_batches(lake, product))).result_
     seconds = time.perf_counter() - t
     shutil.rmtree(data, ignore_errors=True)
     err = np.log([fit.params[n] / truth[n] for n in fit.fitted])
@@ -107,6 +124,7 @@ def joint(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--site", choices=("cho", "penicillin"), default="cho")
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("CALIBRATION_SEEDS", "12")))
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument(
@@ -119,7 +137,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.pop("DAGSTER_HOME", None)  # ephemeral Dagster instances, never a developer's home
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    tasks = [(args.work, seed, args.batches, 2 if args.jobs == 1 else 1) for seed in seeds]
+    workers = 2 if args.jobs == 1 else 1
+    tasks = [(args.site, args.work, seed, args.batches, workers) for seed in seeds]
     rows: list[dict] = []
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else nullcontext() as pool:
@@ -138,15 +157,14 @@ def main() -> None:
             f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in joint_test.items()
         )
     )
-    out = (
-        ROOT
-        / "bench"
-        / ("calibration.json" if args.batches == 8 else f"calibration_{args.batches}_batches.json")
-    )
+    name = "calibration" + ("" if args.site == "cho" else f"_{args.site}")
+    name += "" if args.batches == 8 else f"_{args.batches}_batches"
+    out = ROOT / "bench" / f"{name}.json"
     out.write_text(
         json.dumps(
             {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "site": args.site,
                 "batches_per_plant": args.batches,
                 "summary": table.reset_index(names="name").to_dict("records"),
                 "joint": joint_test,

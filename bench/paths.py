@@ -118,15 +118,16 @@ def contextualize(lake_dir: str, batch_ids: str) -> None:
 def refit(lake_dir: str, batch_ids: str) -> None:
     """batchtwin: the CHO fit on the given completed batches (data loading, multistart,
     intervals, validation)."""
+    from demo.plant import MODEL_CATALOG_ENTRY
     from lake.layout import Lake
+    from models.catalog import parse
     from models.data import load_batches
     from models.fit import Fitter
-    from models.registry import load_model
 
-    model = load_model("cho_fedbatch")
+    spec = parse("MAB-A", MODEL_CATALOG_ENTRY)
     t = time.perf_counter()
-    data = load_batches(Lake(Path(lake_dir)), model, batch_ids.split(","))
-    result = Fitter(model).fit(data)
+    data = load_batches(Lake(Path(lake_dir)), spec, batch_ids.split(","))
+    result = Fitter(spec).fit(data).result_
     _done(t, batches=len(result.training_batches))
 
 

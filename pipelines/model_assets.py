@@ -124,19 +124,24 @@ def model_fit(
     except CatalogMissing:
         without = []
     for product in without:
-        rows.append({"product": product, "status": "not fitted", "reason": "no model in catalog"})
+        reason = "no model in the site's catalog (sources.yaml `models:`)"
+        rows.append({"product": product, "status": "not fitted", "reason": reason})
     if not rows:
         rows.append({"status": "not fitted", "reason": "the site's catalog has no model"})
     return dg.MaterializeResult(
         metadata={
             "fitted": sum(r.get("version", "") != "" for r in rows),
             "entries": dg.MetadataValue.md(_table(rows)),
-            "reason": "; ".join(
-                f"{r.get('product', '')} {r.get('model', '')}: {r['reason']}".strip() for r in rows
-            ),
+            "reason": "; ".join(_line(r) for r in rows),
             "plots": _png_md(pngs),
         }
     )
+
+
+def _line(row: dict) -> str:
+    """'PRODUCT model: reason' (just the reason when the row has no product)."""
+    who = " ".join(filter(None, (row.get("product"), row.get("model"))))
+    return f"{who}: {row['reason']}" if who else row["reason"]
 
 
 def _products(lake) -> list[str]:

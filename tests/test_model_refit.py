@@ -14,10 +14,11 @@ def test_refit_from_the_registry_reproduces_the_parameters(pipeline_run):
     data, result = pipeline_run
     assert result.success
     reg = Registry(Lake(data / "lake"))
-    champ = reg.champion("cho_fedbatch")
-    assert champ is not None
-    recorded = reg.parameters("cho_fedbatch", int(champ["version"])).set_index("name")["value"]
-    again = reg.refit("cho_fedbatch", int(champ["version"]))
+    champ = reg.champion("MAB-A")
+    assert champ is not None and champ["model"] == "cho_fedbatch"
+    version = int(champ["version"])
+    recorded = reg.parameters("MAB-A", "cho_fedbatch", version).set_index("name")["value"]
+    again = reg.refit("MAB-A", "cho_fedbatch", version)
     assert again.data_fingerprint == champ["data_fingerprint"]
     assert list(again.training_batches) == json.loads(champ["training_batches"])
     for name in again.fitted:
@@ -36,11 +37,12 @@ def test_cli_status_shows_the_champion_and_forecast_prints_a_band(pipeline_run, 
     data, _ = pipeline_run
     runner = CliRunner()
     status = runner.invoke(app, ["status", "--data-dir", str(data)])
-    assert status.exit_code == 0 and "champion v" in status.stdout and "mu_max" in status.stdout
+    assert status.exit_code == 0 and "mu_max" in status.stdout
+    assert "MAB-A champion cho_fedbatch v" in " ".join(status.stdout.split())
     running = next(b["batch_id"] for b in truth["batches"] if b["status"] == "running")
     out = runner.invoke(app, ["forecast", running, "--data-dir", str(data), "--draws", "50"])
     assert out.exit_code == 0, out.output
-    assert "titer at harvest" in out.stdout and "p90" in out.stdout
+    assert "titer at harvest" in out.stdout and "p90" in out.stdout and "g/L" in out.stdout
     bad = runner.invoke(app, ["forecast", "NOPE", "--data-dir", str(data)])
     assert (
         bad.exit_code == 1

@@ -4,18 +4,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from demo.plant import MODEL_CATALOG_ENTRY
+from demo.process import FEED_COMPOSITION
 from lake.layout import Lake
-from models.cho_fedbatch import GLUCOSE_G_PER_MMOL, ChoFedBatch
-from models.data import BOLUS_MATERIALS, fingerprint, load_batches, training_frame
+from models.catalog import parse
+from models.cho_fedbatch import GLUCOSE_G_PER_MMOL
+from models.data import fingerprint, load_batches, training_frame
 
-MODEL = ChoFedBatch()
+SPEC = parse("MAB-A", MODEL_CATALOG_ENTRY)
+MODEL = SPEC.model
 
 
 @pytest.fixture(scope="module")
 def loaded(pipeline_run, truth):
     data, _ = pipeline_run
     ids = [b["batch_id"] for b in truth["batches"]]
-    return {b.batch_id: b for b in load_batches(Lake(data / "lake"), MODEL, ids)}, {
+    return {b.batch_id: b for b in load_batches(Lake(data / "lake"), SPEC, ids)}, {
         b["batch_id"]: b for b in truth["batches"]
     }
 
@@ -23,7 +27,9 @@ def loaded(pipeline_run, truth):
 def test_feed_rate_is_reconstructed_from_its_change_points(loaded):
     batches, truth = loaded
     for bid, b in batches.items():
-        times, rates = np.array(b.inputs.feed_times_h), np.array(b.inputs.feed_rates_l_h)
+        (feed,) = b.inputs.feeds
+        assert feed.name == "feed_rate" and feed.composition == FEED_COMPOSITION
+        times, rates = np.array(feed.times_h), np.array(feed.rates_l_h)
         on = rates > 0
         t_true, r_true = truth[bid]["feed_times_h"], truth[bid]["feed_rates_l_h"]
         n = int(on.sum())
@@ -40,8 +46,11 @@ def test_boluses_come_from_the_mes_with_their_glucose(loaded):
         got = [(round(x.t_h, 3), x.volume_l) for x in b.inputs.boluses]
         want = [(round(x["t_h"], 3), x["volume_l"]) for x in truth[bid]["boluses"]]
         assert got == want[: len(got)] and len(got) >= 1
-        assert all(x.concentrations == BOLUS_MATERIALS["GLC-450"] for x in b.inputs.boluses)
-    assert BOLUS_MATERIALS["GLC-450"]["G"] * GLUCOSE_G_PER_MMOL == pytest.approx(450.0)
+        # the catalog gives 450 g/L; the model's glucose state is in mM
+        assert all(
+            x.concentrations["G"] * GLUCOSE_G_PER_MMOL == pytest.approx(450.0)
+            for x in b.inputs.boluses
+        )
 
 
 def test_initial_state_is_the_first_samples_in_model_units(loaded):
@@ -61,7 +70,7 @@ def test_initial_state_is_the_first_samples_in_model_units(loaded):
 def test_samples_are_in_model_units_and_hours_since_inoculation(loaded):
     batches, truth = loaded
     s = pd.concat([b.samples.assign(batch_id=k) for k, b in batches.items()])
-    assert set(s["analyte"]) == {o.analyte for o in MODEL.observables}
+    assert set(s["analyte"]) == {o.name for o in MODEL.observables}
     assert s["t_batch_h"].min() >= 0 and s["t_batch_h"].max() < 340
     # glutamine and ammonia arrive as mmol/L; the model says mM: same numbers
     assert s.loc[s.analyte == "glutamine", "value"].between(0.0, 15.0).all()
@@ -72,12 +81,12 @@ def test_as_of_hides_results_reported_later(pipeline_run, truth):
     data, _ = pipeline_run
     lake = Lake(data / "lake")
     bid = truth["batches"][0]["batch_id"]
-    (full,) = load_batches(lake, MODEL, [bid])
+    (full,) = load_batches(lake, SPEC, [bid])
     cut = full.samples["reported_ts"].sort_values().iloc[len(full.samples) // 2]
-    (early,) = load_batches(lake, MODEL, [bid], as_of=cut)
+    (early,) = load_batches(lake, SPEC, [bid], as_of=cut)
     assert 0 < len(early.samples) < len(full.samples)
     assert (early.samples["reported_ts"] <= cut).all()
-    assert early.inputs.feed_times_h[-1] <= (cut - early.inoculation_ts).total_seconds() / 3600
+    assert early.inputs.feeds[0].times_h[-1] <= (cut - early.inoculation_ts).total_seconds() / 3600
 
 
 def test_fingerprint_is_of_the_exact_data(loaded):
@@ -92,4 +101,4 @@ def test_fingerprint_is_of_the_exact_data(loaded):
 def test_unknown_batches_are_refused(pipeline_run):
     data, _ = pipeline_run
     with pytest.raises(KeyError, match="NOPE"):
-        load_batches(Lake(data / "lake"), MODEL, ["NOPE"])
+        load_batches(Lake(data / "lake"), SPEC, ["NOPE"])

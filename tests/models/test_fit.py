@@ -9,7 +9,7 @@ import pytest
 
 from lake.layout import Lake
 from lake.query import query
-from models.base import Bolus, Inputs, simulate, simulate_many
+from models.base import Bolus, Feed, Inputs, simulate, simulate_many
 from models.cho_fedbatch import ChoFedBatch
 
 
@@ -106,12 +106,13 @@ def test_parameters_the_data_cannot_see_are_flagged(medium_run):
     data, _, _ = medium_run
     _, p = _champion(data)
     # half-saturation constants act far below fed-batch substrate levels; alpha moves the titer
-    # by ~2 %
+    # by ~2 %: fixed, and the probe says the data could not pin them down if freed
     for name in ("K_G", "KD_A", "alpha"):
-        assert p.loc[name, "fixed"] and p.loc[name, "identifiable"] == "no", name
+        assert p.loc[name, "fixed"], name
+        assert p.loc[name, "identifiable"] == "fixed; not identifiable if freed", name
         assert p.loc[name, "sd_log"] > 0.1 or p.loc[name, "max_abs_corr"] > 0.95
-    # recipe data are not kinetics: never probed
-    assert p.loc["G_f", "identifiable"] == "not checked"
+    # the feed medium is the site's catalog, not a model parameter
+    assert "G_f" not in p.index and "Q_f" not in p.index
 
 
 def test_fit_and_observations_agree_per_analyte(medium_run):
@@ -140,7 +141,8 @@ def test_fit_and_observations_agree_per_analyte(medium_run):
 def test_the_ensemble_integrator_matches_the_single_run():
     model = ChoFedBatch()
     y0 = np.array([0.4, 0.02, 33.0, 8.0, 0.5, 0.5, 0.0, 1400.0])
-    inputs = Inputs([70.0, 94.0], [1.6, 1.7], [Bolus(120.0, 10.0, "GLC-450", {"G": 2497.8})])
+    feed = Feed("feed_rate", [70.0, 94.0], [1.6, 1.7], {"G": 420.0, "Q": 110.0})
+    inputs = Inputs([feed], [Bolus(120.0, 10.0, "GLC-450", {"G": 2497.8})])
     t = np.linspace(0.0, 200.0, 21)
     one = simulate(model, model.defaults(), y0, inputs, t)
     p = {k: np.full(3, v) for k, v in model.defaults().items()}

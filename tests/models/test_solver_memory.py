@@ -8,9 +8,8 @@ import gc
 
 import numpy as np
 
-from models.base import Bolus, Inputs, simulate_many
+from models.base import Bolus, Feed, Inputs, simulate_many
 from models.cho_fedbatch import ChoFedBatch
-from models.data import BOLUS_MATERIALS
 from models.fit import FIT_SOLVER
 
 
@@ -26,7 +25,8 @@ def test_repeated_ensemble_integrations_keep_no_memory():
         np.array([0.4, 0.02, 33.0, 8.0, 0.5, 0.5, 0.0, 1400.0])[:, None], members, axis=1
     )
     params = {p.name: p.default for p in model.parameters}
-    inputs = Inputs((72.0,), (1.6,), (Bolus(96.0, 8.0, "GLC-450", BOLUS_MATERIALS["GLC-450"]),))
+    feed = Feed("feed_rate", (72.0,), (1.6,), {"G": 420.0, "Q": 110.0})
+    inputs = Inputs((feed,), (Bolus(96.0, 8.0, "GLC-450", {"G": 2497.8}),))
     times = np.arange(0.0, 120.0, 24.0)
 
     def run(n: int) -> None:

@@ -77,10 +77,7 @@ def test_a_site_without_sql_historian_or_models_runs_clean(fresh_data):
         if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.path == ["model_fit"]
     )
     reason = fit.event_specific_data.materialization.metadata["reason"].value
-    assert (
-        reason
-        == "cho_fedbatch: no product of this site uses it (sources.yaml `models:`); nothing to fit"
-    )
+    assert reason == "MAB-A: no model in the site's catalog (sources.yaml `models:`)"
 
 
 def test_a_landing_zone_without_sources_yaml_stops_with_one_line(tmp_path):
