@@ -57,9 +57,9 @@ def status_text(data_dir: Path) -> str:
     batches = query(lake, "SELECT status, count(*) AS n FROM batches GROUP BY 1 ORDER BY 1")
     champions = query(
         lake,
-        """SELECT model, version, json_array_length(training_batches) AS batches,
-                                      round(validation_error, 2) AS validation_error
-                               FROM model_versions WHERE status = 'champion' ORDER BY model""",
+        """SELECT product, model, version, json_array_length(training_batches) AS batches,
+                  round(validation_error, 2) AS validation_error
+           FROM model_versions WHERE status = 'champion' ORDER BY product""",
     )
     lines = [
         render(per_dataset),
@@ -68,7 +68,8 @@ def status_text(data_dir: Path) -> str:
         "models: "
         + (
             "; ".join(
-                f"{r.model} champion v{r.version} on {r.batches} batches, validation error "
+                f"{r.product} champion {r.model} v{r.version} on {r.batches} batches, "
+                f"validation error "
                 f"{r.validation_error}"
                 for r in champions.itertuples()
             )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,8 +77,11 @@ def load_model(name: str) -> Model:
     module, cls = path.split(":", 1)
     try:
         model = getattr(importlib.import_module(module), cls)()
-    except (ImportError, AttributeError) as err:
-        raise CatalogError(f"model {name!r} cannot be imported: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a user's module may fail with any error
+        first = " ".join(str(err).split())[:200]
+        raise CatalogError(
+            f"model {name!r} cannot be imported and built: {type(err).__name__}: {first}"
+        ) from None
     if not isinstance(model, Model):
         raise CatalogError(f"model {name!r} is not a models.base.Model")
     return model
@@ -150,7 +154,8 @@ class ModelSpec:
         return next((o for o, m in self.observables.items() if m.analyte == analyte), None)
 
     def entry_json(self) -> str:
-        return json.dumps(self.entry, sort_keys=True, default=str)
+        # in the order written: a refit reads the feeds in the order the fit did
+        return json.dumps(self.entry, default=str)
 
 
 def specs(models: Mapping[str, Sequence[Mapping]]) -> list[ModelSpec | CatalogError]:
@@ -281,27 +286,32 @@ def _names(key: str, value, known: set[str], what: str) -> tuple[str, ...] | Non
     names = _strings(key, value)
     wrong = [n for n in names if n not in known]
     if wrong:
-        raise CatalogError(f"{key}: no {what}(s) {', '.join(wrong)} (known: {', '.join(known)})")
+        raise CatalogError(
+            f"{key}: no {what}(s) {', '.join(wrong)} (known: {', '.join(sorted(known))})"
+        )
     return names
 
 
 def _number(key: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CatalogError(f"{key}: a number, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CatalogError(f"{key}: a finite number, not {value!r}")
     return float(value)
 
 
 def _quantity(key: str, text) -> tuple[float, str]:
     """(magnitude, unit) of '450 g/L'; a bare number is dimensionless."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text), ""
+        return _number(key, text), ""
     if not isinstance(text, str):
         raise CatalogError(f"{key}: a quantity with its unit, e.g. '450 g/L', not {text!r}")
     try:
         q: Any = registry().Quantity(text.strip().replace("mmol/L", "mM"))
     except Exception:  # noqa: BLE001 - pint fails on garbage with many error types
         raise CatalogError(f"{key}: {text!r} is not a quantity pint reads") from None
-    return float(q.magnitude), format(q.units)
+    magnitude = float(q.magnitude)
+    if not math.isfinite(magnitude) or magnitude < 0:
+        raise CatalogError(f"{key}: {text!r} must be finite and not negative")
+    return magnitude, "" if q.dimensionless else format(q.units)
 
 
 def _in_unit(key: str, text, state: State) -> float:
@@ -362,6 +372,8 @@ def _volume(key: str, value) -> tuple[VolumeRule, ...]:
                     raise CatalogError(
                         f"{k}.density: not a density ({rule['density']!r})"
                     ) from None
+                if density <= 0:
+                    raise CatalogError(f"{k}.density: must be positive, not {rule['density']!r}")
             out.append(VolumeRule(parameter=rule["parameter"], density_kg_l=density))
         else:
             raise CatalogError(

@@ -88,6 +88,18 @@ def shift_inputs(inputs: Inputs, t0_h: float) -> Inputs:
     return Inputs(tuple(feeds), boluses)
 
 
+def clock_cte(batches: str = "b.batch_id IN (SELECT unnest($ids))") -> str:
+    """`WITH clock AS (batch_id, t0)`: each selected batch's t = 0, the start of the catalog's
+    clock phase (`$phase`), else its inoculation, else its start. The one definition of the
+    model clock; `batches` is the SQL condition on `batches b` that selects them."""
+    return f"""WITH clock AS (
+        SELECT b.batch_id, coalesce(
+            (SELECT min(p.start_ts) FROM phases p WHERE p.batch_id = b.batch_id
+               AND p.level = 'phase' AND p.phase = $phase),
+            b.inoculation_ts, b.start_ts) AS t0
+        FROM batches b WHERE {batches})"""
+
+
 def _ts_param(value) -> pd.Timestamp | None:
     if value is None:
         return None
@@ -104,13 +116,7 @@ def load_batches(
     if not ids:
         return []
     as_of = _ts_param(as_of)
-    # the clock: the start of the catalog's phase, else inoculation, else the batch start
-    clock = """WITH clock AS (
-        SELECT b.batch_id, coalesce(
-            (SELECT min(p.start_ts) FROM phases p WHERE p.batch_id = b.batch_id
-               AND p.level = 'phase' AND p.phase = $phase),
-            b.inoculation_ts, b.start_ts) AS t0
-        FROM batches b WHERE b.batch_id IN (SELECT unnest($ids)))"""
+    clock = clock_cte()
     params = {"ids": ids, "phase": spec.clock}
     hdr = query(
         lake,
@@ -198,6 +204,24 @@ def load_batches(
             )
         )
     return out
+
+
+def load_usable(
+    lake: Lake, spec: ModelSpec, batch_ids: Sequence[str]
+) -> tuple[list[BatchData], dict[str, str]]:
+    """The batches a model can start from, and why each other one cannot (batch -> reason): one
+    batch without a usable first sample does not stop a fit on the rest."""
+    try:
+        return load_batches(lake, spec, batch_ids), {}
+    except ValueError:
+        pass
+    usable, skipped = [], {}
+    for bid in dict.fromkeys(batch_ids):
+        try:
+            usable += load_batches(lake, spec, [bid])
+        except ValueError as err:
+            skipped[bid] = str(err).removeprefix(f"batch {bid}: ")
+    return usable, skipped
 
 
 def _feed(pv: pd.DataFrame, name: str, composition) -> Feed:
@@ -315,7 +339,7 @@ def training_frame(batches: Sequence[BatchData]) -> pd.DataFrame:
     for b in batches:
         for r in b.samples.itertuples():
             rows.append((b.batch_id, "sample", r.analyte, float(r.t_batch_h), float(r.value)))
-        for f in b.inputs.feeds:
+        for f in sorted(b.inputs.feeds, key=lambda f: f.name):  # the same data in any order
             for t, v in zip(f.times_h, f.rates_l_h, strict=True):
                 rows.append((b.batch_id, "feed", f.name, float(t), float(v)))
         for bo in b.inputs.boluses:

@@ -35,7 +35,7 @@ from lake.layout import Lake
 from lake.query import query
 from models.base import Bolus, Feed, Inputs, Model, simulate_many
 from models.catalog import BolusRule, ModelSpec
-from models.data import BatchData, load_batches, shift_inputs
+from models.data import BatchData, clock_cte, load_batches, shift_inputs
 from models.fit import FitSettings, _Problem
 from models.registry import Registry
 
@@ -66,24 +66,22 @@ class Forecast:
         return float(b.p10), float(b.p50), float(b.p90)
 
 
-def harvest_durations(lake: Lake, product: str | None) -> np.ndarray:
-    """Hours from inoculation to the HARVEST phase start of every completed batch of `product`."""
-    where = "AND b.product = ?" if product else ""
+def harvest_durations(lake: Lake, product: str, clock: str | None = None) -> np.ndarray:
+    """Hours from t = 0 (the catalog's `clock` phase, default inoculation) to the HARVEST phase
+    start of every completed batch of `product`."""
     df = query(
         lake,
-        f"""
-        SELECT (epoch_us(p.start_ts) - epoch_us(coalesce(b.inoculation_ts, b.start_ts)))
-               / 3.6e9 AS h
-        FROM phases p JOIN batches b USING (batch_id)
-        WHERE p.level = 'phase' AND p.phase = 'HARVEST' AND b.status = 'complete' {where}
-        ORDER BY b.batch_id""",
-        [product] if product else [],
+        f"""{clock_cte("b.product = $product AND b.status = 'complete'")}
+        SELECT (epoch_us(p.start_ts) - epoch_us(c.t0)) / 3.6e9 AS h
+        FROM phases p JOIN clock c USING (batch_id)
+        WHERE p.level = 'phase' AND p.phase = 'HARVEST'
+        ORDER BY p.batch_id""",
+        {"product": product, "phase": clock},
     )
     h = df["h"].dropna().to_numpy(float)
     if h.size == 0:
         raise ValueError(
-            f"no completed batch of {product or 'any product'} with a HARVEST phase: "
-            "cannot plan the harvest"
+            f"no completed batch of {product} with a HARVEST phase: cannot plan the harvest"
         )
     return h
 
@@ -226,7 +224,11 @@ def forecast_batch(
         raise ValueError(f"batch {batch_id} has no samples reported by {as_of_ts}")
     # "final" means at harvest, and when the harvest happens varies: each draw is harvested at
     # the culture duration of a completed batch drawn at random (a fixed harvest_h: no spread)
-    durations = np.array([harvest_h]) if harvest_h is not None else harvest_durations(lake, product)
+    durations = (
+        np.array([harvest_h])
+        if harvest_h is not None
+        else harvest_durations(lake, product, spec.clock)
+    )
     end_h = float(np.median(durations))
     now_h = (as_of_ts - batch.inoculation_ts).total_seconds() / 3600.0
     x_ic, cov_ic, prob = _estimate_state(m, batch, params, settings)

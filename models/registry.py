@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from filelock import FileLock
 from lake import audit
 from lake.layout import Lake, atomic_write_parquet, safe_name
 from models.catalog import ModelSpec
-from models.data import fingerprint, load_batches, training_frame
+from models.data import fingerprint, load_batches, load_usable, training_frame
 from models.fit import FitResult, FitSettings, Fitter
 from schemas.tables import MODEL_MODELS
 
@@ -362,7 +362,9 @@ def fit_and_register(
     ids = list(batches) if batches is not None else completed_batches(lake, spec.product)
     if not ids:
         raise ValueError(f"no completed batches of {spec.product} with samples to fit")
-    data = load_batches(lake, spec, ids)
+    data, skipped = load_usable(lake, spec, ids)
+    if not data:
+        raise ValueError("; ".join(f"{b}: {why}" for b, why in skipped.items()))
     fitter = Fitter(spec, **fitter_kwargs)
     reg = Registry(lake, tolerance)
     if not force:
@@ -378,7 +380,12 @@ def fit_and_register(
                 f"unchanged: same data and settings as version {int(r['version'])}",
             )
     result = fitter.fit(data).result_
-    return result, reg.register(result)
+    result.metrics["skipped_batches"] = skipped  # recorded with the version
+    decision = reg.register(result)
+    if skipped:
+        why = "; ".join(f"{b}: {w}" for b, w in skipped.items())
+        decision = replace(decision, reason=f"{decision.reason} (not fitted: {why})")
+    return result, decision
 
 
 def _jsonable(obj):

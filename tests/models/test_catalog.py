@@ -65,13 +65,14 @@ MISTAKES = {
     "import path whose module does not import": (
         _with(MONOD, model="no_such_site_module:Kinetics"),
         f"{WHERE}.model",
-        "model 'no_such_site_module:Kinetics' cannot be imported: "
-        "No module named 'no_such_site_module'",
+        "model 'no_such_site_module:Kinetics' cannot be imported and built: "
+        "ModuleNotFoundError: No module named 'no_such_site_module'",
     ),
     "import path whose class is not in the module": (
         _with(MONOD, model="models.monod_fedbatch:Monod"),
         f"{WHERE}.model",
-        "cannot be imported: module 'models.monod_fedbatch' has no attribute 'Monod'",
+        "cannot be imported and built: AttributeError: module 'models.monod_fedbatch' has no "
+        "attribute 'Monod'",
     ),
     "import path to a class that is not a Model": (
         _with(MONOD, model="collections:OrderedDict"),
@@ -111,7 +112,7 @@ MISTAKES = {
     "cv as text": (
         _with(MONOD, observables={"biomass": {"analyte": "biomass", "cv": "6 %"}}),
         f"{WHERE}.observables.biomass.cv",
-        "a number, not '6 %'",
+        "a finite number, not '6 %'",
     ),
     "no observable mapped": (
         _with(MONOD, observables={}),
@@ -171,7 +172,7 @@ MISTAKES = {
     "fixed value that is not a number": (
         _with(MONOD, fixed={"K_S": "0.15 g/L"}),
         f"{WHERE}.fixed.K_S",
-        "a number, not '0.15 g/L'",
+        "a finite number, not '0.15 g/L'",
     ),
     "unknown state fitted per batch": (
         _with(MONOD, fit_initial=["X", "G"]),
@@ -240,19 +241,13 @@ def test_the_message_names_the_product_and_entry_given():
         _with(MONOD, feeds={"oil_feed_rate": {"S": "1500"}}),
         where="models.PEN-G[3]",
     )
-    # a string without a unit is a dimensionless quantity to pint: it does not convert
-    assert msg.startswith("models.PEN-G[3].feeds.oil_feed_rate.S: '1500' does not convert")
+    # a string without a unit is asked for its unit, as a bare number is
+    assert msg.startswith("models.PEN-G[3].feeds.oil_feed_rate.S: give the unit")
     # without `where`, the key starts at the product
     with pytest.raises(CatalogError, match=r"^models\.MAB-B\.model: unknown model 'x'"):
         parse("MAB-B", {"model": "x"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: load_model catches only ImportError/AttributeError; a class that cannot be "
-    "instantiated (here the abstract base) raises TypeError out of specs() and fails model_fit",
-)
 def test_an_import_path_to_a_class_that_cannot_be_built_is_a_catalog_error():
     (out,) = specs({"PEN-G": [_with(MONOD, model="models.base:Model")]})
     assert isinstance(out, CatalogError)
@@ -386,3 +381,17 @@ def test_specs_put_the_error_in_place_of_a_bad_entry_only():
     assert good.product == "PEN-G" and good.fitted == ("mu_max", "Y_XS", "m_S", "beta")
     assert other.fitted == ("mu_max",)  # the entry after the bad one is still its own
     assert specs({}) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        ({"feeds": {"sugar_feed_rate": {"S": "nan g/L"}}}, "feeds.sugar_feed_rate.S", "finite"),
+        ({"feeds": {"sugar_feed_rate": {"S": "-5 g/L"}}}, "feeds.sugar_feed_rate.S", "negative"),
+        ({"volume": [{"parameter": "volume", "density": "0 kg/L"}]}, "volume[0].density", "pos"),
+        ({"fixed": {"alpha": float("nan")}}, "fixed.alpha", "finite number"),
+    ],
+)
+def test_values_that_cannot_be_physical_are_refused(change, key, says):
+    msg = _error(_with(MONOD, **change))
+    assert msg.startswith(f"{WHERE}.{key}: ") and says in msg, msg

@@ -11,10 +11,10 @@ from demo.penicillin import PenicillinSize, generate
 from lake.layout import Lake
 from models.base import Bolus, Feed, Inputs, simulate
 from models.catalog import parse
-from models.data import load_batches
+from models.data import load_batches, load_usable
 from models.fit import Fitter
 from models.monod_fedbatch import MonodFedBatch
-from models.registry import completed_batches
+from models.registry import Registry, completed_batches, fit_and_register
 from pipelines.runner import materialize_all
 from sources.site import load_site
 
@@ -65,11 +65,11 @@ def werk_sued_fit(tmp_path_factory):
     batches = load_batches(lake, spec, ids)
     fit = Fitter(spec, n_starts=2, folds=0).fit(batches).result_
     true = {k: v["value"] for k, v in truth["true_parameters"].items()}
-    return fit, true, truth, batches
+    return fit, true, truth, batches, lake
 
 
 def test_werk_sued_batches_load_through_the_catalog(werk_sued_fit):
-    _, _, truth, batches = werk_sued_fit
+    _, _, truth, batches, _ = werk_sued_fit
     by_id = {b["batch_id"]: b for b in truth["batches"]}
     for b in batches:
         want = by_id[b.batch_id]
@@ -90,7 +90,7 @@ def test_werk_sued_batches_load_through_the_catalog(werk_sued_fit):
 
 
 def test_identifiable_parameters_are_recovered_within_10_percent(werk_sued_fit):
-    fit, true, _, _ = werk_sued_fit
+    fit, true, _, _, _ = werk_sued_fit
     assert set(fit.fitted) == {"mu_max", "K_S", "Y_XS", "m_S", "beta"}
     assert all(fit.identifiable[n] for n in fit.fitted)
     for name in fit.fitted:
@@ -99,8 +99,22 @@ def test_identifiable_parameters_are_recovered_within_10_percent(werk_sued_fit):
 
 
 def test_the_95_percent_intervals_hold_the_truth(werk_sued_fit):
-    fit, true, _, _ = werk_sued_fit
+    fit, true, _, _, _ = werk_sued_fit
     z = {n: np.log(fit.params[n] / true[n]) / fit.sd_log[n] for n in fit.fitted}
     # five intervals at 95 %: all five hold the truth in 77 % of plants, four or more in 98 %
     assert sum(abs(v) <= 1.96 for v in z.values()) >= 4, z
     assert json.loads(fit.settings.catalog)["model"] == "monod_fedbatch"
+
+
+def test_batches_without_a_starting_point_are_named_and_not_fitted(werk_sued_fit):
+    fit, _, _, batches, lake = werk_sued_fit
+    # Werk Süd's MES records no charge: a volume rule that needs one has nothing to start from
+    entry = {**json.loads(fit.settings.catalog), "volume": [{"materials": ["charge"]}]}
+    spec = parse("PEN-G", entry)
+    ids = [b.batch_id for b in batches]
+    usable, skipped = load_usable(lake, spec, ids)
+    assert usable == [] and list(skipped) == ids
+    assert set(skipped.values()) == {"no initial volume: material events charge not found"}
+    with pytest.raises(ValueError, match=f"{ids[0]}: no initial volume"):
+        fit_and_register(lake, spec, ids)
+    assert Registry(lake).versions().empty  # nothing was recorded
