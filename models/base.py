@@ -141,24 +141,15 @@ class Model(ABC):
 
     @classmethod
     def state(cls, name: str) -> State:
-        for s in cls.states:
-            if s.name == name:
-                return s
-        raise KeyError(f"{cls.name} has no state {name!r}")
+        return _named(cls.states, name, f"{cls.name} has no state")
 
     @classmethod
     def parameter(cls, name: str) -> Parameter:
-        for p in cls.parameters:
-            if p.name == name:
-                return p
-        raise KeyError(f"{cls.name} has no parameter {name!r}")
+        return _named(cls.parameters, name, f"{cls.name} has no parameter")
 
     @classmethod
     def observable(cls, name: str) -> Observable:
-        for o in cls.observables:
-            if o.name == name:
-                return o
-        raise KeyError(f"{cls.name} has no observable {name!r}")
+        return _named(cls.observables, name, f"{cls.name} has no observable")
 
     @classmethod
     def defaults(cls) -> dict[str, float]:
@@ -196,6 +187,14 @@ class Model(ABC):
         for state, conc in bolus.concentrations.items():
             out[names.index(state)] += conc * bolus.volume_l / v_new
         return out
+
+
+def _named(items, name: str, missing: str):
+    """The item called `name`; KeyError '<missing> <name>' otherwise."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(f"{missing} {name!r}")
 
 
 def _with_end(points: np.ndarray, end: float) -> np.ndarray:

@@ -39,6 +39,7 @@ from typing import Any
 
 from models.base import Model, State
 from schemas.units import UnitError, conversion, registry
+from sources.profiles import unknown_keys
 
 # bundled models; a site names any other one by its import path "module:Class"
 BUNDLED = {
@@ -176,12 +177,8 @@ def parse(product: str, entry: Mapping, where: str = "") -> ModelSpec:
     where = where or f"models.{product}"
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model"), str):
         raise CatalogError(f"{where}: a mapping with at least `model: <name or module:Class>`")
-    unknown = set(entry) - set(ENTRY_KEYS)
-    if unknown:
-        raise CatalogError(
-            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(ENTRY_KEYS)})"
-        )
+    if msg := unknown_keys(entry, ENTRY_KEYS):
+        raise CatalogError(f"{where}: {msg}")
     try:
         model = load_model(entry["model"])
     except CatalogError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 # PI system digital states seen in historian exports (a subset of the 300+; profiles extend it)
@@ -147,15 +148,18 @@ class SqlProfile:
         return os.path.expandvars(self.url)
 
 
+def unknown_keys(given: Iterable, known: Iterable[str]) -> str:
+    """'unknown key(s) a, b (known: x, y)' for the keys of `given` not in `known`, '' if none:
+    the one wording of a configuration key nobody reads."""
+    known = list(known)
+    unknown = sorted(map(str, set(given) - set(known)))
+    return f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})" if unknown else ""
+
+
 def build_profile(cls, name: str, spec: dict):
     """A FileProfile or SqlProfile from its sources.yaml entry; unknown keys are an error."""
-    known = {f.name for f in fields(cls)} - {"name"}
-    unknown = set(spec) - known
-    if unknown:
-        raise ValueError(
-            f"profile {name!r} has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(sorted(known))})"
-        )
+    if msg := unknown_keys(spec, sorted({f.name for f in fields(cls)} - {"name"})):
+        raise ValueError(f"profile {name!r} has {msg}")
     for key in ("digital_states", "namespaces"):
         if key in spec:
             spec = {**spec, key: tuple(spec[key])}

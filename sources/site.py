@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import yaml
 
 from schemas.units import UnitError, check_unit, conversion
-from sources.profiles import DATASETS, FileProfile, SqlProfile, build_profile
+from sources.profiles import DATASETS, FileProfile, SqlProfile, build_profile, unknown_keys
 
 SITE_FILE = "sources.yaml"
 # PI's CompMax default: a steady signal may have one archived value every 8 hours, and that
@@ -127,12 +127,8 @@ def parse_site(doc: dict, landing: Path) -> Site:
     where = f"{Path(landing) / SITE_FILE}"
     if not isinstance(doc, dict):
         raise SiteConfigError(f"{where}: expected a mapping of {', '.join(TOP_LEVEL_KEYS)}")
-    unknown = set(doc) - set(TOP_LEVEL_KEYS)
-    if unknown:
-        raise SiteConfigError(
-            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(TOP_LEVEL_KEYS)})"
-        )
+    if msg := unknown_keys(doc, TOP_LEVEL_KEYS):
+        raise SiteConfigError(f"{where}: {msg}")
     try:
         name = doc.get("site")
         files = list(_profiles(doc, "files", FileProfile, name))
@@ -271,12 +267,8 @@ def _analytes(section: dict) -> dict[str, Analyte]:
             spec = {"unit": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("unit"), str):
             raise ValueError(f"{key}: give at least `unit`, e.g. {{unit: g/L, min: 0}}")
-        unknown = set(spec) - set(ANALYTE_KEYS)
-        if unknown:
-            raise ValueError(
-                f"{key}: unknown key(s) {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(ANALYTE_KEYS)})"
-            )
+        if msg := unknown_keys(spec, ANALYTE_KEYS):
+            raise ValueError(f"{key}: {msg}")
         _check_unit(spec["unit"], f"{key}.unit")
         units = spec.get("units")
         if isinstance(units, str):
@@ -319,12 +311,8 @@ def _limits(
         for phase, bounds in phases.items():
             key = f"limits.{parameter}.{phase}"
             if isinstance(bounds, dict):
-                extra = set(bounds) - {"low", "high"}
-                if extra:
-                    raise ValueError(
-                        f"{key}: unknown key(s) {', '.join(sorted(map(str, extra)))}"
-                        " (known: low, high)"
-                    )
+                if msg := unknown_keys(bounds, ("low", "high")):
+                    raise ValueError(f"{key}: {msg}")
                 bounds = [bounds.get("low"), bounds.get("high")]
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
                 raise ValueError(f"{key}: give [low, high] (null for an open side)")
@@ -336,11 +324,8 @@ def _limits(
 
 
 def _max_gap(section: dict) -> float:
-    unknown = set(section) - {"max_gap_s"}
-    if unknown:
-        raise ValueError(
-            f"historian: unknown key(s) {', '.join(sorted(unknown))} (known: max_gap_s)"
-        )
+    if msg := unknown_keys(section, ("max_gap_s",)):
+        raise ValueError(f"historian: {msg}")
     value = _number(section.get("max_gap_s"), "historian.max_gap_s")
     if value is None:
         return DEFAULT_MAX_GAP_S
@@ -369,12 +354,8 @@ def _models(section: dict) -> dict[str, tuple[dict, ...]]:
 
 
 def _kpis(section: dict, parameters: dict[str, str], analytes: dict[str, Analyte]) -> KpiInputs:
-    unknown = set(section) - set(KPI_KEYS)
-    if unknown:
-        raise ValueError(
-            f"kpis: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
-            f" (known: {', '.join(KPI_KEYS)})"
-        )
+    if msg := unknown_keys(section, KPI_KEYS):
+        raise ValueError(f"kpis: {msg}")
     feeds = section.get("feed_rates") or []
     feeds = [feeds] if isinstance(feeds, str) else feeds
     for p in feeds:
