@@ -26,7 +26,11 @@ identical with any number of workers. Scripts that fit with workers > 1 need the
 
 Uncertainty: covariance = s² (JᵀJ)⁻¹ in log space (s² the reduced chi-square), intervals
 exp(log θ ± 1.96 σ), the correlation matrix, and flags for parameters the data cannot
-identify. Fixed parameters are probed at the optimum (would they be identifiable if freed?).
+identify. With `profile`, each fitted parameter's likelihood profile is checked at the ends
+of its interval: the parameter is fixed there and the others (and the initial states)
+re-optimized; for an identifiable parameter the weighted cost rises by about 1.96² = 3.84
+(in units of s²), a flat profile means the data do not pin it down whatever the covariance
+says. Fixed parameters are probed at the optimum (would they be identifiable if freed?).
 Validation: k-fold over batches, refitting without the held-out batches (warm-started) and
 predicting them from their measured initial state.
 """
@@ -60,6 +64,11 @@ IC_RANGE = 3.0
 # three orders below the best assay CV, and it halves the cost of a fit.
 FIT_SOLVER = SolverSettings(method="LSODA", rtol=1e-5, atol=1e-8, max_step_h=24.0)
 PENALTY = 1e3  # residual for a run the solver could not integrate
+# at an interval's end the profile rises by 3.84 for a quadratic likelihood; below half of that
+# the interval is far too narrow (the likelihood is flat there) and the parameter is not
+# identifiable
+PROFILE_MIN_RISE = 1.92
+PROFILE_MAX_NFEV = 30
 MIN_BATCHES_FOR_POOL = 4  # below this, starting worker processes costs more than it saves
 
 
@@ -77,6 +86,7 @@ class FitSettings:
     assay_errors: dict[str, tuple[float, float]]  # observable -> (cv, floor)
     product: str = ""
     catalog: str = "{}"  # the catalog entry (JSON) that mapped the lake to the model
+    profile: bool = False  # likelihood profiles checked at the interval ends
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -98,6 +108,7 @@ class FitSettings:
             assay_errors={k: tuple(v) for k, v in d["assay_errors"].items()},
             product=str(d.get("product", "")),
             catalog=str(d.get("catalog", "{}")),
+            profile=bool(d.get("profile", False)),
         )
 
     def spec(self) -> ModelSpec:
@@ -117,6 +128,7 @@ class FitResult:
     corr: pd.DataFrame  # correlation of the fitted log-parameters
     identifiable: dict[str, bool]  # fitted and probed parameters
     probe: pd.DataFrame  # fixed parameters: would they be identifiable if freed?
+    profile: pd.DataFrame  # name, rise_low, rise_high: the profile's rise at the interval ends
     initial: dict[str, dict[str, float]]  # batch -> fitted initial states
     cov_log: np.ndarray  # covariance of the fitted log-parameters (fitted order)
     cost: float
@@ -404,7 +416,8 @@ class Fitter:
 
     `spec` (the site's catalog entry, models.catalog) says which parameters are fitted, the
     values of the fixed ones, the states fitted per batch and each observable's assay error;
-    `probe`: fixed parameters whose identifiability is checked at the optimum (default all).
+    `probe`: fixed parameters whose identifiability is checked at the optimum (default all);
+    `profile`: check each fitted parameter's likelihood profile (2 short refits per parameter).
     """
 
     def __init__(
@@ -416,6 +429,7 @@ class Fitter:
         solver: SolverSettings = FIT_SOLVER,
         probe: Sequence[str] | None = None,
         workers: int | None = None,
+        profile: bool = False,
     ):
         self.spec = spec
         self.model = spec.model
@@ -433,6 +447,7 @@ class Fitter:
             assay_errors={o: (m.cv, m.floor) for o, m in spec.observables.items()},
             product=spec.product,
             catalog=spec.entry_json(),
+            profile=bool(profile),
         )
         self.probe = tuple(spec.fixed) if probe is None else tuple(probe)
 
@@ -575,6 +590,13 @@ class Fitter:
             ident[nme] = bool(
                 sd[i] <= SD_LOG_LIMIT and (others.size == 0 or others.max() <= CORR_LIMIT)
             )
+        profile = (
+            _profile(prob, x, sd, s2, *self._bounds(prob), 0.5 * float(res @ res))
+            if self.settings.profile
+            else pd.DataFrame(columns=["name", "rise_low", "rise_high"])
+        )
+        for r in profile.itertuples():
+            ident[r.name] = ident[r.name] and min(r.rise_low, r.rise_high) >= PROFILE_MIN_RISE
         probe = _probe(Ja, nx, kk, s2, self.probe)
         ident.update({r.name: bool(r.identifiable) for r in probe.itertuples()})
         preds = prob.predictions(x)
@@ -604,6 +626,7 @@ class Fitter:
             sd_log=dict(zip(names, map(float, sd), strict=True)),
             corr=pd.DataFrame(corr, index=names, columns=names),
             identifiable=ident,
+            profile=profile,
             probe=probe,
             initial={
                 b.batch_id: dict(zip(states, map(float, prob.y0_of(x, i)), strict=True))
@@ -666,6 +689,48 @@ def _lsq(prob: _Problem, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         gtol=1e-8,
         max_nfev=100,
     )
+
+
+def _profile(
+    prob: _Problem,
+    x: np.ndarray,
+    sd: np.ndarray,
+    s2: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    cost: float,
+) -> pd.DataFrame:
+    """Each fitted parameter held at log θ ± 1.96 σ (inside its bounds), everything else
+    re-optimized from the optimum: the rise of the weighted cost there, in units of s²."""
+    rows = []
+    for i, name in enumerate(prob.s.fitted):
+        rises = []
+        for sign in (-1.0, 1.0):
+            at = float(np.clip(x[i] + sign * 1.96 * sd[i], lo[i] + 1e-9, hi[i] - 1e-9))
+
+            def full(z: np.ndarray, i: int = i, at: float = at) -> np.ndarray:
+                return np.insert(z, i, at)
+
+            def fun(z: np.ndarray, full=full) -> np.ndarray:
+                return prob.fun(full(z))
+
+            def jac(z: np.ndarray, full=full, i: int = i) -> np.ndarray:
+                return np.delete(prob.jac(full(z)), i, axis=1)
+
+            z0 = np.delete(x, i)
+            zlo, zhi = np.delete(lo, i), np.delete(hi, i)
+            sol = least_squares(
+                fun,
+                np.clip(z0, zlo + 1e-9, zhi - 1e-9),
+                jac=jac,
+                bounds=(zlo, zhi),
+                method="trf",
+                x_scale="jac",
+                max_nfev=PROFILE_MAX_NFEV,
+            )
+            rises.append(2.0 * (float(sol.cost) - cost) / s2)
+        rows.append((name, *rises))
+    return pd.DataFrame(rows, columns=["name", "rise_low", "rise_high"])
 
 
 def _probe(Ja: np.ndarray, nx: int, kk: int, s2: float, names: Sequence[str]) -> pd.DataFrame:

@@ -266,6 +266,9 @@ class Registry:
                 "bound_high": [float(result.bounds[n][1]) for n in t["name"]],
             }
         )
+        rises = result.profile.set_index("name")
+        for col, rise in (("profile_rise_low", "rise_low"), ("profile_rise_high", "rise_high")):
+            df[col] = df["name"].map(rises[rise]).astype(float)
         _write(self.lake, "model_parameters", df, result.product, result.model, version)
 
     def _write_predictions(self, result: FitResult, version: int) -> None:

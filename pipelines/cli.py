@@ -312,6 +312,9 @@ def fit(
     force: bool = typer.Option(
         False, "--force", help="refit even when a version with the same data and settings exists"
     ),
+    profile: bool = typer.Option(
+        False, "--profile", help="check each fitted parameter's likelihood profile (slower)"
+    ),
 ) -> None:
     """Fit the site's catalog models (sources.yaml `models:`) on completed batches and \
 record each version in the registry (promotion by the registry rule)."""
@@ -350,7 +353,7 @@ record each version in the registry (promotion by the registry rule)."""
         try:
             with console.status(f"fitting {what}…"):
                 result, decision = fit_and_register(
-                    lake, spec, ids, force=force, n_starts=n_starts, seed=seed
+                    lake, spec, ids, force=force, n_starts=n_starts, seed=seed, profile=profile
                 )
         except CatalogMissing as e:
             _fail(str(e))

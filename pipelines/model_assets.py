@@ -36,6 +36,7 @@ class FitConfig(dg.Config):
     folds: int = 3
     seed: int = 20260316
     tolerance: float = DEFAULT_TOLERANCE
+    profile: bool = False  # likelihood profiles at the interval ends (2 refits per parameter)
 
 
 class ForecastConfig(dg.Config):
@@ -74,6 +75,7 @@ def _fit_one(
             n_starts=config.n_starts,
             folds=config.folds,
             seed=config.seed,
+            profile=config.profile,
         )
     except (ValueError, LookupError, ArithmeticError, RuntimeError) as err:
         reason = f"the fit failed on {len(ids)} batches: {' '.join(str(err).split())[:300]}"

@@ -532,6 +532,12 @@ class ModelParameter(pa.DataFrameModel):
     )
     bound_low: Series[float]
     bound_high: Series[float]
+    profile_rise_low: Series[float] = pa.Field(
+        nullable=True,
+        description="fitted, when profiled: rise of the weighted cost (units of s²) with the "
+        "parameter held at ci_low and the rest refitted; about 3.84 when the interval is right",
+    )
+    profile_rise_high: Series[float] = pa.Field(nullable=True, description="the same at ci_high")
 
 
 class ModelPrediction(pa.DataFrameModel):

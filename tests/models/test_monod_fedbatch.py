@@ -12,7 +12,7 @@ from lake.layout import Lake
 from models.base import Bolus, Feed, Inputs, simulate
 from models.catalog import parse
 from models.data import load_batches, load_usable
-from models.fit import Fitter
+from models.fit import PROFILE_MIN_RISE, Fitter
 from models.monod_fedbatch import MonodFedBatch
 from models.registry import Registry, completed_batches, fit_and_register
 from pipelines.runner import materialize_all
@@ -118,3 +118,18 @@ def test_batches_without_a_starting_point_are_named_and_not_fitted(werk_sued_fit
     with pytest.raises(ValueError, match=f"{ids[0]}: no initial volume"):
         fit_and_register(lake, spec, ids)
     assert Registry(lake).versions().empty  # nothing was recorded
+
+
+def test_the_likelihood_profile_separates_pinned_from_flat_parameters(werk_sued_fit):
+    fit, _, _, batches, _ = werk_sued_fit
+    # alpha freed too: growth-associated productivity is small beside beta once growth slows
+    entry = {**json.loads(fit.settings.catalog), "fitted": ["mu_max", "Y_XS", "alpha", "beta"]}
+    spec = parse("PEN-G", entry)
+    result = Fitter(spec, n_starts=1, folds=0, profile=True).fit(batches[:4]).result_
+    rise = result.profile.set_index("name")
+    # a quadratic likelihood rises by 1.96² = 3.84 at the ends of the 95 % interval
+    pinned = rise.loc[["mu_max", "Y_XS", "beta"]]
+    assert pinned.to_numpy() == pytest.approx(3.84, rel=0.25), pinned
+    assert min(rise.loc["alpha"]) < PROFILE_MIN_RISE  # flat on one side: not pinned down
+    assert not result.identifiable["alpha"] and result.identifiable["mu_max"]
+    assert result.settings.profile
