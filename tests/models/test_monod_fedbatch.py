@@ -123,12 +123,13 @@ def test_batches_without_a_starting_point_are_named_and_not_fitted(werk_sued_fit
 def test_the_likelihood_profile_separates_pinned_from_flat_parameters(werk_sued_fit):
     fit, _, _, batches, _ = werk_sued_fit
     # alpha freed too: growth-associated productivity is small beside beta once growth slows
-    entry = {**json.loads(fit.settings.catalog), "fitted": ["mu_max", "Y_XS", "alpha", "beta"]}
+    fitted = [*fit.fitted, "alpha"]
+    entry = {**json.loads(fit.settings.catalog), "fitted": fitted}
     spec = parse("PEN-G", entry)
-    result = Fitter(spec, n_starts=1, folds=0, profile=True).fit(batches[:4]).result_
+    result = Fitter(spec, n_starts=1, folds=0, profile=True).fit(batches).result_
     rise = result.profile.set_index("name")
     # a quadratic likelihood rises by 1.96² = 3.84 at the ends of the 95 % interval
-    pinned = rise.loc[["mu_max", "Y_XS", "beta"]]
+    pinned = rise.loc[list(fit.fitted)]
     assert pinned.to_numpy() == pytest.approx(3.84, rel=0.25), pinned
     assert min(rise.loc["alpha"]) < PROFILE_MIN_RISE  # flat on one side: not pinned down
     assert not result.identifiable["alpha"] and result.identifiable["mu_max"]
