@@ -191,20 +191,25 @@ def forecast_batch(
     harvest_h: float | None = None,
 ) -> Forecast:
     """p10 / p50 / p90 bands of one batch up to its harvest, from its product's champion (or
-    `model` `version`).
+    `model`'s newest version, or `model` `version`).
 
     `as_of` defaults to the batch's latest data; `harvest_h` fixes the harvest time instead of
     drawing it from completed batches. The steps are those of the module docstring.
     """
     reg = Registry(lake)
     product = _product_of(lake, batch_id)
-    if model is None or version is None:
+    if model is None:
         rec = reg.champion(product)
         if rec is None:
             raise LookupError(
                 f"no champion model for {product} (batch {batch_id}): "
                 "its catalog entry is missing or no fit was promoted yet (`batchtwin status`)"
             )
+    elif version is None:  # the model's newest version for this product
+        versions = reg.versions(product, model)
+        if versions.empty:
+            raise LookupError(f"no version of {model!r} for {product} in the registry")
+        rec = versions.iloc[-1].to_dict()
     else:
         rec = reg.version(product, model, version)
     model, version = str(rec["model"]), int(rec["version"])
