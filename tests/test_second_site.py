@@ -1,6 +1,6 @@
 """End to end on the second demo site (Werk Süd): onboarded by its sources.yaml alone, no SQL
-historian, its product fitted with the bundled monod_fedbatch through its own catalog entry; its
-compressed archive is curated to the truth of the uncompressed signals."""
+historian; its compressed archive is curated to the truth of the uncompressed signals. (Its
+model step, fit and forecasts through its catalog entry: tests/models/test_user_model.py.)"""
 
 import pandas as pd
 import pytest
@@ -15,7 +15,7 @@ from pipelines.runner import materialize_all
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("werk_sued")
     truth = generate(root, PenicillinSize(batches=5, seconds_per_sample=60.0))
-    run = materialize_all(root)
+    run = materialize_all(root, models=False)
     return root, truth, run, Lake(root / "lake")
 
 
@@ -29,7 +29,7 @@ def _fault_windows(truth) -> list[tuple[str, pd.Timestamp, pd.Timestamp]]:
     return out
 
 
-def test_the_site_runs_green_with_no_sql_historian_and_its_own_model(site):
+def test_the_site_runs_green_with_no_sql_historian(site):
     root, truth, run, lake = site
     assert run.success, run.failures()
     log = query(
@@ -39,15 +39,6 @@ def test_the_site_runs_green_with_no_sql_historian_and_its_own_model(site):
     )
     assert log["dataset"].tolist() == ["historian_long", "lims", "mes_xml", "tags"]
     assert query(lake, "SELECT count(*) AS n FROM batches")["n"].iloc[0] == len(truth["batches"])
-    versions = query(lake, "SELECT product, model, version, status FROM model_versions")
-    assert versions.values.tolist() == [["PEN-G", "monod_fedbatch", 1, "champion"]]
-    running = sorted(b["batch_id"] for b in truth["batches"] if b["status"] == "running")
-    forecast = query(
-        lake, "SELECT DISTINCT batch_id, analyte FROM forecasts WHERE kind = 'at_harvest'"
-    )
-    assert sorted(set(forecast["batch_id"])) == running
-    # bands are named by the site's lab analytes, not by the model's observables
-    assert set(forecast["analyte"]) == {"biomass", "substrate", "penicillin"}
 
 
 def test_compressed_phase_averages_match_the_uncompressed_truth(site):
