@@ -371,10 +371,14 @@ record each version in the registry (promotion by the registry rule)."""
         )
         t = result.table()
         t = t[~t["fixed"]][["name", "value", "stderr", "ci_low", "ci_high", "identifiable", "uom"]]
-        cols = ("value", "stderr", "ci_low", "ci_high")
+        cols = ["value", "stderr", "ci_low", "ci_high"]
+        if len(result.profile):  # the profile's rise at each interval end (3.84 when quadratic)
+            t = t.merge(result.profile, on="name", how="left")
+            cols += ["rise_low", "rise_high"]
         _print_frame(
             t.assign(**{c: t[c].map(lambda x: f"{x:.4g}") for c in cols}),
-            f"{what} fitted parameters (95 % intervals)",
+            f"{what} fitted parameters (95 % intervals"
+            + (", likelihood profile)" if len(result.profile) else ")"),
         )
 
 

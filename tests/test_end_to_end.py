@@ -5,11 +5,14 @@ import shutil
 
 import duckdb
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from lake.layout import Lake
 from pipelines.cli import app
 from pipelines.runner import materialize_all
+
+pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
 
 
 def _con(data):

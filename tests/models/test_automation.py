@@ -6,6 +6,7 @@ import shutil
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from demo.plant import PlantSize, generate
 from lake.layout import Lake
@@ -15,6 +16,8 @@ from pipelines.definitions import ALL_ASSETS, landing_zone_sensor
 from pipelines.model_assets import MODEL_CHECKS
 from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from pipelines.runner import materialize_all
+
+pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
 
 
 def _requested(evaluation) -> set:

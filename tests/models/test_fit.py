@@ -12,6 +12,8 @@ from lake.query import query
 from models.base import Bolus, Feed, Inputs, simulate, simulate_many
 from models.cho_fedbatch import ChoFedBatch
 
+pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
+
 
 def _champion(data):
     lake = Lake(data / "lake")

@@ -18,6 +18,8 @@ from models.registry import Registry, completed_batches, fit_and_register
 from pipelines.runner import materialize_all
 from sources.site import load_site
 
+pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
+
 MODEL = MonodFedBatch()
 P = {**MODEL.defaults(), "mu_max": 0.1, "K_S": 0.1, "Y_XS": 0.5, "m_S": 0.0}
 Y0 = [1.0, 20.0, 0.0, 1000.0]

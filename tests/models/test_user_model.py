@@ -27,6 +27,8 @@ from models.forecast import forecast_batch
 from models.registry import Registry
 from pipelines.runner import materialize_all
 
+pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
+
 SIZE = PenicillinSize(batches=5, seconds_per_sample=600.0)
 OTHER = "PEN-V"  # a product the catalog has no entry for
 USER_ENTRY = {
@@ -44,6 +46,8 @@ BROKEN_ENTRY = {
     "model": "monod_fedbatch",
     "observables": {"viscosity": {"analyte": "viscosity", "cv": 0.08, "floor": 1.0}},
 }
+# valid, but no batch can start: Werk Süd's MES records no charge, so the fit fails
+FAILING_ENTRY = {**USER_ENTRY, "volume": [{"materials": ["charge"]}]}
 
 
 def _catalog_error(entry: dict, where: str) -> str:
@@ -62,7 +66,7 @@ def site(tmp_path_factory):
     header, _, body = path.read_text(encoding="utf-8").partition("\n")
     doc = yaml.safe_load(body)
     (bundled,) = doc["models"][PRODUCT]  # as generated
-    doc["models"][PRODUCT] = [bundled, USER_ENTRY, BROKEN_ENTRY]
+    doc["models"][PRODUCT] = [bundled, USER_ENTRY, BROKEN_ENTRY, FAILING_ENTRY]
     path.write_text(header + "\n" + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     last = truth["batches"][-1]
     assert last["status"] == "running"
@@ -228,6 +232,9 @@ def test_a_broken_entry_and_a_product_without_one_leave_the_run_green(site):
     # the good entries of the same product were fitted all the same
     assert f"{PRODUCT} monod_fedbatch: " in reason
     assert f"{PRODUCT} logistic_product: " in reason
+    # a fit that fails is its own line, naming each batch and why
+    failed = re.search(rf"{PRODUCT} logistic_product: the fit failed on 3 batches: ([^;]*)", reason)
+    assert failed and "no initial volume: material events charge not found" in failed.group(1)
     assert fit.metadata["fitted"].value == 2
     # nothing was recorded for the broken entry or the product without one
     versions = Registry(lake).versions()
