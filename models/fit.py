@@ -433,8 +433,10 @@ class Fitter:
     ):
         self.spec = spec
         self.model = spec.model
-        # processes simulating batches in parallel; the result does not depend on it
-        self.workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+        # processes simulating batches in parallel (BATCHTWIN_FIT_WORKERS, default up to 2);
+        # the result does not depend on it
+        default = os.environ.get("BATCHTWIN_FIT_WORKERS") or min(2, os.cpu_count() or 1)
+        self.workers = int(default if workers is None else workers)
         self._pool: Executor | None = None
         self.settings = FitSettings(
             fitted=tuple(spec.fitted),

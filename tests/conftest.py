@@ -13,6 +13,9 @@ import pytest
 os.environ.pop("DAGSTER_HOME", None)
 # a refused SQL connection is retried (pipelines.ingest_assets.SQL_RETRY): seconds, not minutes
 os.environ["BATCHTWIN_SQL_RETRY_DELAY_S"] = "0.2"
+# every core already runs a test: a fit's own worker processes would only add their start-up
+# (the pool is tested where a test asks for workers=2)
+os.environ["BATCHTWIN_FIT_WORKERS"] = "1"
 
 from demo.plant import PlantSize, generate
 

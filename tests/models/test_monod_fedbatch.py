@@ -66,7 +66,9 @@ def werk_sued_fit(tmp_path_factory):
     # alpha too: growth-associated productivity is small beside beta once growth slows
     spec = parse("PEN-G", {**entry, "fitted": [*entry["fitted"], "alpha"]})
     batches = load_batches(lake, spec, completed_batches(lake, "PEN-G"))
-    fit = Fitter(spec, n_starts=2, folds=0, profile=True).fit(batches).result_
+    # two worker processes: the fitter's process pool is exercised here (results do not depend on
+    # it; the rest of the suite fits in process)
+    fit = Fitter(spec, n_starts=2, folds=0, profile=True, workers=2).fit(batches).result_
     true = {k: v["value"] for k, v in truth["true_parameters"].items()}
     return fit, true, truth, batches, lake
 
