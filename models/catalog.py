@@ -219,10 +219,7 @@ def parse(product: str, entry: Mapping, where: str = "") -> ModelSpec:
         str(m): composition(f"{where}.boluses.{m}", c)
         for m, c in _mapping(f"{where}.boluses", entry.get("boluses")).items()
     }
-    initial = {
-        str(s): _in_unit(f"{where}.initial.{s}", q, state_of(f"{where}.initial.{s}", s))
-        for s, q in _mapping(f"{where}.initial", entry.get("initial")).items()
-    }
+    initial = composition(f"{where}.initial", entry.get("initial"))
     fitted = _names(f"{where}.fitted", entry.get("fitted"), params, "parameter")
     if fitted is None:
         fitted = tuple(p.name for p in model.parameters if not p.fixed)

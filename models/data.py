@@ -178,7 +178,7 @@ def load_batches(
         ev = events[events.batch_id == bid]
         inputs = Inputs(
             tuple(_feed(pv[pv.parameter == p], p, comp) for p, comp in spec.feeds.items()),
-            tuple(_boluses(ev, spec, notes)),
+            tuple(_boluses(ev, spec)),
         )
         try:
             t0_h, y0 = initial_state(spec, s, ev, pv, notes)
@@ -240,15 +240,17 @@ def _feed(pv: pd.DataFrame, name: str, composition) -> Feed:
     return Feed(name, tuple(times.tolist()), tuple(rates.tolist()), dict(composition))
 
 
-def _boluses(ev: pd.DataFrame, spec: ModelSpec, notes: list[str]) -> list[Bolus]:
+def _boluses(ev: pd.DataFrame, spec: ModelSpec) -> list[Bolus]:
+    """The catalog's bolus materials as additions, its draw-off kinds as broth taken out."""
     out = []
     for r in ev.itertuples():
-        if r.material in spec.boluses:
-            volume = float(r.quantity) * conversion(r.uom, "L")[0]
-            out.append(Bolus(float(r.t_batch_h), volume, str(r.material), spec.boluses[r.material]))
-        elif r.kind in spec.draw_off_kinds:
-            volume = float(r.quantity) * conversion(r.uom, "L")[0]
-            out.append(Bolus(float(r.t_batch_h), -volume, str(r.material)))
+        adds, draws = r.material in spec.boluses, r.kind in spec.draw_off_kinds
+        if adds or draws:
+            litres = float(r.quantity) * conversion(r.uom, "L")[0]
+            comp = spec.boluses[r.material] if adds else {}
+            out.append(
+                Bolus(float(r.t_batch_h), litres if adds else -litres, str(r.material), comp)
+            )
     return out
 
 
