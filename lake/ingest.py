@@ -53,6 +53,17 @@ READERS: dict[str, Callable[..., ReadResult]] = {
     "mes_xml": mes_xml.read_batchml,
     "mes_journal": mes_journal.read_journal,
 }
+# The lake tables each dataset writes (SQL historians: `historian_sql`). A reader returning
+# another table is refused: the pipeline's asset for a table ingests every dataset listed here.
+TABLES_WRITTEN: dict[str, tuple[str, ...]] = {
+    "tags": ("tags",),
+    "historian_long": ("historian_points",),
+    "historian_wide": ("historian_points",),
+    "historian_sql": ("historian_points",),
+    "lims": ("samples",),
+    "mes_xml": ("batch_records", "phase_records", "material_event_records", "samples"),
+    "mes_journal": ("batch_records", "phase_records", "material_event_records"),
+}
 
 
 @functools.cache
@@ -334,6 +345,8 @@ def _store(
     accepted_counts: dict[str, int] = {}
     try:
         for table, frame in result.tables.items():
+            if table not in TABLES_WRITTEN[base["dataset"]]:
+                raise ValueError(f"the {base['dataset']} reader returned table {table!r}")
             if frame.empty:
                 continue
             model = SILVER_MODELS[table]

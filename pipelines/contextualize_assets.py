@@ -1,8 +1,8 @@
-"""Contextualize assets: completed batches are dynamic partitions; gold tables per batch.
+"""Contextualize assets: every batch is a dynamic partition of the four gold tables.
 
-A sensor adds each newly completed batch (or a batch whose record was amended) as a
-partition and requests its gold computation. Running batches are recomputed as a whole on
-every ingest, and the golden profiles follow the completed batches automatically.
+A sensor adds each batch of the MES records as a partition and requests its gold tables when
+its record changes (it starts, completes or is amended) and, while it runs, after every
+catalog update. The golden profiles follow the completed batches automatically.
 """
 
 import json
@@ -15,17 +15,21 @@ from lake.query import CatalogMissing, query
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import site_of
 from pipelines.resources import ContextSettings, LakeResource, LandingResource
+from schemas.tables import GOLD_MODELS
 
 BATCH_PARTITIONS = "batches"
 RECORDS_KEY = "batch_records"
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
+GOLD = dg.AssetKey("batch_kpis")  # one of the four tables batch_gold writes together
 
 
-def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.MaterializeResult:
+def _gold_results(
+    context, ids: list[str], counts: dict[str, int], lake
+) -> list[dg.MaterializeResult]:
     kpis = query(
         lake,
-        "SELECT batch_id, round(peak_vcd, 2) AS peak_vcd, round(final_titer, 2) AS final_titer, "
-        "round(qp, 1) AS qp "
+        "SELECT batch_id, status, round(peak_vcd, 2) AS peak_vcd, "
+        "round(final_titer, 2) AS final_titer, round(qp, 1) AS qp "
         "FROM batch_kpis WHERE batch_id IN (SELECT unnest(?)) ORDER BY 1",
         [ids],
     )
@@ -40,18 +44,28 @@ def _gold_result(context, ids: list[str], counts: dict[str, int], lake) -> dg.Ma
         [ids],
     )
     context.log.info(f"gold tables for {len(ids)} batch(es): {counts}")
-    return dg.MaterializeResult(
-        metadata={
-            "batches": len(ids),
-            # which version of each batch record the gold tables were computed from
-            RECORDS_KEY: dg.MetadataValue.json(
-                dict(zip(records["batch_id"], records["source_sha256"], strict=True))
-            ),
-            **{f"rows_{t}": int(n) for t, n in counts.items()},
-            "mean_trajectory_coverage": float(coverage) if coverage == coverage else 0.0,
-            "kpis": dg.MetadataValue.md(kpis.to_markdown(index=False) if len(kpis) else "none"),
-        }
+    # which version of each batch record the tables were computed from
+    computed_from = dg.MetadataValue.json(
+        dict(zip(records["batch_id"], records["source_sha256"], strict=True))
     )
+    extra: dict[str, dict[str, dg.RawMetadataValue]] = {
+        "batch_trajectories": {"mean_coverage": float(coverage) if coverage == coverage else 0.0},
+        "batch_kpis": {
+            "kpis": dg.MetadataValue.md(kpis.to_markdown(index=False) if len(kpis) else "none")
+        },
+    }
+    return [
+        dg.MaterializeResult(
+            asset_key=table,
+            metadata={
+                "batches": len(ids),
+                "rows": int(counts[table]),
+                RECORDS_KEY: computed_from,
+                **extra.get(table, {}),
+            },
+        )
+        for table in contextualize.GOLD_TABLES
+    ]
 
 
 def _settings(settings: ContextSettings, landing: LandingResource) -> contextualize.Settings:
@@ -66,10 +80,18 @@ def _settings(settings: ContextSettings, landing: LandingResource) -> contextual
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
-@dg.asset(
-    group_name="contextualize",
-    kinds={"duckdb", "parquet"},
-    deps=[lake_catalog],
+@dg.multi_asset(
+    name="batch_gold",
+    specs=[
+        dg.AssetSpec(
+            table,
+            group_name="contextualize",
+            kinds={"duckdb", "parquet"},
+            deps=[lake_catalog],
+            description=" ".join((GOLD_MODELS[table].__doc__ or "").split()),
+        )
+        for table in contextualize.GOLD_TABLES
+    ],
     partitions_def=batch_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
@@ -78,47 +100,20 @@ def batch_gold(
     lake: LakeResource,
     settings: ContextSettings,
     landing: LandingResource,
-) -> dg.MaterializeResult:
-    """Gold tables of completed batches: `process_values` (points placed in batch and phase,
-    canonical units), `batch_trajectories` (time-weighted grid), `phase_summary` and
-    `batch_kpis`, one file per batch."""
+):
+    """Gold tables per batch: `process_values` (points placed in batch and phase, canonical
+    units), `batch_trajectories` (time-weighted grid), `phase_summary` and `batch_kpis`, one
+    file per batch and table. A running batch's are up to its latest data."""
     the_lake = lake.lake()
     ids = list(context.partition_keys)
     counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
-    return _gold_result(context, ids, counts, the_lake)
+    yield from _gold_results(context, ids, counts, the_lake)
 
 
 @dg.asset(
     group_name="contextualize",
     kinds={"duckdb", "parquet"},
-    deps=[lake_catalog],
-    automation_condition=dg.AutomationCondition.eager(),
-)
-def running_batch_gold(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    settings: ContextSettings,
-    landing: LandingResource,
-) -> dg.MaterializeResult:
-    """Gold tables of batches still running, up to their latest data; recomputed after every
-    ingest."""
-    the_lake = lake.lake()
-    try:
-        ids = query(
-            the_lake,
-            "SELECT batch_id FROM batches "
-            "WHERE status NOT IN ('complete', 'aborted', 'stopped') ORDER BY 1",
-        )["batch_id"].tolist()
-    except CatalogMissing:
-        ids = []
-    counts = contextualize.contextualize(the_lake, ids, _settings(settings, landing))
-    return _gold_result(context, ids, counts, the_lake)
-
-
-@dg.asset(
-    group_name="contextualize",
-    kinds={"duckdb", "parquet"},
-    deps=[batch_gold],
+    deps=list(contextualize.GOLD_TABLES),
     automation_condition=dg.AutomationCondition.eager(),
 )
 def golden_profiles(
@@ -135,50 +130,105 @@ def golden_profiles(
 
 
 @dg.sensor(
-    name="completed_batches_sensor",
+    name="batches_sensor",
     target=batch_gold,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def completed_batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-    """Add each completed batch as a partition and request its gold tables; an amended batch
-    record (new source hash) requests a recomputation."""
+def batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    """Add every batch of the MES records as a partition and request its gold tables: once per
+    version of its record (a batch starts, completes, is amended); for a running batch again
+    after every catalog update (its latest data); for a completed batch again when historian
+    points inside its window arrive late."""
     try:
-        done = query(
+        records = query(
             lake.lake(),
-            "SELECT batch_id, source_sha256 FROM batches "
-            "WHERE status = 'complete' ORDER BY batch_id",
+            "SELECT batch_id, source_sha256, status NOT IN ('complete', 'aborted', 'stopped') "
+            "AS running FROM batches ORDER BY batch_id",
         )
     except CatalogMissing:
         return dg.SkipReason("no catalog yet")
-    seen = json.loads(context.cursor) if context.cursor else {}
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, str] = cursor.get("records", {})
     known = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS))
-    new = [b for b in done["batch_id"] if b not in known]
+    new = [b for b in records["batch_id"] if b not in known]
     # gold already computed from the current record (by `batchtwin run`, or before a daemon
     # restart that lost the cursor) is not requested again
-    for batch in done["batch_id"]:
+    for batch in records["batch_id"]:
         if batch not in seen and batch in known:
             seen.update(_computed_from(context.instance, batch))
-    changed = [
-        (b, sha)
-        for b, sha in zip(done["batch_id"], done["source_sha256"], strict=True)
-        if seen.get(b) != sha
-    ]
-    if not new and not changed:
+    catalog = _latest(context.instance, dg.AssetKey("lake_catalog"))
+    late, historian_seen = _late_data(lake.lake(), cursor.get("historian_seen"))
+    requests = []
+    for batch, sha, running in records.itertuples(index=False):
+        if seen.get(batch) != sha:
+            requests.append(dg.RunRequest(partition_key=batch, run_key=f"{batch}:{sha}"))
+        elif running and _latest(context.instance, GOLD, batch) < catalog:
+            requests.append(
+                dg.RunRequest(
+                    partition_key=batch, run_key=f"{batch}:{sha}|running, catalog {catalog}"
+                )
+            )
+        elif batch in late:
+            requests.append(
+                dg.RunRequest(
+                    partition_key=batch,
+                    run_key=f"{batch}:{sha}|late data, ingested by {historian_seen}",
+                )
+            )
+    seen.update(zip(records["batch_id"], records["source_sha256"], strict=True))
+    new_cursor = json.dumps({"records": seen, "historian_seen": historian_seen})
+    if not requests:
         return dg.SensorResult(
-            skip_reason="no newly completed or amended batches", cursor=json.dumps(seen)
+            skip_reason="no new, amended or running batch and no late data", cursor=new_cursor
         )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=b, run_key=f"{b}:{sha}") for b, sha in changed],
+        run_requests=requests,
         dynamic_partitions_requests=[batch_partitions.build_add_request(new)] if new else [],
-        cursor=json.dumps({**seen, **dict(changed)}),
+        cursor=new_cursor,
     )
+
+
+def _late_data(lake, since: str | None) -> tuple[set[str], str | None]:
+    """Completed batches whose unit got historian points inside their window from sources
+    ingested after `since` (an ingest_log time), and the newest ingest time seen.
+
+    Without `since` (the sensor's first tick) nothing is late: the lake's gold was computed
+    from everything ingested so far (`batchtwin run` recomputes every batch).
+    """
+    newest = query(
+        lake,
+        "SELECT CAST(max(started_at) AS VARCHAR) AS t FROM ingest_log WHERE status = 'ingested'",
+    )["t"].iloc[0]
+    if since is None or newest is None or newest <= since:
+        return set(), newest if newest is not None else since
+    late = query(
+        lake,
+        """WITH fresh AS (SELECT sha256 FROM ingest_log
+                          WHERE status = 'ingested' AND started_at > CAST(? AS TIMESTAMPTZ)),
+                spans AS (SELECT t.unit_id, min(p.ts) AS lo, max(p.ts) AS hi
+                          FROM historian_points p JOIN tags t USING (tag)
+                          WHERE p.source_sha256 IN (SELECT sha256 FROM fresh) GROUP BY 1)
+           SELECT DISTINCT b.batch_id FROM batches b JOIN spans s USING (unit_id)
+           WHERE b.status = 'complete' AND b.start_ts <= s.hi AND b.end_ts >= s.lo""",
+        [since],
+    )
+    return set(late["batch_id"]), newest
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> int:
+    """The storage id of the latest materialization of `key` (of one partition), -1 if none:
+    ids grow with time, so a smaller one was materialized before."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    return found[0].storage_id if found else -1
 
 
 def _computed_from(instance: dg.DagsterInstance, batch_id: str) -> dict[str, str]:
     """The batch-record hash the latest gold materialization of `batch_id` was computed from."""
     found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(dg.AssetKey("batch_gold"), asset_partitions=[batch_id]), limit=1
+        dg.AssetRecordsFilter(GOLD, asset_partitions=[batch_id]), limit=1
     ).records
     if not found or found[0].asset_materialization is None:
         return {}
@@ -187,4 +237,4 @@ def _computed_from(instance: dg.DagsterInstance, batch_id: str) -> dict[str, str
     return {batch_id: held[batch_id]} if isinstance(held, dict) and batch_id in held else {}
 
 
-CONTEXTUALIZE_ASSETS = [batch_gold, running_batch_gold, golden_profiles]
+CONTEXTUALIZE_ASSETS = [batch_gold, golden_profiles]

@@ -18,7 +18,7 @@ AFTER_ANY_INGEST = (
 @dg.asset(
     group_name="curate",
     kinds={"duckdb"},
-    deps=INGEST_ASSETS,
+    deps=[key for step in INGEST_ASSETS for key in sorted(step.keys)],
     pool="catalog_writer",
     automation_condition=AFTER_ANY_INGEST,
 )

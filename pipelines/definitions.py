@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 
 from lake import audit, ingest
-from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, completed_batches_sensor
+from pipelines.contextualize_assets import CONTEXTUALIZE_ASSETS, batches_sensor
 from pipelines.curate_assets import lake_catalog
-from pipelines.ingest_assets import INGEST_ASSETS, INGEST_DATASETS
+from pipelines.ingest_assets import INGEST_ASSETS, INGEST_STEPS, historian_points
 from pipelines.model_assets import MODEL_ASSETS, MODEL_CHECKS
 from pipelines.resources import LakeResource, LandingResource, deployed_resources
 from sources.base import sha256_of
@@ -27,7 +27,7 @@ ingest_everything = dg.define_asset_job(
 )
 pull_sql_historians = dg.define_asset_job(
     "pull_sql_historians",
-    selection=dg.AssetSelection.assets("historian_sql", "lake_catalog"),
+    selection=dg.AssetSelection.assets(historian_points, lake_catalog),
     description="Incremental SQL historian pull, then catalog rebuild.",
 )
 
@@ -39,7 +39,11 @@ sql_pull_schedule = dg.ScheduleDefinition(
     description="Pull new rows from the SQL historians every 15 minutes.",
 )
 
-ASSET_FOR_DATASET = {ds: name for name, datasets in INGEST_DATASETS.items() for ds in datasets}
+# the tables a step writes are materialized together: a new file requests all of its step's
+STEP_BY_NAME = {step.op.name: step for step in INGEST_ASSETS}
+STEP_FOR_DATASET = {
+    ds: step for step in INGEST_ASSETS for ds in INGEST_STEPS[step.op.name] if ds != "historian_sql"
+}
 
 
 @dg.sensor(
@@ -51,8 +55,8 @@ ASSET_FOR_DATASET = {ds: name for name, datasets in INGEST_DATASETS.items() for 
 def landing_zone_sensor(
     context: dg.SensorEvaluationContext, landing: LandingResource, lake: LakeResource
 ):
-    """Request ingest runs for new or changed landing files: one run per ingest asset that has
-    new files (an asset ingests every new file of its datasets at once), keyed by the files' hashes.
+    """Request ingest runs for new or changed landing files: one run per ingest step that has
+    new files (a step ingests every new file of its datasets at once), keyed by the files' hashes.
 
     The cursor remembers (size, mtime) per file so only new or touched files are hashed; the
     run key makes files that reappear unchanged a no-op, and a file the lake already read (by
@@ -79,7 +83,7 @@ def landing_zone_sensor(
         seen[rel] = stamp
         sha = sha256_of(path)
         if not ingest.already_read(the_lake, prof, sha):
-            new.setdefault(ASSET_FOR_DATASET[prof.dataset], []).append((rel, sha))
+            new.setdefault(STEP_FOR_DATASET[prof.dataset].op.name, []).append((rel, sha))
     if not new:
         return dg.SensorResult(skip_reason="no new landing files", cursor=json.dumps(seen))
     requests = [
@@ -87,13 +91,14 @@ def landing_zone_sensor(
             run_key=hashlib.sha256(
                 "\n".join(sha for _, sha in sorted(items, key=lambda x: x[1])).encode()
             ).hexdigest(),
-            asset_selection=[dg.AssetKey(asset), dg.AssetKey("lake_catalog")],
+            asset_selection=[*sorted(STEP_BY_NAME[step].keys), dg.AssetKey("lake_catalog")],
             tags={
+                "batchtwin/step": step,
                 "batchtwin/new_files": str(len(items)),
                 "batchtwin/first_file": items[0][0][:200],
             },
         )
-        for asset, items in sorted(new.items())
+        for step, items in sorted(new.items())
     ]
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen))
 
@@ -138,10 +143,10 @@ defs = dg.Definitions(
     schedules=[sql_pull_schedule],
     sensors=[
         landing_zone_sensor,
-        completed_batches_sensor,
+        batches_sensor,
         audit_successful_runs,
         audit_failed_runs,
-        # eager assets (running-batch gold, golden profiles, model refit, forecasts) need this
+        # eager assets (golden profiles, model refit, forecasts) need this
         # sensor running to fire
         dg.AutomationConditionSensorDefinition(
             "automation",

@@ -1,8 +1,10 @@
-"""Ingest assets: each landing dataset -> raw copies, validated silver Parquet, quarantine.
+"""Ingest assets: one per silver table; landing files and SQL pulls -> raw copies, validated
+silver Parquet, quarantine.
 
-Every asset ingests whatever is new in its part of the landing zone (files already ingested
-are recognized by their SHA-256 and skipped), reports counts and the top quarantine reasons
-as metadata, and carries two checks: rows are conserved, and validation quarantined nothing.
+Every step ingests whatever is new among its sources (files already ingested are recognized by
+their SHA-256 and skipped) and reports, per table, counts and the top quarantine reasons as
+metadata, with two checks: rows are conserved, and validation quarantined nothing. The records
+of runs (`ingest_log`, `quarantine`, `audit_log`) are written by every step and are not assets.
 """
 
 import os
@@ -14,19 +16,49 @@ import dagster as dg
 from lake import ingest
 from lake.ingest import IngestOutcome
 from pipelines.resources import LakeResource, LandingResource
+from schemas.tables import SILVER_MODELS
 from sources.site import Site, SiteConfigError
 
-INGEST_DATASETS = {
-    "tag_dictionary": ("tags",),
-    "mes_batch_records": ("mes_xml", "mes_journal"),
-    "historian_files": ("historian_long", "historian_wide"),
-    "lims_samples": ("lims",),
+# One asset per silver table; one step per group of tables that share their sources (the MES
+# documents carry lab results too), so a source is read once and no table has two writers.
+INGEST_STEPS = {
+    "ingest_tags": ("tags",),
+    "ingest_batch_and_lab_records": ("mes_xml", "mes_journal", "lims"),
+    "ingest_historian_points": ("historian_long", "historian_wide", "historian_sql"),
 }
 
 
-def _summary(
-    context: dg.AssetExecutionContext, asset_name: str, outcomes: list[IngestOutcome]
-) -> dg.MaterializeResult:
+def tables_of(datasets: tuple[str, ...]) -> list[str]:
+    """The silver tables these datasets write, in lake.ingest's order."""
+    return list(dict.fromkeys(t for ds in datasets for t in ingest.TABLES_WRITTEN[ds]))
+
+
+def _results(
+    context: dg.AssetExecutionContext, tables: list[str], outcomes: list[IngestOutcome]
+) -> list[dg.MaterializeResult]:
+    """Each table's materialization and checks, over the sources whose dataset writes it; a
+    failed source fails the step after every other source of it was ingested."""
+    for o in outcomes:
+        if o.status == "rejected":
+            context.log.warning(f"rejected {o.log['error']}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        # retried (the step's retry policy) only when a source may answer later: a network outage
+        raise dg.Failure(
+            description="; ".join(o.log["error"] for o in failed),
+            metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)},
+            allow_retries=any(o.retryable for o in failed),
+        )
+    return [
+        _table_result(
+            table,
+            [o for o in outcomes if table in ingest.TABLES_WRITTEN[o.log["dataset"]]],
+        )
+        for table in tables
+    ]
+
+
+def _table_result(table: str, outcomes: list[IngestOutcome]) -> dg.MaterializeResult:
     ingested = [o for o in outcomes if o.status == "ingested"]
     rejected = [o for o in outcomes if o.status == "rejected"]
     reasons: Counter[str] = Counter()
@@ -35,17 +67,6 @@ def _summary(
     read = sum(o.log["rows_read"] for o in outcomes)
     accepted = sum(o.log["rows_accepted"] for o in outcomes)
     quarantined = sum(o.log["rows_quarantined"] for o in outcomes)
-    for o in rejected:
-        context.log.warning(f"rejected {o.log['error']}")
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        # the other sources of this asset were ingested and stay; the asset fails with the cause
-        # retried (the asset's retry policy) only when a source may answer later: a network outage
-        raise dg.Failure(
-            description="; ".join(o.log["error"] for o in failed),
-            metadata={"failed_sources": ", ".join(o.log["source"] for o in failed)},
-            allow_retries=any(o.retryable for o in failed),
-        )
     unbalanced = [
         o.log["path"]
         for o in outcomes
@@ -53,19 +74,23 @@ def _summary(
     ]
     top = "\n".join(f"| {n} | {r} |" for r, n in reasons.most_common(5))
     return dg.MaterializeResult(
+        asset_key=table,
         metadata={
             "files_ingested": len(ingested),
             "files_unchanged": sum(o.status == "unchanged" for o in outcomes),
             "files_rejected": len(rejected),
+            # a source's rows, whichever of its tables they went to
             "rows_read": read,
             "rows_accepted": accepted,
             "rows_quarantined": quarantined,
+            f"rows_written_to_{table}": sum(o.accepted.get(table, 0) for o in outcomes),
             "top_quarantine_reasons": dg.MetadataValue.md(
                 "| rows | reason |\n|---|---|\n" + top if top else "none"
             ),
         },
         check_results=[
             dg.AssetCheckResult(
+                asset_key=table,
                 check_name="check_rows_conserved",
                 passed=not unbalanced,
                 metadata={
@@ -76,6 +101,7 @@ def _summary(
                 },
             ),
             dg.AssetCheckResult(
+                asset_key=table,
                 check_name="check_validation",
                 passed=quarantined == 0 and not rejected,
                 severity=dg.AssetCheckSeverity.WARN,
@@ -116,18 +142,42 @@ def site_of(landing: LandingResource) -> Site:
         raise dg.Failure(description=str(err)) from None
 
 
-def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: list[str]):
-    @dg.asset(
+# A network historian that refused or timed out is tried again after 30 s, then 60 s, 120 s
+# (BATCHTWIN_SQL_RETRY_DELAY_S sets the first wait; read when the code loads, as Dagster binds a
+# retry policy to its step). A retry reads the landing files again too: they are skipped by hash.
+SQL_RETRY = dg.RetryPolicy(
+    max_retries=3,
+    delay=float(os.environ.get("BATCHTWIN_SQL_RETRY_DELAY_S", "30")),
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
+)
+
+
+def _ingest_step(name: str, description: str, deps: list[str]) -> dg.AssetsDefinition:
+    datasets = INGEST_STEPS[name]
+    tables = tables_of(datasets)
+    pulls_sql = "historian_sql" in datasets
+
+    @dg.multi_asset(
         name=name,
-        group_name="ingest",
-        kinds={"parquet", "pandera"},
-        deps=deps,
-        check_specs=_checks(name),
         description=description,
+        specs=[
+            dg.AssetSpec(
+                table,
+                group_name="ingest",
+                kinds={"parquet", "pandera", *(["sql"] if pulls_sql else [])},
+                deps=deps,
+                description=_first_paragraph(SILVER_MODELS[table].__doc__),
+            )
+            for table in tables
+        ],
+        check_specs=[c for table in tables for c in _checks(table)],
+        retry_policy=SQL_RETRY if pulls_sql else None,
+        # the landing sensor and the SQL schedule may both request a step: one run at a time
+        # writes its tables, so two pulls never store the same new rows twice
+        pool=name,
     )
-    def _asset(
-        context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
-    ) -> dg.MaterializeResult:
+    def _step(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource):
         the_lake = lake.lake()
         landing_root = Path(landing.root)
         site = site_of(landing)
@@ -145,78 +195,40 @@ def _file_asset(name: str, datasets: tuple[str, ...], description: str, deps: li
             for ds in datasets
             for rel, prof in ingest.landing_files(landing_root, site.files, ds)
         ]
-        return _summary(context, name, outcomes)
+        if pulls_sql:
+            outcomes += [
+                ingest.ingest_sql(the_lake, p, run_id=context.run.run_id, tags_known=tags_known)
+                for p in site.sqls
+            ]
+        yield from _results(context, tables, outcomes)
 
-    return _asset
+    return _step
 
 
-tag_dictionary = _file_asset(
-    "tag_dictionary",
-    INGEST_DATASETS["tag_dictionary"],
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+tag_dictionary = _ingest_step(
+    "ingest_tags",
     "Tag dictionary exports (landing/tags/*.csv) -> silver `tags`: what each historian tag "
     "measures, on which unit, in which unit.",
     [],
 )
-mes_batch_records = _file_asset(
-    "mes_batch_records",
-    INGEST_DATASETS["mes_batch_records"],
-    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) -> silver "
-    "batch, phase and material-event records, every version kept.",
+batch_and_lab_records = _ingest_step(
+    "ingest_batch_and_lab_records",
+    "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) and offline lab "
+    "results (landing/lims/*.csv) -> silver batch, phase and material-event records (every "
+    "version kept) and `samples` (retests supersede by report time).",
     [],
 )
-historian_files = _file_asset(
-    "historian_files",
-    INGEST_DATASETS["historian_files"],
-    "Historian CSV exports, long and wide, plain or gzip (landing/historian) -> silver "
-    "`historian_points`; unknown tags, unparseable values and duplicates are quarantined.",
-    ["tag_dictionary"],
-)
-lims_samples = _file_asset(
-    "lims_samples",
-    INGEST_DATASETS["lims_samples"],
-    "Offline lab results (landing/lims/*.csv) -> silver `samples`, with sample and report "
-    "times; retests supersede by report time.",
-    [],
+historian_points = _ingest_step(
+    "ingest_historian_points",
+    "Historian CSV exports, long and wide, plain or gzip (landing/historian), and incremental "
+    "pulls from the SQL historians of sources.yaml (`sql:`; a look-back window behind the "
+    "stored watermark, rows already held skipped) -> silver `historian_points`. A source that "
+    "cannot be reached fails this step with its cause after the others were read.",
+    ["tags"],
 )
 
-
-# A network historian that refused or timed out is tried again after 30 s, then 60 s, 120 s
-# (BATCHTWIN_SQL_RETRY_DELAY_S sets the first wait; read when the code loads, as Dagster binds a
-# retry policy to its asset).
-SQL_RETRY = dg.RetryPolicy(
-    max_retries=3,
-    delay=float(os.environ.get("BATCHTWIN_SQL_RETRY_DELAY_S", "30")),
-    backoff=dg.Backoff.EXPONENTIAL,
-    jitter=dg.Jitter.PLUS_MINUS,
-)
-
-
-@dg.asset(
-    group_name="ingest",
-    kinds={"sql", "parquet"},
-    deps=["tag_dictionary"],
-    check_specs=_checks("historian_sql"),
-    retry_policy=SQL_RETRY,
-)
-def historian_sql(
-    context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
-) -> dg.MaterializeResult:
-    """Incremental pulls from the SQL historians of `sources.yaml` (`sql:`) -> silver
-    `historian_points`.
-
-    Each pull re-reads a look-back window behind the stored watermark, so late rows are picked
-    up, and skips rows already held. A source that cannot be reached fails this asset with its
-    cause; the other sources are still pulled. A site without SQL historians materializes with
-    nothing to pull.
-    """
-    the_lake = lake.lake()
-    sqls = site_of(landing).sqls
-    tags_known = ingest.known_tags(the_lake)
-    outcomes = [
-        ingest.ingest_sql(the_lake, p, run_id=context.run.run_id, tags_known=tags_known)
-        for p in sqls
-    ]
-    return _summary(context, "historian_sql", outcomes)
-
-
-INGEST_ASSETS = [tag_dictionary, mes_batch_records, historian_files, lims_samples, historian_sql]
+INGEST_ASSETS = [tag_dictionary, batch_and_lab_records, historian_points]

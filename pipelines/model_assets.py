@@ -2,10 +2,11 @@
 
 What is fitted is the site's model catalog (`models:` in sources.yaml, models.catalog): for
 each product, one or more models and what the lake's data are to them. `model_fit` depends
-on the per-batch gold tables; its eager automation condition fires when a `batch_gold`
-partition is (re)materialized, i.e. when a batch completes or its record is amended. Every
-fit is a new registry version (candidate -> champion or rejected by the promotion rule, one
-champion per product). `forecasts` follows the champions and every update of the running
+on the per-batch gold tables; its eager automation condition fires when a batch's gold is
+(re)computed. A fit whose training data (the completed batches) and settings equal a recorded
+version's is not repeated, so updates of running batches add no version; any other fit is a
+new registry version (candidate -> champion or rejected by the promotion rule, one champion
+per product). `forecasts` follows the champions and every update of the running
 batches. A product without a model, a catalog entry that cannot be used, too few batches or
 a fit that fails is one line of metadata: curated data never wait on a model.
 """
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from lake.contextualize import GOLD_TABLES
 from lake.query import CatalogMissing, query
 from models import forecast as fc_mod
 from models import plots
 from models.catalog import CatalogError, ModelSpec, specs
 from models.data import load_batches
 from models.registry import DEFAULT_TOLERANCE, Registry, completed_batches, fit_and_register
-from pipelines.contextualize_assets import batch_gold, running_batch_gold
 from pipelines.ingest_assets import site_of
 from pipelines.resources import LakeResource, LandingResource
 
@@ -95,7 +96,7 @@ def _fit_one(
 @dg.asset(
     group_name="models",
     kinds={"scipy", "parquet"},
-    deps=[batch_gold],
+    deps=list(GOLD_TABLES),
     automation_condition=dg.AutomationCondition.eager(),
 )
 def model_fit(
@@ -202,7 +203,7 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="models",
     kinds={"scipy", "parquet"},
-    deps=[model_fit, running_batch_gold],
+    deps=[model_fit, *GOLD_TABLES],
     automation_condition=dg.AutomationCondition.eager(),
 )
 def forecasts(

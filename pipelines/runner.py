@@ -1,8 +1,8 @@
 """Run the whole asset graph in process (what `batchtwin run` and `batchtwin demo` do).
 
-Five runs, as the daemon would do them: ingest; the catalog; the gold tables of every
-completed batch (registered as partitions, computed in one run); then running batches and
-golden profiles; then the model refit (a new registry version) and the forecasts. A failing
+Five runs, as the daemon would do them: ingest; the catalog; the gold tables of every batch
+(registered as partitions, computed in one run); the golden profiles; then the model refit (a
+new registry version when the completed batches changed) and the forecasts. A failing
 source fails its own ingest asset only: the catalog is built from what the others ingested
 and curation goes on; the run as a whole then reports the failure (and `batchtwin run` exits 1).
 """
@@ -18,9 +18,8 @@ from lake import audit
 from pipelines.contextualize_assets import (
     BATCH_PARTITIONS,
     batch_gold,
-    completed_batches_sensor,
+    batches_sensor,
     golden_profiles,
-    running_batch_gold,
 )
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import INGEST_ASSETS
@@ -101,9 +100,9 @@ def materialize_all(
     results.append(materialize([lake_catalog]))
     if not results[-1].success:
         return _audited(resources["lake"].lake(), PipelineRun(results))
-    # the completed batches are the sensor's partitions (added as the daemon adds them); the CLI
-    # then recomputes every one, so historian data that arrived late for a batch is taken in
-    sensed = completed_batches_sensor(
+    # the batches are the sensor's partitions (added as the daemon adds them); the CLI then
+    # recomputes every one, so historian data that arrived late for a batch is taken in
+    sensed = batches_sensor(
         dg.build_sensor_context(instance=instance, resources={"lake": resources["lake"]})
     )
     if isinstance(sensed, dg.SensorResult):  # else a SkipReason: nothing completed yet
@@ -124,7 +123,7 @@ def materialize_all(
                 },
             )
         )
-    results.append(materialize([running_batch_gold, golden_profiles]))
+    results.append(materialize([golden_profiles]))
     if models:
         results.append(materialize([*MODEL_ASSETS, *MODEL_CHECKS]))
     return _audited(resources["lake"].lake(), PipelineRun(results))

@@ -1,4 +1,4 @@
-"""A batch completes -> the landing sensor, the completed-batch sensor and the automation conditions
+"""A batch completes -> the landing sensor, the batches sensor and the automation conditions
 produce a new candidate model version, with no manual materialization."""
 
 import json
@@ -10,12 +10,14 @@ import pytest
 
 from demo.plant import PlantSize, generate
 from lake.layout import Lake
+from lake.query import query
 from models.registry import Registry
-from pipelines.contextualize_assets import batch_gold, batch_partitions, completed_batches_sensor
+from pipelines.contextualize_assets import batch_gold, batch_partitions, batches_sensor
 from pipelines.definitions import ALL_ASSETS, landing_zone_sensor
 from pipelines.model_assets import MODEL_CHECKS
 from pipelines.resources import LakeResource, LandingResource, resources_from_env
 from pipelines.runner import materialize_all
+from sources.base import sha256_of
 
 pytestmark = pytest.mark.slow  # runs the pipeline or a fit: scheduled first
 
@@ -63,7 +65,7 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     )
     assert not before.run_requests
     landing_cursor = before.cursor
-    before_done = completed_batches_sensor(
+    before_done = batches_sensor(
         dg.build_sensor_context(instance=instance, resources={"lake": lake_res})
     )
     # gold that materialize_all computed from the current records is not requested again
@@ -76,6 +78,7 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
 
     # the MES exports the completed batch record into the landing zone
     shutil.copy(held_back, record)
+    held_sha = sha256_of(record)
 
     sensed = landing_zone_sensor(
         dg.build_sensor_context(
@@ -86,15 +89,19 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
         r.tags.get("batchtwin/file") or r.tags.get("batchtwin/first_file")
         for r in sensed.run_requests
     ] == ["mes/B26-004.xml"]
-    assert dg.AssetKey("mes_batch_records") in sensed.run_requests[0].asset_selection
+    assert dg.AssetKey("batch_records") in sensed.run_requests[0].asset_selection
     _execute(
         {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
     )
 
-    done = completed_batches_sensor(
+    done = batches_sensor(
         dg.build_sensor_context(instance=instance, cursor=done_cursor, resources={"lake": lake_res})
     )
-    assert [r.partition_key for r in done.run_requests] == ["B26-004"]
+    # the completed batch for its new record; the running ones for the catalog's new data
+    requested_for = {r.partition_key: r.run_key for r in done.run_requests}
+    assert requested_for.pop("B26-004") == f"B26-004:{held_sha}"
+    assert set(requested_for) == {"B26-005", "B26-006"}
+    assert all("|running, catalog " in key for key in requested_for.values())
     for req in done.dynamic_partitions_requests:
         instance.add_dynamic_partitions(batch_partitions.name, list(req.partition_keys))
     for r in done.run_requests:
@@ -133,3 +140,33 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
         & (forecasts["version"] == int(champion["version"]))
     ]
     assert set(newest["batch_id"]) >= {"B26-005", "B26-006"}
+
+    # historian points inside the completed B26-004's window arrive late: its gold is computed
+    # again (the running batches are requested for the catalog's new data)
+    b = query(lake, "SELECT unit_id, start_ts, end_ts FROM batches WHERE batch_id = 'B26-004'")
+    tag = query(lake, "SELECT min(tag) AS tag FROM tags WHERE unit_id = ?", [b["unit_id"].iloc[0]])[
+        "tag"
+    ].iloc[0]
+    at = (b["start_ts"].iloc[0] + pd.Timedelta(hours=5, seconds=7)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    (fresh_data / "landing" / "historian" / "late.csv").write_text(
+        f"Tag,Timestamp,Value,Status\n{tag},{at},1.5,Good\n"
+    )
+    sensed = landing_zone_sensor(
+        dg.build_sensor_context(
+            cursor=sensed.cursor, resources={"landing": landing, "lake": lake_res}
+        )
+    )
+    _execute(
+        {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
+    )
+    late = batches_sensor(
+        dg.build_sensor_context(instance=instance, cursor=done.cursor, resources={"lake": lake_res})
+    )
+    why = {r.partition_key: r.run_key.split("|")[-1].split(",")[0] for r in late.run_requests}
+    assert why == {"B26-004": "late data", "B26-005": "running", "B26-006": "running"}
+    rows_before = query(lake, "SELECT count(*) AS n FROM process_values WHERE batch_id = 'B26-004'")
+    assert dg.materialize(
+        [batch_gold], partition_key="B26-004", instance=instance, resources=resources
+    ).success
+    rows_after = query(lake, "SELECT count(*) AS n FROM process_values WHERE batch_id = 'B26-004'")
+    assert rows_after["n"].iloc[0] == rows_before["n"].iloc[0] + 1

@@ -14,7 +14,7 @@ def test_definitions_load_with_groups_checks_sensor_and_schedule():
     groups = {repo.assets_defs_by_key[k].group_names_by_key[k] for k in repo.assets_defs_by_key}
     assert {"ingest", "curate"} <= groups
     specs = defs.resolve_asset_graph().asset_check_keys
-    assert dg.AssetCheckKey(dg.AssetKey("historian_files"), "check_rows_conserved") in specs
+    assert dg.AssetCheckKey(dg.AssetKey("historian_points"), "check_rows_conserved") in specs
     assert (
         defs.resolve_sensor_def("landing_zone_sensor").default_status
         == dg.DefaultSensorStatus.RUNNING
@@ -28,8 +28,16 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     landing = LandingResource(root=str(fresh_data / "landing"))
     res = {"landing": landing, "lake": LakeResource(root=str(fresh_data / "lake"))}
     first = landing_zone_sensor(dg.build_sensor_context(resources=res))
-    assets = [r.asset_selection[0].path[-1] for r in first.run_requests]
-    assert assets == ["historian_files", "lims_samples", "mes_batch_records", "tag_dictionary"]
+    steps = [r.tags["batchtwin/step"] for r in first.run_requests]
+    assert steps == ["ingest_batch_and_lab_records", "ingest_historian_points", "ingest_tags"]
+    # a step's run materializes every table it writes
+    assert [k.path[-1] for k in first.run_requests[0].asset_selection] == [
+        "batch_records",
+        "material_event_records",
+        "phase_records",
+        "samples",
+        "lake_catalog",
+    ]
     assert all(r.asset_selection[-1] == dg.AssetKey("lake_catalog") for r in first.run_requests)
     # every data file; the site's sources.yaml and the demo's list of its files are not data
     n_files = sum(
@@ -38,7 +46,7 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     assert n_files > 20
     assert sum(int(r.tags["batchtwin/new_files"]) for r in first.run_requests) == n_files
     assert (
-        len({r.run_key for r in first.run_requests}) == 4
+        len({r.run_key for r in first.run_requests}) == 3
     )  # keys are hashes of the files' contents
 
     again = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources=res))
@@ -48,8 +56,8 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     shutil.copy(next((fresh_data / "landing" / "lims").glob("*.csv")), new)
     third = landing_zone_sensor(dg.build_sensor_context(cursor=first.cursor, resources=res))
     assert [
-        (r.asset_selection[0].path[-1], r.tags["batchtwin/first_file"]) for r in third.run_requests
-    ] == [("lims_samples", "lims/lims_extra.csv")]
+        (r.tags["batchtwin/step"], r.tags["batchtwin/first_file"]) for r in third.run_requests
+    ] == [("ingest_batch_and_lab_records", "lims/lims_extra.csv")]
     assert json.loads(third.cursor).keys() > json.loads(first.cursor).keys()
 
 

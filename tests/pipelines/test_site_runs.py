@@ -27,7 +27,7 @@ def test_an_unreachable_sql_historian_fails_its_asset_only_and_the_run_says_so(f
     assert result.exit_code == 1
     out = " ".join(result.output.split())
     assert (
-        "failed: historian_sql: SQL historian 'ip21_br201': "
+        "failed: ingest_historian_points: SQL historian 'ip21_br201': "
         "OperationalError: unable to open database file" in out
     )
     assert "with 1 failed step(s); everything else was ingested and curated" in out
@@ -108,7 +108,7 @@ def test_under_the_daemon_a_failed_source_does_not_keep_the_others_out_of_the_ca
             instance=instance, raise_on_error=False
         )
         assert not ran.success
-        assert [e.step_key for e in ran.get_step_failure_events()] == ["historian_sql"]
+        assert [e.step_key for e in ran.get_step_failure_events()] == ["ingest_historian_points"]
         assert not (fresh_data / "lake" / "catalog.duckdb").exists()  # the run skipped it
         evaluation = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=before.cursor
@@ -134,11 +134,11 @@ def test_a_network_outage_is_retried_and_a_wrong_url_is_not(tmp_path):
     import dagster as dg
 
     from lake.ingest import ingest_sql
-    from pipelines.ingest_assets import _summary, historian_sql
+    from pipelines.ingest_assets import _results, historian_points
     from sources.profiles import SqlProfile
 
-    assert historian_sql.op.retry_policy is not None
-    assert historian_sql.op.retry_policy.max_retries >= 2
+    assert historian_points.op.retry_policy is not None
+    assert historian_points.op.retry_policy.max_retries >= 2
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens once the socket is closed
@@ -149,5 +149,5 @@ def test_a_network_outage_is_retried_and_a_wrong_url_is_not(tmp_path):
     ):
         outcome = ingest_sql(Lake(tmp_path / "lake"), SqlProfile("ip21", url))
         with pytest.raises(dg.Failure) as failure:
-            _summary(dg.build_asset_context(), "historian_sql", [outcome])
+            _results(dg.build_asset_context(), ["historian_points"], [outcome])
         assert failure.value.allow_retries is retried, url

@@ -424,7 +424,7 @@ def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_pat
     password."""
     import dagster as dg
 
-    from pipelines.ingest_assets import historian_sql
+    from pipelines.ingest_assets import historian_points
     from pipelines.resources import LakeResource, LandingResource
 
     monkeypatch.setenv("BT_TEST_PG_PASSWORD", PASSWORD)
@@ -438,7 +438,7 @@ def test_dagster_events_and_metadata_carry_no_password_when_a_pull_fails(tmp_pat
     _sqlite_historian(tmp_path / "h.sqlite")
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
-            [historian_sql],
+            [historian_points],
             instance=instance,
             raise_on_error=False,
             resources={
@@ -519,7 +519,7 @@ def test_a_password_in_an_environment_variable_of_sources_yaml_is_not_stored_by_
 ):
     import dagster as dg
 
-    from pipelines.ingest_assets import historian_sql
+    from pipelines.ingest_assets import historian_points
     from pipelines.resources import resources_from_env
 
     _sqlite_historian(tmp_path / "h.sqlite")
@@ -534,7 +534,7 @@ def test_a_password_in_an_environment_variable_of_sources_yaml_is_not_stored_by_
     resources = resources_from_env(tmp_path)
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
-            [historian_sql],
+            [historian_points],
             instance=instance,
             raise_on_error=False,
             resources={k: resources[k] for k in ("lake", "landing")},

@@ -169,14 +169,14 @@ def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
         schedules = {x["name"]: x["scheduleState"]["status"] for x in repo["schedules"]}
         assert (
             sensors["landing_zone_sensor"]
-            == sensors["completed_batches_sensor"]
+            == sensors["batches_sensor"]
             == sensors["automation"]
             == "RUNNING"
         )
         assert schedules["sql_historian_pull"] == "RUNNING"
 
         before = {r["runId"] for r in _runs(page, dagster_dev)}
-        page.goto(dagster_dev + "/assets/tag_dictionary")
+        page.goto(dagster_dev + "/assets/tags")
         page.get_by_role("button", name="Materialize").first.click()
         deadline = time.time() + 240
         while True:
@@ -184,7 +184,7 @@ def test_asset_graph_and_a_materialization_launched_from_the_ui(dagster_dev):
                 r
                 for r in _runs(page, dagster_dev)
                 if r["runId"] not in before
-                and ["tag_dictionary"] in [a["path"] for a in (r["assetSelection"] or [])]
+                and ["tags"] in [a["path"] for a in (r["assetSelection"] or [])]
             ]
             if mine and mine[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
                 break
