@@ -50,6 +50,7 @@ READERS: dict[str, Callable[..., ReadResult]] = {
     "historian_long": historian_csv.read_long,
     "historian_wide": historian_csv.read_wide,
     "lims": lims.read_lims,
+    "lims_wide": lims.read_lims_wide,
     "mes_xml": mes_xml.read_batchml,
     "mes_journal": mes_journal.read_journal,
 }
@@ -61,6 +62,7 @@ TABLES_WRITTEN: dict[str, tuple[str, ...]] = {
     "historian_wide": ("historian_points",),
     "historian_sql": ("historian_points",),
     "lims": ("samples",),
+    "lims_wide": ("samples",),
     "mes_xml": ("batch_records", "phase_records", "material_event_records", "samples"),
     "mes_journal": ("batch_records", "phase_records", "material_event_records"),
 }
@@ -554,8 +556,11 @@ def _finish(
 
     The log's counts are three independent ones: rows the reader read, rows written to silver
     and rows written to quarantine (one per rejected row), so `check_rows_conserved` fails
-    when a row is lost between them.
+    when a row is lost between them. A source of no rows says so in its notes: `ingested` with
+    nothing read and nothing said would look like a reader that lost the file.
     """
+    if rows_read == 0 and not notes:
+        notes = "no data: the source holds no row (or no filled cell) after its header"
     if len(q):
         q = q.assign(dataset=base["dataset"], ingested_at=base["started_at"])
         atomic_write_parquet(

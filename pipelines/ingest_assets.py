@@ -23,7 +23,7 @@ from sources.site import Site, SiteConfigError
 # documents carry lab results too), so a source is read once and no table has two writers.
 INGEST_STEPS = {
     "ingest_tags": ("tags",),
-    "ingest_batch_and_lab_records": ("mes_xml", "mes_journal", "lims"),
+    "ingest_batch_and_lab_records": ("mes_xml", "mes_journal", "lims", "lims_wide"),
     "ingest_historian_points": ("historian_long", "historian_wide", "historian_sql"),
 }
 

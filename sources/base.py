@@ -69,6 +69,7 @@ def read_csv_text(
     the record of each good row follows by elimination; records are then mapped to line numbers
     in the file (header = line 1, one record per line, empty lines skipped but counted).
     """
+    encoding = detected_encoding(path, encoding)
     bad: list[dict] = []
 
     def on_invalid(row) -> str:
@@ -118,6 +119,11 @@ def read_csv_text(
             )
         frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
+        if isinstance(err, UnicodeDecodeError) or "invalid UTF8" in str(err):
+            raise SourceRejected(
+                f"not {encoding} text ({_first_line(err)[:120]}): set the profile's `encoding` "
+                "(e.g. latin-1, cp1252, utf-16)"
+            ) from None
         raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
     # pyarrow numbers records (header = 1) and skips empty lines: lineage must name the line
     # an editor shows, so records are mapped to lines by counting the empty lines before them
@@ -135,6 +141,19 @@ def read_csv_text(
     for b, line in zip(bad, bad_lines, strict=True):
         b["source_row"] = int(line)
     return frame, line_of(records), quarantine_frame(bad)
+
+
+# byte-order marks of encodings a declared one cannot read: a UTF-16 file (Windows instrument
+# software writes them) read as UTF-8 is garbage from its first byte. A UTF-8 mark is skipped by
+# the readers whatever the declared encoding.
+_UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def detected_encoding(path: Path, declared: str) -> str:
+    """`utf-16` when the file starts with a UTF-16 byte-order mark, else the declared one."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        start = stream.read(2)
+    return "utf-16" if start in _UTF16_MARKS else declared
 
 
 def empty_lines(path: Path, encoding: str = "utf8", chunk: int = 1 << 24) -> list[int]:
@@ -203,7 +222,7 @@ def csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     """Column names of the first line, read as `read_csv_text` reads them; SourceRejected if
     unusable."""
     try:
-        return _header_names(path, delimiter, encoding)[0]
+        return _header_names(path, delimiter, detected_encoding(path, encoding))[0]
     except (pa.ArrowInvalid, OSError) as err:
         raise SourceRejected(f"cannot open: {_first_line(err)}") from None
 
@@ -240,13 +259,14 @@ def plausible_unit(text: str) -> bool:
     return True
 
 
-def require_columns(df: pd.DataFrame, columns, what: str) -> None:
+def require_columns(df: pd.DataFrame, columns) -> None:
     """SourceRejected, naming the missing and the found columns, unless `df` has every one of
-    `columns`: a file without them cannot be read as its dataset at all."""
+    `columns`: a file without them cannot be read as its dataset at all. (The message names no
+    file: whoever reports it names the source once.)"""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise SourceRejected(
-            f"{what}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"missing column(s) {', '.join(map(repr, missing))}; "
             f"found {', '.join(map(repr, df.columns))}"
         )
 
@@ -315,27 +335,34 @@ def rejects_where(
     mask: pd.Series,
     df: pd.DataFrame,
     lines: np.ndarray,
-    column: str,
+    column: str | pd.Series,
     check: str,
     reason,
     sha256: str,
     rel_path: str,
     row_key: pd.Series | None = None,
+    values: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Quarantine rows for the True entries of `mask`, naming line, column, check and value
-    (`reason`: one text, or a Series aligned with `df` giving each row's own reason)."""
+    """Quarantine rows for the True entries of `mask`, naming line, column, check and value.
+
+    `column` is the source column (a Series when each row's value came from its own column, as
+    cells of a wide export do); the value shown is `values`, by default `df[column]`. `reason`
+    is one text, or a Series aligned with `df` giving each row's own reason.
+    """
     m = np.asarray(mask, dtype=bool)
     if isinstance(reason, pd.Series):
         reason = reason[m].to_numpy()
+    if values is None and isinstance(column, str) and column in df:
+        values = df[column]
     return pd.DataFrame(
         {
             "source_sha256": sha256,
             "source_row": pd.array(lines[m], dtype="Int64"),
             "source_path": rel_path,
-            "column": column,
+            "column": column[m].to_numpy() if isinstance(column, pd.Series) else column,
             "check": check,
-            "failure_value": df.loc[m, column].astype(str).str.slice(0, 200).to_numpy()
-            if column in df
+            "failure_value": values[m].astype(str).str.slice(0, 200).to_numpy()
+            if values is not None
             else None,
             "reason": reason,
             "row_key": row_key[m].to_numpy() if row_key is not None else None,

@@ -73,12 +73,10 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     """Each non-empty cell becomes one point; rows_read counts cells plus malformed lines."""
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
     ts_col = profile.column("ts")
-    require_columns(df, [ts_col], rel_path)
+    require_columns(df, [ts_col])
     tags = [c for c in df.columns if c != ts_col]
     if not tags:
-        raise SourceRejected(
-            f"{rel_path}: wide historian export has a timestamp column but no tag columns"
-        )
+        raise SourceRejected("wide historian export has a timestamp column but no tag columns")
     # one row per instant, in time order: the order resolves an autumn hour (sources.base.localize)
     ts = parse_timestamps(
         df[ts_col], profile.timestamp_format, profile.timezone, in_time_order=True
@@ -109,11 +107,12 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             unparseable & ~bad_ts,
             long,
             row_lines,
-            "text",
+            long["tag"],  # the cell's column: its tag
             "value_parse",
             VALUE_PARSE_REASON,
             sha256,
             rel_path,
+            values=long["text"],
         ),
     ]
     ok = (~(bad_ts | unparseable)).to_numpy()

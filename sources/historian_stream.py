@@ -24,6 +24,7 @@ from sources.base import (
     VALUE_PARSE_REASON,
     SourceRejected,
     csv_header,
+    detected_encoding,
     empty_lines,
     require_columns,
     timestamp_reason,
@@ -149,11 +150,9 @@ def stage_long(
     """
     header = csv_header(path, profile.delimiter, profile.encoding)
     cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
-    require_columns(
-        pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]], path.name
-    )
+    require_columns(pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]])
     status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
-    encoding = ENCODINGS.get(profile.encoding.lower())
+    encoding = ENCODINGS.get(detected_encoding(path, profile.encoding).lower())
     if encoding is None:
         raise SourceRejected(
             f"encoding {profile.encoding!r} is not supported for streamed historian files"

@@ -49,9 +49,7 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
             "eng_units",
         )
     }
-    require_columns(
-        df, [col[k] for k in ("time", "batch_id", "recipe_path", "event", "pvalue")], rel_path
-    )
+    require_columns(df, [col[k] for k in ("time", "batch_id", "recipe_path", "event", "pvalue")])
     ts = parse_timestamps(df[col["time"]], profile.timestamp_format, profile.timezone)
     bad = ts.isna()
     problems = [

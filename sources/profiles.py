@@ -74,7 +74,15 @@ IP21_QUALITY = {
     "5": "uncertain",
     "6": "bad",
 }
-DATASETS = ("tags", "historian_long", "historian_wide", "lims", "mes_xml", "mes_journal")
+DATASETS = (
+    "tags",
+    "historian_long",
+    "historian_wide",
+    "lims",
+    "lims_wide",
+    "mes_xml",
+    "mes_journal",
+)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Profile names end up in file names under the lake (watermarks/<name>.json,
 # sql_quarantined/<name>/) and in lineage (`sql:<name>`): a name from sources.yaml must not carry
@@ -108,6 +116,15 @@ class FileProfile:
     inoculation_phase: str = "INOCULATION"  # MES phase whose start is t_batch_h = 0
     namespaces: tuple[str, ...] = B2MML_NAMESPACES  # XML namespaces an MES document may use
     site: str | None = None
+    # lab results: where the batch id comes from when not a column of its own
+    batch_from: dict[str, str] = field(default_factory=dict)
+    # lab results: the analyte a source's name means (a test code, a header's analyte)
+    analyte_names: dict[str, str] = field(default_factory=dict)
+    # wide lab exports (one row per sample): which columns are results, of what, in which unit
+    analyte_columns: dict[str, str] = field(default_factory=dict)  # header -> analyte
+    exclude_columns: tuple[str, ...] = ()
+    header_unit: str | None = None  # regex with groups `analyte` and `unit`, matched on headers
+    units: dict[str, str] = field(default_factory=dict)  # header -> unit, over header_unit's
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -160,7 +177,7 @@ def build_profile(cls, name: str, spec: dict):
     """A FileProfile or SqlProfile from its sources.yaml entry; unknown keys are an error."""
     if msg := unknown_keys(spec, sorted({f.name for f in fields(cls)} - {"name"})):
         raise ValueError(f"profile {name!r} has {msg}")
-    for key in ("digital_states", "namespaces"):
+    for key in ("digital_states", "namespaces", "exclude_columns"):
         if key in spec:
             spec = {**spec, key: tuple(spec[key])}
     if "quality" in spec:

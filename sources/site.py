@@ -10,6 +10,7 @@ leaves between archived values, and which models apply to which product. README
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,8 +174,18 @@ TEXT_PROFILE_KEYS = (
     "inoculation_phase",
     "table",
     "site",
+    "header_unit",
 )
-LIST_PROFILE_KEYS = ("digital_states", "namespaces")
+LIST_PROFILE_KEYS = ("digital_states", "namespaces", "exclude_columns")
+MAPPING_PROFILE_KEYS = (
+    "columns",
+    "quality",
+    "batch_from",
+    "analyte_names",
+    "analyte_columns",
+    "units",
+)
+BATCH_FROM_KEYS = ("column", "path", "value", "pattern")
 
 
 def _profiles(doc: dict, key: str, cls, site_name):
@@ -198,8 +209,11 @@ def _profiles(doc: dict, key: str, cls, site_name):
                 isinstance(v, list) and all(isinstance(x, str) for x in v)
             ):
                 raise ValueError(f'{where}.{k}: a list of texts, e.g. ["No Data", Shutdown]')
-            if k in ("columns", "quality") and not isinstance(v, dict):
-                raise ValueError(f"{where}.{k}: a mapping, e.g. {{canonical: header}}")
+            if k in MAPPING_PROFILE_KEYS and not (
+                isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+            ):
+                raise ValueError(f"{where}.{k}: a mapping of texts, e.g. {{canonical: header}}")
+        _check_lab_keys(where, spec)
         if cls is FileProfile and site_name is not None:
             spec.setdefault("site", str(site_name))
         try:
@@ -211,6 +225,35 @@ def _profiles(doc: dict, key: str, cls, site_name):
                 f"{where}: unknown dataset {profile.dataset!r} (one of {', '.join(DATASETS)})"
             )
         yield profile
+
+
+def _check_lab_keys(where: str, spec: dict) -> None:
+    """`batch_from` names one source of the batch id; regexes compile with the groups used."""
+    batch_from = spec.get("batch_from", {})
+    if msg := unknown_keys(batch_from, BATCH_FROM_KEYS):
+        raise ValueError(f"{where}.batch_from: {msg}")
+    sources = [k for k in ("column", "path", "value") if k in batch_from]
+    if batch_from and len(sources) != 1:
+        raise ValueError(
+            f"{where}.batch_from: exactly one of column, path or value "
+            "(e.g. {column: Sample ID, pattern: '^(?P<batch>[^_]+)_'})"
+        )
+    for key, pattern, groups in (
+        ("batch_from.pattern", batch_from.get("pattern"), ("batch",)),
+        ("batch_from.path", batch_from.get("path"), ("batch",)),
+        ("header_unit", spec.get("header_unit"), ("analyte", "unit")),
+    ):
+        if pattern is None:
+            continue
+        try:
+            found = re.compile(pattern).groupindex
+        except re.error as err:
+            raise ValueError(f"{where}.{key}: not a regular expression: {err}") from None
+        if missing := [g for g in groups if g not in found]:
+            raise ValueError(
+                f"{where}.{key}: the pattern needs the named group(s) "
+                + ", ".join(f"(?P<{g}>…)" for g in missing)
+            )
 
 
 def _resolve_sql(profile: SqlProfile, landing: Path) -> SqlProfile:

@@ -67,7 +67,7 @@ def read_tags(
     that its points are quarantined with a reason that names it."""
     df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
     col = {k: profile.column(k) for k in (*REQUIRED, *OPTIONAL)}
-    require_columns(df, [col[k] for k in REQUIRED], rel_path)
+    require_columns(df, [col[k] for k in REQUIRED])
     out = pd.DataFrame({k: df[col[k]].str.strip() for k in REQUIRED})
     out["role"] = out["role"].str.lower()
     out["interpolation"] = out["interpolation"].str.lower()
