@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 from filelock import FileLock
 
 from lake.layout import Lake, atomic_write_parquet, sweep_stale_temporaries
@@ -36,6 +37,7 @@ VERSIONED_VIEWS = {
     "batches": "batch_records",
     "phases": "phase_records",
     "material_events": "material_event_records",
+    "batch_events": "batch_event_records",
 }
 STORAGE_VERSION = "v1.2.0"
 log = logging.getLogger(__name__)
@@ -56,8 +58,10 @@ SCHEMA_SUFFIX = "~schema"
 
 def _source(lake: Lake, folder: Path, model, order_by: str = "") -> str:
     seed = folder.with_name(folder.name + SCHEMA_SUFFIX) / "empty.parquet"
-    if not seed.exists():
-        atomic_write_parquet(seed, arrow_schema(model).empty_table())
+    schema = arrow_schema(model)
+    # rewritten when the model gained a column: the view then has it before any file does
+    if not seed.exists() or not pq.read_schema(seed).equals(schema):
+        atomic_write_parquet(seed, schema.empty_table())
     return f"SELECT * FROM read_parquet('{folder.as_posix()}*/*.parquet', union_by_name = true)" + (
         f" ORDER BY {order_by}" if order_by else ""
     )
@@ -114,7 +118,7 @@ def view_definitions(lake: Lake) -> dict[str, str]:
     )
     for table, model in MODEL_MODELS.items():
         views[table] = _source(lake, lake.models(table), model)
-    for name in ("phases", "material_events"):
+    for name in ("phases", "material_events", "batch_events"):
         views[name] = f"""
             SELECT x.* FROM {VERSIONED_VIEWS[name]} x
             JOIN batches b ON b.batch_id = x.batch_id AND b.source_sha256 = x.source_sha256"""
@@ -137,6 +141,8 @@ VIEW_ORDER = (
     "phases",
     "material_event_records",
     "material_events",
+    "batch_event_records",
+    "batch_events",
     "process_values",
     "batch_trajectories",
     "phase_summary",

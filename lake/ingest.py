@@ -63,7 +63,13 @@ TABLES_WRITTEN: dict[str, tuple[str, ...]] = {
     "historian_sql": ("historian_points",),
     "lims": ("samples",),
     "lims_wide": ("samples",),
-    "mes_xml": ("batch_records", "phase_records", "material_event_records", "samples"),
+    "mes_xml": (
+        "batch_records",
+        "phase_records",
+        "material_event_records",
+        "batch_event_records",
+        "samples",
+    ),
     "mes_journal": ("batch_records", "phase_records", "material_event_records"),
 }
 

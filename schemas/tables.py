@@ -169,6 +169,10 @@ class Phase(Lineage):
         nullable=True, description="NULL while the element runs"
     )
     record_version: Series[int] = pa.Field(ge=1)
+    derived: Series[str] = pa.Field(
+        nullable=True,
+        description="which times the record did not state and how they were derived; NULL: none",
+    )
 
     @pa.dataframe_check(error="end_ts before start_ts")
     def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
@@ -181,11 +185,41 @@ class MaterialEvent(Lineage):
     batch_id: Series[str]
     ts: Series[UtcTimestamp] = pa.Field(nullable=True)
     material: Series[str]
+    lot_id: Series[str] = pa.Field(
+        nullable=True, description="material lot (and sublot, as LOT/SUBLOT) the MES recorded"
+    )
     quantity: Series[float] = pa.Field(ge=0)
     uom: Series[str]
     kind: Series[str] = pa.Field(
         nullable=True, description="charge, inoculum, bolus, feed_total, … as the MES describes it"
     )
+    record_version: Series[int] = pa.Field(ge=1)
+    derived: Series[str] = pa.Field(
+        nullable=True,
+        description="fields the record did not state and how they were derived; NULL: none",
+    )
+
+
+class BatchEvent(Lineage):
+    """What the MES recorded happening to a batch besides its steps: operator exceptions,
+    comments and electronic signatures, with who, when and what they refer to."""
+
+    batch_id: Series[str]
+    event_id: Series[str] = pa.Field(description="the record's ID of the event")
+    kind: Series[str] = pa.Field(isin=("exception", "event", "comment", "signature"))
+    ts: Series[UtcTimestamp] = pa.Field(nullable=True)
+    person: Series[str] = pa.Field(nullable=True, description="who raised, wrote or signed it")
+    text: Series[str] = pa.Field(
+        nullable=True, description="the message, comment or what was signed"
+    )
+    refers_to: Series[str] = pa.Field(
+        nullable=True, description="the procedural element or event it concerns"
+    )
+    category: Series[str] = pa.Field(
+        nullable=True, description="the event's category, or a signature's meaning"
+    )
+    status: Series[str] = pa.Field(nullable=True)
+    risk: Series[str] = pa.Field(nullable=True)
     record_version: Series[int] = pa.Field(ge=1)
 
 
@@ -323,6 +357,7 @@ SILVER_MODELS: dict[str, type[pa.DataFrameModel]] = {
     "batch_records": BatchRecord,
     "phase_records": Phase,
     "material_event_records": MaterialEvent,
+    "batch_event_records": BatchEvent,
     "samples": Sample,
 }
 

@@ -131,6 +131,7 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
                     "start_ts": el["start_ts"],
                     "end_ts": el["end_ts"],
                     "record_version": 1,
+                    "derived": None,
                     "line": el["line"],
                 }
             )
@@ -178,10 +179,12 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
                     "batch_id": batch_id,
                     "ts": rec["ts"],
                     "material": words[0] if words else "",
+                    "lot_id": None,
                     "quantity": float(qty),
                     "uom": rec.get(col["eng_units"], "") or "",
                     "kind": words[1] if len(words) > 1 else None,
                     "record_version": 1,
+                    "derived": None,
                     "line": rec["line"],
                 }
             )

@@ -115,6 +115,8 @@ class FileProfile:
     digital_states: tuple[str, ...] = PI_DIGITAL_STATES
     inoculation_phase: str = "INOCULATION"  # MES phase whose start is t_batch_h = 0
     namespaces: tuple[str, ...] = B2MML_NAMESPACES  # XML namespaces an MES document may use
+    # MES elements (regex on the name) whose children run side by side, not one after another
+    parallel_elements: str | None = r"(?i)parallel"
     site: str | None = None
     # lab results: where the batch id comes from when not a column of its own
     batch_from: dict[str, str] = field(default_factory=dict)

@@ -175,6 +175,7 @@ TEXT_PROFILE_KEYS = (
     "table",
     "site",
     "header_unit",
+    "parallel_elements",
 )
 LIST_PROFILE_KEYS = ("digital_states", "namespaces", "exclude_columns")
 MAPPING_PROFILE_KEYS = (
@@ -242,6 +243,7 @@ def _check_lab_keys(where: str, spec: dict) -> None:
         ("batch_from.pattern", batch_from.get("pattern"), ("batch",)),
         ("batch_from.path", batch_from.get("path"), ("batch",)),
         ("header_unit", spec.get("header_unit"), ("analyte", "unit")),
+        ("parallel_elements", spec.get("parallel_elements"), ()),
     ):
         if pattern is None:
             continue

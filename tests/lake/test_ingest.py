@@ -241,7 +241,7 @@ def test_the_conservation_check_fails_on_a_reader_that_loses_a_row(fresh_data, m
         resources=resources_from_env(fresh),
     )
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 8  # two checks on each of the step's four tables
+    assert len(evaluations) == 10  # two checks on each of the step's five tables
     assert all(c.passed for c in evaluations if c.check_name == "check_rows_conserved")
 
 

@@ -32,6 +32,7 @@ def test_landing_sensor_requests_one_run_per_asset_with_new_files(fresh_data):
     assert steps == ["ingest_batch_and_lab_records", "ingest_historian_points", "ingest_tags"]
     # a step's run materializes every table it writes
     assert [k.path[-1] for k in first.run_requests[0].asset_selection] == [
+        "batch_event_records",
         "batch_records",
         "material_event_records",
         "phase_records",

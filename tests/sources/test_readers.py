@@ -98,6 +98,14 @@ def test_batchml_reads_batch_phases_materials_and_version(plant_dir, truth):
     bolus = bolus[bolus.kind == "bolus"]
     assert bolus.quantity.tolist() == pytest.approx([b["volume_l"] for b in expected["boluses"]])
     assert len(v2.tables["phase_records"].query("level == 'phase'")) == 6
+    # the material actuals of the record's own segment response belong to its batch
+    assert set(v2.tables["material_event_records"].batch_id) == {"B26-001"}
+    assert set(v2.tables["batch_records"].batch_id) == {"B26-001"}
+    # the control recipe's state changes are the batch's events
+    events = v2.tables["batch_event_records"]
+    assert set(events.kind) == {"event"} and set(events.text) == {"RUNNING", "COMPLETE"}
+    assert set(events.category) == {"Control Recipe: State Change"}
+    assert events.ts.is_monotonic_increasing and events.ts.iloc[0] == b2.start_ts
 
 
 def test_the_real_rockwell_record_parses_into_batch_bx10():
