@@ -60,16 +60,32 @@ def add_lineage(df: pd.DataFrame, sha256: str, rows, rel_path: str) -> pd.DataFr
     return df
 
 
+@dataclass(frozen=True)
+class CsvShape:
+    """How a CSV is laid out: the profile keys every CSV reader honours."""
+
+    delimiter: str = ","
+    encoding: str = "utf8"
+    header_line: int = 1  # the line of column names; lines before it are a preamble; 0: none
+    column_names: tuple[str, ...] = ()  # the columns by position, for a file without a header
+
+    @classmethod
+    def of(cls, profile) -> CsvShape:
+        return cls(profile.delimiter, profile.encoding, profile.header_line, profile.column_names)
+
+
 def read_csv_text(
-    path: Path, delimiter: str = ",", encoding: str = "utf8", sha256: str = "", rel_path: str = ""
+    path: Path, shape: CsvShape, sha256: str = "", rel_path: str = ""
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Read a CSV as strings; return (frame, line number of each row, rejects of malformed lines).
 
     Reading single-threaded makes pyarrow report the record number of every malformed line, so
     the record of each good row follows by elimination; records are then mapped to line numbers
-    in the file (header = line 1, one record per line, empty lines skipped but counted).
+    in the file (lines of a preamble and the header counted, one record per line, empty lines
+    skipped but counted).
     """
-    encoding = detected_encoding(path, encoding)
+    encoding = detected_encoding(path, shape.encoding)
+    delimiter, first = shape.delimiter, shape.header_line
     bad: list[dict] = []
 
     def on_invalid(row) -> str:
@@ -91,7 +107,7 @@ def read_csv_text(
         # that get string types are exactly the names of the table: a guessed name that missed
         # (BOM, quotes, spaces) let pyarrow infer numbers/timestamps and lose the source text, and
         # a duplicated name made pyarrow keep one of the columns silently.
-        names, header_only = _header_names(path, delimiter, encoding)
+        names, header_only = _header_names(path, delimiter, encoding, first, shape.column_names)
         if header_only:
             return (
                 pd.DataFrame({n: pd.Series(dtype="str") for n in names}),
@@ -106,7 +122,7 @@ def read_csv_text(
                     encoding=encoding,
                     block_size=1 << 24,
                     column_names=names,
-                    skip_rows=1,
+                    skip_rows=first,  # pyarrow counts empty lines here, as lines
                 ),
                 parse_options=pacsv.ParseOptions(
                     delimiter=delimiter, invalid_row_handler=on_invalid
@@ -127,7 +143,8 @@ def read_csv_text(
         raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
     # pyarrow numbers records (header = 1) and skips empty lines: lineage must name the line
     # an editor shows, so records are mapped to lines by counting the empty lines before them
-    skipped = np.asarray(empty_lines(path, encoding), dtype=np.int64)
+    # pyarrow numbers records from the line after the header: empty lines before it are counted
+    skipped = np.asarray([e for e in empty_lines(path, encoding) if e > first], dtype=np.int64)
     shift = skipped - np.arange(1, skipped.size + 1)  # records before the k-th empty line
 
     def line_of(record: np.ndarray) -> np.ndarray:
@@ -135,7 +152,9 @@ def read_csv_text(
 
     rejected = np.array(sorted(b["source_row"] for b in bad), dtype=np.int64)
     records = np.setdiff1d(
-        np.arange(2, table.num_rows + len(bad) + 2, dtype=np.int64), rejected, assume_unique=True
+        np.arange(first + 1, first + 1 + table.num_rows + len(bad), dtype=np.int64),
+        rejected,
+        assume_unique=True,
     )
     bad_lines = line_of(np.array([b["source_row"] for b in bad], dtype=np.int64))
     for b, line in zip(bad, bad_lines, strict=True):
@@ -193,17 +212,34 @@ def empty_lines(path: Path, encoding: str = "utf8", chunk: int = 1 << 24) -> lis
 _HEAD = 1 << 16  # the header line must fit in the first 64 KiB
 
 
-def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str], bool]:
-    """(column names of the first line, whether the file is that line alone); SourceRejected if
-    unusable."""
+def _header_names(
+    path: Path,
+    delimiter: str,
+    encoding: str,
+    header_line: int = 1,
+    given: tuple[str, ...] = (),
+) -> tuple[list[str], bool]:
+    """(column names of line `header_line`, or the `given` names of a file without a header
+    (line 0); whether no data follow); SourceRejected if unusable."""
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(_HEAD + 1)
     text = head[:_HEAD].decode(encoding, errors="replace").lstrip("\ufeff")
-    line, *rest = re.split(r"\r\n|\r|\n", text, maxsplit=1)
-    if not rest and len(head) > _HEAD:
-        raise SourceRejected(f"the header line is longer than {_HEAD} bytes")
+    if header_line == 0:
+        return list(given), len(head) <= _HEAD and not text.strip()
+    parts = re.split(r"\r\n|\r|\n", text, maxsplit=header_line)  # lines to the header, the rest
+    if len(parts) <= header_line and len(head) > _HEAD:
+        raise SourceRejected(
+            f"the header line (line {header_line}) ends beyond the first {_HEAD} bytes"
+        )
+    if len(parts) < header_line:
+        raise SourceRejected(
+            f"the file has fewer than {header_line} lines: no header at line {header_line} "
+            "(the profile's `header_line`)"
+        )
+    line, rest = parts[header_line - 1], (parts[header_line] if len(parts) > header_line else "")
     if not line.strip():
-        raise SourceRejected("empty file or missing header line")
+        where = "" if header_line == 1 else f" at line {header_line} (the profile's `header_line`)"
+        raise SourceRejected(f"empty file or missing header line{where}")
     try:
         names = next(csv.reader([line], delimiter=delimiter, strict=True))
     except csv.Error as err:  # e.g. a quoted name running over the line end
@@ -215,14 +251,19 @@ def _header_names(path: Path, delimiter: str, encoding: str) -> tuple[list[str],
         )
     # nothing but line ends after the header (pyarrow skips empty lines; it cannot skip a header
     # with no data)
-    return names, len(head) <= _HEAD and (not rest or rest[0].strip("\r\n") == "")
+    return names, len(head) <= _HEAD and rest.strip("\r\n") == ""
 
 
-def csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    """Column names of the first line, read as `read_csv_text` reads them; SourceRejected if
-    unusable."""
+def csv_header(path: Path, shape: CsvShape) -> list[str]:
+    """Column names, read as `read_csv_text` reads them; SourceRejected if unusable."""
     try:
-        return _header_names(path, delimiter, detected_encoding(path, encoding))[0]
+        return _header_names(
+            path,
+            shape.delimiter,
+            detected_encoding(path, shape.encoding),
+            shape.header_line,
+            shape.column_names,
+        )[0]
     except (pa.ArrowInvalid, OSError) as err:
         raise SourceRejected(f"cannot open: {_first_line(err)}") from None
 

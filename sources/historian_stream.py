@@ -22,6 +22,7 @@ from schemas.sql_checks import SqlCheck, first_failure_sql
 from sources.base import (
     QUALITY_REASON,
     VALUE_PARSE_REASON,
+    CsvShape,
     SourceRejected,
     csv_header,
     detected_encoding,
@@ -54,7 +55,8 @@ class Staged:
     malformed: (
         pd.DataFrame
     )  # line, error_type, text, message of lines DuckDB could not split into the header's fields
-    numbered: bool  # `parsed` has a `line` column (lines were skipped); otherwise line = rn + 1
+    numbered: bool  # `parsed` has a `line` column (lines were skipped); otherwise see line_sql
+    header_line: int = 1  # the line of column names (0: none): the first record follows it
 
     def reasons(self) -> pd.Series:
         """One-line reasons for the malformed lines, worded as the other CSV readers word them."""
@@ -71,8 +73,8 @@ class Staged:
 
     @property
     def line_sql(self) -> str:
-        """SQL for each `parsed` row's line in the file (header = line 1)."""
-        return "line" if self.numbered else "rn + 1"
+        """SQL for each `parsed` row's line in the file."""
+        return "line" if self.numbered else f"rn + {self.header_line}"
 
 
 def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
@@ -111,25 +113,29 @@ def _timestamp_sql(profile: FileProfile) -> tuple[str, str]:
     )
 
 
-def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int]) -> None:
+def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int], header_line: int) -> None:
     """Add each `parsed` row's line in the file as column `line`, from DuckDB's row number.
 
-    DuckDB numbers the rows it accepts in file order; every line it skipped (malformed or
-    empty) before a row shifts it by one: row rn lies after the k-th skipped line s_k exactly
-    when rn >= s_k - k. An as-of join finds the last such k for every row in one pass, however
-    many lines were skipped.
+    DuckDB numbers the rows it accepts in file order, the first on the line after the header;
+    every line it skipped after the header (malformed or empty) before a row shifts it by one:
+    row rn lies after the k-th skipped line s_k exactly when rn >= s_k - k - (header_line - 1).
+    An as-of join finds the last such k for every row in one pass, however many lines were
+    skipped.
     """
-    steps = [s - k for k, s in enumerate(sorted(skipped), start=1)]
+    steps = [s - k - (header_line - 1) for k, s in enumerate(sorted(skipped), start=1)]
     con.execute(
         """CREATE OR REPLACE TEMP TABLE skip_steps AS
                    SELECT t, max(k) AS k
                    FROM (SELECT unnest($t) AS t, unnest(range(1, len($t) + 1)) AS k) GROUP BY t""",
         {"t": steps},
     )
-    con.execute("""CREATE OR REPLACE TEMP TABLE parsed_lines AS
-                   SELECT p.*, p.rn + 1 + coalesce(s.k, 0) AS line
-                   FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
-                   ORDER BY p.rn""")
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE parsed_lines AS
+           SELECT p.*, p.rn + $header_line + coalesce(s.k, 0) AS line
+           FROM parsed p ASOF LEFT JOIN skip_steps s ON p.rn >= s.t
+           ORDER BY p.rn""",
+        {"header_line": header_line},
+    )
     con.execute(
         "DROP TABLE parsed; ALTER TABLE parsed_lines RENAME TO parsed; DROP TABLE skip_steps"
     )
@@ -148,7 +154,8 @@ def stage_long(
     `problem_column`, `failure_value`, `reason` for records that fail parsing or one of `checks`
     (pandera checks translated to SQL, plus any the caller adds, e.g. the tag dictionary).
     """
-    header = csv_header(path, profile.delimiter, profile.encoding)
+    shape = CsvShape.of(profile)
+    header = csv_header(path, shape)
     cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
     require_columns(pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]])
     status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
@@ -175,6 +182,8 @@ def stage_long(
     )
     params = {
         "path": str(path),
+        "has_header": shape.header_line > 0,
+        "skip": max(shape.header_line - 1, 0),
         "delim": profile.delimiter,
         "encoding": encoding,
         "columns": {h: "VARCHAR" for h in header},
@@ -200,7 +209,8 @@ def stage_long(
                 WITH raw AS (
                     SELECT row_number() OVER () AS rn, trim({tag_id}) AS tag, {ts_id} AS ts_text,
                            trim({value_id}) AS value_text, {status_sql} AS status_text
-                    FROM read_csv($path, header = true, all_varchar = true, delim = $delim,
+                    FROM read_csv($path, header = $has_header, skip = $skip, all_varchar = true,
+                                  delim = $delim,
                                   quote = '"', escape = '"', encoding = $encoding,
                                   strict_mode = true, null_padding = false, auto_detect = false,
                                   columns = $columns, ignore_errors = true, store_rejects = true)),
@@ -267,10 +277,17 @@ def stage_long(
            FROM reject_errors GROUP BY line ORDER BY line"""
     ).df()
     n = con.execute("SELECT count(*) FROM parsed").fetchall()[0][0]
-    skipped = malformed["line"].astype("int64").tolist() + empty_lines(path, encoding)
+    # DuckDB's `skip` counts the preamble's empty lines as lines: only later ones shift rows
+    after = [e for e in empty_lines(path, encoding) if e > shape.header_line]
+    skipped = malformed["line"].astype("int64").tolist() + after
     if skipped:
-        _number_lines(con, skipped)
-    return Staged(rows_read=n + len(malformed), malformed=malformed, numbered=bool(skipped))
+        _number_lines(con, skipped, shape.header_line)
+    return Staged(
+        rows_read=n + len(malformed),
+        malformed=malformed,
+        numbered=bool(skipped),
+        header_line=shape.header_line,
+    )
 
 
 PARSE_REASON_PARAMS = {

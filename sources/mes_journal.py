@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from sources.base import (
+    CsvShape,
     ReadResult,
     finish_records,
     parse_timestamps,
@@ -34,7 +35,7 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     """Rebuild batches and their procedural elements from an MES event journal's state changes,
     and material events from its material charges; rows_read counts records built plus lines
     quarantined (the note gives the journal lines read)."""
-    df, lines, rejects = read_csv_text(path, profile.delimiter, profile.encoding, sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
     col = {
         k: profile.column(k)
         for k in (

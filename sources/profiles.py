@@ -108,6 +108,8 @@ class FileProfile:
     delimiter: str = ","
     decimal: str = "."
     encoding: str = "utf8"
+    header_line: int = 1  # the line of column names; lines before it are a preamble; 0: none
+    column_names: tuple[str, ...] = ()  # a file without a header: its columns by position
     columns: dict[str, str] = field(default_factory=dict)
     timestamp_format: str | None = None  # strptime format; None means ISO 8601
     timezone: str = "UTC"  # zone of naive timestamps
@@ -179,7 +181,7 @@ def build_profile(cls, name: str, spec: dict):
     """A FileProfile or SqlProfile from its sources.yaml entry; unknown keys are an error."""
     if msg := unknown_keys(spec, sorted({f.name for f in fields(cls)} - {"name"})):
         raise ValueError(f"profile {name!r} has {msg}")
-    for key in ("digital_states", "namespaces", "exclude_columns"):
+    for key in ("digital_states", "namespaces", "exclude_columns", "column_names"):
         if key in spec:
             spec = {**spec, key: tuple(spec[key])}
     if "quality" in spec:

@@ -177,7 +177,7 @@ TEXT_PROFILE_KEYS = (
     "header_unit",
     "parallel_elements",
 )
-LIST_PROFILE_KEYS = ("digital_states", "namespaces", "exclude_columns")
+LIST_PROFILE_KEYS = ("digital_states", "namespaces", "exclude_columns", "column_names")
 MAPPING_PROFILE_KEYS = (
     "columns",
     "quality",
@@ -215,6 +215,7 @@ def _profiles(doc: dict, key: str, cls, site_name):
             ):
                 raise ValueError(f"{where}.{k}: a mapping of texts, e.g. {{canonical: header}}")
         _check_lab_keys(where, spec)
+        _check_header_keys(where, spec)
         if cls is FileProfile and site_name is not None:
             spec.setdefault("site", str(site_name))
         try:
@@ -226,6 +227,26 @@ def _profiles(doc: dict, key: str, cls, site_name):
                 f"{where}: unknown dataset {profile.dataset!r} (one of {', '.join(DATASETS)})"
             )
         yield profile
+
+
+def _check_header_keys(where: str, spec: dict) -> None:
+    """`header_line` is a line number; a file without one (0) names its columns."""
+    line = spec.get("header_line", 1)
+    if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line <= 1000:
+        raise ValueError(
+            f"{where}.header_line: the line of the column names (1 = the first; 0 = the file "
+            f"has none), not {line!r}"
+        )
+    names = spec.get("column_names", [])
+    if line == 0 and not names:
+        raise ValueError(
+            f"{where}: a file without a header (header_line: 0) needs `column_names`, its "
+            "columns by position"
+        )
+    if line != 0 and names:
+        raise ValueError(f"{where}.column_names: only for a file without a header (header_line: 0)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}.column_names: a name is given twice")
 
 
 def _check_lab_keys(where: str, spec: dict) -> None:
