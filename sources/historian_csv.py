@@ -75,7 +75,7 @@ def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
     df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
     ts_col = profile.column("ts")
     require_columns(df, [ts_col])
-    tags = [c for c in df.columns if c != ts_col]
+    tags = [c for c in df.columns if c != ts_col and c not in profile.exclude_columns]
     if not tags:
         raise SourceRejected("wide historian export has a timestamp column but no tag columns")
     # one row per instant, in time order: the order resolves an autumn hour (sources.base.localize)

@@ -11,6 +11,7 @@ identifiers.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,23 @@ def _number_lines(con: duckdb.DuckDBPyConnection, skipped: list[int], header_lin
     )
 
 
+def _tag_sql(profile: FileProfile, tag_column: str) -> tuple[str, dict, list[str]]:
+    """SQL for a row's tag: its tag column, or the profile's `tag_template` over several columns
+    ("{StreamId}.{Field}"; the literal parts are bound, never formatted into SQL); with the
+    parameters and the columns it reads."""
+    if not profile.tag_template:
+        return f"trim({ident(tag_column)})", {}, [tag_column]
+    pieces, params, columns = [], {}, []
+    for i, (literal, name, _, _) in enumerate(string.Formatter().parse(profile.tag_template)):
+        if literal:
+            params[f"tag_literal_{i}"] = literal
+            pieces.append(f"$tag_literal_{i}")
+        if name:
+            columns.append(name)
+            pieces.append(f"trim({ident(name)})")
+    return f"concat({', '.join(pieces)})", params, columns
+
+
 def stage_long(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -157,7 +175,8 @@ def stage_long(
     shape = CsvShape.of(profile)
     header = csv_header(path, shape)
     cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
-    require_columns(pd.DataFrame(columns=header), [cols["tag"], cols["ts"], cols["value"]])
+    tag_sql, tag_params, tag_columns = _tag_sql(profile, cols["tag"])
+    require_columns(pd.DataFrame(columns=header), [*tag_columns, cols["ts"], cols["value"]])
     status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
     encoding = ENCODINGS.get(detected_encoding(path, profile.encoding).lower())
     if encoding is None:
@@ -182,6 +201,7 @@ def stage_long(
     )
     params = {
         "path": str(path),
+        **tag_params,
         "has_header": shape.header_line > 0,
         "skip": max(shape.header_line - 1, 0),
         "delim": profile.delimiter,
@@ -202,12 +222,12 @@ def stage_long(
         **({"tz": profile.timezone} if "$tz" in ts_sql else {}),
     }
     con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
-    tag_id, ts_id, value_id = ident(cols["tag"]), ident(cols["ts"]), ident(cols["value"])
+    ts_id, value_id = ident(cols["ts"]), ident(cols["value"])
     try:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE parsed AS
                 WITH raw AS (
-                    SELECT row_number() OVER () AS rn, trim({tag_id}) AS tag, {ts_id} AS ts_text,
+                    SELECT row_number() OVER () AS rn, {tag_sql} AS tag, {ts_id} AS ts_text,
                            trim({value_id}) AS value_text, {status_sql} AS status_text
                     FROM read_csv($path, header = $has_header, skip = $skip, all_varchar = true,
                                   delim = $delim,

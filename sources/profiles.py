@@ -111,6 +111,7 @@ class FileProfile:
     header_line: int = 1  # the line of column names; lines before it are a preamble; 0: none
     column_names: tuple[str, ...] = ()  # a file without a header: its columns by position
     columns: dict[str, str] = field(default_factory=dict)
+    tag_template: str | None = None  # long historian: the tag from columns, "{StreamId}.{Field}"
     timestamp_format: str | None = None  # strptime format; None means ISO 8601
     timezone: str = "UTC"  # zone of naive timestamps
     quality: dict[str, str] = field(default_factory=lambda: dict(QUALITY_WORDS))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,7 @@ TEXT_PROFILE_KEYS = (
     "site",
     "header_unit",
     "parallel_elements",
+    "tag_template",
 )
 LIST_PROFILE_KEYS = ("digital_states", "namespaces", "exclude_columns", "column_names")
 MAPPING_PROFILE_KEYS = (
@@ -230,13 +232,29 @@ def _profiles(doc: dict, key: str, cls, site_name):
 
 
 def _check_header_keys(where: str, spec: dict) -> None:
-    """`header_line` is a line number; a file without one (0) names its columns."""
+    """`header_line` is a line number; a file without one (0) names its columns; a tag
+    template names columns."""
     line = spec.get("header_line", 1)
     if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line <= 1000:
         raise ValueError(
             f"{where}.header_line: the line of the column names (1 = the first; 0 = the file "
             f"has none), not {line!r}"
         )
+    template = spec.get("tag_template")
+    if template is not None:
+        try:
+            fields = [
+                (name, fmt, conv) for _, name, fmt, conv in string.Formatter().parse(template)
+            ]
+        except ValueError as err:
+            raise ValueError(f"{where}.tag_template: {err}") from None
+        if not any(name for name, _, _ in fields) or any(
+            name is not None and (not name or fmt or conv) for name, fmt, conv in fields
+        ):
+            raise ValueError(
+                f"{where}.tag_template: column names in braces and text between them, e.g. "
+                '"{StreamId}.{Field}"'
+            )
     names = spec.get("column_names", [])
     if line == 0 and not names:
         raise ValueError(

@@ -139,3 +139,51 @@ def test_a_wrong_header_key_is_one_line_naming_it(tmp_path, keys, message):
     with pytest.raises(SiteConfigError) as err:
         load_site(tmp_path)
     assert message in str(err.value) and "files.lab" in str(err.value)
+
+
+def test_a_tag_is_built_from_several_columns_by_the_profiles_template(tmp_path):
+    text = (
+        "StreamId,Field,Time,Value\n"
+        "1207, TI01 ,2026-11-07T08:00:00Z,36.9\n"
+        "1207,PH01,2026-11-07T08:00:00Z,7.02\n"
+    )
+    path = _file(tmp_path, "historian/streams.csv", text)
+    profile = replace(
+        LONG, tag_template="BR{StreamId}.{Field}.PV", columns={"ts": "Time", "value": "Value"}
+    )
+    res = historian_csv.read_long(path, sha256_of(path), "historian/streams.csv", profile)
+    points = res.tables["historian_points"]
+    assert points.tag.tolist() == ["BR1207.TI01.PV", "BR1207.PH01.PV"]
+    assert points.value.tolist() == [36.9, 7.02]
+    # a template naming a column the file lacks rejects it, naming the column
+    wrong = replace(profile, tag_template="{Stream}.{Field}")
+    with pytest.raises(SourceRejected, match="missing column.*'Stream'"):
+        historian_csv.read_long(path, sha256_of(path), "historian/streams.csv", wrong)
+
+
+def test_columns_of_a_wide_export_that_are_not_values_can_be_excluded(tmp_path):
+    text = (
+        "Timestamp,StreamId,Status,BR1.TI01.PV\n"
+        "2026-11-07T08:00:00Z,1207,OK,36.9\n"
+        "2026-11-07T08:01:00Z,1207,OK,37.0\n"
+    )
+    path = _file(tmp_path, "historian/wide.csv", text)
+    wide = FileProfile(
+        name="w", dataset="historian_wide", glob="historian/*.csv", columns={"ts": "Timestamp"}
+    )
+    read = historian_csv.read_wide(path, sha256_of(path), "historian/wide.csv", wide)
+    # unsaid, a stream id is a tag of value 1207 and a status column a tag of bad text
+    assert set(read.tables["historian_points"].tag) == {"StreamId", "BR1.TI01.PV"}
+    assert set(read.rejects.column) == {"Status"}
+    wide = replace(wide, exclude_columns=("StreamId", "Status"))
+    read = historian_csv.read_wide(path, sha256_of(path), "historian/wide.csv", wide)
+    assert read.tables["historian_points"].tag.unique().tolist() == ["BR1.TI01.PV"]
+    assert read.rejects.empty and read.rows_read == 2
+
+
+@pytest.mark.parametrize("template", ["{Stream", "plain", "{0:>5}", "{}.x"])
+def test_a_wrong_tag_template_is_one_line_naming_it(tmp_path, template):
+    doc = {"files": {"pi": {"dataset": "historian_long", "glob": "h/*", "tag_template": template}}}
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(SiteConfigError, match="files.pi.tag_template"):
+        load_site(tmp_path)
