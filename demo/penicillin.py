@@ -54,7 +54,7 @@ DEFAULT_SEED = 20260302
 FIRST_START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 EPOCH = FIRST_START - timedelta(hours=12)  # the historian export starts here
 DST = datetime(2026, 3, 8, 8, 0, tzinfo=UTC)
-STREAMS = {"plan": 0, "sensors": 1, "lims": 2}
+STREAMS = {"plan": 0, "sensors": 1, "lims": 2, "analyzer": 3}
 NS = "http://www.mesa.org/xml/B2MML"  # BatchML V0700
 TRUE_PARAMETERS = {  # name: (value, unit); the same every batch, only initial states vary
     "mu_max": (0.095, "1/h"),
@@ -91,6 +91,9 @@ ASSAYS = {
     "SUBSTRATE": ("g/L", 0.05, 2, (1.5, 2.5)),
 }
 SUBSTRATE_LOD = 0.05
+# at-line analyzer: one row per sample, a column per analyte with its unit in the header
+ANALYZER_FILE = "lims/analyzer/BioAn2_export.csv"
+ANALYZER_ASSAYS = {"PAA (g/L)": ("paa", 0.03, 2), "NH4+ (mmol/L)": ("ammonium", 0.04, 1)}
 MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 HEADER = f"# {SITE_NAME} ({SITE}) penicillin demo site, written by demo/penicillin.py"
 
@@ -254,7 +257,7 @@ def generate(
 
 def _generate(root: Path, size: DemoSize, progress: Callable[[str], None]) -> dict:
     landing = root / "landing"
-    for sub in ("tags", "historian", "mes", "lims"):
+    for sub in ("tags", "historian", "mes", "lims", "lims/analyzer"):
         (landing / sub).mkdir(parents=True, exist_ok=True)
 
     def write(rel: str, text: str, encoding: str = "utf-8") -> None:
@@ -278,6 +281,8 @@ def _generate(root: Path, size: DemoSize, progress: Callable[[str], None]) -> di
     export, resend = _lims(batches, as_of, size.seed, faults)
     write("lims/PEN_LIMS_export.csv", export)
     write("lims/PEN_LIMS_resend.csv", resend)
+    # Windows instrument software: UTF-16 with a byte-order mark
+    write(ANALYZER_FILE, _analyzer(batches, as_of, size.seed, faults), "utf-16")
     progress("wrote the tag dictionary, MES records and LIMS results")
     t_s = np.unique(
         np.round(np.arange(0.0, (as_of - EPOCH).total_seconds() + 1e-6, size.seconds_per_sample))
@@ -792,6 +797,50 @@ def _lims(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) 
     return _lims_csv(export), _lims_csv(df.loc[[i]])
 
 
+def _analyzer(batches: list[Batch], as_of: datetime, seed: int, faults: list[dict]) -> str:
+    """Daily at-line samples of the precursor (PAA) and ammonium, as a wide analyzer export
+    behind a three-line instrument header. The precursor is dosed to stay near 1 g/L and is
+    not modelled; ammonium rises with the nitrogen the culture releases."""
+    rows = []
+    for b in batches:
+        rng = _stream(seed, "analyzer", b.seq)
+        for k in range(1, int(b.harvest_h // 24.0) + 1):
+            h = _minutes(24.0 * k + rng.uniform(-1.0, 1.0))
+            true = {"paa": 1.0 + 0.3 * np.sin(h / 40.0), "ammonium": 12.0 + 0.04 * h}
+            cells = {
+                header: f"{true[name] * rng.normal(1.0, cv):.{digits}f}".replace(".", ",")
+                for header, (name, cv, digits) in ANALYZER_ASSAYS.items()
+            }
+            if b.at(h) <= as_of:
+                rows.append(
+                    {"Proben-ID": f"{b.batch_id}-A{k:02d}", "Messzeitpunkt": b.at(h), **cells}
+                    | {"Bemerkung": ""}
+                )
+    # the instrument's own failures: a result it could not measure, a sample it could not read
+    rows[3]["PAA (g/L)"], rows[3]["Bemerkung"] = "ERROR", "Kalibrierung abgelaufen"
+    rows[5].update({h: "" for h in ANALYZER_ASSAYS}, Bemerkung="Blase erkannt")
+    for i, kind in ((3, "analyzer_error"), (5, "analyzer_no_result")):
+        faults.append(
+            {
+                "fault": kind,
+                "file": ANALYZER_FILE,
+                "line": 5 + i,  # after the instrument header (3 lines) and the column names
+                "sample_id": rows[i]["Proben-ID"],
+                "detail": rows[i]["Bemerkung"],
+            }
+        )
+
+    def local(ts: datetime) -> str:
+        return pd.Timestamp(ts).tz_convert(SITE_TZ).strftime("%d.%m.%Y %H:%M:%S")
+
+    df = pd.DataFrame(rows)
+    head = f"Geraet;BioAnalyzer 2;SN 2231\nExport;{local(as_of)}\n\n"
+    body = df.assign(Messzeitpunkt=df.Messzeitpunkt.map(local)).to_csv(
+        sep=";", index=False, lineterminator="\n"
+    )
+    return head + body
+
+
 def _lims_csv(df: pd.DataFrame) -> str:
     def local(ts: datetime) -> str:  # month names spelled here: strftime's %b follows the locale
         t = pd.Timestamp(ts).tz_convert(SITE_TZ)
@@ -818,6 +867,14 @@ files:
      digital_states: ["No Data", Shutdown, "I/O Timeout", "Scan Off", "Pt Created", "Bad Input"]}
   pen_mes:         # BatchML V0700; the BATCH phase starts the clock
     {dataset: mes_xml, glob: "mes/PEN_*.xml", inoculation_phase: BATCH, site: $site}
+  pen_analyzer:    # at-line analyzer: UTF-16, an instrument header, a column per analyte
+    {dataset: lims_wide, glob: "lims/analyzer/*.csv", delimiter: ";", decimal: ",",
+     header_line: 4, timezone: $tz, timestamp_format: "%d.%m.%Y %H:%M:%S",
+     columns: {sample_id: Proben-ID, sampled_at: Messzeitpunkt},
+     batch_from: {column: Proben-ID, pattern: '^(?P<batch>.+)-A[0-9]+$$'},
+     header_unit: '(?P<analyte>[^(]+?)\\s*\\((?P<unit>[^)]+)\\)',
+     exclude_columns: [Bemerkung],
+     analyte_names: {PAA: paa, NH4+: ammonium}}
   pen_lims:
     {dataset: lims, glob: "lims/PEN_*.csv", delimiter: ";", decimal: ",", timezone: $tz,
      timestamp_format: "%d-%b-%Y %H:%M",
@@ -842,6 +899,8 @@ analytes:                   # lab dictionary: canonical unit, accepted units, pl
   penicillin: {unit: g/L, min: 0, max: 60, spec_low: 15}
   viscosity: {unit: cP, units: [cP, "mPa*s"], min: 0, max: 5000}
   substrate: {unit: g/L, min: 0, max: 500}
+  paa: {unit: g/L, min: 0, max: 20}             # phenylacetic acid, the side-chain precursor
+  ammonium: {unit: mM, units: [mmol/L, mM], min: 0, max: 500}
 limits:                     # normal operating limits per parameter and ISA-88 phase, site units
   temperature: {BATCH: [24.5, 25.5], FED_BATCH: [23.5, 24.5]}
   ph: {BATCH: [6.4, 6.6], FED_BATCH: [6.4, 6.6]}

@@ -37,7 +37,7 @@ def test_the_site_runs_green_with_no_sql_historian(site):
         "SELECT dataset, count(*) AS files, sum(rows_quarantined) AS q FROM ingest_log "
         "GROUP BY 1 ORDER BY 1",
     )
-    assert log["dataset"].tolist() == ["historian_long", "lims", "mes_xml", "tags"]
+    assert log["dataset"].tolist() == ["historian_long", "lims", "lims_wide", "mes_xml", "tags"]
     assert query(lake, "SELECT count(*) AS n FROM batches")["n"].iloc[0] == len(truth["batches"])
 
 

@@ -155,6 +155,7 @@ def test_every_file_is_read_and_only_the_injected_lab_faults_are_quarantined(ing
         "historian_long": 3,
         "mes_xml": 4,
         "lims": 2,
+        "lims_wide": 1,
     }
     assert by_dataset["tags"]["tags/PEN_Tagliste.csv"]["rows_accepted"] == 33
     for rel, log in {
@@ -180,6 +181,22 @@ def test_every_file_is_read_and_only_the_injected_lab_faults_are_quarantined(ing
     assert (resent["check"], resent["source_path"]) == ("conflicting_result", dup["file"])
     kept = samples[(samples.sample_id == dup["sample_id"]) & (samples.analyte == "penicillin")]
     assert kept.source_path.tolist() == ["lims/PEN_LIMS_export.csv"]
+    # the at-line analyzer (UTF-16, an instrument header, a column per analyte): its 'ERROR'
+    # cell is quarantined by its line and column, the sample it could not read is a note
+    analyzer = by_dataset["lims_wide"]["lims/analyzer/BioAn2_export.csv"]
+    error, unread = faults["analyzer_error"], faults["analyzer_no_result"]
+    bad = quarantine[quarantine.source_path == error["file"]]
+    assert bad[["source_row", "column", "failure_value"]].values.tolist() == [
+        [error["line"], "PAA (g/L)", "ERROR"]
+    ]
+    assert analyzer["notes"] == "1 sample row(s) without any result"
+    assert unread["sample_id"] not in set(samples.sample_id)
+    at_line = samples[samples.source_path == error["file"]]
+    assert analyzer["rows_accepted"] == len(at_line) and analyzer["rows_quarantined"] == 1
+    assert set(at_line.analyte) == {"paa", "ammonium"}
+    assert set(at_line.uom) == {"g/L", "mmol/L"} and set(at_line.canonical_uom) == {"g/L", "mM"}
+    # the batch comes from the sample id: PG26-001-A04 belongs to PG26-001
+    assert (at_line.batch_id == at_line.sample_id.str.rsplit("-", n=1).str[0]).all()
 
 
 def test_local_times_across_the_dst_change_are_read_as_the_right_instants(ingested, truth):
@@ -263,9 +280,15 @@ def test_mes_records_carry_phases_from_batch_start_and_the_material_events(inges
 def test_lab_results_follow_the_true_batch_within_assay_noise(ingested, truth):
     samples = _silver(ingested[0], "samples")
     assert samples.censored.sum() > 0 and set(samples[samples.censored].value_text) == {"<0,05"}
-    assert (samples.reported_ts > samples.sampled_ts).all()
-    assert (samples.reported_ts <= pd.Timestamp(truth["as_of"])).all()
-    assert set(samples.analyte) == {"biomass", "penicillin", "viscosity", "substrate"}
+    lims = samples[samples.source_path.str.startswith("lims/PEN_")]
+    assert (lims.reported_ts > lims.sampled_ts).all()
+    assert (lims.reported_ts <= pd.Timestamp(truth["as_of"])).all()
+    assert set(lims.analyte) == {"biomass", "penicillin", "viscosity", "substrate"}
+    # the analyzer reports nothing but its measurement time
+    at_line = samples[~samples.source_path.str.startswith("lims/PEN_")]
+    assert at_line.reported_ts.isna().all() and set(at_line.analyte) == {"paa", "ammonium"}
+    paa, ammonium = (at_line[at_line.analyte == a].value for a in ("paa", "ammonium"))
+    assert paa.between(0.6, 1.4).all() and ammonium.between(11.0, 23.0).all()
     for b in _complete(truth):
         titer = samples[(samples.batch_id == b["batch_id"]) & (samples.analyte == "penicillin")]
         assert titer.sort_values("sampled_ts").value.iloc[-1] == pytest.approx(
