@@ -33,8 +33,8 @@ def _element_name(path: str) -> str:
 
 def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
     """Rebuild batches and their procedural elements from an MES event journal's state changes,
-    and material events from its material charges; rows_read counts records built plus lines
-    quarantined (the note gives the journal lines read)."""
+    and material events from its material charges; rows_read counts the records the lines call
+    for plus the lines that could not be read (the note gives the journal lines read)."""
     df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
     col = {
         k: profile.column(k)
@@ -199,8 +199,21 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     }
     quarantined = pd.concat([rejects, *problems], ignore_index=True)
     # a journal's lines are events, several of which make one record (a phase's start and end):
-    # its rows are the records built plus the lines quarantined, and the note gives the lines
+    # its rows are the records its lines call for, counted from the lines themselves (not from
+    # what was built, so a record lost on the way shows in the ingest's conservation check),
+    # plus the lines that make no record because they could not be read
+    event = ev[col["event"]].str.strip().str.lower()
+    changes = ev[event == "state change"]
+    called_for = (
+        ev[col["batch_id"]].nunique()  # a batch record per batch
+        + len(
+            changes.assign(path=changes[col["recipe_path"]].str.strip())[
+                [col["batch_id"], "path"]
+            ].drop_duplicates()
+        )
+        + int((event == "material charge").sum())  # a material event, or its quarantined line
+    )
+    unread = len(rejects) + len(problems[0])  # malformed lines, unreadable times
     built = sum(len(t) for t in tables.values())
-    lines_read = len(df) + len(rejects)
-    note = f"{lines_read} journal lines made {built} records"
-    return ReadResult(tables, quarantined, rows_read=built + len(quarantined), notes=[note])
+    note = f"{len(df) + len(rejects)} journal lines made {built} records"
+    return ReadResult(tables, quarantined, rows_read=called_for + unread, notes=[note])
