@@ -9,6 +9,7 @@ import json
 import warnings
 
 import dagster as dg
+import pandas as pd
 
 from lake import contextualize
 from lake.query import CatalogMissing, query
@@ -138,8 +139,8 @@ def golden_profiles(
 def batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
     """Add every batch of the MES records as a partition and request its gold tables: once per
     version of its record (a batch starts, completes, is amended); for a running batch again
-    after every catalog update (its latest data); for a completed batch again when historian
-    points inside its window arrive late."""
+    after every catalog update (its latest data); for an ended batch again when historian
+    points inside its window or lab results of it arrive late."""
     try:
         records = query(
             lake.lake(),
@@ -158,7 +159,7 @@ def batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
         if batch not in seen and batch in known:
             seen.update(_computed_from(context.instance, batch))
     catalog = _latest(context.instance, dg.AssetKey("lake_catalog"))
-    late, historian_seen = _late_data(lake.lake(), cursor.get("historian_seen"))
+    late, ingest_seen = _late_data(lake.lake(), cursor.get("ingest_seen"))
     requests = []
     for batch, sha, running in records.itertuples(index=False):
         if seen.get(batch) != sha:
@@ -173,47 +174,73 @@ def batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
             requests.append(
                 dg.RunRequest(
                     partition_key=batch,
-                    run_key=f"{batch}:{sha}|late data, ingested by {historian_seen}",
+                    run_key=f"{batch}:{sha}|late data, ingested by {ingest_seen['newest']}",
                 )
             )
     seen.update(zip(records["batch_id"], records["source_sha256"], strict=True))
-    new_cursor = json.dumps({"records": seen, "historian_seen": historian_seen})
+    new_cursor = json.dumps({"records": seen, "ingest_seen": ingest_seen})
+    # a batch gets its partition even when nothing is requested for it (its record was seen
+    # before its partition was deleted, say)
+    partitions = [batch_partitions.build_add_request(new)] if new else []
     if not requests:
         return dg.SensorResult(
-            skip_reason="no new, amended or running batch and no late data", cursor=new_cursor
+            skip_reason="no new, amended or running batch and no late data",
+            cursor=new_cursor,
+            dynamic_partitions_requests=partitions,
         )
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[batch_partitions.build_add_request(new)] if new else [],
+        dynamic_partitions_requests=partitions,
         cursor=new_cursor,
     )
 
 
-def _late_data(lake, since: str | None) -> tuple[set[str], str | None]:
-    """Completed batches whose unit got historian points inside their window from sources
-    ingested after `since` (an ingest_log time), and the newest ingest time seen.
+# An ingest_log row is written when its source is done, stamped a moment before: a row may
+# land after a newer one was read. Rows this close to the newest are remembered by hash.
+LATE_DATA_OVERLAP = "1h"
 
-    Without `since` (the sensor's first tick) nothing is late: the lake's gold was computed
+
+def _late_data(lake, seen: dict | None) -> tuple[set[str], dict]:
+    """Ended batches (complete, aborted, stopped) that got data from sources ingested since
+    the last look: historian points inside their window on their unit, or lab results of
+    theirs. `seen` is that look: {"newest": finished_at, "recent": hashes near it}.
+
+    On the sensor's first tick (`seen` None) nothing is late: the lake's gold was computed
     from everything ingested so far (`batchtwin run` recomputes every batch).
     """
-    newest = query(
+    log = query(
         lake,
-        "SELECT CAST(max(started_at) AS VARCHAR) AS t FROM ingest_log WHERE status = 'ingested'",
-    )["t"].iloc[0]
-    if since is None or newest is None or newest <= since:
-        return set(), newest if newest is not None else since
+        "SELECT sha256, CAST(finished_at AS VARCHAR) AS t FROM ingest_log "
+        "WHERE status = 'ingested' AND finished_at > "
+        "CAST(? AS TIMESTAMPTZ) - to_seconds(?)",
+        [seen["newest"] if seen else "-infinity", pd.Timedelta(LATE_DATA_OVERLAP).total_seconds()],
+    )
+    times = pd.to_datetime(log["t"], utc=True, format="ISO8601")
+    if len(log):
+        newest = log["t"][times.idxmax()]
+        near = times > times.max() - pd.Timedelta(LATE_DATA_OVERLAP)
+        recent = dict(zip(log["sha256"][near], log["t"][near], strict=True))
+    else:
+        newest, recent = (seen or {}).get("newest"), {}
+    remembered = {"newest": newest, "recent": recent}
+    fresh = sorted(set(log["sha256"]) - set((seen or {}).get("recent", {})))
+    if seen is None or not fresh:
+        return set(), remembered
     late = query(
         lake,
-        """WITH fresh AS (SELECT sha256 FROM ingest_log
-                          WHERE status = 'ingested' AND started_at > CAST(? AS TIMESTAMPTZ)),
-                spans AS (SELECT t.unit_id, min(p.ts) AS lo, max(p.ts) AS hi
+        """WITH spans AS (SELECT t.unit_id, min(p.ts) AS lo, max(p.ts) AS hi
                           FROM historian_points p JOIN tags t USING (tag)
-                          WHERE p.source_sha256 IN (SELECT sha256 FROM fresh) GROUP BY 1)
-           SELECT DISTINCT b.batch_id FROM batches b JOIN spans s USING (unit_id)
-           WHERE b.status = 'complete' AND b.start_ts <= s.hi AND b.end_ts >= s.lo""",
-        [since],
+                          WHERE p.source_sha256 IN (SELECT unnest($fresh)) GROUP BY 1),
+                ended AS (SELECT * FROM batches
+                          WHERE status IN ('complete', 'aborted', 'stopped'))
+           SELECT b.batch_id FROM ended b JOIN spans s USING (unit_id)
+           WHERE b.start_ts <= s.hi AND b.end_ts >= s.lo
+           UNION
+           SELECT DISTINCT r.batch_id FROM sample_records r JOIN ended USING (batch_id)
+           WHERE r.source_sha256 IN (SELECT unnest($fresh))""",
+        {"fresh": fresh},
     )
-    return set(late["batch_id"]), newest
+    return set(late["batch_id"]), remembered
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> int:

@@ -218,8 +218,8 @@ tag_dictionary = _ingest_step(
 batch_and_lab_records = _ingest_step(
     "ingest_batch_and_lab_records",
     "MES batch records (BatchML/B2MML XML and event-journal CSV in landing/mes) and offline lab "
-    "results (landing/lims/*.csv) -> silver batch, phase and material-event records (every "
-    "version kept) and `samples` (retests supersede by report time).",
+    "results (LIMS and analyzer exports) -> silver batch, phase, material-event and batch-event "
+    "records (every version kept) and `samples` (retests supersede by report time).",
     [],
 )
 historian_points = _ingest_step(

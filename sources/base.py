@@ -6,6 +6,7 @@ import codecs
 import csv
 import functools
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,8 @@ def read_csv_text(
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
         if isinstance(err, UnicodeDecodeError) or "invalid UTF8" in str(err):
             raise SourceRejected(
-                f"not {encoding} text ({_first_line(err)[:120]}): set the profile's `encoding` "
-                "(e.g. latin-1, cp1252, utf-16)"
+                f"line {_first_undecodable_line(path, encoding)} is not {encoding} text: set the "
+                "profile's `encoding` (e.g. latin-1, cp1252, utf-16)"
             ) from None
         raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
     # pyarrow numbers records (header = 1) and skips empty lines: lineage must name the line
@@ -173,6 +174,18 @@ def detected_encoding(path: Path, declared: str) -> str:
     with pa.input_stream(str(path), compression="detect") as stream:
         start = stream.read(2)
     return "utf-16" if start in _UTF16_MARKS else declared
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | str:
+    """The number of the first line that does not decode (the readers' own messages count
+    records, not the lines an editor shows); '?' if every line decodes one by one."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        for number, line in enumerate(io.BufferedReader(stream), start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError:
+                return number
+    return "?"
 
 
 def empty_lines(path: Path, encoding: str = "utf8", chunk: int = 1 << 24) -> list[int]:

@@ -47,6 +47,7 @@ def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
             "analyte": analyte_names(df[col["analyte"]], profile),
             "text": df[col["value"]].str.strip(),
             "unit": df[col["unit"]].str.strip(),
+            "unit_column": col["unit"],
             "sampled_at": df[col["sampled_at"]],
             "reported_at": df[col["reported_at"]],
             "line": lines,
@@ -65,6 +66,8 @@ def read_lims_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile)
     require_columns(df, [col["sample_id"], col["sampled_at"], *_batch_columns(profile)])
     reported = col["reported_at"] if col["reported_at"] in df else None
     id_columns = {*col.values(), profile.column("batch_id"), *_batch_columns(profile)}
+    # a header ending in the delimiter names an empty column: nothing to read there
+    id_columns |= {c for c in df.columns if not c.strip() and (df[c].str.strip() == "").all()}
     columns = result_columns(list(df.columns), profile, id_columns)
     wide = df[list(columns)].apply(lambda c: c.str.strip())
     filled = (wide != "").to_numpy()
@@ -79,6 +82,7 @@ def read_lims_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile)
             "analyte": analyte_names(pd.Series([columns[h][0] for h in headers]), profile),
             "text": wide.to_numpy()[rows, cols],
             "unit": [columns[h][1] for h in headers],
+            "unit_column": headers,  # the unit is part of the result column's header
             "sampled_at": df[col["sampled_at"]].to_numpy()[rows],
             "reported_at": df[reported].to_numpy()[rows] if reported else "",
             "line": lines[rows],
@@ -96,7 +100,10 @@ def result_columns(
     """Result column header -> (analyte, unit) for a wide export; SourceRejected when a column
     would be a result of no known unit (say which columns are results, or exclude the others)."""
     if profile.analyte_columns:
-        require_columns(pd.DataFrame(columns=headers), list(profile.analyte_columns))
+        try:
+            require_columns(pd.DataFrame(columns=headers), list(profile.analyte_columns))
+        except SourceRejected as err:
+            raise SourceRejected(f"{err} (the profile's `analyte_columns`)") from None
         chosen = list(profile.analyte_columns)
     else:
         chosen = [h for h in headers if h not in not_results and h not in profile.exclude_columns]
@@ -215,7 +222,7 @@ def _checked(
         ),
         (
             ~unit_ok,
-            profile.column("unit"),
+            results["unit_column"],
             results["unit"],
             "uom_syntax",
             "unit is not a unit expression "

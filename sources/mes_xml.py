@@ -18,9 +18,10 @@ What is read:
   sampled at the Sample's time stamp, reported at the result's);
 - Rockwell PharmaSuite's `ExecutedControlRecipe/RuntimeRecipeElement` extension, which gives
   completion times only: an element's end is its `CompletionTime` (or its last child's), and
-  its start is derived as the end of the element before it at the same level, or, inside an
-  element the profile's `parallel_elements` pattern names, as that block's start (its children
-  run side by side). Derived fields are named in the file's notes and in the `derived` column.
+  its start is derived as the end of the element before it at the same level, or, anywhere
+  inside an element the profile's `parallel_elements` pattern names, as that block's start (its
+  contents run side by side: the block's start is all the record tells, a lower bound). Derived
+  fields are named in the file's notes and in the `derived` column.
 
 Other B2MML documents (schedules, recipes, material and equipment masters) hold no batch that
 ran: they are rejected naming their root element, never taken in as zero rows.
@@ -350,7 +351,7 @@ def _executed_control_recipe(
     return (
         f"{batch_id}: ExecutedControlRecipe gives completion times only; "
         "phase start_ts is derived as the previous element's completion, or inside a parallel "
-        "block as the block's start (NULL for the first element at each level; see `derived`); "
+        "block as the block's start (NULL where nothing before it completed; see `derived`); "
         "batch start_ts is unknown"
     )
 

@@ -170,3 +170,35 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     ).success
     rows_after = query(lake, "SELECT count(*) AS n FROM process_values WHERE batch_id = 'B26-004'")
     assert rows_after["n"].iloc[0] == rows_before["n"].iloc[0] + 1
+
+    # a release assay of the completed B26-004 arrives days later: its gold (the KPIs read the
+    # lab results) is computed again
+    end = b["end_ts"].iloc[0]
+    sampled, reported = (
+        (end - pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (end + pd.Timedelta(hours=48)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    (fresh_data / "landing" / "lims" / "release_B26-004.csv").write_text(
+        "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n"
+        f"B26-004-REL,B26-004,titer,5.1,g/L,{sampled},{reported}\n"
+    )
+    sensed = landing_zone_sensor(
+        dg.build_sensor_context(
+            cursor=sensed.cursor, resources={"landing": landing, "lake": lake_res}
+        )
+    )
+    _execute(
+        {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
+    )
+    again = batches_sensor(
+        dg.build_sensor_context(instance=instance, cursor=late.cursor, resources={"lake": lake_res})
+    )
+    why = {r.partition_key: r.run_key.split("|")[-1].split(",")[0] for r in again.run_requests}
+    assert why.get("B26-004") == "late data"
+    # the sources already looked at are not late a second time
+    settled = batches_sensor(
+        dg.build_sensor_context(
+            instance=instance, cursor=again.cursor, resources={"lake": lake_res}
+        )
+    )
+    assert "B26-004" not in {r.partition_key for r in settled.run_requests}

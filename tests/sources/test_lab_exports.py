@@ -237,7 +237,11 @@ def test_a_latin1_file_read_as_utf8_names_the_encoding_key(tmp_path):
     )
     _, out = _ingest(tmp_path, "lims/x.csv", text.encode("latin-1"), lims=lims)
     assert out.status == "rejected"
-    assert "set the profile's `encoding`" in out.log["error"]
+    # the line an editor shows (pyarrow's own message counts records, from 0)
+    assert out.log["error"] == (
+        "lims/x.csv: line 3 is not utf8 text: set the profile's `encoding` "
+        "(e.g. latin-1, cp1252, utf-16)"
+    )
     # with the key set, it reads
     _, out = _ingest(
         tmp_path / "b", "lims/x.csv", text.encode("latin-1"), lims={**lims, "encoding": "latin-1"}
@@ -302,3 +306,16 @@ def test_a_cedex_style_export_is_a_lims_export_with_the_batch_in_its_file_name(t
         {"batch_id": "B31-007", "analyte": "glucose", "value": 4.71, "uom": "g/L"},
         {"batch_id": "B31-007", "analyte": "lactate", "value": 1.38, "uom": "g/L"},
     ]
+
+
+def test_a_wide_units_trouble_is_quarantined_naming_the_header_it_came_from(tmp_path):
+    """A unit pint must not evaluate, read from a header, names that header; a header ending
+    in the delimiter (an empty last column) is no result column."""
+    text = (
+        "Sample ID;Batch;Sample Date Time;Gln (10**10**10);Gluc (g/L);\n"
+        "D05;B31-007;2026-11-05 08:31;3,12;5,88;\n"
+    )
+    lake, out = _ingest(tmp_path, "lims/flex2/odd.csv", text.encode(), flex2=FLEX2_PROFILE)
+    assert out.status == "ingested", out.log["error"]
+    q = query(lake, 'SELECT "column", "check", failure_value FROM quarantine')
+    assert q.values.tolist() == [["Gln (10**10**10)", "uom_syntax", "10**10**10"]]
