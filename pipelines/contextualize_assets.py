@@ -22,6 +22,10 @@ BATCH_PARTITIONS = "batches"
 RECORDS_KEY = "batch_records"
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 GOLD = dg.AssetKey("batch_kpis")  # one of the four tables batch_gold writes together
+# What follows the gold tables (golden profiles, fits, forecasts) runs when any batch's gold
+# updates, without eager's wait for every partition: a batch whose gold cannot be computed (or
+# has not been yet) must not hold back the others', and these assets read what exists.
+AFTER_GOLD = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 
 def _gold_results(
@@ -115,7 +119,7 @@ def batch_gold(
     group_name="contextualize",
     kinds={"duckdb", "parquet"},
     deps=list(contextualize.GOLD_TABLES),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=AFTER_GOLD,
 )
 def golden_profiles(
     context: dg.AssetExecutionContext,

@@ -24,6 +24,7 @@ from models import plots
 from models.catalog import CatalogError, ModelSpec, specs
 from models.data import load_batches
 from models.registry import DEFAULT_TOLERANCE, Registry, completed_batches, fit_and_register
+from pipelines.contextualize_assets import AFTER_GOLD
 from pipelines.ingest_assets import site_of
 from pipelines.resources import LakeResource, LandingResource
 
@@ -97,7 +98,7 @@ def _fit_one(
     group_name="models",
     kinds={"scipy", "parquet"},
     deps=list(GOLD_TABLES),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=AFTER_GOLD,
 )
 def model_fit(
     context: dg.AssetExecutionContext,
@@ -204,7 +205,7 @@ def model_fit_quality(lake: LakeResource) -> dg.AssetCheckResult:
     group_name="models",
     kinds={"scipy", "parquet"},
     deps=[model_fit, *GOLD_TABLES],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=AFTER_GOLD,
 )
 def forecasts(
     context: dg.AssetExecutionContext,

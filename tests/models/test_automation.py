@@ -109,6 +109,8 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
             [batch_gold], partition_key=r.partition_key, instance=instance, resources=resources
         ).success
 
+    # a batch whose gold was never computed (its run failed, say) holds back no refit
+    instance.add_dynamic_partitions(batch_partitions.name, ["B26-GHOST"])
     evaluated = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=settle.cursor
     )
