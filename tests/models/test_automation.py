@@ -143,6 +143,23 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     ]
     assert set(newest["batch_id"]) >= {"B26-005", "B26-006"}
 
+    def ingest_new(cursor: str) -> dg.SensorResult:
+        """A landing sensor tick and the runs it requests, as the daemon does them."""
+        res = {"landing": landing, "lake": lake_res}
+        sensed = landing_zone_sensor(dg.build_sensor_context(cursor=cursor, resources=res))
+        keys = {k for r in sensed.run_requests for k in r.asset_selection}
+        _execute(keys, ALL_ASSETS, instance, resources)
+        return sensed
+
+    def batches_tick(cursor: str) -> tuple[dg.SensorResult, dict[str, str]]:
+        """A batches sensor tick, and why it requested each batch."""
+        res = {"lake": lake_res}
+        ticked = batches_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=res)
+        )
+        why = {r.partition_key: r.run_key.split("|")[-1].split(",")[0] for r in ticked.run_requests}
+        return ticked, why
+
     # historian points inside the completed B26-004's window arrive late: its gold is computed
     # again (the running batches are requested for the catalog's new data)
     b = query(lake, "SELECT unit_id, start_ts, end_ts FROM batches WHERE batch_id = 'B26-004'")
@@ -153,18 +170,8 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
     (fresh_data / "landing" / "historian" / "late.csv").write_text(
         f"Tag,Timestamp,Value,Status\n{tag},{at},1.5,Good\n"
     )
-    sensed = landing_zone_sensor(
-        dg.build_sensor_context(
-            cursor=sensed.cursor, resources={"landing": landing, "lake": lake_res}
-        )
-    )
-    _execute(
-        {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
-    )
-    late = batches_sensor(
-        dg.build_sensor_context(instance=instance, cursor=done.cursor, resources={"lake": lake_res})
-    )
-    why = {r.partition_key: r.run_key.split("|")[-1].split(",")[0] for r in late.run_requests}
+    sensed = ingest_new(sensed.cursor)
+    late, why = batches_tick(done.cursor)
     assert why == {"B26-004": "late data", "B26-005": "running", "B26-006": "running"}
     rows_before = query(lake, "SELECT count(*) AS n FROM process_values WHERE batch_id = 'B26-004'")
     assert dg.materialize(
@@ -184,23 +191,8 @@ def test_a_newly_completed_batch_triggers_a_refit(tmp_path):
         "sample_id,batch_id,analyte,value,unit,sampled_at,reported_at\n"
         f"B26-004-REL,B26-004,titer,5.1,g/L,{sampled},{reported}\n"
     )
-    sensed = landing_zone_sensor(
-        dg.build_sensor_context(
-            cursor=sensed.cursor, resources={"landing": landing, "lake": lake_res}
-        )
-    )
-    _execute(
-        {k for r in sensed.run_requests for k in r.asset_selection}, ALL_ASSETS, instance, resources
-    )
-    again = batches_sensor(
-        dg.build_sensor_context(instance=instance, cursor=late.cursor, resources={"lake": lake_res})
-    )
-    why = {r.partition_key: r.run_key.split("|")[-1].split(",")[0] for r in again.run_requests}
+    ingest_new(sensed.cursor)
+    again, why = batches_tick(late.cursor)
     assert why.get("B26-004") == "late data"
     # the sources already looked at are not late a second time
-    settled = batches_sensor(
-        dg.build_sensor_context(
-            instance=instance, cursor=again.cursor, resources={"lake": lake_res}
-        )
-    )
-    assert "B26-004" not in {r.partition_key for r in settled.run_requests}
+    assert "B26-004" not in batches_tick(again.cursor)[1]
