@@ -147,6 +147,10 @@ class BatchRecord(Lineage):
     record_ts: Series[UtcTimestamp] = pa.Field(
         nullable=True, description="when the MES last changed this record version"
     )
+    derived: Series[str] = pa.Field(
+        nullable=True,
+        description="fields the record did not state and how they were derived; NULL: none",
+    )
 
     @pa.dataframe_check(error="end_ts before start_ts")
     def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:

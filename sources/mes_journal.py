@@ -147,6 +147,9 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
                 "status": status,
                 "start_ts": root["start_ts"],
                 "end_ts": root["end_ts"],
+                "derived": None
+                if proc
+                else "start_ts: its first journal event (no procedure state change)",
                 "inoculation_ts": inoculation,
                 "record_version": 1,
                 "record_ts": rows["ts"].max(),

@@ -270,6 +270,7 @@ def _batch_entry(
             "status": (text(entry, "Status") or "unknown").lower(),
             "start_ts": _ts(text(entry, "ActualStartTime")),
             "end_ts": _ts(text(entry, "ActualEndTime")),
+            "derived": None,
             "inoculation_ts": inoculation,
             "record_version": version,
             "record_ts": record_ts,
@@ -342,6 +343,9 @@ def _executed_control_recipe(
             "status": "complete" if ends else "unknown",
             "start_ts": pd.NaT,
             "end_ts": max(ends) if ends else pd.NaT,
+            "derived": "end_ts: its elements' last completion; status: complete when one completed"
+            if ends
+            else None,
             "inoculation_ts": pd.NaT,
             "record_version": version,
             "record_ts": record_ts,
@@ -405,9 +409,18 @@ def _response(
         )
         for ma in (c for c in seg if local(c) == "MaterialActual"):
             materials.append(_material(ma, batch_id, version, next(ordinal), at_end=end))
-    start = _ts(text(response, "StartTime")) if text(response, "StartTime") else _first(starts)
-    end = _ts(text(response, "EndTime")) if text(response, "EndTime") else _last(ends)
+    derived = []
+    start = _ts(text(response, "StartTime"))
+    if not text(response, "StartTime"):
+        start = _first(starts)
+        derived += ["start_ts: its first segment's start"] if pd.notna(start) else []
+    end = _ts(text(response, "EndTime"))
+    if not text(response, "EndTime"):
+        end = _last(ends)
+        derived += ["end_ts: its last segment's end"] if pd.notna(end) else []
     state = text(response, "ResponseState") or text(response, "OperationsResponseState")
+    if not state:
+        derived.append("status: from whether it has an end")
     batches.append(
         {
             "batch_id": batch_id,
@@ -423,6 +436,7 @@ def _response(
             else "running",
             "start_ts": start,
             "end_ts": end,
+            "derived": "; ".join(derived) or None,
             "inoculation_ts": next(
                 (
                     p["start_ts"]

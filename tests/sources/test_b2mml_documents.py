@@ -89,6 +89,7 @@ def test_a_production_response_becomes_one_batch_in_utc():
     assert batch.start_ts == utc("2026-03-02 06:45")
     assert batch.end_ts == utc("2026-03-02 13:10")
     assert batch.status == "complete"  # ResponseState "Completed", in the lake's words
+    assert batch.derived is None  # every time and the state are the response's own
     assert batch.inoculation_ts == utc("2026-03-02 12:15")  # the INOCULATION segment's start
     assert res.rows_read == sum(len(t) for t in res.tables.values()) == 1 + 2 + 3
 
@@ -139,6 +140,7 @@ def test_an_operations_response_takes_its_times_from_its_segments():
     assert len(res.tables["batch_records"]) == 1 and batch.batch_id == "B32-003"
     # no StartTime/EndTime on the response: earliest segment start, latest segment end (+02:00)
     assert (batch.start_ts, batch.end_ts) == (utc("2026-04-07 07:30"), utc("2026-04-10 08:20"))
+    assert batch.derived == "start_ts: its first segment's start; end_ts: its last segment's end"
     assert batch.status == "complete"
     phases = _by(res.tables["phase_records"], "phase")
     assert sorted(phases.index) == ["BOLUS_FEED", "INOCULATION"]
@@ -162,6 +164,9 @@ def test_a_response_without_any_end_is_running(tmp_path):
     batch = _read(running).tables["batch_records"].iloc[0]
     assert batch.status == "running"
     assert batch.start_ts == utc("2026-04-07 07:30") and pd.isna(batch.end_ts)
+    assert (
+        batch.derived == "start_ts: its first segment's start; status: from whether it has an end"
+    )
 
 
 # ---------------------------------------------------------------- documents that are not read
