@@ -457,11 +457,9 @@ def result_identity(frame: pd.DataFrame) -> pd.Series:
     """What makes two lab results the same result: the value in the site's unit (10 significant
     digits: '4.1' and '4.10', or 4.1 g/L and 410 mg/dL, agree), or the reported text and unit of
     a censored one ('<0.5 mM')."""
-    numeric = (
-        frame["canonical_value"].map(lambda v: f"{v:.10g}", na_action="ignore")
-        + " "
-        + frame["canonical_uom"].astype(str)
-    )
+    # text for every row (a NaN left in would make the whole column float when none has a value)
+    number = frame["canonical_value"].map(lambda v: "" if pd.isna(v) else f"{v:.10g}")
+    numeric = number.astype(str) + " " + frame["canonical_uom"].astype(str)
     return numeric.where(
         frame["canonical_value"].notna(),
         frame["value_text"].astype(str) + " " + frame["uom"].astype(str),

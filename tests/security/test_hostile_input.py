@@ -798,3 +798,28 @@ def test_unit_text_that_would_hang_or_crash_pint_is_quarantined_fast(tmp_path, u
         "uom_syntax"
     ]
     assert time.perf_counter() - started < 10
+
+
+def test_a_lab_file_where_no_result_has_a_value_is_ingested_not_crashed(tmp_path):
+    """Found by the generator above: every result censored or blank, read without a site
+    dictionary, so no row has a canonical value."""
+    from lake.ingest import result_identity
+
+    frame = pd.DataFrame(
+        {
+            "canonical_value": [float("nan"), float("nan")],
+            "canonical_uom": ["mM", "g/L"],
+            "value_text": ["<0.5", "<1"],
+            "uom": ["mM", "g/L"],
+        }
+    )
+    assert result_identity(frame).tolist() == ["<0.5 mM", "<1 g/L"]
+    frame.loc[1, "canonical_value"] = 4.1
+    assert result_identity(frame).tolist() == ["<0.5 mM", "4.1 g/L"]
+    text = (
+        b"sample_id,value,analyte,sampled_at,batch_id,unit,reported_at\n,<0.5,,00000101T00,NaN,,\n"
+    )
+    landing = tmp_path / "landing"
+    _write(landing, REL["lims"], text, gz=True)
+    log = check_ingest(Lake(tmp_path / "lake"), landing, REL["lims"] + ".gz", PROFILE_OF["lims"])
+    assert log["status"] == "ingested" and log["rows_read"] == 1
