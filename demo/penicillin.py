@@ -813,8 +813,12 @@ def _analyzer(batches: list[Batch], as_of: datetime, seed: int, faults: list[dic
             }
             if b.at(h) <= as_of:
                 rows.append(
-                    {"Proben-ID": f"{b.batch_id}-A{k:02d}", "Messzeitpunkt": b.at(h), **cells}
-                    | {"Bemerkung": ""}
+                    {
+                        "Proben-ID": f"{b.batch_id}-A{k:02d}",
+                        "Messzeitpunkt": b.at(h),
+                        **cells,
+                        "Bemerkung": "",
+                    }
                 )
     # the instrument's own failures: a result it could not measure, a sample it could not read
     rows[3]["PAA (g/L)"], rows[3]["Bemerkung"] = "ERROR", "Kalibrierung abgelaufen"

@@ -38,6 +38,7 @@ from models.catalog import BolusRule, ModelSpec
 from models.data import BatchData, clock_cte, load_batches, shift_inputs
 from models.fit import FitSettings, _Problem
 from models.registry import Registry
+from schemas.tables import ENDED_STATUSES
 
 GRID_H = 6.0
 DEFAULT_DRAWS = 200
@@ -90,9 +91,12 @@ def running_batches(lake: Lake, products: Sequence[str] | None = None) -> list[s
     """Batches still running (of `products`, when given)."""
     return query(
         lake,
-        """SELECT batch_id FROM batches WHERE status NOT IN ('complete', 'aborted', 'stopped')
+        """SELECT batch_id FROM batches WHERE NOT list_contains($ended, status)
              AND ($products IS NULL OR list_contains($products, product)) ORDER BY 1""",
-        {"products": list(products) if products is not None else None},
+        {
+            "products": list(products) if products is not None else None,
+            "ended": list(ENDED_STATUSES),
+        },
     )["batch_id"].tolist()
 
 

@@ -1,8 +1,9 @@
 """Contextualize assets: every batch is a dynamic partition of the four gold tables.
 
 A sensor adds each batch of the MES records as a partition and requests its gold tables when
-its record changes (it starts, completes or is amended) and, while it runs, after every
-catalog update. The golden profiles follow the completed batches automatically.
+its record changes (it starts, completes or is amended), while it runs after every catalog
+update, and once it has ended when data of it arrive late. The golden profiles follow the
+completed batches automatically.
 """
 
 import json
@@ -16,7 +17,7 @@ from lake.query import CatalogMissing, query
 from pipelines.curate_assets import lake_catalog
 from pipelines.ingest_assets import site_of
 from pipelines.resources import ContextSettings, LakeResource, LandingResource
-from schemas.tables import GOLD_MODELS
+from schemas.tables import ENDED_STATUSES, GOLD_MODELS, table_description
 
 BATCH_PARTITIONS = "batches"
 RECORDS_KEY = "batch_records"
@@ -93,7 +94,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
             group_name="contextualize",
             kinds={"duckdb", "parquet"},
             deps=[lake_catalog],
-            description=" ".join((GOLD_MODELS[table].__doc__ or "").split()),
+            description=table_description(GOLD_MODELS[table]),
         )
         for table in contextualize.GOLD_TABLES
     ],
@@ -148,8 +149,9 @@ def batches_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
     try:
         records = query(
             lake.lake(),
-            "SELECT batch_id, source_sha256, status NOT IN ('complete', 'aborted', 'stopped') "
-            "AS running FROM batches ORDER BY batch_id",
+            "SELECT batch_id, source_sha256, NOT list_contains(?, status) AS running "
+            "FROM batches ORDER BY batch_id",
+            [list(ENDED_STATUSES)],
         )
     except CatalogMissing:
         return dg.SkipReason("no catalog yet")
@@ -235,35 +237,38 @@ def _late_data(lake, seen: dict | None) -> tuple[set[str], dict]:
         """WITH spans AS (SELECT t.unit_id, min(p.ts) AS lo, max(p.ts) AS hi
                           FROM historian_points p JOIN tags t USING (tag)
                           WHERE p.source_sha256 IN (SELECT unnest($fresh)) GROUP BY 1),
-                ended AS (SELECT * FROM batches
-                          WHERE status IN ('complete', 'aborted', 'stopped'))
+                ended AS (SELECT * FROM batches WHERE list_contains($ended, status))
            SELECT b.batch_id FROM ended b JOIN spans s USING (unit_id)
            WHERE b.start_ts <= s.hi AND b.end_ts >= s.lo
            UNION
            SELECT DISTINCT r.batch_id FROM sample_records r JOIN ended USING (batch_id)
            WHERE r.source_sha256 IN (SELECT unnest($fresh))""",
-        {"fresh": fresh},
+        {"fresh": fresh, "ended": list(ENDED_STATUSES)},
     )
     return set(late["batch_id"]), remembered
+
+
+def _latest_record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None):
+    """The latest materialization record of `key` (of one partition), None if none."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    return found[0] if found else None
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> int:
     """The storage id of the latest materialization of `key` (of one partition), -1 if none:
     ids grow with time, so a smaller one was materialized before."""
-    found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    return found[0].storage_id if found else -1
+    record = _latest_record(instance, key, partition)
+    return record.storage_id if record else -1
 
 
 def _computed_from(instance: dg.DagsterInstance, batch_id: str) -> dict[str, str]:
     """The batch-record hash the latest gold materialization of `batch_id` was computed from."""
-    found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(GOLD, asset_partitions=[batch_id]), limit=1
-    ).records
-    if not found or found[0].asset_materialization is None:
+    record = _latest_record(instance, GOLD, batch_id)
+    if record is None or record.asset_materialization is None:
         return {}
-    meta = found[0].asset_materialization.metadata.get(RECORDS_KEY)
+    meta = record.asset_materialization.metadata.get(RECORDS_KEY)
     held = meta.value if isinstance(meta, dg.JsonMetadataValue) else None
     return {batch_id: held[batch_id]} if isinstance(held, dict) and batch_id in held else {}
 

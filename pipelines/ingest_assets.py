@@ -16,7 +16,7 @@ import dagster as dg
 from lake import ingest
 from lake.ingest import IngestOutcome
 from pipelines.resources import LakeResource, LandingResource
-from schemas.tables import SILVER_MODELS
+from schemas.tables import SILVER_MODELS, table_description
 from sources.site import Site, SiteConfigError
 
 # One asset per silver table; one step per group of tables that share their sources (the MES
@@ -167,7 +167,7 @@ def _ingest_step(name: str, description: str, deps: list[str]) -> dg.AssetsDefin
                 group_name="ingest",
                 kinds={"parquet", "pandera", *(["sql"] if pulls_sql else [])},
                 deps=deps,
-                description=_first_paragraph(SILVER_MODELS[table].__doc__),
+                description=table_description(SILVER_MODELS[table]),
             )
             for table in tables
         ],
@@ -203,10 +203,6 @@ def _ingest_step(name: str, description: str, deps: list[str]) -> dg.AssetsDefin
         yield from _results(context, tables, outcomes)
 
     return _step
-
-
-def _first_paragraph(doc: str | None) -> str:
-    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 tag_dictionary = _ingest_step(

@@ -22,6 +22,8 @@ QUALITIES = ("good", "substituted", "uncertain", "bad")
 ROLES = ("pv", "sp", "out", "calc")
 INTERPOLATIONS = ("linear", "step")
 LEVELS = ("procedure", "unit_procedure", "operation", "phase")
+# batch statuses after which a batch takes no more data of its own; any other status is running
+ENDED_STATUSES = ("complete", "aborted", "stopped")
 
 
 class Lineage(pa.DataFrameModel):
@@ -353,6 +355,11 @@ class IngestLogEntry(pa.DataFrameModel):
     @pa.dataframe_check(error="rows_read != rows_accepted + rows_quarantined")
     def rows_conserved(cls, df: pd.DataFrame) -> Series[bool]:
         return df["rows_read"] == df["rows_accepted"] + df["rows_quarantined"]
+
+
+def table_description(model: type[pa.DataFrameModel]) -> str:
+    """The first paragraph of a table's docstring, on one line: what the table holds."""
+    return " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 SILVER_MODELS: dict[str, type[pa.DataFrameModel]] = {

@@ -71,8 +71,11 @@ class CsvShape:
     column_names: tuple[str, ...] = ()  # the columns by position, for a file without a header
 
     @classmethod
-    def of(cls, profile) -> CsvShape:
-        return cls(profile.delimiter, profile.encoding, profile.header_line, profile.column_names)
+    def of(cls, profile, path: Path) -> CsvShape:
+        """The profile's layout of `path`, in the encoding its byte-order mark shows (else the
+        profile's)."""
+        encoding = _detected_encoding(path, profile.encoding)
+        return cls(profile.delimiter, encoding, profile.header_line, profile.column_names)
 
 
 def read_csv_text(
@@ -85,8 +88,7 @@ def read_csv_text(
     in the file (lines of a preamble and the header counted, one record per line, empty lines
     skipped but counted).
     """
-    encoding = detected_encoding(path, shape.encoding)
-    delimiter, first = shape.delimiter, shape.header_line
+    delimiter, encoding, first = shape.delimiter, shape.encoding, shape.header_line
     bad: list[dict] = []
 
     def on_invalid(row) -> str:
@@ -142,9 +144,9 @@ def read_csv_text(
                 "profile's `encoding` (e.g. latin-1, cp1252, utf-16)"
             ) from None
         raise SourceRejected(f"not a readable CSV: {_first_line(err)}") from None
-    # pyarrow numbers records (header = 1) and skips empty lines: lineage must name the line
-    # an editor shows, so records are mapped to lines by counting the empty lines before them
-    # pyarrow numbers records from the line after the header: empty lines before it are counted
+    # pyarrow numbers records on from the header's line and skips later empty lines: lineage
+    # must name the line an editor shows, so records are mapped to lines by counting the empty
+    # lines after the header before them (empty lines of a preamble are counted by pyarrow)
     skipped = np.asarray([e for e in empty_lines(path, encoding) if e > first], dtype=np.int64)
     shift = skipped - np.arange(1, skipped.size + 1)  # records before the k-th empty line
 
@@ -169,10 +171,14 @@ def read_csv_text(
 _UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
-def detected_encoding(path: Path, declared: str) -> str:
-    """`utf-16` when the file starts with a UTF-16 byte-order mark, else the declared one."""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        start = stream.read(2)
+def _detected_encoding(path: Path, declared: str) -> str:
+    """`utf-16` when the file starts with a UTF-16 byte-order mark, else the declared one;
+    SourceRejected when the file cannot be opened (a .gz that is not gzip, say)."""
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            start = stream.read(2)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SourceRejected(f"cannot open: {_first_line(err)}") from None
     return "utf-16" if start in _UTF16_MARKS else declared
 
 
@@ -271,11 +277,7 @@ def csv_header(path: Path, shape: CsvShape) -> list[str]:
     """Column names, read as `read_csv_text` reads them; SourceRejected if unusable."""
     try:
         return _header_names(
-            path,
-            shape.delimiter,
-            detected_encoding(path, shape.encoding),
-            shape.header_line,
-            shape.column_names,
+            path, shape.delimiter, shape.encoding, shape.header_line, shape.column_names
         )[0]
     except (pa.ArrowInvalid, OSError) as err:
         raise SourceRejected(f"cannot open: {_first_line(err)}") from None

@@ -72,7 +72,7 @@ def read_long(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> R
 
 def read_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
     """Each non-empty cell becomes one point; rows_read counts cells plus malformed lines."""
-    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile, path), sha256, rel_path)
     ts_col = profile.column("ts")
     require_columns(df, [ts_col])
     tags = [c for c in df.columns if c != ts_col and c not in profile.exclude_columns]

@@ -26,7 +26,6 @@ from sources.base import (
     CsvShape,
     SourceRejected,
     csv_header,
-    detected_encoding,
     empty_lines,
     require_columns,
     timestamp_reason,
@@ -172,13 +171,13 @@ def stage_long(
     `problem_column`, `failure_value`, `reason` for records that fail parsing or one of `checks`
     (pandera checks translated to SQL, plus any the caller adds, e.g. the tag dictionary).
     """
-    shape = CsvShape.of(profile)
+    shape = CsvShape.of(profile, path)
     header = csv_header(path, shape)
     cols = {k: profile.column(k) for k in ("tag", "ts", "value", "status")}
     tag_sql, tag_params, tag_columns = _tag_sql(profile, cols["tag"])
     require_columns(pd.DataFrame(columns=header), [*tag_columns, cols["ts"], cols["value"]])
     status_sql = ident(cols["status"]) if cols["status"] in header else "NULL"
-    encoding = ENCODINGS.get(detected_encoding(path, profile.encoding).lower())
+    encoding = ENCODINGS.get(shape.encoding.lower())
     if encoding is None:
         raise SourceRejected(
             f"encoding {profile.encoding!r} is not supported for streamed historian files"
@@ -230,8 +229,7 @@ def stage_long(
                     SELECT row_number() OVER () AS rn, {tag_sql} AS tag, {ts_id} AS ts_text,
                            trim({value_id}) AS value_text, {status_sql} AS status_text
                     FROM read_csv($path, header = $has_header, skip = $skip, all_varchar = true,
-                                  delim = $delim,
-                                  quote = '"', escape = '"', encoding = $encoding,
+                                  delim = $delim, quote = '"', escape = '"', encoding = $encoding,
                                   strict_mode = true, null_padding = false, auto_detect = false,
                                   columns = $columns, ignore_errors = true, store_rejects = true)),
                 p0 AS (SELECT *, {local_sql} AS local_ts FROM raw),

@@ -32,7 +32,7 @@ _CENSORED = re.compile(r"^\s*[<>]\s*\d")
 
 def read_lims(path: Path, sha256: str, rel_path: str, profile: FileProfile) -> ReadResult:
     """A LIMS export: one row per sample and analyte, the unit in a column of its own."""
-    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile, path), sha256, rel_path)
     col = {
         k: profile.column(k)
         for k in ("sample_id", "analyte", "value", "unit", "sampled_at", "reported_at")
@@ -61,7 +61,7 @@ def read_lims_wide(path: Path, sha256: str, rel_path: str, profile: FileProfile)
     """An analyzer export: one row per sample, one column per analyte (the unit from the
     profile's `units` or from the header by `header_unit`). An empty cell is no result; every
     other cell is one result, checked as a LIMS result is."""
-    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile, path), sha256, rel_path)
     col = {k: profile.column(k) for k in ("sample_id", "sampled_at", "reported_at")}
     require_columns(df, [col["sample_id"], col["sampled_at"], *_batch_columns(profile)])
     reported = col["reported_at"] if col["reported_at"] in df else None

@@ -35,7 +35,7 @@ def read_journal(path: Path, sha256: str, rel_path: str, profile: FileProfile) -
     """Rebuild batches and their procedural elements from an MES event journal's state changes,
     and material events from its material charges; rows_read counts the records the lines call
     for plus the lines that could not be read (the note gives the journal lines read)."""
-    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile, path), sha256, rel_path)
     col = {
         k: profile.column(k)
         for k in (

@@ -216,7 +216,8 @@ def _profiles(doc: dict, key: str, cls, site_name):
                 isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
             ):
                 raise ValueError(f"{where}.{k}: a mapping of texts, e.g. {{canonical: header}}")
-        _check_lab_keys(where, spec)
+        _check_batch_from(where, spec.get("batch_from", {}))
+        _check_patterns(where, spec)
         _check_header_keys(where, spec)
         if cls is FileProfile and site_name is not None:
             spec.setdefault("site", str(site_name))
@@ -267,9 +268,8 @@ def _check_header_keys(where: str, spec: dict) -> None:
         raise ValueError(f"{where}.column_names: a name is given twice")
 
 
-def _check_lab_keys(where: str, spec: dict) -> None:
-    """`batch_from` names one source of the batch id; regexes compile with the groups used."""
-    batch_from = spec.get("batch_from", {})
+def _check_batch_from(where: str, batch_from: dict) -> None:
+    """`batch_from` names one source of the batch id."""
     if msg := unknown_keys(batch_from, BATCH_FROM_KEYS):
         raise ValueError(f"{where}.batch_from: {msg}")
     sources = [k for k in ("column", "path", "value") if k in batch_from]
@@ -278,6 +278,11 @@ def _check_lab_keys(where: str, spec: dict) -> None:
             f"{where}.batch_from: exactly one of column, path or value "
             "(e.g. {column: Sample ID, pattern: '^(?P<batch>[^_]+)_'})"
         )
+
+
+def _check_patterns(where: str, spec: dict) -> None:
+    """The profile's regular expressions compile, with the named groups their readers use."""
+    batch_from = spec.get("batch_from", {})
     for key, pattern, groups in (
         ("batch_from.pattern", batch_from.get("pattern"), ("batch",)),
         ("batch_from.path", batch_from.get("path"), ("batch",)),

@@ -66,7 +66,7 @@ def read_tags(
     (`site.parameters`; a parameter the site does not list keeps the tag's unit). A tag whose
     unit cannot be converted is quarantined with the reason, keyed by the tag (`row_key`), so
     that its points are quarantined with a reason that names it."""
-    df, lines, rejects = read_csv_text(path, CsvShape.of(profile), sha256, rel_path)
+    df, lines, rejects = read_csv_text(path, CsvShape.of(profile, path), sha256, rel_path)
     col = {k: profile.column(k) for k in (*REQUIRED, *OPTIONAL)}
     require_columns(df, [col[k] for k in REQUIRED])
     out = pd.DataFrame({k: df[col[k]].str.strip() for k in REQUIRED})
